@@ -1,0 +1,3 @@
+from agentcomm.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""agentcomm.broker."""

@@ -1,0 +1,111 @@
+"""The one seam between agentcomm and a message bus.
+
+Exceptions:
+
+    BusError
+    ├── BusUnavailable   the bus cannot be reached, or did not confirm in time
+    ├── BusClosed        the bus was closed by its owner; a programming error to use it after
+    └── Unroutable       a mandatory publish found no queue to take the message
+
+Delivery semantics, the same on every implementation:
+- `publish` returns only after the bus has taken responsibility for the message (publisher
+  confirm on RabbitMQ); it raises instead of losing a message silently.
+- A consumer's handler is awaited for each delivery. When it returns, the delivery is acked;
+  when it raises, the delivery is requeued, and after `max_deliveries` attempts it is dropped
+  (dead-lettered where the bus supports it) so that one poison message cannot block a queue.
+- Deliveries on one consumer are handled one at a time in queue order unless `concurrency` > 1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+
+class BusError(Exception):
+    """Base of every bus failure."""
+
+
+class BusUnavailable(BusError):
+    """The bus cannot be reached right now, or did not confirm a publish in time."""
+
+
+class BusClosed(BusError):
+    """The bus was closed and cannot be used any more."""
+
+
+class Unroutable(BusError):
+    """A mandatory publish found no queue; the message was returned, not stored."""
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One message handed to a consumer."""
+
+    queue: str
+    body: bytes
+    message_id: str | None
+    redelivered: bool
+    # How many times this message has been handed out before, where the bus knows it.
+    attempt: int = 1
+
+
+MessageHandler = Callable[[Delivery], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class QueueOptions:
+    """How a queue is declared. Every queue is durable; these add expiry and dead-lettering."""
+
+    # Messages older than this many milliseconds leave the queue (to the dead-letter queue).
+    message_ttl_ms: int | None = None
+    dead_letter_queue: str | None = None
+    # The queue itself is deleted after this long without consumers (per-server queues).
+    expires_ms: int | None = None
+
+
+class Subscription(Protocol):
+    async def cancel(self) -> None:
+        """Stops taking new deliveries; those being handled finish and are acked first."""
+
+
+class Bus(Protocol):
+    """What the server, broker and agents need from a message bus."""
+
+    @property
+    def is_connected(self) -> bool: ...
+
+    async def connect(self) -> None:
+        """Connects; idempotent. Raises BusUnavailable when the bus cannot be reached."""
+
+    async def declare_queue(self, name: str, options: QueueOptions | None = None) -> None:
+        """Declares a durable queue; idempotent for the same options."""
+
+    async def publish(
+        self,
+        queue: str,
+        body: bytes,
+        *,
+        message_id: str | None = None,
+        mandatory: bool = True,
+        timeout: float = 5.0,
+    ) -> None:
+        """Stores a persistent message in `queue` and waits for the bus to confirm it."""
+
+    async def consume(
+        self,
+        queue: str,
+        handler: MessageHandler,
+        *,
+        prefetch: int = 100,
+        concurrency: int = 1,
+        max_deliveries: int = 5,
+    ) -> Subscription:
+        """Hands each message of `queue` to `handler`; acks after it returns."""
+
+    async def delete_queue(self, name: str) -> None:
+        """Removes a queue and what it holds; a missing queue is not an error."""
+
+    async def close(self) -> None:
+        """Cancels consumers (letting handlers finish) and disconnects; idempotent."""

@@ -1,0 +1,245 @@
+"""The in-process bus: the same contract as RabbitMQ, inside one event loop.
+
+It is what `agentcomm dev` and the quick start run on, so it is a product feature with the same
+semantics as the RabbitMQ bus (confirmed publishes, ack after handling, bounded redelivery, TTL
+with dead-lettering), checked by the same contract tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from agentcomm.bus.base import (
+    BusClosed,
+    Delivery,
+    MessageHandler,
+    QueueOptions,
+    Unroutable,
+)
+
+log = logging.getLogger(__name__)
+
+_EXPIRY_SWEEP_SECONDS = 0.5
+
+
+@dataclass(slots=True)
+class _Stored:
+    body: bytes
+    message_id: str | None
+    enqueued_at: float
+    attempt: int = 0
+
+
+@dataclass(slots=True)
+class _Queue:
+    name: str
+    options: QueueOptions
+    messages: deque[_Stored] = field(default_factory=deque)
+    changed: asyncio.Condition = field(default_factory=asyncio.Condition)
+
+
+class InMemoryBus:
+    """A bus that lives in this process; every queue is lost when the process ends."""
+
+    def __init__(self) -> None:
+        self._queues: dict[str, _Queue] = {}
+        self._subscriptions: set[_MemorySubscription] = set()
+        self._connected = False
+        self._closed = False
+        self._sweeper: asyncio.Task[None] | None = None
+
+    @property
+    def is_connected(self) -> bool:
+        return self._connected and not self._closed
+
+    async def connect(self) -> None:
+        if self._closed:
+            raise BusClosed("Cannot connect: the bus is closed.")
+        if self._connected:
+            return
+        self._connected = True
+        self._sweeper = asyncio.create_task(self._sweep_expired(), name="memory-bus-expiry")
+
+    async def declare_queue(self, name: str, options: QueueOptions | None = None) -> None:
+        self._ensure_open("declare a queue")
+        if name not in self._queues:
+            self._queues[name] = _Queue(name, options or QueueOptions())
+
+    async def publish(
+        self,
+        queue: str,
+        body: bytes,
+        *,
+        message_id: str | None = None,
+        mandatory: bool = True,
+        timeout: float = 5.0,
+    ) -> None:
+        self._ensure_open("publish")
+        target = self._queues.get(queue)
+        if target is None:
+            if mandatory:
+                raise Unroutable(f"No queue named {queue!r} takes this message.")
+            return
+        await self._append(target, _Stored(body, message_id, time.monotonic()))
+
+    async def consume(
+        self,
+        queue: str,
+        handler: MessageHandler,
+        *,
+        prefetch: int = 100,
+        concurrency: int = 1,
+        max_deliveries: int = 5,
+    ) -> _MemorySubscription:
+        self._ensure_open("consume")
+        target = self._queues.get(queue)
+        if target is None:
+            raise Unroutable(f"Cannot consume: no queue named {queue!r}.")
+        subscription = _MemorySubscription(
+            self, target, handler, max(1, min(prefetch, concurrency)), max_deliveries
+        )
+        self._subscriptions.add(subscription)
+        subscription.start()
+        return subscription
+
+    async def delete_queue(self, name: str) -> None:
+        self._ensure_open("delete a queue")
+        queue = self._queues.pop(name, None)
+        if queue is None:
+            return
+        for subscription in [s for s in self._subscriptions if s.queue is queue]:
+            await subscription.cancel()
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for subscription in list(self._subscriptions):
+            await subscription.cancel()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+
+    def depth(self, name: str) -> int:
+        """Messages waiting in a queue (not those being handled); for tests and metrics."""
+        queue = self._queues.get(name)
+        return len(queue.messages) if queue else 0
+
+    def forget(self, subscription: _MemorySubscription) -> None:
+        self._subscriptions.discard(subscription)
+
+    async def requeue(self, queue: _Queue, stored: _Stored, max_deliveries: int) -> None:
+        if stored.attempt >= max_deliveries:
+            log.warning(
+                "Message %s left %s after %d failed deliveries",
+                stored.message_id,
+                queue.name,
+                stored.attempt,
+            )
+            await self._dead_letter(queue, stored)
+            return
+        async with queue.changed:
+            queue.messages.appendleft(stored)
+            queue.changed.notify()
+
+    async def _append(self, queue: _Queue, stored: _Stored) -> None:
+        async with queue.changed:
+            queue.messages.append(stored)
+            queue.changed.notify()
+
+    async def _dead_letter(self, queue: _Queue, stored: _Stored) -> None:
+        target_name = queue.options.dead_letter_queue
+        target = self._queues.get(target_name) if target_name else None
+        if target is not None:
+            await self._append(target, _Stored(stored.body, stored.message_id, time.monotonic()))
+
+    async def _sweep_expired(self) -> None:
+        while True:
+            await asyncio.sleep(_EXPIRY_SWEEP_SECONDS)
+            now = time.monotonic()
+            for queue in list(self._queues.values()):
+                ttl_ms = queue.options.message_ttl_ms
+                if ttl_ms is None:
+                    continue
+                while queue.messages and (now - queue.messages[0].enqueued_at) * 1000 >= ttl_ms:
+                    await self._dead_letter(queue, queue.messages.popleft())
+
+    def _ensure_open(self, action: str) -> None:
+        if self._closed:
+            raise BusClosed(f"Cannot {action}: the bus is closed.")
+        if not self._connected:
+            raise BusClosed(f"Cannot {action}: the bus is not connected yet.")
+
+
+class _MemorySubscription:
+    def __init__(
+        self,
+        bus: InMemoryBus,
+        queue: _Queue,
+        handler: MessageHandler,
+        concurrency: int,
+        max_deliveries: int,
+    ) -> None:
+        self.queue = queue
+        self._bus = bus
+        self._handler = handler
+        self._slots = asyncio.Semaphore(concurrency)
+        self._max_deliveries = max_deliveries
+        self._in_flight: set[asyncio.Task[None]] = set()
+        self._loop_task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._loop_task = asyncio.create_task(
+            self._take_messages(), name=f"memory-consume-{self.queue.name}"
+        )
+
+    async def cancel(self) -> None:
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+            self._loop_task = None
+        if self._in_flight:
+            await asyncio.gather(*self._in_flight, return_exceptions=True)
+        self._bus.forget(self)
+
+    async def _take_messages(self) -> None:
+        queue = self.queue
+        while True:
+            await self._slots.acquire()
+            try:
+                async with queue.changed:
+                    await queue.changed.wait_for(lambda: bool(queue.messages))
+                    stored = queue.messages.popleft()
+            except BaseException:
+                self._slots.release()
+                raise
+            stored.attempt += 1
+            task = asyncio.create_task(self._handle(stored))
+            self._in_flight.add(task)
+            task.add_done_callback(self._in_flight.discard)
+
+    async def _handle(self, stored: _Stored) -> None:
+        delivery = Delivery(
+            queue=self.queue.name,
+            body=stored.body,
+            message_id=stored.message_id,
+            redelivered=stored.attempt > 1,
+            attempt=stored.attempt,
+        )
+        try:
+            await self._handler(delivery)
+        except Exception:
+            log.exception("Handler failed for message %s on %s", stored.message_id, self.queue.name)
+            await self._bus.requeue(self.queue, stored, self._max_deliveries)
+        except asyncio.CancelledError:
+            await self._bus.requeue(self.queue, stored, self._max_deliveries)
+            raise
+        finally:
+            self._slots.release()

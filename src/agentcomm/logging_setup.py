@@ -1,0 +1,39 @@
+"""Process-wide logging from Settings: plain text for people, JSON lines for collectors."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import orjson
+
+from agentcomm.config import Settings
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return orjson.dumps(entry).decode()
+
+
+def configure_logging(settings: Settings) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if settings.log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S")
+        )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(settings.log_level)
+    # aio-pika/aiormq are chatty about reconnect internals; their warnings are enough.
+    for noisy in ("aio_pika", "aiormq"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

@@ -1,0 +1,91 @@
+"""JSON encoding and validated decoding of wire messages.
+
+Every decoder raises `ProtocolError` with the contract's error code, so that each transport can
+answer bad input the same way.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+import orjson
+from pydantic import BaseModel, ValidationError
+
+from agentcomm.protocol.errors import ProtocolError
+from agentcomm.protocol.models import INTERNAL_FIELDS, Envelope, RegisterFrontend
+from agentcomm.protocol.vocabulary import ErrorCode, MessageType
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
+def encode_for_bus(model: BaseModel) -> bytes:
+    """Everything, internal fields included, under their wire names."""
+    return orjson.dumps(model.model_dump(mode="json", by_alias=True, exclude_none=True))
+
+
+def encode_for_client(model: BaseModel) -> bytes:
+    """What a frontend or agent may see: internal fields stripped."""
+    return orjson.dumps(
+        model.model_dump(mode="json", by_alias=True, exclude_none=True, exclude=INTERNAL_FIELDS)
+    )
+
+
+def parse_json_object(raw: bytes | str) -> dict[str, Any]:
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ProtocolError(ErrorCode.INVALID_JSON, f"The frame is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ProtocolError(ErrorCode.INVALID_MESSAGE, "A message must be a JSON object.")
+    return data
+
+
+def message_type_of(data: dict[str, Any]) -> MessageType:
+    raw_type = data.get("message_type")
+    if not isinstance(raw_type, str) or not raw_type:
+        raise ProtocolError(
+            ErrorCode.INVALID_MESSAGE, "The field message_type is missing.", _reply_id(data)
+        )
+    try:
+        return MessageType(raw_type)
+    except ValueError:
+        raise ProtocolError(
+            ErrorCode.UNSUPPORTED_TYPE,
+            f"Unknown message_type {raw_type[:64]!r}.",
+            _reply_id(data),
+        ) from None
+
+
+def validate_model(model: type[ModelT], data: dict[str, Any]) -> ModelT:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ProtocolError(
+            ErrorCode.INVALID_MESSAGE, _describe(exc), _reply_id(data)
+        ) from None
+
+
+def decode_envelope(raw: bytes | str) -> Envelope:
+    """A chat message from the bus or an agent."""
+    data = parse_json_object(raw)
+    message_type_of(data)
+    return validate_model(Envelope, data)
+
+
+def decode_register_frontend(data: dict[str, Any]) -> RegisterFrontend:
+    return validate_model(RegisterFrontend, data)
+
+
+def _reply_id(data: dict[str, Any]) -> str | None:
+    message_id = data.get("message_id")
+    if isinstance(message_id, str) and 0 < len(message_id) <= 128:
+        return message_id
+    return None
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors()[:3]:
+        where = ".".join(str(part) for part in error["loc"]) or "message"
+        parts.append(f"{where}: {error['msg']}")
+    return "Invalid message: " + "; ".join(parts) + "."

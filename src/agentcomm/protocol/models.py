@@ -1,0 +1,115 @@
+"""Typed messages of the wire contract (PROTOCOL §2-§4). Pure data: no I/O here.
+
+Unknown JSON keys are ignored on input, as the contract asks of every receiver. Fields whose
+wire name starts with `_` are internal: they travel on the bus and are stripped before a message
+reaches a frontend or an agent.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from agentcomm.protocol.ids import ID_PATTERN, new_message_id
+from agentcomm.protocol.vocabulary import AgentState, MessageType, RoutingStatus
+
+# Caps on what one message may carry; frames are already bounded by MAX_MESSAGE_BYTES, these
+# keep single fields and maps from crowding out everything else.
+MAX_NAME_CHARS = 256
+MAX_TEXT_CHARS = 1_000_000
+MAX_MAP_ENTRIES = 64
+MAX_MAP_VALUE_CHARS = 1024
+
+INTERNAL_FIELDS = frozenset({"client_id", "server_id", "hops"})
+
+
+class WireModel(BaseModel):
+    model_config = ConfigDict(extra="ignore", populate_by_name=True, frozen=False)
+
+
+class Envelope(WireModel):
+    """A chat message: TEXT, REPLY, REPLY_CHUNK, SYSTEM, ERROR or CANCEL."""
+
+    message_type: MessageType
+    message_id: str = Field(default_factory=new_message_id, pattern=ID_PATTERN)
+    sender_id: str | None = Field(default=None, max_length=128)
+    receiver_id: str | None = Field(default=None, max_length=128)
+    text_payload: str | None = Field(default=None, max_length=MAX_TEXT_CHARS)
+    send_timestamp: str | None = Field(default=None, max_length=64)
+    in_reply_to_message_id: str | None = Field(default=None, max_length=128)
+    conversation_id: str | None = Field(default=None, max_length=128)
+    routing_status: RoutingStatus | None = None
+    error_code: str | None = Field(default=None, max_length=64)
+    metadata: dict[str, Any] | None = Field(default=None, max_length=MAX_MAP_ENTRIES)
+    # REPLY_CHUNK: position in the stream and the text it adds.
+    seq: int | None = Field(default=None, ge=0)
+    text_delta: str | None = Field(default=None, max_length=MAX_TEXT_CHARS)
+    # Internal routing fields, never shown to frontends or agents.
+    client_id: str | None = Field(default=None, alias="_client_id", max_length=128)
+    server_id: str | None = Field(default=None, alias="_server_id", max_length=128)
+    hops: int = Field(default=0, alias="_hops", ge=0)
+
+
+class AgentInfo(WireModel):
+    agent_id: str
+    agent_name: str
+    is_online: bool
+    last_seen: str
+    status: AgentState
+    capabilities: dict[str, str] = Field(default_factory=dict)
+    in_flight: int = 0
+
+
+class RegisterFrontend(WireModel):
+    message_type: MessageType
+    message_id: str | None = Field(default=None, pattern=ID_PATTERN)
+    frontend_name: str = Field(min_length=1, max_length=MAX_NAME_CHARS)
+    frontend_id: str | None = Field(default=None, pattern=ID_PATTERN)
+    resume_token: str | None = Field(default=None, max_length=256)
+    token: str | None = Field(default=None, max_length=8192)
+    capabilities: dict[str, Any] = Field(default_factory=dict, max_length=MAX_MAP_ENTRIES)
+
+
+class RegisterFrontendResponse(WireModel):
+    message_type: MessageType = MessageType.REGISTER_FRONTEND_RESPONSE
+    message_id: str = Field(default_factory=new_message_id)
+    status: str = "success"
+    frontend_id: str
+    frontend_name: str
+    message: str
+    resume_token: str
+    send_timestamp: str | None = None
+
+
+class AgentStatusUpdate(WireModel):
+    message_type: MessageType = MessageType.AGENT_STATUS_UPDATE
+    message_id: str = Field(default_factory=new_message_id)
+    agents: list[AgentInfo]
+    is_full_update: bool
+    send_timestamp: str | None = None
+
+
+class ServerAdvertisement(WireModel):
+    """SERVER_AVAILABLE / SERVER_UNAVAILABLE on server_advertisement_queue."""
+
+    message_type: MessageType
+    message_id: str = Field(default_factory=new_message_id)
+    server_id: str
+    websocket_url: str
+    grpc_address: str
+    timestamp: str
+
+
+class RegisterBrokerNotice(WireModel):
+    message_type: MessageType
+    message_id: str | None = None
+    broker_id: str = Field(min_length=1, pattern=ID_PATTERN)
+    broker_name: str = Field(default="", max_length=MAX_NAME_CHARS)
+
+
+class ClientDisconnectedNotice(WireModel):
+    message_type: MessageType
+    message_id: str | None = None
+    client_id: str = Field(min_length=1, max_length=128)
+    client_type: str = Field(default="", max_length=32)

@@ -1,0 +1,100 @@
+"""The closed vocabularies of the wire contract: message types, routing states, error codes."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class MessageType(StrEnum):
+    # Chat traffic.
+    TEXT = "TEXT"
+    REPLY = "REPLY"
+    REPLY_CHUNK = "REPLY_CHUNK"
+    SYSTEM = "SYSTEM"
+    ERROR = "ERROR"
+    CANCEL = "CANCEL"
+    # Frontend session control.
+    REGISTER_FRONTEND = "REGISTER_FRONTEND"
+    REGISTER_FRONTEND_RESPONSE = "REGISTER_FRONTEND_RESPONSE"
+    REQUEST_AGENT_STATUS = "REQUEST_AGENT_STATUS"
+    AGENT_STATUS_UPDATE = "AGENT_STATUS_UPDATE"
+    # Out-of-band notices on the bus.
+    SERVER_AVAILABLE = "SERVER_AVAILABLE"
+    SERVER_UNAVAILABLE = "SERVER_UNAVAILABLE"
+    REGISTER_BROKER = "REGISTER_BROKER"
+    CLIENT_DISCONNECTED = "CLIENT_DISCONNECTED"
+
+
+CHAT_TYPES = frozenset(
+    {
+        MessageType.TEXT,
+        MessageType.REPLY,
+        MessageType.REPLY_CHUNK,
+        MessageType.SYSTEM,
+        MessageType.ERROR,
+        MessageType.CANCEL,
+    }
+)
+
+# What a frontend may send after registering.
+FRONTEND_SENDABLE = frozenset(
+    {
+        MessageType.TEXT,
+        MessageType.REQUEST_AGENT_STATUS,
+        MessageType.CANCEL,
+        MessageType.REGISTER_FRONTEND,
+    }
+)
+
+# What an agent may publish towards the broker.
+AGENT_SENDABLE = frozenset(
+    {MessageType.REPLY, MessageType.REPLY_CHUNK, MessageType.SYSTEM, MessageType.ERROR}
+)
+
+# Answers that close a frontend's TEXT: exactly one of these ends every accepted message.
+FINAL_ANSWER_TYPES = frozenset({MessageType.REPLY, MessageType.ERROR})
+
+
+class RoutingStatus(StrEnum):
+    PENDING = "pending"
+    ROUTED = "routed"
+    DELIVERED = "delivered"
+    ERROR = "error"
+
+
+class ErrorCode(StrEnum):
+    INVALID_JSON = "invalid_json"
+    INVALID_MESSAGE = "invalid_message"
+    UNSUPPORTED_TYPE = "unsupported_type"
+    NOT_REGISTERED = "not_registered"
+    ALREADY_REGISTERED = "already_registered"
+    TOO_LARGE = "too_large"
+    RATE_LIMITED = "rate_limited"
+    UNAUTHORIZED = "unauthorized"
+    NO_AGENT_AVAILABLE = "no_agent_available"
+    AGENT_OFFLINE = "agent_offline"
+    UNKNOWN_RECEIVER = "unknown_receiver"
+    BUS_UNAVAILABLE = "bus_unavailable"
+    HOP_LIMIT = "hop_limit"
+    CANCELLED = "cancelled"
+    INTERNAL = "internal"
+
+
+class AgentState(StrEnum):
+    """Presence of an agent as frontends and brokers see it."""
+
+    ONLINE = "online"
+    BUSY = "busy"
+    PAUSED = "paused"
+    OFFLINE = "offline"
+
+
+class ClientType(StrEnum):
+    FRONTEND = "frontend"
+    AGENT = "agent"
+    BROKER = "broker"
+
+
+# The receiver a broker uses when it means "whoever sent this" (the described system's broker).
+SERVER_RECEIVER = "server"
+MAX_HOPS = 16

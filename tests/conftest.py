@@ -1,0 +1,72 @@
+"""Fixtures shared by every test layer: real RabbitMQ in a fresh vhost, free ports.
+
+Under CI (CI=true) a missing RabbitMQ is a failure, never a skip.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+ON_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def rabbitmq_reachable(host: str = "127.0.0.1", port: int = 5672) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+def _rabbitmqctl(*args: str) -> None:
+    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_available() -> None:
+    if rabbitmq_reachable():
+        return
+    if ON_CI:
+        pytest.fail("RabbitMQ is not reachable on 127.0.0.1:5672 (CI=true: this is a failure)")
+    pytest.skip("RabbitMQ is not running on 127.0.0.1:5672")
+
+
+@pytest.fixture
+def rabbitmq_vhost(rabbitmq_available: None) -> Iterator[str]:
+    """A fresh, empty vhost for one test, so tests never share queues."""
+    if shutil.which("rabbitmqctl") is None:
+        pytest.fail("rabbitmqctl is needed to create test vhosts")
+    vhost = f"agentcomm_test_{uuid.uuid4().hex[:12]}"
+    _rabbitmqctl("add_vhost", vhost)
+    _rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+    try:
+        yield vhost
+    finally:
+        subprocess.run(
+            ["rabbitmqctl", "-q", "delete_vhost", vhost], capture_output=True, timeout=60
+        )
+
+
+@pytest.fixture
+def rabbitmq_env(rabbitmq_vhost: str) -> dict[str, str]:
+    """Settings overrides pointing at the test's own vhost."""
+    return {
+        "rabbitmq_host": "127.0.0.1",
+        "rabbitmq_port": "5672",
+        "rabbitmq_vhost": rabbitmq_vhost,
+        "message_bus": "rabbitmq",
+    }
