@@ -111,7 +111,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return _run(
             lambda: run_demo_agent(
-                args.kind, settings, name=args.name, agent_id=args.agent_id, transport=args.transport
+                args.kind,
+                settings,
+                name=args.name,
+                agent_id=args.agent_id,
+                transport=args.transport,
             )
         )
     if args.command == "dev":

@@ -21,7 +21,7 @@ class Settings(BaseSettings):
     # The seed's names.
     rabbitmq_host: str = Field("localhost", description="RabbitMQ host name")
     rabbitmq_port: int = Field(5672, ge=1, le=65535, description="RabbitMQ port")
-    host: str = Field("0.0.0.0", description="HTTP/WebSocket listen address")  # noqa: S104
+    host: str = Field("0.0.0.0", description="HTTP/WebSocket listen address")
     port: int = Field(8765, ge=0, le=65535, description="HTTP/WebSocket port (0: any free)")
     grpc_host: str = Field("localhost", description="gRPC listen address")
     grpc_port: int = Field(50051, ge=0, le=65535, description="gRPC port (0: any free)")
@@ -35,29 +35,42 @@ class Settings(BaseSettings):
     rabbitmq_user: str = Field("guest", description="RabbitMQ user")
     rabbitmq_password: str = Field("guest", description="RabbitMQ password")
     rabbitmq_vhost: str = Field("/", description="RabbitMQ virtual host")
-    rabbitmq_prefetch: int = Field(200, ge=1, le=65535, description="unacked deliveries per consumer")
+    rabbitmq_prefetch: int = Field(
+        200, ge=1, le=65535, description="unacked deliveries per consumer"
+    )
     rabbitmq_connect_attempts: int = Field(
         10, ge=1, description="attempts to reach RabbitMQ at start before giving up"
     )
-    agent_timeout: float = Field(30.0, gt=0, description="seconds without a sign of life before an agent is offline")
+    agent_timeout: float = Field(
+        30.0, gt=0, description="seconds without a sign of life before an agent is offline"
+    )
     stream_grace: float = Field(
         3.0, ge=0, description="seconds a broken ReceiveCommands stream may take to be reopened"
     )
-    heartbeat_interval: int = Field(10, ge=1, le=3600, description="seconds between agent heartbeats")
+    heartbeat_interval: int = Field(
+        10, ge=1, le=3600, description="seconds between agent heartbeats"
+    )
     registration_timeout: float = Field(10.0, gt=0, description="seconds a socket has to register")
-    max_message_bytes: int = Field(65536, ge=1024, le=16 * 1024 * 1024, description="largest frame accepted")
+    max_message_bytes: int = Field(
+        65536, ge=1024, le=16 * 1024 * 1024, description="largest frame accepted"
+    )
     outbound_queue_frames: int = Field(
         1024, ge=16, description="frames queued for a slow frontend before it is closed (4008)"
     )
     delivery_timeout: float = Field(
         300.0, gt=0, description="seconds a message waits in an agent queue before it expires"
     )
+    resume_window: float = Field(
+        60.0, ge=0, description="seconds a disconnected frontend's session waits for a resume"
+    )
     command_timeout: float = Field(30.0, gt=0, description="default wait for a command result")
     shutdown_timeout: float = Field(10.0, gt=0, description="seconds a graceful shutdown may take")
     allowed_origins: str = Field(
         "", description="comma-separated WebSocket/CORS origins; empty allows any"
     )
-    public_url: str = Field("", description="address advertised to others (default: from HOST/PORT)")
+    public_url: str = Field(
+        "", description="address advertised to others (default: from HOST/PORT)"
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
         "INFO", description="log level"
     )

@@ -26,7 +26,9 @@ def encode_for_bus(model: BaseModel) -> bytes:
 def encode_for_client(model: BaseModel) -> bytes:
     """What a frontend or agent may see: internal fields stripped."""
     return orjson.dumps(
-        model.model_dump(mode="json", by_alias=True, exclude_none=True, exclude=INTERNAL_FIELDS)
+        model.model_dump(
+            mode="json", by_alias=True, exclude_none=True, exclude=set(INTERNAL_FIELDS)
+        )
     )
 
 
@@ -60,9 +62,7 @@ def validate_model(model: type[ModelT], data: dict[str, Any]) -> ModelT:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise ProtocolError(
-            ErrorCode.INVALID_MESSAGE, _describe(exc), _reply_id(data)
-        ) from None
+        raise ProtocolError(ErrorCode.INVALID_MESSAGE, _describe(exc), _reply_id(data)) from None
 
 
 def decode_envelope(raw: bytes | str) -> Envelope:

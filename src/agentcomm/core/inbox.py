@@ -1,0 +1,119 @@
+"""Chat work for agents that receive it over gRPC instead of consuming their bus queue.
+
+The server consumes `agent_queue_<id>` on the agent's behalf. A message is handed to the agent's
+stream and acked on the bus only when the agent acknowledges it; if the stream ends first, the
+message goes back to the queue, so an agent that dies mid-message gets it again when it returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+from agentcomm.bus.base import Bus, Delivery, Subscription
+from agentcomm.bus.queues import agent_queue
+
+log = logging.getLogger(__name__)
+
+
+class InboxClosed(Exception):
+    """The agent's stream ended before it acknowledged the message."""
+
+
+@dataclass(frozen=True, slots=True)
+class InboxItem:
+    message_id: str
+    body: bytes
+
+
+class AgentInbox:
+    """One open ReceiveMessages stream: deliveries out, acknowledgements in."""
+
+    def __init__(self, bus: Bus, agent_id: str, prefetch: int) -> None:
+        self.agent_id = agent_id
+        self._bus = bus
+        self._prefetch = prefetch
+        self._outgoing: asyncio.Queue[InboxItem | None] = asyncio.Queue()
+        self._awaiting_ack: dict[str, asyncio.Future[bool]] = {}
+        self._subscription: Subscription | None = None
+        self._closed = False
+
+    async def open(self) -> None:
+        self._subscription = await self._bus.consume(
+            agent_queue(self.agent_id),
+            self._hand_over,
+            prefetch=self._prefetch,
+            concurrency=self._prefetch,
+        )
+
+    async def next(self) -> InboxItem | None:
+        """The next message for the agent; None once the inbox is closed."""
+        return await self._outgoing.get()
+
+    def acknowledge(self, message_id: str, handled: bool) -> bool:
+        future = self._awaiting_ack.get(message_id)
+        if future is None:
+            return False
+        if not future.done():
+            future.set_result(handled)
+        return True
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for future in self._awaiting_ack.values():
+            if not future.done():
+                future.set_exception(InboxClosed())
+        if self._subscription is not None:
+            await self._subscription.cancel()
+        self._outgoing.put_nowait(None)
+
+    async def _hand_over(self, delivery: Delivery) -> None:
+        if self._closed:
+            raise InboxClosed()
+        message_id = delivery.message_id or f"delivery-{id(delivery)}"
+        if message_id in self._awaiting_ack:
+            # The same message again while the agent still works on it (an at-least-once
+            # redelivery): the agent's answer to the first copy answers both.
+            log.info("Dropping duplicate delivery of %s for %s", message_id, self.agent_id)
+            return
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._awaiting_ack[message_id] = future
+        try:
+            self._outgoing.put_nowait(InboxItem(message_id, delivery.body))
+            handled = await future
+        finally:
+            self._awaiting_ack.pop(message_id, None)
+        if not handled:
+            raise InboxClosed()
+
+
+class AgentInboxes:
+    """The open inboxes by agent id (one stream per agent; a newer stream replaces the older)."""
+
+    def __init__(self, bus: Bus) -> None:
+        self._bus = bus
+        self._open: dict[str, AgentInbox] = {}
+
+    async def open(self, agent_id: str, prefetch: int) -> AgentInbox:
+        previous = self._open.pop(agent_id, None)
+        if previous is not None:
+            await previous.close()
+        inbox = AgentInbox(self._bus, agent_id, prefetch)
+        await inbox.open()
+        self._open[agent_id] = inbox
+        return inbox
+
+    def get(self, agent_id: str) -> AgentInbox | None:
+        return self._open.get(agent_id)
+
+    async def close(self, inbox: AgentInbox) -> None:
+        if self._open.get(inbox.agent_id) is inbox:
+            del self._open[inbox.agent_id]
+        await inbox.close()
+
+    async def close_all(self) -> None:
+        for inbox in list(self._open.values()):
+            await self.close(inbox)

@@ -1,0 +1,269 @@
+"""The agent registry: who is registered, who is online, and every change pushed at once.
+
+Presence rule (PROTOCOL §5): an agent is online from a successful registration until it
+unregisters, or until neither a heartbeat nor an open command/message stream has been seen for
+`agent_timeout` seconds, or its last stream broke and was not reopened within `stream_grace`.
+Each transition is handed to every listener as a delta, synchronously, so that listeners only
+enqueue and never block the registry.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from agentcomm.core.clock import Clock
+from agentcomm.core.errors import AgentIdTaken, NotYourAgent, UnknownAgent
+from agentcomm.protocol.models import AgentInfo
+from agentcomm.protocol.timestamps import to_iso
+from agentcomm.protocol.vocabulary import AgentState
+
+log = logging.getLogger(__name__)
+
+PresenceListener = Callable[[list[AgentInfo]], None]
+
+# What an agent may report in a heartbeat, mapped to the presence frontends see.
+_REPORTED_STATES = {
+    "IDLE": AgentState.ONLINE,
+    "ONLINE": AgentState.ONLINE,
+    "READY": AgentState.ONLINE,
+    "BUSY": AgentState.BUSY,
+    "PAUSED": AgentState.PAUSED,
+}
+
+# Offline agents are forgotten after this long, so the registry cannot grow without bound.
+FORGET_OFFLINE_AFTER_SECONDS = 3600.0
+
+
+def parse_reported_status(raw: str) -> AgentState | None:
+    """An agent's heartbeat status (any case), or None when it is not one we know."""
+    return _REPORTED_STATES.get(raw.strip().upper()) if raw.strip() else AgentState.ONLINE
+
+
+@dataclass
+class AgentRecord:
+    agent_id: str
+    agent_name: str
+    session: str
+    version: str = ""
+    capabilities: dict[str, str] = field(default_factory=dict)
+    hostname: str = ""
+    platform: str = ""
+    online: bool = True
+    reported: AgentState = AgentState.ONLINE
+    metrics: dict[str, str] = field(default_factory=dict)
+    last_seen: datetime | None = None
+    last_seen_mono: float = 0.0
+    open_streams: int = 0
+    stream_lost_at: float | None = None
+    offline_since: float | None = None
+
+    @property
+    def state(self) -> AgentState:
+        return self.reported if self.online else AgentState.OFFLINE
+
+    @property
+    def in_flight(self) -> int:
+        try:
+            return max(0, int(self.metrics.get("in_flight", "0")))
+        except ValueError:
+            return 0
+
+    def info(self) -> AgentInfo:
+        return AgentInfo(
+            agent_id=self.agent_id,
+            agent_name=self.agent_name,
+            is_online=self.online,
+            last_seen=to_iso(self.last_seen) if self.last_seen else "",
+            status=self.state,
+            capabilities=dict(self.capabilities),
+            in_flight=self.in_flight,
+        )
+
+
+class AgentRegistry:
+    """Canonical agent state of this server process."""
+
+    def __init__(self, clock: Clock, *, agent_timeout: float, stream_grace: float) -> None:
+        self._clock = clock
+        self._agent_timeout = agent_timeout
+        self._stream_grace = stream_grace
+        self._agents: dict[str, AgentRecord] = {}
+        self._listeners: list[PresenceListener] = []
+
+    # -- listeners ---------------------------------------------------------------------------
+
+    def subscribe(self, listener: PresenceListener) -> Callable[[], None]:
+        """Calls `listener(delta)` on every change; returns the function that unsubscribes."""
+        self._listeners.append(listener)
+
+        def unsubscribe() -> None:
+            if listener in self._listeners:
+                self._listeners.remove(listener)
+
+        return unsubscribe
+
+    def _emit(self, records: list[AgentRecord]) -> None:
+        if not records:
+            return
+        delta = [record.info() for record in records]
+        for listener in list(self._listeners):
+            try:
+                listener(delta)
+            except Exception:
+                # One broken listener must not keep presence from the others.
+                log.exception("Presence listener failed")
+
+    # -- queries -----------------------------------------------------------------------------
+
+    def get(self, agent_id: str) -> AgentRecord | None:
+        return self._agents.get(agent_id)
+
+    def require(self, agent_id: str) -> AgentRecord:
+        record = self._agents.get(agent_id)
+        if record is None:
+            raise UnknownAgent(agent_id)
+        return record
+
+    def is_online(self, agent_id: str) -> bool:
+        record = self._agents.get(agent_id)
+        return record is not None and record.online
+
+    def snapshot(self) -> list[AgentInfo]:
+        return [record.info() for record in self._agents.values()]
+
+    def online_count(self) -> int:
+        return sum(1 for record in self._agents.values() if record.online)
+
+    # -- transitions -------------------------------------------------------------------------
+
+    def register(
+        self,
+        agent_id: str,
+        agent_name: str,
+        session: str,
+        *,
+        version: str = "",
+        capabilities: dict[str, str] | None = None,
+        hostname: str = "",
+        platform: str = "",
+    ) -> AgentRecord:
+        """Registers (or re-registers) an agent; a live id held by another session is refused."""
+        existing = self._agents.get(agent_id)
+        if existing is not None and existing.online and existing.session != session:
+            raise AgentIdTaken(agent_id)
+        record = AgentRecord(
+            agent_id=agent_id,
+            agent_name=agent_name or agent_id,
+            session=session,
+            version=version,
+            capabilities=dict(capabilities or {}),
+            hostname=hostname,
+            platform=platform,
+            open_streams=existing.open_streams if existing and existing.session == session else 0,
+        )
+        self._touch(record)
+        self._agents[agent_id] = record
+        changed = existing is None or existing.info() != record.info()
+        if changed:
+            log.info("Agent %s (%s) is online", agent_id, record.agent_name)
+            self._emit([record])
+        return record
+
+    def unregister(self, agent_id: str, session: str | None = None) -> AgentRecord:
+        record = self.require(agent_id)
+        if session is not None and record.session != session and record.online:
+            raise NotYourAgent(agent_id)
+        if record.online:
+            self._go_offline(record, "unregistered")
+        return record
+
+    def heartbeat(
+        self, agent_id: str, session: str | None, status: AgentState, metrics: dict[str, str]
+    ) -> AgentRecord:
+        record = self.require(agent_id)
+        if session is not None and record.session != session:
+            if record.online:
+                raise NotYourAgent(agent_id)
+            # A restarted agent process that heartbeats before registering again takes over.
+            record.session = session
+        before = record.state
+        record.metrics = dict(metrics)
+        record.reported = status
+        was_online = record.online
+        record.online = True
+        record.offline_since = None
+        # A heartbeat proves the agent alive even if its stream broke: no stream-loss timeout.
+        record.stream_lost_at = None
+        self._touch(record)
+        if not was_online or before != record.state:
+            self._emit([record])
+        return record
+
+    def stream_opened(self, agent_id: str) -> AgentRecord:
+        record = self.require(agent_id)
+        record.open_streams += 1
+        record.stream_lost_at = None
+        self._touch(record)
+        if not record.online:
+            record.online = True
+            record.offline_since = None
+            self._emit([record])
+        return record
+
+    def stream_closed(self, agent_id: str) -> None:
+        record = self._agents.get(agent_id)
+        if record is None:
+            return
+        record.open_streams = max(0, record.open_streams - 1)
+        self._touch(record)
+        if record.open_streams == 0 and record.online:
+            record.stream_lost_at = self._clock.monotonic()
+
+    def set_reported_state(self, agent_id: str, status: AgentState) -> None:
+        """An agent's own account of its state, e.g. the result of a pause command."""
+        record = self.require(agent_id)
+        if record.reported != status:
+            record.reported = status
+            if record.online:
+                self._emit([record])
+
+    def sweep(self) -> list[AgentInfo]:
+        """Applies the timeouts; returns the agents that went offline. Call it periodically."""
+        now = self._clock.monotonic()
+        gone: list[AgentRecord] = []
+        for record in list(self._agents.values()):
+            if not record.online:
+                if (
+                    record.offline_since
+                    and now - record.offline_since > FORGET_OFFLINE_AFTER_SECONDS
+                ):
+                    del self._agents[record.agent_id]
+                continue
+            silent_for = now - record.last_seen_mono
+            if record.open_streams == 0 and silent_for >= self._agent_timeout:
+                self._go_offline(record, f"silent for {silent_for:.1f} s", emit=False)
+                gone.append(record)
+            elif (
+                record.stream_lost_at is not None
+                and record.open_streams == 0
+                and now - record.stream_lost_at >= self._stream_grace
+            ):
+                self._go_offline(record, "its stream broke and was not reopened", emit=False)
+                gone.append(record)
+        self._emit(gone)
+        return [record.info() for record in gone]
+
+    def _touch(self, record: AgentRecord) -> None:
+        record.last_seen = self._clock.now()
+        record.last_seen_mono = self._clock.monotonic()
+
+    def _go_offline(self, record: AgentRecord, why: str, *, emit: bool = True) -> None:
+        record.online = False
+        record.stream_lost_at = None
+        record.offline_since = self._clock.monotonic()
+        log.info("Agent %s is offline: %s", record.agent_id, why)
+        if emit:
+            self._emit([record])

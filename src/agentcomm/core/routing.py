@@ -1,0 +1,362 @@
+"""The server's routing decisions (PROTOCOL §4), written once for every transport.
+
+Inputs: a frontend's frame (WebSocket), an agent's message (gRPC SendMessage), and the broker's
+output on `server_input_queue`. Outputs: publishes on the bus, frames to frontend sessions, and
+status echoes of a sender's own message (`pending` → `routed` → `delivered`, or `error`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from agentcomm.bus.base import Bus, BusError, BusUnavailable, Unroutable
+from agentcomm.bus.queues import BROKER_INPUT_QUEUE, agent_queue, server_queue
+from agentcomm.core.presence import AgentRegistry
+from agentcomm.core.sessions import FrontendSessions
+from agentcomm.protocol.codec import encode_for_bus, encode_for_client
+from agentcomm.protocol.errors import ProtocolError
+from agentcomm.protocol.ids import is_frontend_id
+from agentcomm.protocol.models import Envelope
+from agentcomm.protocol.timestamps import utc_now_iso
+from agentcomm.protocol.vocabulary import (
+    AGENT_SENDABLE,
+    SERVER_RECEIVER,
+    ErrorCode,
+    MessageType,
+    RoutingStatus,
+)
+
+log = logging.getLogger(__name__)
+
+# How long a "routed" echo may wait for the "pending" echo of the same message, so that a
+# sender never sees them out of order even when the broker is faster than the publish confirm.
+_PENDING_ECHO_WAIT_SECONDS = 5.0
+
+RouteObserver = Callable[[Envelope], None]
+
+
+class ServerRouter:
+    """Where each message goes, and what its sender is told about it."""
+
+    def __init__(
+        self,
+        *,
+        server_id: str,
+        bus: Bus,
+        registry: AgentRegistry,
+        sessions: FrontendSessions,
+        publish_timeout: float = 5.0,
+    ) -> None:
+        self._server_id = server_id
+        self._bus = bus
+        self._registry = registry
+        self._sessions = sessions
+        self._publish_timeout = publish_timeout
+        # message_id -> set once the sender was told "pending".
+        self._pending_echoed: dict[str, asyncio.Event] = {}
+        self._observers: list[RouteObserver] = []
+
+    def observe(self, observer: RouteObserver) -> None:
+        """Calls `observer` with every message the router handles (metrics, tests)."""
+        self._observers.append(observer)
+
+    # -- from frontends ----------------------------------------------------------------------
+
+    async def accept_from_frontend(self, frontend_id: str, message: Envelope) -> None:
+        """A TEXT or CANCEL from a registered frontend. Raises ProtocolError on bad input."""
+        if message.message_type is MessageType.TEXT:
+            if not (message.text_payload or "").strip():
+                raise ProtocolError(
+                    ErrorCode.INVALID_MESSAGE,
+                    "A TEXT needs a non-empty text_payload.",
+                    message.message_id,
+                )
+        elif message.message_type is MessageType.CANCEL:
+            if not message.in_reply_to_message_id:
+                raise ProtocolError(
+                    ErrorCode.INVALID_MESSAGE,
+                    "A CANCEL needs in_reply_to_message_id: the TEXT to stop.",
+                    message.message_id,
+                )
+        else:
+            raise ProtocolError(
+                ErrorCode.UNSUPPORTED_TYPE,
+                f"Frontends cannot send {message.message_type.value}.",
+                message.message_id,
+            )
+        receiver = (message.receiver_id or "").strip()
+        if receiver.lower() == SERVER_RECEIVER:
+            receiver = ""
+        if receiver and is_frontend_id(receiver):
+            raise ProtocolError(
+                ErrorCode.UNKNOWN_RECEIVER,
+                "Frontends talk to agents; receiver_id must be an agent id or empty.",
+                message.message_id,
+            )
+        outgoing = message.model_copy(
+            update={
+                "sender_id": frontend_id,
+                "receiver_id": receiver or None,
+                "client_id": frontend_id,
+                "server_id": self._server_id,
+                "routing_status": RoutingStatus.PENDING,
+                "send_timestamp": message.send_timestamp or utc_now_iso(),
+                "hops": 0,
+                "error_code": None,
+            }
+        )
+        echoed = asyncio.Event()
+        self._pending_echoed[outgoing.message_id] = echoed
+        try:
+            await self._bus.publish(
+                BROKER_INPUT_QUEUE,
+                encode_for_bus(outgoing),
+                message_id=outgoing.message_id,
+                timeout=self._publish_timeout,
+            )
+        except BusError as exc:
+            self._pending_echoed.pop(outgoing.message_id, None)
+            log.warning("Could not hand %s to the broker: %s", outgoing.message_id, exc)
+            self._fail_to_frontend(
+                frontend_id,
+                outgoing,
+                ErrorCode.BUS_UNAVAILABLE,
+                "The message bus is unavailable; the message was not sent. Try again shortly.",
+            )
+            return
+        if outgoing.message_type is MessageType.TEXT:
+            self._echo(frontend_id, outgoing, RoutingStatus.PENDING)
+        echoed.set()
+        self._notify(outgoing)
+        # Keep the event only as long as a broker answer might race it.
+        asyncio.get_running_loop().call_later(
+            _PENDING_ECHO_WAIT_SECONDS * 2, self._pending_echoed.pop, outgoing.message_id, None
+        )
+
+    # -- from agents over gRPC ---------------------------------------------------------------
+
+    async def accept_from_agent(self, agent_id: str, message: Envelope) -> Envelope:
+        """An agent's REPLY / REPLY_CHUNK / SYSTEM / ERROR, published towards the broker."""
+        if message.message_type not in AGENT_SENDABLE:
+            raise ProtocolError(
+                ErrorCode.UNSUPPORTED_TYPE,
+                f"Agents cannot send {message.message_type.value}; "
+                "they send REPLY, REPLY_CHUNK, SYSTEM or ERROR.",
+                message.message_id,
+            )
+        outgoing = message.model_copy(
+            update={
+                "sender_id": agent_id,
+                "routing_status": RoutingStatus.PENDING,
+                "send_timestamp": message.send_timestamp or utc_now_iso(),
+            }
+        )
+        await self._bus.publish(
+            BROKER_INPUT_QUEUE,
+            encode_for_bus(outgoing),
+            message_id=outgoing.message_id,
+            timeout=self._publish_timeout,
+        )
+        self._notify(outgoing)
+        return outgoing
+
+    # -- from the broker ---------------------------------------------------------------------
+
+    async def handle_broker_output(self, message: Envelope) -> None:
+        """A message from `server_input_queue`: deliver it, or tell its sender why not.
+
+        Raises BusUnavailable when a publish it needs fails, so that the bus message is not
+        acked and comes back once the bus is healthy again.
+        """
+        self._notify(message)
+        if message.routing_status is RoutingStatus.ERROR or (
+            message.message_type is MessageType.ERROR and message.routing_status is None
+        ):
+            await self._deliver_error(message)
+            return
+        receiver = (message.receiver_id or "").strip()
+        if not receiver or receiver.lower() == SERVER_RECEIVER:
+            await self._reject(
+                message, ErrorCode.UNKNOWN_RECEIVER, "The broker routed the message to no one."
+            )
+            return
+        if is_frontend_id(receiver):
+            await self._to_frontend(receiver, message)
+            return
+        await self._to_agent(receiver, message)
+
+    async def _to_agent(self, agent_id: str, message: Envelope) -> None:
+        record = self._registry.get(agent_id)
+        if record is None:
+            await self._reject(
+                message, ErrorCode.UNKNOWN_RECEIVER, f"No agent is registered as {agent_id!r}."
+            )
+            return
+        if not record.online:
+            await self._reject(message, ErrorCode.AGENT_OFFLINE, f"Agent {agent_id!r} is offline.")
+            return
+        sender = message.sender_id or message.client_id or ""
+        from_frontend = is_frontend_id(sender) and message.message_type is MessageType.TEXT
+        if from_frontend:
+            await self._wait_for_pending_echo(message.message_id)
+            self._echo(sender, message, RoutingStatus.ROUTED)
+        delivered = message.model_copy(update={"routing_status": RoutingStatus.DELIVERED})
+        try:
+            await self._bus.publish(
+                agent_queue(agent_id),
+                encode_for_bus(delivered),
+                message_id=message.message_id,
+                timeout=self._publish_timeout,
+            )
+        except Unroutable:
+            await self._reject(
+                message, ErrorCode.AGENT_OFFLINE, f"Agent {agent_id!r} has no queue on the bus."
+            )
+            return
+        if from_frontend:
+            self._echo(sender, delivered, RoutingStatus.DELIVERED)
+
+    async def _to_frontend(self, frontend_id: str, message: Envelope) -> None:
+        session = self._sessions.get(frontend_id)
+        if session is None:
+            await self._forward_to_owner(frontend_id, message)
+            return
+        if message.message_type is MessageType.REPLY_CHUNK and not session.wants_stream:
+            return  # this frontend asked for whole replies only
+        self._sessions.send(frontend_id, encode_for_client(message))
+
+    async def _forward_to_owner(self, frontend_id: str, message: Envelope) -> None:
+        owner = message.server_id
+        if owner and owner != self._server_id:
+            # Another server process holds this frontend's socket.
+            await self._bus.publish(
+                server_queue(owner),
+                encode_for_bus(message),
+                message_id=message.message_id,
+                mandatory=False,
+                timeout=self._publish_timeout,
+            )
+            return
+        log.info(
+            "Dropping %s %s for %s: the frontend is gone",
+            message.message_type.value,
+            message.message_id,
+            frontend_id,
+        )
+
+    async def _deliver_error(self, message: Envelope) -> None:
+        target = (message.receiver_id or "").strip()
+        if not target or target.lower() == SERVER_RECEIVER:
+            target = (message.sender_id or message.client_id or "").strip()
+        error = message.model_copy(
+            update={
+                "message_type": MessageType.ERROR,
+                "routing_status": RoutingStatus.ERROR,
+                "receiver_id": target,
+                "error_code": message.error_code or ErrorCode.INTERNAL.value,
+            }
+        )
+        await self._send_error_to(target, error)
+
+    async def _reject(self, message: Envelope, code: ErrorCode, text: str) -> None:
+        """The message cannot be delivered: its sender gets an ERROR saying why."""
+        sender = (message.sender_id or message.client_id or "").strip()
+        log.info("Message %s not delivered: %s", message.message_id, text)
+        error = Envelope(
+            message_type=MessageType.ERROR,
+            sender_id="server",
+            receiver_id=sender,
+            text_payload=text,
+            in_reply_to_message_id=message.message_id,
+            conversation_id=message.conversation_id,
+            routing_status=RoutingStatus.ERROR,
+            error_code=code.value,
+            send_timestamp=utc_now_iso(),
+            client_id=message.client_id,
+            server_id=message.server_id,
+        )
+        if is_frontend_id(sender) and message.message_type in (
+            MessageType.TEXT,
+            MessageType.CANCEL,
+        ):
+            await self._wait_for_pending_echo(message.message_id)
+            self._echo(sender, message, RoutingStatus.ERROR, code)
+        await self._send_error_to(sender, error)
+
+    async def _send_error_to(self, target: str, error: Envelope) -> None:
+        if not target:
+            log.warning("Error %s has no one to go to; dropped", error.message_id)
+            return
+        if is_frontend_id(target):
+            in_reply_to = error.in_reply_to_message_id
+            if in_reply_to and error.message_type is MessageType.ERROR:
+                self._pending_echoed.pop(in_reply_to, None)
+            await self._to_frontend(target, error)
+            return
+        if self._registry.get(target) is None:
+            log.info("Error %s for unknown %r dropped", error.message_id, target)
+            return
+        try:
+            await self._bus.publish(
+                agent_queue(target),
+                encode_for_bus(error),
+                message_id=error.message_id,
+                mandatory=False,
+                timeout=self._publish_timeout,
+            )
+        except BusUnavailable:
+            raise
+        except BusError as exc:
+            log.warning("Error for agent %s could not be queued: %s", target, exc)
+
+    # -- echoes to the sender ----------------------------------------------------------------
+
+    def _echo(
+        self,
+        frontend_id: str,
+        message: Envelope,
+        status: RoutingStatus,
+        code: ErrorCode | None = None,
+    ) -> None:
+        echo = message.model_copy(
+            update={
+                "routing_status": status,
+                "error_code": code.value if code else None,
+                "message_type": MessageType.TEXT,
+            }
+        )
+        self._sessions.send(frontend_id, encode_for_client(echo))
+
+    def _fail_to_frontend(
+        self, frontend_id: str, message: Envelope, code: ErrorCode, text: str
+    ) -> None:
+        if message.message_type is MessageType.TEXT:
+            self._echo(frontend_id, message, RoutingStatus.ERROR, code)
+        error = Envelope(
+            message_type=MessageType.ERROR,
+            sender_id="server",
+            receiver_id=frontend_id,
+            text_payload=text,
+            in_reply_to_message_id=message.message_id,
+            conversation_id=message.conversation_id,
+            routing_status=RoutingStatus.ERROR,
+            error_code=code.value,
+            send_timestamp=utc_now_iso(),
+        )
+        self._sessions.send(frontend_id, encode_for_client(error))
+
+    async def _wait_for_pending_echo(self, message_id: str) -> None:
+        echoed = self._pending_echoed.get(message_id)
+        if echoed is None or echoed.is_set():
+            return
+        try:
+            async with asyncio.timeout(_PENDING_ECHO_WAIT_SECONDS):
+                await echoed.wait()
+        except TimeoutError:
+            log.warning("Pending echo of %s never came; routing on", message_id)
+
+    def _notify(self, message: Envelope) -> None:
+        for observer in self._observers:
+            observer(message)

@@ -1,0 +1,136 @@
+"""Frontend sessions: who is connected, how to reach them, and what waits for a resume.
+
+A session outlives its socket for `resume_window` seconds: frames addressed to it meanwhile are
+kept (in order, bounded) and delivered when the frontend comes back with its `frontend_id` and
+`resume_token`.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from agentcomm.core.clock import Clock
+from agentcomm.protocol.ids import new_frontend_id
+
+log = logging.getLogger(__name__)
+
+# Frames kept for a disconnected frontend; past this the oldest are dropped and it is logged.
+RESUME_BUFFER_FRAMES = 1000
+
+
+class FrontendLink(Protocol):
+    """One live connection to a frontend, as the WebSocket adapter provides it."""
+
+    def send_frame(self, frame: bytes) -> None:
+        """Queues a frame without waiting; the link closes itself when its buffer overflows."""
+
+
+@dataclass
+class FrontendSession:
+    frontend_id: str
+    frontend_name: str
+    resume_token: str
+    capabilities: dict[str, Any]
+    link: FrontendLink | None
+    detached_at: float | None = None
+    backlog: deque[bytes] = field(default_factory=lambda: deque(maxlen=RESUME_BUFFER_FRAMES))
+
+    @property
+    def wants_stream(self) -> bool:
+        return bool(self.capabilities.get("stream"))
+
+
+class FrontendSessions:
+    """Every frontend of this server process, live or waiting to resume."""
+
+    def __init__(self, clock: Clock, *, resume_window: float) -> None:
+        self._clock = clock
+        self._resume_window = resume_window
+        self._sessions: dict[str, FrontendSession] = {}
+
+    def register(
+        self,
+        link: FrontendLink,
+        frontend_name: str,
+        capabilities: dict[str, Any],
+        *,
+        frontend_id: str | None = None,
+        resume_token: str | None = None,
+    ) -> tuple[FrontendSession, bool]:
+        """Opens a session, or resumes one when id and token match. Returns (session, resumed)."""
+        if frontend_id and resume_token:
+            previous = self._sessions.get(frontend_id)
+            if previous is not None and secrets.compare_digest(previous.resume_token, resume_token):
+                previous.link = link
+                previous.detached_at = None
+                previous.frontend_name = frontend_name
+                previous.capabilities = capabilities
+                return previous, True
+        session = FrontendSession(
+            frontend_id=new_frontend_id(),
+            frontend_name=frontend_name,
+            resume_token=secrets.token_urlsafe(24),
+            capabilities=capabilities,
+            link=link,
+        )
+        self._sessions[session.frontend_id] = session
+        return session, False
+
+    def flush_backlog(self, session: FrontendSession) -> int:
+        """Sends what waited while the frontend was away; returns how many frames."""
+        sent = 0
+        while session.backlog and session.link is not None:
+            session.link.send_frame(session.backlog.popleft())
+            sent += 1
+        return sent
+
+    def detach(self, frontend_id: str, link: FrontendLink) -> None:
+        """The socket closed; keep the session for a resume."""
+        session = self._sessions.get(frontend_id)
+        if session is not None and session.link is link:
+            session.link = None
+            session.detached_at = self._clock.monotonic()
+
+    def get(self, frontend_id: str) -> FrontendSession | None:
+        return self._sessions.get(frontend_id)
+
+    def send(self, frontend_id: str, frame: bytes) -> bool:
+        """Delivers to a live socket or keeps it for a resume; False when no such session."""
+        session = self._sessions.get(frontend_id)
+        if session is None:
+            return False
+        if session.link is not None:
+            session.link.send_frame(frame)
+        else:
+            if len(session.backlog) == session.backlog.maxlen:
+                log.warning("Resume buffer of %s is full; dropping its oldest frame", frontend_id)
+            session.backlog.append(frame)
+        return True
+
+    def broadcast(self, frame: bytes) -> None:
+        """To every live socket (presence only: nothing private is broadcast)."""
+        for session in self._sessions.values():
+            if session.link is not None:
+                session.link.send_frame(frame)
+
+    def live_count(self) -> int:
+        return sum(1 for session in self._sessions.values() if session.link is not None)
+
+    def expire(self) -> list[str]:
+        """Forgets sessions detached for longer than the resume window."""
+        now = self._clock.monotonic()
+        expired = [
+            session.frontend_id
+            for session in self._sessions.values()
+            if session.detached_at is not None and now - session.detached_at > self._resume_window
+        ]
+        for frontend_id in expired:
+            del self._sessions[frontend_id]
+        return expired
+
+    def live_links(self) -> list[FrontendLink]:
+        return [session.link for session in self._sessions.values() if session.link is not None]

@@ -1,0 +1,46 @@
+"""The ASGI application: HTTP API, the frontend WebSocket and the web UI, bound to one Hub."""
+
+from __future__ import annotations
+
+from importlib.resources import files
+from pathlib import Path
+
+from fastapi import FastAPI, WebSocket
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.staticfiles import StaticFiles
+
+from agentcomm import __version__
+from agentcomm.server.http_api import build_api_router
+from agentcomm.server.hub import Hub
+from agentcomm.server.websocket import FrontendConnection
+
+WEB_ROOT = Path(str(files("agentcomm.web") / "static"))
+
+
+def create_app(hub: Hub) -> FastAPI:
+    app = FastAPI(title="agentcomm", version=__version__, docs_url="/api/docs", redoc_url=None)
+    app.state.hub = hub
+    origins = hub.settings.origins
+    if origins:
+        # An explicit allow-list only: never "*" together with credentials.
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=origins,
+            allow_credentials=True,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type"],
+        )
+    app.include_router(build_api_router())
+
+    @app.websocket("/ws")
+    async def frontend_socket(websocket: WebSocket) -> None:
+        origin = websocket.headers.get("origin")
+        if origins and origin is not None and origin not in origins:
+            # Closing before accept answers the handshake with HTTP 403.
+            await websocket.close(code=1008)
+            return
+        await FrontendConnection(hub, websocket).run()
+
+    if WEB_ROOT.is_dir():
+        app.mount("/", StaticFiles(directory=WEB_ROOT, html=True), name="web")
+    return app

@@ -1,0 +1,86 @@
+"""Shared pieces of the gRPC adapters: caller identity and error mapping."""
+
+from __future__ import annotations
+
+from typing import Any, NoReturn
+
+import grpc
+
+from agentcomm.core.errors import (
+    AgentIdTaken,
+    AgentOffline,
+    CommandTimedOut,
+    HubError,
+    NotYourAgent,
+    UnknownAgent,
+)
+from agentcomm.protocol.errors import ProtocolError
+from agentcomm.protocol.ids import is_valid_id
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+# Agents built on the SDK name their process with this metadata key; others are told apart by
+# their connection (peer address).
+SESSION_METADATA_KEY = "agentcomm-session"
+
+_HUB_ERROR_CODES: dict[type[HubError], grpc.StatusCode] = {
+    UnknownAgent: grpc.StatusCode.NOT_FOUND,
+    AgentOffline: grpc.StatusCode.FAILED_PRECONDITION,
+    AgentIdTaken: grpc.StatusCode.ALREADY_EXISTS,
+    NotYourAgent: grpc.StatusCode.PERMISSION_DENIED,
+    CommandTimedOut: grpc.StatusCode.DEADLINE_EXCEEDED,
+}
+
+
+def caller_session(context: Context) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == SESSION_METADATA_KEY and isinstance(value, str) and value:
+            return "session:" + value[:128]
+    return "peer:" + context.peer()
+
+
+def declared_session(context: Context) -> str | None:
+    """The session the caller names, or None: callers without one are not held to it."""
+    for key, value in context.invocation_metadata() or ():
+        if key == SESSION_METADATA_KEY and isinstance(value, str) and value:
+            return "session:" + value[:128]
+    return None
+
+
+async def abort_for(context: Context, error: HubError | ProtocolError) -> NoReturn:
+    if isinstance(error, ProtocolError):
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, error.text)
+    code = _HUB_ERROR_CODES.get(type(error), grpc.StatusCode.FAILED_PRECONDITION)
+    await context.abort(code, str(error))
+
+
+async def require_id(context: Context, value: str, what: str) -> str:
+    if not value:
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{what} is required.")
+    if not is_valid_id(value):
+        await context.abort(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"{what} must be 1-128 characters from [A-Za-z0-9_.:-].",
+        )
+    return value
+
+
+async def require_map(
+    context: Context,
+    values: dict[str, str],
+    what: str,
+    *,
+    max_entries: int = 64,
+    max_chars: int = 1024,
+) -> dict[str, str]:
+    if len(values) > max_entries:
+        await context.abort(
+            grpc.StatusCode.INVALID_ARGUMENT, f"{what} may have at most {max_entries} entries."
+        )
+    for key, value in values.items():
+        if not key or len(key) > 128 or len(value) > max_chars:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"{what}: keys must be 1-128 characters and values at most {max_chars}.",
+            )
+    return dict(values)

@@ -1,0 +1,230 @@
+"""AgentRegistrationService: registration, heartbeats, commands and chat work over gRPC."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+
+import grpc
+
+from agentcomm.bus.base import BusError
+from agentcomm.core.commands import CommandOutcome
+from agentcomm.core.errors import HubError
+from agentcomm.core.presence import parse_reported_status
+from agentcomm.generated import agent_registration_service_pb2 as pb
+from agentcomm.generated import agent_registration_service_pb2_grpc as pb_grpc
+from agentcomm.protocol.codec import decode_envelope
+from agentcomm.protocol.errors import ProtocolError
+from agentcomm.protocol.ids import new_agent_id
+from agentcomm.protocol.models import MAX_NAME_CHARS
+from agentcomm.server.grpc_context import (
+    Context,
+    abort_for,
+    caller_session,
+    declared_session,
+    require_id,
+    require_map,
+)
+
+if TYPE_CHECKING:
+    from agentcomm.server.hub import Hub
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MESSAGE_PREFETCH = 32
+MAX_MESSAGE_PREFETCH = 1000
+
+
+class AgentRegistrationServicer(pb_grpc.AgentRegistrationServiceServicer):
+    def __init__(self, hub: Hub) -> None:
+        self._hub = hub
+
+    async def RegisterAgent(
+        self, request: pb.AgentRegistrationRequest, context: Context
+    ) -> pb.AgentRegistrationResponse:
+        agent_id = request.agent_id or new_agent_id()
+        await require_id(context, agent_id, "agent_id")
+        if len(request.agent_name) > MAX_NAME_CHARS:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"agent_name may have at most {MAX_NAME_CHARS} characters.",
+            )
+        capabilities = await require_map(context, dict(request.capabilities), "capabilities")
+        try:
+            await self._hub.declare_agent_queue(agent_id)
+        except BusError as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"Message bus unavailable: {exc}")
+        try:
+            record = self._hub.registry.register(
+                agent_id,
+                request.agent_name,
+                caller_session(context),
+                version=request.version[:64],
+                capabilities=capabilities,
+                hostname=request.hostname[:256],
+                platform=request.platform[:256],
+            )
+        except HubError as exc:
+            await abort_for(context, exc)
+        return pb.AgentRegistrationResponse(
+            success=True,
+            message=f"Agent {record.agent_id} registered.",
+            server_assigned_id=record.agent_id,
+            heartbeat_interval=self._hub.settings.heartbeat_interval,
+            server_id=self._hub.server_id,
+        )
+
+    async def UnregisterAgent(
+        self, request: pb.AgentUnregistrationRequest, context: Context
+    ) -> pb.AgentUnregistrationResponse:
+        await require_id(context, request.agent_id, "agent_id")
+        try:
+            self._hub.registry.unregister(request.agent_id, declared_session(context))
+        except HubError as exc:
+            await abort_for(context, exc)
+        inbox = self._hub.inboxes.get(request.agent_id)
+        if inbox is not None:
+            await self._hub.inboxes.close(inbox)
+        return pb.AgentUnregistrationResponse(
+            success=True, message=f"Agent {request.agent_id} unregistered."
+        )
+
+    async def SendHeartbeat(
+        self, request: pb.HeartbeatRequest, context: Context
+    ) -> pb.HeartbeatResponse:
+        await require_id(context, request.agent_id, "agent_id")
+        status = parse_reported_status(request.status)
+        if status is None:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"Unknown status {request.status[:32]!r}; use IDLE, BUSY or PAUSED.",
+            )
+        metrics = await require_map(context, dict(request.metrics), "metrics")
+        try:
+            self._hub.registry.heartbeat(
+                request.agent_id, declared_session(context), status, metrics
+            )
+        except HubError as exc:
+            await abort_for(context, exc)
+        return pb.HeartbeatResponse(success=True, interval=self._hub.settings.heartbeat_interval)
+
+    async def ReceiveCommands(
+        self, request: pb.CommandStreamRequest, context: Context
+    ) -> AsyncIterator[pb.Command]:
+        await require_id(context, request.agent_id, "agent_id")
+        await self._require_own(request.agent_id, context)
+        registry, commands = self._hub.registry, self._hub.commands
+        stream = commands.open_stream(request.agent_id)
+        registry.stream_opened(request.agent_id)
+        try:
+            while True:
+                command = await stream.queue.get()
+                yield pb.Command(
+                    command_id=command.command_id,
+                    type=command.type,
+                    content=command.content,
+                    parameters=command.parameters,
+                    is_cancellation=command.is_cancellation,
+                )
+        finally:
+            commands.close_stream(stream)
+            registry.stream_closed(request.agent_id)
+
+    async def SendCommandResult(
+        self, request: pb.CommandResult, context: Context
+    ) -> pb.CommandResultResponse:
+        await require_id(context, request.command_id, "command_id")
+        await require_id(context, request.agent_id, "agent_id")
+        outcome = CommandOutcome(
+            command_id=request.command_id,
+            agent_id=request.agent_id,
+            success=request.success,
+            output=request.output,
+            error_message=request.error_message,
+            exit_code=request.exit_code,
+            execution_time_ms=request.execution_time_ms,
+        )
+        if not self._hub.commands.complete(outcome):
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND,
+                f"No command {request.command_id} is waiting for agent {request.agent_id}.",
+            )
+        return pb.CommandResultResponse(received=True, message="Result received.")
+
+    async def ReceiveMessages(
+        self, request: pb.MessageStreamRequest, context: Context
+    ) -> AsyncIterator[pb.ChatMessage]:
+        await require_id(context, request.agent_id, "agent_id")
+        await self._require_own(request.agent_id, context)
+        if request.prefetch < 0 or request.prefetch > MAX_MESSAGE_PREFETCH:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"prefetch must be between 0 and {MAX_MESSAGE_PREFETCH}.",
+            )
+        try:
+            await self._hub.declare_agent_queue(request.agent_id)
+            inbox = await self._hub.inboxes.open(
+                request.agent_id, request.prefetch or DEFAULT_MESSAGE_PREFETCH
+            )
+        except BusError as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"Message bus unavailable: {exc}")
+        self._hub.registry.stream_opened(request.agent_id)
+        try:
+            while (item := await inbox.next()) is not None:
+                yield pb.ChatMessage(
+                    agent_id=request.agent_id,
+                    message_id=item.message_id,
+                    envelope_json=item.body.decode(),
+                )
+        finally:
+            await self._hub.inboxes.close(inbox)
+            self._hub.registry.stream_closed(request.agent_id)
+
+    async def AckMessage(self, request: pb.MessageAck, context: Context) -> pb.MessageAckResponse:
+        await require_id(context, request.agent_id, "agent_id")
+        await require_id(context, request.message_id, "message_id")
+        inbox = self._hub.inboxes.get(request.agent_id)
+        if inbox is None:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"Agent {request.agent_id} has no open ReceiveMessages stream.",
+            )
+        if not inbox.acknowledge(request.message_id, request.handled):
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND,
+                f"Message {request.message_id} is not awaiting an acknowledgement.",
+            )
+        return pb.MessageAckResponse(acknowledged=True)
+
+    async def SendMessage(
+        self, request: pb.ChatMessage, context: Context
+    ) -> pb.SendMessageResponse:
+        await require_id(context, request.agent_id, "agent_id")
+        if len(request.envelope_json) > self._hub.settings.max_message_bytes:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"The message is larger than {self._hub.settings.max_message_bytes} bytes.",
+            )
+        await self._require_own(request.agent_id, context)
+        try:
+            message = decode_envelope(request.envelope_json)
+            published = await self._hub.router.accept_from_agent(request.agent_id, message)
+        except ProtocolError as exc:
+            await abort_for(context, exc)
+        except BusError as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"Message bus unavailable: {exc}")
+        return pb.SendMessageResponse(accepted=True, message_id=published.message_id)
+
+    async def _require_own(self, agent_id: str, context: Context) -> None:
+        """The agent must be registered, and by the caller's session when it names one."""
+        try:
+            record = self._hub.registry.require(agent_id)
+        except HubError as exc:
+            await abort_for(context, exc)
+        session = declared_session(context)
+        if session is not None and record.session != session and record.online:
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"Agent {agent_id} was registered by another session.",
+            )

@@ -1,0 +1,64 @@
+"""The gRPC server: the three services, health and reflection."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from agentcomm.generated import agent_registration_service_pb2 as registration_pb
+from agentcomm.generated import agent_registration_service_pb2_grpc as registration_grpc
+from agentcomm.generated import agent_status_service_pb2 as status_pb
+from agentcomm.generated import agent_status_service_pb2_grpc as status_grpc
+from agentcomm.generated import broker_registration_service_pb2 as broker_pb
+from agentcomm.generated import broker_registration_service_pb2_grpc as broker_grpc
+from agentcomm.server.grpc_broker import BrokerRegistrationServicer
+from agentcomm.server.grpc_registration import AgentRegistrationServicer
+from agentcomm.server.grpc_status import AgentStatusServicer
+
+if TYPE_CHECKING:
+    from agentcomm.server.hub import Hub
+
+SERVICE_NAMES = (
+    registration_pb.DESCRIPTOR.services_by_name["AgentRegistrationService"].full_name,
+    status_pb.DESCRIPTOR.services_by_name["AgentStatusService"].full_name,
+    broker_pb.DESCRIPTOR.services_by_name["BrokerRegistrationService"].full_name,
+)
+
+
+async def start_grpc_server(hub: Hub) -> tuple[grpc.aio.Server, int]:
+    limit = hub.settings.max_message_bytes
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", limit),
+            ("grpc.max_send_message_length", limit * 2),
+            # Notice dead agent connections (and so broken streams) within seconds.
+            ("grpc.keepalive_time_ms", 10_000),
+            ("grpc.keepalive_timeout_ms", 5_000),
+            ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+            ("grpc.keepalive_permit_without_calls", 1),
+        ]
+    )
+    registration_grpc.add_AgentRegistrationServiceServicer_to_server(
+        AgentRegistrationServicer(hub), server
+    )
+    status_grpc.add_AgentStatusServiceServicer_to_server(AgentStatusServicer(hub), server)
+    broker_grpc.add_BrokerRegistrationServiceServicer_to_server(
+        BrokerRegistrationServicer(hub), server
+    )
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    port = server.add_insecure_port(f"{hub.settings.grpc_host}:{hub.settings.grpc_port}")
+    if port == 0:
+        raise OSError(
+            f"Cannot listen for gRPC on {hub.settings.grpc_host}:{hub.settings.grpc_port}."
+        )
+    await server.start()
+    for name in ("", *SERVICE_NAMES):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return server, port

@@ -1,0 +1,92 @@
+"""AgentStatusService: the full agent list, then a delta on every change, for brokers."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+
+from agentcomm.generated import agent_status_service_pb2 as pb
+from agentcomm.generated import agent_status_service_pb2_grpc as pb_grpc
+from agentcomm.protocol.ids import is_valid_id
+from agentcomm.protocol.models import AgentInfo
+from agentcomm.server.grpc_context import Context
+
+if TYPE_CHECKING:
+    from agentcomm.server.hub import Hub
+
+log = logging.getLogger(__name__)
+
+# Deltas queued for a subscriber that reads slowly; past this it gets one full list instead.
+SUBSCRIBER_QUEUE_SIZE = 1000
+
+
+def to_proto(info: AgentInfo) -> pb.AgentInfo:
+    return pb.AgentInfo(
+        agent_id=info.agent_id,
+        agent_name=info.agent_name,
+        is_online=info.is_online,
+        last_seen=info.last_seen,
+        status=info.status.value,
+        capabilities=info.capabilities,
+        in_flight=info.in_flight,
+    )
+
+
+class _Subscriber:
+    """Deltas for one stream; when it falls behind, the backlog collapses into a full list."""
+
+    def __init__(self) -> None:
+        self.deltas: asyncio.Queue[list[AgentInfo]] = asyncio.Queue(SUBSCRIBER_QUEUE_SIZE)
+        self.needs_full = False
+        self.wakeup = asyncio.Event()
+
+    def push(self, delta: list[AgentInfo]) -> None:
+        try:
+            self.deltas.put_nowait(delta)
+        except asyncio.QueueFull:
+            self.needs_full = True
+        self.wakeup.set()
+
+
+class AgentStatusServicer(pb_grpc.AgentStatusServiceServicer):
+    def __init__(self, hub: Hub) -> None:
+        self._hub = hub
+
+    async def SubscribeToAgentStatus(
+        self, request: pb.AgentStatusRequest, context: Context
+    ) -> AsyncIterator[pb.AgentStatusResponse]:
+        broker_id = request.broker_id if is_valid_id(request.broker_id) else context.peer()
+        subscriber = _Subscriber()
+        unsubscribe = self._hub.registry.subscribe(subscriber.push)
+        self._hub.brokers.stream_opened(broker_id)
+        try:
+            yield self._full()
+            while True:
+                await subscriber.wakeup.wait()
+                subscriber.wakeup.clear()
+                if subscriber.needs_full:
+                    subscriber.needs_full = False
+                    while not subscriber.deltas.empty():
+                        subscriber.deltas.get_nowait()
+                    yield self._full()
+                    continue
+                while not subscriber.deltas.empty():
+                    delta = subscriber.deltas.get_nowait()
+                    yield pb.AgentStatusResponse(
+                        agents=[to_proto(info) for info in delta], is_full_update=False
+                    )
+        finally:
+            unsubscribe()
+            self._hub.brokers.stream_closed(broker_id)
+
+    async def GetAgentStatus(
+        self, request: pb.AgentStatusRequest, context: Context
+    ) -> pb.AgentStatusResponse:
+        return self._full()
+
+    def _full(self) -> pb.AgentStatusResponse:
+        return pb.AgentStatusResponse(
+            agents=[to_proto(info) for info in self._hub.registry.snapshot()], is_full_update=True
+        )

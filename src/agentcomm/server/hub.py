@@ -1,0 +1,228 @@
+"""The composition root: builds every part of the server from Settings and runs its lifecycle.
+
+Start order: bus → queues → consumers → gRPC → periodic tasks → advertisement. Stop runs the
+same steps in reverse, each bounded, so nothing is acked that was not handled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import TYPE_CHECKING, Any
+
+import grpc
+
+from agentcomm.bus.base import Bus, BusError, QueueOptions, Subscription
+from agentcomm.bus.queues import (
+    AGENT_METADATA_QUEUE,
+    BROKER_INPUT_QUEUE,
+    SERVER_ADVERTISEMENT_QUEUE,
+    SERVER_INPUT_QUEUE,
+    agent_queue,
+    server_queue,
+)
+from agentcomm.config import Settings
+from agentcomm.core.brokers import BrokerRegistry
+from agentcomm.core.clock import Clock, SystemClock
+from agentcomm.core.commands import CommandCenter
+from agentcomm.core.inbox import AgentInboxes
+from agentcomm.core.presence import AgentRegistry
+from agentcomm.core.routing import ServerRouter
+from agentcomm.core.sessions import FrontendSessions
+from agentcomm.protocol.codec import encode_for_client
+from agentcomm.protocol.ids import new_server_id
+from agentcomm.protocol.models import AgentInfo, AgentStatusUpdate
+from agentcomm.protocol.timestamps import utc_now_iso
+from agentcomm.server.metrics import HubMetrics
+
+if TYPE_CHECKING:
+    from agentcomm.server.bus_handlers import BusHandlers
+    from agentcomm.server.websocket import SocketLink
+
+log = logging.getLogger(__name__)
+
+# A per-server queue outlives its server by this long, then RabbitMQ removes it.
+SERVER_QUEUE_EXPIRES_MS = 10 * 60 * 1000
+
+
+class Hub:
+    """One server process: registries, sessions, routing, bus consumers and the gRPC server."""
+
+    def __init__(self, settings: Settings, bus: Bus, *, clock: Clock | None = None) -> None:
+        self.settings = settings
+        self.bus = bus
+        self.clock = clock or SystemClock()
+        self.server_id = new_server_id()
+        self.registry = AgentRegistry(
+            self.clock, agent_timeout=settings.agent_timeout, stream_grace=settings.stream_grace
+        )
+        self.brokers = BrokerRegistry(self.clock)
+        self.sessions = FrontendSessions(self.clock, resume_window=settings.resume_window)
+        self.router = ServerRouter(
+            server_id=self.server_id, bus=bus, registry=self.registry, sessions=self.sessions
+        )
+        self.commands = CommandCenter(self.registry)
+        self.inboxes = AgentInboxes(bus)
+        self.metrics = HubMetrics()
+        self.metrics.track(self.sessions.live_count, self.registry.online_count)
+        self.router.observe(
+            lambda message: self.metrics.messages.labels(
+                message.message_type.value, message.routing_status or "none"
+            ).inc()
+        )
+        self.registry.subscribe(self._push_presence_to_frontends)
+        self.draining = False
+        # Every open frontend socket, registered or not, so shutdown can close them all.
+        self.connections: set[SocketLink] = set()
+        self.grpc_port: int | None = None
+        # Set by whoever serves HTTP (the runner), for the advertisement.
+        self.http_port: int = settings.port
+        self.grpc_server: grpc.aio.Server | None = None
+        self._subscriptions: list[Subscription] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self._started = False
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        from agentcomm.server.bus_handlers import BusHandlers
+        from agentcomm.server.grpc_server import start_grpc_server
+
+        await self.bus.connect()
+        for name in (
+            BROKER_INPUT_QUEUE,
+            SERVER_INPUT_QUEUE,
+            SERVER_ADVERTISEMENT_QUEUE,
+            AGENT_METADATA_QUEUE,
+        ):
+            await self.bus.declare_queue(name)
+        await self.bus.declare_queue(
+            server_queue(self.server_id), QueueOptions(expires_ms=SERVER_QUEUE_EXPIRES_MS)
+        )
+        handlers = BusHandlers(self)
+        prefetch = self.settings.rabbitmq_prefetch
+        # One at a time, in order: chunks of a streamed reply must reach the frontend in order.
+        for queue, handler in (
+            (SERVER_INPUT_QUEUE, handlers.on_server_input),
+            (server_queue(self.server_id), handlers.on_server_input),
+            (AGENT_METADATA_QUEUE, handlers.on_metadata),
+        ):
+            self._subscriptions.append(await self.bus.consume(queue, handler, prefetch=prefetch))
+        self.grpc_server, self.grpc_port = await start_grpc_server(self)
+        self._spawn(self._every(self._sweep_interval(), self._sweep), "presence-sweep")
+        self._spawn(
+            self._every(self.settings.periodic_status_interval, self._periodic_status),
+            "periodic-status",
+        )
+        self._spawn(
+            self._every(self.settings.periodic_status_interval, handlers.advertise_available),
+            "advertise",
+        )
+        self._started = True
+        await self._announce(handlers)
+        log.info(
+            "Server %s ready: gRPC on %s:%s, bus %s",
+            self.server_id,
+            self.settings.grpc_host,
+            self.grpc_port,
+            self.settings.message_bus,
+        )
+
+    async def stop(self) -> None:
+        """Reverse of start, each step bounded by the shutdown timeout."""
+        from agentcomm.server.bus_handlers import BusHandlers
+
+        if not self._started:
+            with contextlib.suppress(BusError):
+                await self.bus.close()
+            return
+        self._started = False
+        self.draining = True
+        budget = self.settings.shutdown_timeout
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        if self.grpc_server is not None:
+            # Streams end with the grace period; unary calls in progress may finish.
+            await self.grpc_server.stop(grace=min(2.0, budget / 3))
+        await self.inboxes.close_all()
+        self.commands.cancel_all()
+        try:
+            async with asyncio.timeout(budget / 2):
+                for subscription in self._subscriptions:
+                    await subscription.cancel()
+        except TimeoutError:
+            log.warning("Bus handlers did not finish in time; their messages will be redelivered")
+        self._subscriptions.clear()
+        with contextlib.suppress(BusError, TimeoutError):
+            async with asyncio.timeout(2.0):
+                await BusHandlers(self).advertise_unavailable()
+        await self.bus.close()
+        log.info("Server %s stopped", self.server_id)
+
+    async def _announce(self, handlers: BusHandlers) -> None:
+        try:
+            await handlers.advertise_available()
+        except BusError as exc:
+            log.warning("Could not advertise this server: %s", exc)
+
+    @property
+    def ready(self) -> bool:
+        return self._started and not self.draining and self.bus.is_connected
+
+    # -- agents ------------------------------------------------------------------------------
+
+    async def declare_agent_queue(self, agent_id: str) -> None:
+        # Declared plain durable, as agents of the described system declare it themselves:
+        # queue arguments that differ would make their declaration fail.
+        await self.bus.declare_queue(agent_queue(agent_id))
+
+    @property
+    def public_websocket_url(self) -> str:
+        if self.settings.public_url:
+            base = self.settings.public_url.rstrip("/")
+            return base.replace("http://", "ws://", 1).replace("https://", "wss://", 1) + "/ws"
+        host = self.settings.host
+        if host in ("0.0.0.0", "::", ""):
+            host = "localhost"
+        return f"ws://{host}:{self.http_port}/ws"
+
+    # -- presence fan-out --------------------------------------------------------------------
+
+    def status_frame(self, agents: list[AgentInfo], *, full: bool) -> bytes:
+        update = AgentStatusUpdate(agents=agents, is_full_update=full, send_timestamp=utc_now_iso())
+        return encode_for_client(update)
+
+    def _push_presence_to_frontends(self, delta: list[AgentInfo]) -> None:
+        # Encoded once, the same bytes go to every socket.
+        self.sessions.broadcast(self.status_frame(delta, full=False))
+
+    async def _periodic_status(self) -> None:
+        self.sessions.broadcast(self.status_frame(self.registry.snapshot(), full=True))
+
+    async def _sweep(self) -> None:
+        self.registry.sweep()
+        self.sessions.expire()
+
+    def _sweep_interval(self) -> float:
+        return max(0.05, min(1.0, self.settings.agent_timeout / 4, self.settings.stream_grace / 2))
+
+    # -- owned background tasks ----------------------------------------------------------------
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, None], name: str) -> None:
+        # Owned: cancelled and awaited by stop(); _every logs every failure itself.
+        self._tasks.append(asyncio.create_task(coroutine, name=name))
+
+    @staticmethod
+    async def _every(interval: float, action: Callable[[], Awaitable[None]]) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await action()
+            except BusError as exc:
+                log.warning("Periodic task %s: bus unavailable (%s)", action.__name__, exc)
+            except Exception:
+                log.exception("Periodic task %s failed; it runs again next interval", action)

@@ -1,0 +1,37 @@
+"""Prometheus metrics of one hub, in a registry the hub owns (no process-global state)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+
+
+class HubMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.messages = Counter(
+            "agentcomm_messages_total",
+            "Chat messages handled, by type and where they came from",
+            ["message_type", "source"],
+            registry=self.registry,
+        )
+        self.errors = Counter(
+            "agentcomm_errors_total",
+            "ERROR answers sent, by error code",
+            ["error_code"],
+            registry=self.registry,
+        )
+        self.frontends = Gauge(
+            "agentcomm_frontends_connected", "Live frontend sockets", registry=self.registry
+        )
+        self.agents_online = Gauge(
+            "agentcomm_agents_online", "Agents currently online", registry=self.registry
+        )
+
+    def track(self, frontends: Callable[[], int], agents_online: Callable[[], int]) -> None:
+        self.frontends.set_function(frontends)
+        self.agents_online.set_function(agents_online)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

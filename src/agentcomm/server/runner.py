@@ -1,0 +1,65 @@
+"""`agentcomm serve`: run the hub until SIGINT/SIGTERM, then shut down gracefully."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+
+from agentcomm.bus.base import BusError
+from agentcomm.bus.factory import create_bus
+from agentcomm.config import Settings
+from agentcomm.server.running import RunningServer
+
+log = logging.getLogger(__name__)
+
+
+async def wait_for_stop_signal() -> None:
+    """Returns on the first SIGINT/SIGTERM; a second one ends the process at once."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+
+    def on_signal(signum: int) -> None:
+        if stop.is_set():
+            log.warning("Second %s: exiting without waiting", signal.Signals(signum).name)
+            os._exit(130)
+        log.info("%s received: shutting down", signal.Signals(signum).name)
+        stop.set()
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, on_signal, signum)
+    try:
+        await stop.wait()
+    finally:
+        # Keep the handlers: a second signal during shutdown must still force the exit.
+        pass
+
+
+async def serve(settings: Settings) -> int:
+    running = RunningServer(settings, create_bus(settings))
+    try:
+        await running.start()
+    except BusError as exc:
+        log.error("Cannot start: %s", exc)
+        return 1
+    except OSError as exc:
+        log.error("Cannot start: %s", exc)
+        return 1
+    print(
+        f"agentcomm serving on http://{_display(settings.host)}:{running.http_port} "
+        f"(WebSocket /ws), gRPC on {settings.grpc_host}:{running.grpc_port}, "
+        f"bus: {settings.message_bus}",
+        flush=True,
+    )
+    stop = asyncio.create_task(wait_for_stop_signal())
+    closed = asyncio.create_task(running.wait_closed())
+    await asyncio.wait({stop, closed}, return_when=asyncio.FIRST_COMPLETED)
+    for task in (stop, closed):
+        task.cancel()
+    await running.stop()
+    return 0
+
+
+def _display(host: str) -> str:
+    return "localhost" if host in ("0.0.0.0", "::", "") else host

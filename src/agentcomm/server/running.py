@@ -1,0 +1,114 @@
+"""A hub with its HTTP/WebSocket and gRPC listeners: started, and stopped in a fixed order.
+
+Stop order (bounded by SHUTDOWN_TIMEOUT): refuse new sockets → close every frontend socket with
+1001 (or 1012 for a restart) → stop uvicorn → stop the hub (gRPC with a grace period, bus
+consumers finish what they hold, bus closed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Generator
+
+import uvicorn
+
+from agentcomm.bus.base import Bus
+from agentcomm.config import Settings
+from agentcomm.core.clock import Clock
+from agentcomm.server.app import create_app
+from agentcomm.server.hub import Hub
+from agentcomm.server.websocket import CLOSE_GOING_AWAY
+
+log = logging.getLogger(__name__)
+
+_STARTUP_POLL_SECONDS = 0.02
+
+
+class _EmbeddedUvicorn(uvicorn.Server):
+    """uvicorn without its own signal handling: the owner of the process decides on signals."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+class RunningServer:
+    def __init__(self, settings: Settings, bus: Bus, *, clock: Clock | None = None) -> None:
+        self.settings = settings
+        self.hub = Hub(settings, bus, clock=clock)
+        self._uvicorn: _EmbeddedUvicorn | None = None
+        self._serving: asyncio.Task[None] | None = None
+
+    @property
+    def http_port(self) -> int:
+        return self.hub.http_port
+
+    @property
+    def grpc_port(self) -> int:
+        assert self.hub.grpc_port is not None, "the server is not started"
+        return self.hub.grpc_port
+
+    async def start(self) -> None:
+        await self.hub.start()
+        try:
+            await self._start_http()
+        except BaseException:
+            await self.hub.stop()
+            raise
+
+    async def _start_http(self) -> None:
+        settings = self.settings
+        config = uvicorn.Config(
+            create_app(self.hub),
+            host=settings.host,
+            port=settings.port,
+            lifespan="off",
+            log_level="warning",
+            access_log=False,
+            ws_max_size=settings.max_message_bytes,
+            ws_ping_interval=20.0,
+            ws_ping_timeout=20.0,
+            timeout_graceful_shutdown=max(1, int(settings.shutdown_timeout / 2)),
+        )
+        server = _EmbeddedUvicorn(config)
+        self._uvicorn = server
+        self._serving = asyncio.create_task(server.serve(), name="uvicorn")
+        async with asyncio.timeout(30):
+            while not server.started:
+                if self._serving.done():
+                    # uvicorn exits (SystemExit) when it cannot bind; say so plainly.
+                    with contextlib.suppress(SystemExit):
+                        await self._serving
+                    raise OSError(f"Cannot listen for HTTP on {settings.host}:{settings.port}.")
+                await asyncio.sleep(_STARTUP_POLL_SECONDS)
+        self.hub.http_port = server.servers[0].sockets[0].getsockname()[1]
+
+    async def wait_closed(self) -> None:
+        """Returns when uvicorn stops on its own (it should not, until stop())."""
+        if self._serving is not None:
+            with contextlib.suppress(SystemExit):
+                await asyncio.shield(self._serving)
+
+    async def stop(self, close_code: int = CLOSE_GOING_AWAY) -> None:
+        hub = self.hub
+        hub.draining = True
+        for link in list(hub.connections):
+            link.close(close_code)
+        links = [link.closed.wait() for link in list(hub.connections)]
+        if links:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(min(2.0, self.settings.shutdown_timeout / 4)):
+                    await asyncio.gather(*links)
+        if self._uvicorn is not None and self._serving is not None:
+            self._uvicorn.should_exit = True
+            try:
+                async with asyncio.timeout(self.settings.shutdown_timeout / 2):
+                    await self._serving
+            except (TimeoutError, SystemExit):
+                self._uvicorn.force_exit = True
+                self._serving.cancel()
+                with contextlib.suppress(asyncio.CancelledError, SystemExit):
+                    await self._serving
+        await hub.stop()

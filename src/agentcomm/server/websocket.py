@@ -1,0 +1,253 @@
+"""The frontend WebSocket `/ws` (PROTOCOL §3): frames in, core calls, frames out.
+
+Each socket has a bounded outbound queue drained by its own writer task; a frontend that stops
+reading is closed with 4008 once the queue is full, so one slow client never holds memory or
+delays anyone else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import MutableMapping
+from typing import TYPE_CHECKING, Any
+
+from fastapi import WebSocket, WebSocketDisconnect
+
+from agentcomm.core.sessions import FrontendSession
+from agentcomm.protocol.codec import (
+    decode_register_frontend,
+    encode_for_client,
+    message_type_of,
+    parse_json_object,
+    validate_model,
+)
+from agentcomm.protocol.errors import ProtocolError
+from agentcomm.protocol.models import Envelope, RegisterFrontendResponse
+from agentcomm.protocol.timestamps import utc_now_iso
+from agentcomm.protocol.vocabulary import ErrorCode, MessageType, RoutingStatus
+
+if TYPE_CHECKING:
+    from agentcomm.server.hub import Hub
+
+log = logging.getLogger(__name__)
+
+CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001
+CLOSE_POLICY = 1008
+CLOSE_TOO_LARGE = 1009
+CLOSE_INTERNAL = 1011
+CLOSE_RESTARTING = 1012
+CLOSE_TOO_SLOW = 4008
+CLOSE_RATE_LIMITED = 4029
+
+
+class SocketLink:
+    """The sending half of one socket, as the core sees it (a FrontendLink)."""
+
+    def __init__(self, websocket: WebSocket, max_frames: int) -> None:
+        self._websocket = websocket
+        self._outbound: asyncio.Queue[bytes | None] = asyncio.Queue(max_frames)
+        self.close_code: int | None = None
+        self.closed = asyncio.Event()
+
+    def send_frame(self, frame: bytes) -> None:
+        if self.close_code is not None:
+            return
+        try:
+            self._outbound.put_nowait(frame)
+        except asyncio.QueueFull:
+            log.warning("Closing a frontend that stopped reading (outbound queue full)")
+            self.close(CLOSE_TOO_SLOW)
+
+    def close(self, code: int) -> None:
+        """Asks the writer to close the socket after what is already queued."""
+        if self.close_code is not None:
+            return
+        self.close_code = code
+        if code == CLOSE_TOO_SLOW:
+            # Nothing queued will be read anyway; make room for the close itself.
+            while not self._outbound.empty():
+                self._outbound.get_nowait()
+        with contextlib.suppress(asyncio.QueueFull):
+            self._outbound.put_nowait(None)
+        self.closed.set()
+
+    async def write_until_closed(self) -> None:
+        websocket = self._websocket
+        try:
+            while (frame := await self._outbound.get()) is not None:
+                await websocket.send_text(frame.decode())
+        except (WebSocketDisconnect, RuntimeError, OSError):
+            pass  # the socket went away; the reader notices and cleans up
+        if self.close_code is not None:
+            with contextlib.suppress(RuntimeError, OSError, WebSocketDisconnect):
+                await websocket.close(self.close_code)
+        self.closed.set()
+
+
+def error_frame(
+    code: ErrorCode, text: str, in_reply_to: str | None = None, receiver_id: str | None = None
+) -> bytes:
+    return encode_for_client(
+        Envelope(
+            message_type=MessageType.ERROR,
+            sender_id="server",
+            receiver_id=receiver_id,
+            error_code=code.value,
+            text_payload=text,
+            in_reply_to_message_id=in_reply_to,
+            routing_status=RoutingStatus.ERROR,
+            send_timestamp=utc_now_iso(),
+        )
+    )
+
+
+class FrontendConnection:
+    """One frontend socket from handshake to close."""
+
+    def __init__(self, hub: Hub, websocket: WebSocket) -> None:
+        self._hub = hub
+        self._websocket = websocket
+        self._link = SocketLink(websocket, hub.settings.outbound_queue_frames)
+        self._session: FrontendSession | None = None
+
+    async def run(self) -> None:
+        hub = self._hub
+        if hub.draining:
+            await self._websocket.close(CLOSE_RESTARTING)
+            return
+        await self._websocket.accept()
+        writer = asyncio.create_task(self._link.write_until_closed(), name="ws-writer")
+        hub.connections.add(self._link)
+        try:
+            if await self._register():
+                await self._read_frames()
+        except WebSocketDisconnect:
+            pass
+        except Exception:
+            log.exception("Frontend connection failed")
+            self._link.close(CLOSE_INTERNAL)
+        finally:
+            hub.connections.discard(self._link)
+            if self._session is not None:
+                hub.sessions.detach(self._session.frontend_id, self._link)
+            self._link.close(self._link.close_code or CLOSE_NORMAL)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(writer, timeout=2.0)
+            writer.cancel()
+
+    async def _receive(self, within: float | None = None) -> str | None:
+        """The next text frame; None when the socket closed. Binary frames are refused."""
+        while True:
+            async with asyncio.timeout(within):
+                event: MutableMapping[str, Any] = await self._websocket.receive()
+            if event["type"] == "websocket.disconnect":
+                raise WebSocketDisconnect(event.get("code", CLOSE_NORMAL))
+            text = event.get("text")
+            if text is not None:
+                return str(text)
+            self._link.send_frame(
+                error_frame(ErrorCode.INVALID_MESSAGE, "Frames must be JSON text, not binary.")
+            )
+
+    async def _register(self) -> bool:
+        hub = self._hub
+        deadline = asyncio.get_running_loop().time() + hub.settings.registration_timeout
+        while True:
+            remaining = deadline - asyncio.get_running_loop().time()
+            try:
+                raw = await self._receive(within=max(0.0, remaining))
+            except TimeoutError:
+                self._link.send_frame(
+                    error_frame(
+                        ErrorCode.NOT_REGISTERED,
+                        "No REGISTER_FRONTEND within the registration timeout.",
+                    )
+                )
+                self._link.close(CLOSE_POLICY)
+                return False
+            if raw is None:
+                continue
+            try:
+                data = parse_json_object(raw)
+                message_type = message_type_of(data)
+                if message_type is not MessageType.REGISTER_FRONTEND:
+                    raise ProtocolError(
+                        ErrorCode.NOT_REGISTERED,
+                        "Register first: the first frame must be REGISTER_FRONTEND.",
+                        data.get("message_id") if isinstance(data.get("message_id"), str) else None,
+                    )
+                request = decode_register_frontend(data)
+            except ProtocolError as exc:
+                log.info("Refused frame before registration: %s", exc.text)
+                self._link.send_frame(error_frame(exc.code, exc.text, exc.in_reply_to))
+                if exc.code is ErrorCode.INVALID_MESSAGE:
+                    continue  # a malformed REGISTER_FRONTEND may be corrected
+                self._link.close(CLOSE_POLICY)
+                return False
+            session, resumed = hub.sessions.register(
+                self._link,
+                request.frontend_name,
+                request.capabilities,
+                frontend_id=request.frontend_id,
+                resume_token=request.resume_token,
+            )
+            self._session = session
+            response = RegisterFrontendResponse(
+                frontend_id=session.frontend_id,
+                frontend_name=session.frontend_name,
+                message="Session resumed." if resumed else "Registered.",
+                resume_token=session.resume_token,
+                send_timestamp=utc_now_iso(),
+            )
+            self._link.send_frame(encode_for_client(response))
+            self._link.send_frame(hub.status_frame(hub.registry.snapshot(), full=True))
+            if resumed:
+                hub.sessions.flush_backlog(session)
+            log.info(
+                "Frontend %s (%s) %s",
+                session.frontend_id,
+                session.frontend_name,
+                "resumed" if resumed else "registered",
+            )
+            return True
+
+    async def _read_frames(self) -> None:
+        assert self._session is not None
+        frontend_id = self._session.frontend_id
+        while self._link.close_code is None:
+            raw = await self._receive()
+            if raw is None:
+                continue
+            try:
+                await self._handle(frontend_id, raw)
+            except ProtocolError as exc:
+                log.info("Bad frame from %s: %s", frontend_id, exc.text)
+                self._hub.metrics.errors.labels(exc.code.value).inc()
+                self._link.send_frame(
+                    error_frame(exc.code, exc.text, exc.in_reply_to, receiver_id=frontend_id)
+                )
+
+    async def _handle(self, frontend_id: str, raw: str) -> None:
+        data = parse_json_object(raw)
+        message_type = message_type_of(data)
+        if message_type in (MessageType.TEXT, MessageType.CANCEL):
+            message = validate_model(Envelope, data)
+            await self._hub.router.accept_from_frontend(frontend_id, message)
+        elif message_type is MessageType.REQUEST_AGENT_STATUS:
+            hub = self._hub
+            self._link.send_frame(hub.status_frame(hub.registry.snapshot(), full=True))
+        elif message_type is MessageType.REGISTER_FRONTEND:
+            raise ProtocolError(
+                ErrorCode.ALREADY_REGISTERED,
+                "This socket is already registered.",
+                data.get("message_id") if isinstance(data.get("message_id"), str) else None,
+            )
+        else:
+            raise ProtocolError(
+                ErrorCode.UNSUPPORTED_TYPE,
+                f"Frontends cannot send {message_type.value}.",
+                data.get("message_id") if isinstance(data.get("message_id"), str) else None,
+            )
