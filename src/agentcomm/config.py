@@ -57,9 +57,6 @@ class Settings(BaseSettings):
     outbound_queue_frames: int = Field(
         1024, ge=16, description="frames queued for a slow frontend before it is closed (4008)"
     )
-    delivery_timeout: float = Field(
-        300.0, gt=0, description="seconds a message waits in an agent queue before it expires"
-    )
     resume_window: float = Field(
         60.0, ge=0, description="seconds a disconnected frontend's session waits for a resume"
     )
