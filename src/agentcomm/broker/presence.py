@@ -1,0 +1,209 @@
+"""Agent presence as the broker sees it: the server's SubscribeToAgentStatus stream.
+
+`AgentTable` holds the last known AgentInfo of every agent (pure, no I/O). `PresenceFollower`
+keeps it current: it registers the broker, opens the stream (a full list first, then deltas),
+and when the server goes away it keeps the last known table, marks it stale and reconnects
+with exponential backoff. Routing goes on meanwhile with what is known; that beats refusing
+every message while a server restarts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Callable, Iterable, Mapping
+
+import grpc
+import grpc.aio
+
+from agentcomm.generated import (
+    agent_status_service_pb2,
+    agent_status_service_pb2_grpc,
+    broker_registration_service_pb2,
+    broker_registration_service_pb2_grpc,
+)
+from agentcomm.protocol.models import AgentInfo
+from agentcomm.protocol.vocabulary import AgentState
+
+log = logging.getLogger(__name__)
+
+
+def agent_from_proto(message: agent_status_service_pb2.AgentInfo) -> AgentInfo:
+    """Reads one AgentInfo; a server that leaves `status` empty (the seed's) gets it derived."""
+    try:
+        status = AgentState(message.status.strip().lower())
+    except ValueError:
+        status = AgentState.ONLINE
+    if not message.is_online:
+        status = AgentState.OFFLINE
+    return AgentInfo(
+        agent_id=message.agent_id,
+        agent_name=message.agent_name,
+        is_online=message.is_online,
+        last_seen=message.last_seen,
+        status=status,
+        capabilities=dict(message.capabilities),
+        in_flight=message.in_flight,
+    )
+
+
+class AgentTable:
+    """The last known state of every agent, and whether it may be out of date."""
+
+    def __init__(self) -> None:
+        self._agents: dict[str, AgentInfo] = {}
+        # Nothing is known before the first full list, which is as good as out of date.
+        self.stale = True
+
+    @property
+    def agents(self) -> Mapping[str, AgentInfo]:
+        return self._agents
+
+    def apply(self, agents: Iterable[AgentInfo], *, full: bool) -> list[str]:
+        """Applies a full list or a delta; returns the ids of agents that stopped being online."""
+        before = {agent_id for agent_id, agent in self._agents.items() if agent.is_online}
+        if full:
+            self._agents = {agent.agent_id: agent for agent in agents}
+            self.stale = False
+        else:
+            for agent in agents:
+                self._agents[agent.agent_id] = agent
+        after = {agent_id for agent_id, agent in self._agents.items() if agent.is_online}
+        return sorted(before - after)
+
+    def mark_stale(self) -> None:
+        self.stale = True
+
+
+class PresenceFollower:
+    """Registers the broker and follows the agent status stream, reconnecting as needed."""
+
+    def __init__(
+        self,
+        channel: grpc.aio.Channel,
+        table: AgentTable,
+        *,
+        broker_id: str,
+        broker_name: str,
+        on_offline: Callable[[str], None],
+        initial_backoff: float = 0.2,
+        max_backoff: float = 10.0,
+        call_timeout: float = 10.0,
+    ) -> None:
+        self._status = agent_status_service_pb2_grpc.AgentStatusServiceStub(channel)
+        self._brokers = broker_registration_service_pb2_grpc.BrokerRegistrationServiceStub(channel)
+        self._table = table
+        self._broker_id = broker_id
+        self._broker_name = broker_name
+        self._on_offline = on_offline
+        self._initial_backoff = initial_backoff
+        self._max_backoff = max_backoff
+        self._call_timeout = call_timeout
+        self._registered = False
+        self._synced = asyncio.Event()
+        self._changed = asyncio.Condition()
+        self._task: asyncio.Task[None] | None = None
+
+    async def register(self, *, wait_for_ready: bool = False) -> None:
+        """RegisterBroker. Raises grpc.aio.AioRpcError when the server cannot be reached."""
+        response = await self._brokers.RegisterBroker(
+            broker_registration_service_pb2.BrokerRegistrationRequest(
+                broker_id=self._broker_id, broker_name=self._broker_name
+            ),
+            timeout=self._call_timeout,
+            wait_for_ready=wait_for_ready,
+        )
+        if not response.success:
+            # Routing does not depend on it, so a refusal is worth a warning, not a stop.
+            log.warning("The server did not accept broker registration: %s", response.message)
+        else:
+            log.info("Registered as broker %s (%s)", self._broker_id, self._broker_name)
+        self._registered = True
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._follow(), name="broker-presence")
+            self._task.add_done_callback(_log_unexpected_end)
+
+    async def wait_synced(self) -> None:
+        """Returns once the first full agent list has arrived."""
+        await self._synced.wait()
+
+    async def wait_for(self, predicate: Callable[[AgentTable], bool]) -> None:
+        """Returns once `predicate(table)` holds; checked after every change of the table."""
+        async with self._changed:
+            await self._changed.wait_for(lambda: predicate(self._table))
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _follow(self) -> None:
+        delay = self._initial_backoff
+        failures = 0
+        while True:
+            try:
+                if not self._registered:
+                    await self.register()
+                await self._read_stream()
+                reason = "the server ended the stream"
+            except grpc.aio.AioRpcError as exc:
+                reason = f"{exc.code().name}: {exc.details()}"
+            except Exception as exc:
+                # A bug here must not end presence for good: log it loudly and reconnect.
+                log.exception("Unexpected failure following agent status")
+                reason = repr(exc)
+            if not self._table.stale:
+                # A stream that delivered its full list counts as a success: start over.
+                delay, failures = self._initial_backoff, 0
+            self._table.mark_stale()
+            await self._notify()
+            self._registered = False
+            failures += 1
+            level = logging.WARNING if failures == 1 else logging.DEBUG
+            log.log(
+                level,
+                "Agent status stream lost (%s); routing with %d last known agents, retry in %.1fs",
+                reason,
+                len(self._table.agents),
+                delay,
+            )
+            # Jitter, so that brokers cut off together do not all come back at once.
+            await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+            delay = min(delay * 2, self._max_backoff)
+
+    async def _read_stream(self) -> None:
+        call = self._status.SubscribeToAgentStatus(
+            agent_status_service_pb2.AgentStatusRequest(broker_id=self._broker_id)
+        )
+        try:
+            async for response in call:
+                was_stale = self._table.stale
+                gone = self._table.apply(
+                    (agent_from_proto(agent) for agent in response.agents),
+                    full=response.is_full_update,
+                )
+                for agent_id in gone:
+                    self._on_offline(agent_id)
+                await self._notify()
+                if response.is_full_update and not self._synced.is_set():
+                    log.info("Following agent status: %d agents known", len(self._table.agents))
+                    self._synced.set()
+                elif response.is_full_update and was_stale:
+                    log.info("Agent status stream back: %d agents known", len(self._table.agents))
+        finally:
+            call.cancel()
+
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+
+def _log_unexpected_end(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("Presence follower stopped", exc_info=task.exception())

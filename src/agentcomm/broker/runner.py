@@ -1,0 +1,105 @@
+"""`agentcomm broker`: one reference broker as its own process, until SIGINT or SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Iterator
+
+from agentcomm.broker.service import BrokerStartError, ReferenceBroker
+from agentcomm.bus.base import BusError
+from agentcomm.config import Settings
+
+log = logging.getLogger(__name__)
+
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def _stop_on_signals() -> Iterator[asyncio.Event]:
+    """An event set by the first SIGINT/SIGTERM.
+
+    The handlers are removed on the first signal, so a second Ctrl+C falls through to
+    Python's default and interrupts a shutdown that hangs.
+    """
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    installed: list[signal.Signals] = []
+
+    def on_signal(received: signal.Signals) -> None:
+        log.info("Received %s, stopping (again to force)", received.name)
+        stopping.set()
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+        installed.clear()
+
+    for sig in _STOP_SIGNALS:
+        try:
+            loop.add_signal_handler(sig, on_signal, sig)
+        except (NotImplementedError, RuntimeError):
+            # No loop signal handlers here (e.g. Windows): Ctrl+C still raises KeyboardInterrupt.
+            continue
+        installed.append(sig)
+    try:
+        yield stopping
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+
+
+async def run_broker(settings: Settings, broker_id: str | None, broker_name: str) -> int:
+    """Runs a broker against the configured bus and server; returns the exit code."""
+    from agentcomm.bus.factory import create_bus
+
+    if settings.message_bus == "memory":
+        log.warning(
+            "MESSAGE_BUS=memory: the in-process bus is private to this process, so this broker "
+            "will see no messages from a server in another process (use `agentcomm dev`)"
+        )
+    bus = create_bus(settings)
+    broker = ReferenceBroker(
+        bus,
+        f"{settings.grpc_host}:{settings.grpc_port}",
+        broker_id=broker_id,
+        broker_name=broker_name,
+        prefetch=settings.rabbitmq_prefetch,
+        stop_timeout=settings.shutdown_timeout,
+    )
+    try:
+        with _stop_on_signals() as stopping:
+            if not await _start_unless_stopped(broker, stopping):
+                return 1
+            await stopping.wait()
+    finally:
+        await broker.stop()
+        await bus.close()
+    return 0
+
+
+async def _start_unless_stopped(broker: ReferenceBroker, stopping: asyncio.Event) -> bool:
+    """Starts the broker; a signal during a slow start (server not up yet) cancels it."""
+    start = asyncio.create_task(broker.start(), name="broker-start")
+    stop_wait = asyncio.create_task(stopping.wait(), name="broker-stop-wait")
+    try:
+        await asyncio.wait({start, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stop_wait.cancel()
+        if not start.done():
+            start.cancel()
+        # Outcomes are read from the tasks below; gathering only waits for both to settle.
+        await asyncio.gather(start, stop_wait, return_exceptions=True)
+    return _started(start)
+
+
+def _started(start: asyncio.Task[None]) -> bool:
+    if start.cancelled():
+        return False
+    exc = start.exception()
+    if exc is None:
+        return True
+    if isinstance(exc, BrokerStartError | BusError):
+        log.error("Broker could not start: %s", exc)
+        return False
+    raise exc
