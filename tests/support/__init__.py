@@ -1,0 +1,1 @@
+"""Shared helpers for tests: small clients that speak only the documented protocol."""
