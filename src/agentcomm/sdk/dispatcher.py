@@ -1,0 +1,301 @@
+"""Turns incoming envelopes into handler calls and the handler's results into envelopes.
+
+No I/O of its own: the transport hands envelopes to `Dispatcher.handle` and gives it a
+`publish` function. `handle` returns once the message is finished (its reply, or an ERROR,
+published), which is when the transport acks it; it raises when the message must be given back
+(`PublishFailed`, `HandlingAborted`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from agentcomm.protocol import Envelope, ErrorCode, MessageType
+from agentcomm.protocol.ids import new_message_id
+from agentcomm.sdk import envelopes
+from agentcomm.sdk.dedup import RecentIds
+from agentcomm.sdk.errors import HandlingAborted, PublishFailed
+from agentcomm.sdk.message import Message, MessageHandler
+
+log = logging.getLogger(__name__)
+
+Publish = Callable[[Envelope], Awaitable[None]]
+
+# Enough to recognise a redelivery after a reconnect, small enough not to matter in memory.
+DONE_IDS_REMEMBERED = 10_000
+EARLY_CANCELS_REMEMBERED = 1_000
+ABORT_WAIT_SECONDS = 5.0
+
+
+@dataclass(slots=True)
+class DispatchStats:
+    """Counters reported by the `status` command."""
+
+    handled: int = 0
+    failed: int = 0
+    cancelled: int = 0
+    refused: int = 0
+    duplicates: int = 0
+
+
+@dataclass(eq=False, slots=True)
+class _Handling:
+    envelope: Envelope
+    task: asyncio.Task[None] | None = None
+    # Why the task was cancelled: a CANCEL from the sender, or the agent stopping.
+    cancel_requested: bool = False
+    aborted: bool = False
+
+
+class Dispatcher:
+    """Runs the agent's handler for each TEXT, at most `concurrency` at a time.
+
+    `is_paused` is asked for each new TEXT (a paused agent refuses it with an ERROR);
+    `on_change` is called whenever the number of messages in progress changes.
+    """
+
+    def __init__(
+        self,
+        handler: MessageHandler,
+        publish: Publish,
+        *,
+        agent_id: str = "",
+        concurrency: int = 16,
+        is_paused: Callable[[], bool] = lambda: False,
+        on_change: Callable[[], None] = lambda: None,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1.")
+        self.handler = handler
+        self.publish = publish
+        self.agent_id = agent_id
+        self.concurrency = concurrency
+        self.is_paused = is_paused
+        self.on_change = on_change
+        self.stats = DispatchStats()
+        self._slots = asyncio.Semaphore(concurrency)
+        self._active: dict[str, _Handling] = {}
+        self._done = RecentIds(DONE_IDS_REMEMBERED)
+        self._cancelled_early = RecentIds(EARLY_CANCELS_REMEMBERED)
+        self._closed = False
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._active)
+
+    async def handle(self, envelope: Envelope) -> None:
+        """Handles one incoming envelope; returning means it may be acked."""
+        if envelope.message_type is MessageType.TEXT:
+            await self._handle_text(envelope)
+        elif envelope.message_type is MessageType.CANCEL:
+            self._handle_cancel(envelope)
+        else:
+            # Answers from other agents and notices have no handler in this SDK yet.
+            log.debug(
+                "Agent %s ignores %s %s", self.agent_id, envelope.message_type, envelope.message_id
+            )
+
+    def cancel(self, message_id: str) -> bool:
+        """Cancels the handler working on `message_id`; its sender gets ERROR cancelled."""
+        handling = self._active.get(message_id)
+        if handling is None or handling.task is None or handling.task.done():
+            return False
+        handling.cancel_requested = True
+        handling.task.cancel()
+        return True
+
+    def close_intake(self) -> None:
+        """From now on new messages are given back instead of handled (the agent is stopping)."""
+        self._closed = True
+
+    async def drain(self, grace: float) -> int:
+        """Waits up to `grace` seconds for messages in progress, then aborts the rest.
+
+        Returns how many had to be aborted.
+        """
+        tasks = self._tasks()
+        if tasks and grace > 0:
+            await asyncio.wait(tasks, timeout=grace)
+        aborted = self.abort_all()
+        remaining = self._tasks()
+        if remaining:
+            # Aborted handlers only unwind; a handler that swallows its cancellation is not
+            # waited for beyond this.
+            await asyncio.wait(remaining, timeout=ABORT_WAIT_SECONDS)
+        return aborted
+
+    def abort_all(self) -> int:
+        """Cancels every handler; their messages are given back to the queue, not answered."""
+        count = 0
+        for handling in self._active.values():
+            if handling.task is not None and not handling.task.done():
+                handling.aborted = True
+                handling.task.cancel()
+                count += 1
+        return count
+
+    def _tasks(self) -> set[asyncio.Task[None]]:
+        return {h.task for h in self._active.values() if h.task is not None and not h.task.done()}
+
+    async def _handle_text(self, envelope: Envelope) -> None:
+        message_id = envelope.message_id
+        running = self._active.get(message_id)
+        if running is not None and running.task is not None:
+            # A redelivery of a message still in progress: finish once, ack both.
+            self.stats.duplicates += 1
+            await asyncio.wait({running.task})
+            if message_id in self._done:
+                return
+            raise HandlingAborted(f"Message {message_id} was not finished; it is given back.")
+        if message_id in self._done:
+            self.stats.duplicates += 1
+            log.debug("Agent %s skips redelivered message %s", self.agent_id, message_id)
+            return
+        if self._closed:
+            raise HandlingAborted(f"Agent {self.agent_id} is stopping; message {message_id} waits.")
+        if message_id in self._cancelled_early:
+            await self._send(self._cancelled(envelope))
+            self._cancelled_early.discard(message_id)
+            self.stats.cancelled += 1
+        elif self.is_paused():
+            await self._send(
+                envelopes.error(
+                    envelope,
+                    self.agent_id,
+                    ErrorCode.AGENT_OFFLINE,
+                    f"Agent {self.agent_id} is paused and is not taking new messages.",
+                )
+            )
+            self.stats.refused += 1
+        else:
+            await self._run(envelope)
+        self._done.add(message_id)
+
+    async def _run(self, envelope: Envelope) -> None:
+        handling = _Handling(envelope)
+        handling.task = asyncio.create_task(
+            self._process(handling), name=f"agent-{self.agent_id}-message-{envelope.message_id}"
+        )
+        self._active[envelope.message_id] = handling
+        self.on_change()
+        try:
+            await handling.task
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise
+            raise HandlingAborted(
+                f"Agent {self.agent_id} stopped before message {envelope.message_id} was finished."
+            ) from None
+        finally:
+            if handling.task.done() and self._active.get(envelope.message_id) is handling:
+                del self._active[envelope.message_id]
+                self.on_change()
+
+    async def _process(self, handling: _Handling) -> None:
+        envelope = handling.envelope
+        try:
+            async with self._slots:
+                await self._produce(envelope)
+            self.stats.handled += 1
+        except asyncio.CancelledError:
+            if not handling.cancel_requested or handling.aborted:
+                raise
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            await self._send(self._cancelled(envelope))
+            self.stats.cancelled += 1
+        except PublishFailed:
+            raise
+        except Exception as exc:
+            log.exception(
+                "The handler of agent %s failed on message %s", self.agent_id, envelope.message_id
+            )
+            self.stats.failed += 1
+            await self._send(
+                envelopes.error(
+                    envelope,
+                    self.agent_id,
+                    ErrorCode.INTERNAL,
+                    f"Agent {self.agent_id} failed to handle this message ({type(exc).__name__}).",
+                )
+            )
+
+    async def _produce(self, envelope: Envelope) -> None:
+        result: Any = self.handler(Message.from_envelope(envelope))
+        reply_id = new_message_id()
+        if inspect.isawaitable(result):
+            text = await result
+        elif isinstance(result, AsyncIterator):
+            text = await self._stream(envelope, reply_id, result)
+        else:
+            raise TypeError(
+                "The message handler must be an async function or an async generator; "
+                f"it returned {type(result).__name__}."
+            )
+        if not isinstance(text, str):
+            raise TypeError(f"The message handler returned {type(text).__name__}, not str.")
+        await self._send(envelopes.reply(envelope, self.agent_id, text, reply_id))
+
+    async def _stream(self, envelope: Envelope, reply_id: str, parts: AsyncIterator[Any]) -> str:
+        sent: list[str] = []
+        try:
+            async for delta in parts:
+                if not isinstance(delta, str):
+                    raise TypeError(f"The message handler yielded {type(delta).__name__}, not str.")
+                if not delta:
+                    continue  # an empty chunk would only use up a seq number
+                await self._send(
+                    envelopes.chunk(envelope, self.agent_id, reply_id, len(sent), delta)
+                )
+                sent.append(delta)
+        finally:
+            # Runs the generator's own cleanup at once, also when it was cancelled mid-stream.
+            close = getattr(parts, "aclose", None)
+            if close is not None:
+                await close()
+        return "".join(sent)
+
+    def _handle_cancel(self, envelope: Envelope) -> None:
+        target = envelope.in_reply_to_message_id
+        if not target:
+            log.warning("Agent %s got a CANCEL that names no message", self.agent_id)
+            return
+        handling = self._active.get(target)
+        if handling is None:
+            if target not in self._done:
+                # The CANCEL overtook its TEXT: answer the TEXT with "cancelled" when it arrives.
+                self._cancelled_early.add(target)
+            return
+        owner = handling.envelope.sender_id
+        if envelope.sender_id and owner and envelope.sender_id != owner:
+            log.warning(
+                "Agent %s ignores a CANCEL of %s from %s, who did not send it",
+                self.agent_id,
+                target,
+                envelope.sender_id,
+            )
+            return
+        self.cancel(target)
+
+    def _cancelled(self, envelope: Envelope) -> Envelope:
+        return envelopes.error(
+            envelope, self.agent_id, ErrorCode.CANCELLED, "The message was cancelled."
+        )
+
+    async def _send(self, envelope: Envelope) -> None:
+        try:
+            await self.publish(envelope)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            raise PublishFailed(
+                f"Could not send {envelope.message_type} for message "
+                f"{envelope.in_reply_to_message_id}: {exc}"
+            ) from exc

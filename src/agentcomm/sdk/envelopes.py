@@ -1,0 +1,56 @@
+"""The envelopes an agent sends back, built from the message they answer (PROTOCOL §2-§4)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from agentcomm.protocol import Envelope, ErrorCode, MessageType, RoutingStatus
+from agentcomm.protocol.ids import new_message_id
+from agentcomm.protocol.timestamps import utc_now_iso
+
+
+def _answer(
+    incoming: Envelope, agent_id: str, message_type: MessageType, message_id: str, **fields: Any
+) -> Envelope:
+    return Envelope(
+        message_type=message_type,
+        message_id=message_id,
+        sender_id=agent_id,
+        receiver_id=incoming.sender_id,
+        in_reply_to_message_id=incoming.message_id,
+        conversation_id=incoming.conversation_id,
+        routing_status=RoutingStatus.PENDING,
+        send_timestamp=utc_now_iso(),
+        # The server that holds the sender's socket and the hop count travel with the answer,
+        # so that a reply finds its way back and agent-to-agent loops stay bounded.
+        _client_id=incoming.client_id,
+        _server_id=incoming.server_id,
+        _hops=incoming.hops,
+        **fields,
+    )
+
+
+def reply(incoming: Envelope, agent_id: str, text: str, message_id: str | None = None) -> Envelope:
+    """The final REPLY; after a stream it reuses the chunks' message_id and has the whole text."""
+    return _answer(
+        incoming, agent_id, MessageType.REPLY, message_id or new_message_id(), text_payload=text
+    )
+
+
+def chunk(incoming: Envelope, agent_id: str, message_id: str, seq: int, delta: str) -> Envelope:
+    """One REPLY_CHUNK of a streamed reply."""
+    return _answer(
+        incoming, agent_id, MessageType.REPLY_CHUNK, message_id, seq=seq, text_delta=delta
+    )
+
+
+def error(incoming: Envelope, agent_id: str, code: ErrorCode, text: str) -> Envelope:
+    """An ERROR about the incoming message, for its sender."""
+    return _answer(
+        incoming,
+        agent_id,
+        MessageType.ERROR,
+        new_message_id(),
+        error_code=code.value,
+        text_payload=text,
+    )
