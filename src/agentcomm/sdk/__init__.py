@@ -1,1 +1,40 @@
-"""agentcomm.sdk."""
+"""The agent SDK: write an agent in a few lines.
+
+    from agentcomm.sdk import Agent, Message
+
+    agent = Agent("echo")
+
+    @agent.on_message
+    async def handle(message: Message) -> str:
+        return f"echo: {message.text}"
+
+    agent.run()
+
+See docs/agents.md for streaming replies, commands, cancellation and transports.
+"""
+
+from agentcomm.sdk.agent import Agent
+from agentcomm.sdk.commands import Command, CommandOutcome
+from agentcomm.sdk.errors import (
+    AgentError,
+    HandlingAborted,
+    HubUnavailable,
+    NotRegistered,
+    PublishFailed,
+    RegistrationRefused,
+)
+from agentcomm.sdk.message import AgentStatus, Message
+
+__all__ = [
+    "Agent",
+    "AgentError",
+    "AgentStatus",
+    "Command",
+    "CommandOutcome",
+    "HandlingAborted",
+    "HubUnavailable",
+    "Message",
+    "NotRegistered",
+    "PublishFailed",
+    "RegistrationRefused",
+]

@@ -1,0 +1,197 @@
+"""The two ways work reaches an agent, behind one protocol.
+
+- `GrpcWork` ("grpc"): the server consumes agent_queue_<id> for the agent and streams each
+  message over ReceiveMessages; the agent acks with AckMessage once it is finished and publishes
+  with SendMessage. For agents that cannot reach the bus, and for the in-process bus.
+- `BusWork` ("amqp"): the agent consumes agent_queue_<id> itself through the Bus interface and
+  publishes to broker_input_queue; works with RabbitMQ and with a shared in-memory bus.
+
+Either way a message is acknowledged only after `handle` returned for it, and given back when
+`handle` raised.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Literal, Protocol
+
+from agentcomm.bus import Bus, BusError, Delivery, Subscription
+from agentcomm.bus.queues import BROKER_INPUT_QUEUE, agent_queue
+from agentcomm.protocol import Envelope, ProtocolError, decode_envelope, encode_for_bus
+from agentcomm.sdk.errors import AgentError, HandlingAborted, HubUnavailable
+from agentcomm.sdk.hub_client import HubClient, IncomingMessage
+
+log = logging.getLogger(__name__)
+
+TransportName = Literal["grpc", "amqp"]
+Handle = Callable[[Envelope], Awaitable[None]]
+
+
+class WorkTransport(Protocol):
+    """Where an agent's messages come from and where its answers go."""
+
+    name: TransportName
+    # True when the server must know the agent before work can flow (gRPC).
+    needs_registration: bool
+
+    async def receive(self, agent_id: str, handle: Handle) -> None:
+        """Feeds messages to `handle` until the link breaks (raises) or the call is cancelled.
+
+        On cancellation it stops taking new messages and waits for those in hand; they finish
+        (or are aborted through the dispatcher) and are acked or given back before it returns.
+        """
+
+    async def publish(self, envelope: Envelope) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class GrpcWork:
+    """Work over the server's ReceiveMessages / AckMessage / SendMessage calls."""
+
+    name: TransportName = "grpc"
+    needs_registration = True
+
+    def __init__(self, hub: HubClient, prefetch: int) -> None:
+        self._hub = hub
+        self._prefetch = prefetch
+        self._agent_id = ""
+        # Messages being handled; they may outlive the stream they came on (see receive).
+        self._in_hand: set[asyncio.Task[None]] = set()
+
+    async def receive(self, agent_id: str, handle: Handle) -> None:
+        self._agent_id = agent_id
+        stream = self._hub.messages(agent_id, self._prefetch)
+        taking = asyncio.Event()
+        taking.set()
+
+        async def read() -> None:
+            async for incoming in stream:
+                if not taking.is_set():
+                    # Left unacknowledged: the server puts it back when the stream closes.
+                    continue
+                task = asyncio.create_task(
+                    self._process(agent_id, incoming, handle),
+                    name=f"agent-{agent_id}-receive-{incoming.message_id}",
+                )
+                self._in_hand.add(task)
+                task.add_done_callback(self._in_hand.discard)
+            raise HubUnavailable("The server closed the message stream.")
+
+        reader = asyncio.create_task(read(), name=f"agent-{agent_id}-messages")
+        try:
+            await asyncio.shield(reader)
+        except asyncio.CancelledError:
+            # Stopping. The server gives back every unacknowledged message the moment the
+            # stream closes, so it stays open until the messages in hand are acked.
+            taking.clear()
+            await self.wait_in_hand()
+            raise
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, AgentError):
+                await reader
+            await stream.aclose()
+        # When the stream broke, messages in hand finish on their own: if the server already
+        # gave them back, their redelivery is recognised by message_id and only acked.
+
+    async def wait_in_hand(self) -> None:
+        if self._in_hand:
+            # _process settles every outcome itself; nothing here goes unobserved.
+            await asyncio.gather(*self._in_hand, return_exceptions=True)
+
+    async def _process(self, agent_id: str, incoming: IncomingMessage, handle: Handle) -> None:
+        try:
+            envelope = decode_envelope(incoming.envelope_json)
+        except ProtocolError as exc:
+            log.warning("Agent %s dropped an unreadable message: %s", agent_id, exc.text)
+            await self._ack(agent_id, incoming.message_id, handled=True)
+            return
+        message_id = incoming.message_id or envelope.message_id
+        try:
+            await handle(envelope)
+        except HandlingAborted as exc:
+            # Not acked: the server gives it back when the stream closes, a moment from now.
+            log.info("Agent %s leaves message %s unfinished: %s", agent_id, message_id, exc)
+        except AgentError as exc:
+            log.warning("Agent %s gives message %s back: %s", agent_id, message_id, exc)
+            await self._ack(agent_id, message_id, handled=False)
+        except Exception:
+            log.exception("Agent %s failed on message %s; giving it back", agent_id, message_id)
+            await self._ack(agent_id, message_id, handled=False)
+        else:
+            await self._ack(agent_id, message_id, handled=True)
+
+    async def _ack(self, agent_id: str, message_id: str, *, handled: bool) -> None:
+        try:
+            await self._hub.ack(agent_id, message_id, handled)
+        except AgentError as exc:
+            # Most likely the stream closed first and the server put the message back; its
+            # redelivery is recognised by message_id and acked without handling it again.
+            log.info("Could not ack message %s: %s", message_id, exc)
+
+    async def publish(self, envelope: Envelope) -> None:
+        await self._hub.send_message(self._agent_id or envelope.sender_id or "", envelope)
+
+    async def close(self) -> None:
+        await self.wait_in_hand()
+
+
+class BusWork:
+    """Work straight from the bus: consume agent_queue_<id>, publish to broker_input_queue."""
+
+    name: TransportName = "amqp"
+    needs_registration = False
+
+    def __init__(self, bus: Bus, prefetch: int, *, owns_bus: bool) -> None:
+        self._bus = bus
+        self._prefetch = prefetch
+        self._owns_bus = owns_bus
+
+    async def receive(self, agent_id: str, handle: Handle) -> None:
+        async def deliver(delivery: Delivery) -> None:
+            try:
+                envelope = decode_envelope(delivery.body)
+            except ProtocolError as exc:
+                # Acked by returning: an unreadable message would never become readable.
+                log.warning("Agent %s dropped an unreadable message: %s", agent_id, exc.text)
+                return
+            await handle(envelope)
+
+        try:
+            await self._bus.connect()
+            # concurrency == prefetch: messages waiting for a handler slot must not hold up a
+            # CANCEL behind them; the dispatcher bounds how many handlers really run.
+            subscription = await self._bus.consume(
+                agent_queue(agent_id), deliver, prefetch=self._prefetch, concurrency=self._prefetch
+            )
+        except BusError as exc:
+            raise HubUnavailable(f"Cannot consume {agent_queue(agent_id)}: {exc}") from exc
+        try:
+            # The bus restores its consumers after a reconnect by itself; this only ends when
+            # the agent stops (and the subscription's cancel lets handlers in progress finish).
+            await asyncio.get_running_loop().create_future()
+        finally:
+            await _cancel_subscription(subscription)
+
+    async def publish(self, envelope: Envelope) -> None:
+        try:
+            await self._bus.publish(
+                BROKER_INPUT_QUEUE, encode_for_bus(envelope), message_id=envelope.message_id
+            )
+        except BusError as exc:
+            raise HubUnavailable(f"Cannot publish to {BROKER_INPUT_QUEUE}: {exc}") from exc
+
+    async def close(self) -> None:
+        if self._owns_bus:
+            await self._bus.close()
+
+
+async def _cancel_subscription(subscription: Subscription) -> None:
+    try:
+        await subscription.cancel()
+    except BusError as exc:
+        log.warning("Could not cancel the bus consumer cleanly: %s", exc)
