@@ -123,9 +123,12 @@ class ReferenceBroker:
             # Waiting for readiness lets a broker start a moment before its server.
             await self._presence.register(wait_for_ready=True)
         except grpc.aio.AioRpcError as exc:
+            if exc.code() is grpc.StatusCode.DEADLINE_EXCEEDED:
+                why = f"no answer within {self._start_timeout:.0f}s (is the server running?)"
+            else:
+                why = f"{exc.code().name}: {exc.details()}"
             raise BrokerStartError(
-                f"Cannot register with the server at {self.grpc_target}: "
-                f"{exc.code().name} {exc.details()}"
+                f"Cannot register with the server at {self.grpc_target}: {why}"
             ) from exc
         self._presence.start()
         try:
