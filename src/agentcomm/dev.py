@@ -1,0 +1,95 @@
+"""`agentcomm dev` (what `make run` starts): the whole stack in one process.
+
+Server, reference broker and the demo agents `echo` and `typist` share one bus — the in-process
+bus by default, RabbitMQ with `--bus rabbitmq`. Ctrl+C stops everything in reverse order.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from agentcomm.broker.service import ReferenceBroker
+from agentcomm.bus.base import Bus, BusError
+from agentcomm.bus.factory import create_bus
+from agentcomm.config import Settings
+from agentcomm.sdk.agent import Agent
+from agentcomm.sdk.demo_agents import build_demo_agent
+from agentcomm.server.runner import wait_for_stop_signal
+from agentcomm.server.running import RunningServer
+
+log = logging.getLogger(__name__)
+
+DEMO_AGENTS = ("echo", "typist")
+
+
+class DevStack:
+    """The running pieces of the one-command stack, started and stopped in order."""
+
+    def __init__(self, settings: Settings, bus: Bus | None = None) -> None:
+        self.settings = settings
+        self.bus = bus or create_bus(settings)
+        self.server = RunningServer(settings, self.bus)
+        self.broker: ReferenceBroker | None = None
+        self.agents: list[Agent] = []
+
+    @property
+    def web_url(self) -> str:
+        host = self.settings.host
+        if host in ("0.0.0.0", "::", ""):
+            host = "localhost"
+        return f"http://{host}:{self.server.http_port}/"
+
+    async def start(self) -> None:
+        await self.server.start()
+        grpc_target = f"{_dialable(self.settings.grpc_host)}:{self.server.grpc_port}"
+        try:
+            self.broker = ReferenceBroker(self.bus, grpc_target, broker_name="dev-broker")
+            await self.broker.start()
+            for kind in DEMO_AGENTS:
+                agent = build_demo_agent(
+                    kind,
+                    self.settings.model_copy(update={"grpc_port": self.server.grpc_port}),
+                    name=kind,
+                    agent_id=kind,
+                    transport="amqp",
+                    bus=self.bus,
+                )
+                await agent.start()
+                self.agents.append(agent)
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def stop(self) -> None:
+        for agent in reversed(self.agents):
+            try:
+                await agent.stop()
+            except Exception:
+                log.exception("A demo agent did not stop cleanly")
+        self.agents.clear()
+        if self.broker is not None:
+            await self.broker.stop()
+            self.broker = None
+        await self.server.stop()
+
+
+def _dialable(host: str) -> str:
+    return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+
+
+async def run_dev(settings: Settings) -> int:
+    stack = DevStack(settings)
+    try:
+        await stack.start()
+    except (BusError, OSError) as exc:
+        log.error("Cannot start the dev stack: %s", exc)
+        return 1
+    print(
+        f"\n  agentcomm is running — open {stack.web_url}\n"
+        f"  agents: {', '.join(DEMO_AGENTS)} · bus: {settings.message_bus} · "
+        f"gRPC: {settings.grpc_host}:{stack.server.grpc_port}\n  Ctrl+C stops everything.\n",
+        flush=True,
+    )
+    await wait_for_stop_signal()
+    await stack.stop()
+    return 0
