@@ -61,7 +61,7 @@ async def run_broker(settings: Settings, broker_id: str | None, broker_name: str
     bus = create_bus(settings)
     broker = ReferenceBroker(
         bus,
-        f"{settings.grpc_host}:{settings.grpc_port}",
+        f"{_dialable(settings.grpc_host)}:{settings.grpc_port}",
         broker_id=broker_id,
         broker_name=broker_name,
         prefetch=settings.rabbitmq_prefetch,
@@ -76,6 +76,11 @@ async def run_broker(settings: Settings, broker_id: str | None, broker_name: str
         await broker.stop()
         await bus.close()
     return 0
+
+
+def _dialable(host: str) -> str:
+    # GRPC_HOST is also the server's listen address; a wildcard there means "this machine".
+    return "127.0.0.1" if host in ("", "0.0.0.0", "::") else host
 
 
 async def _start_unless_stopped(broker: ReferenceBroker, stopping: asyncio.Event) -> bool:
