@@ -57,6 +57,12 @@ class Settings(BaseSettings):
     outbound_queue_frames: int = Field(
         1024, ge=16, description="frames queued for a slow frontend before it is closed (4008)"
     )
+    delivery_timeout: float = Field(
+        300.0,
+        gt=0,
+        description="seconds an offline agent may take to come back before its senders "
+        "get ERROR agent_offline",
+    )
     resume_window: float = Field(
         60.0, ge=0, description="seconds a disconnected frontend's session waits for a resume"
     )

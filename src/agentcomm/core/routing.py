@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 from agentcomm.bus.base import Bus, BusError, BusUnavailable, Unroutable
 from agentcomm.bus.queues import BROKER_INPUT_QUEUE, agent_queue, server_queue
+from agentcomm.core.answers import AnswerLedger
 from agentcomm.core.presence import AgentRegistry
 from agentcomm.core.sessions import FrontendSessions
 from agentcomm.protocol.codec import encode_for_bus, encode_for_client
@@ -47,12 +48,14 @@ class ServerRouter:
         bus: Bus,
         registry: AgentRegistry,
         sessions: FrontendSessions,
+        answers: AnswerLedger,
         publish_timeout: float = 5.0,
     ) -> None:
         self._server_id = server_id
         self._bus = bus
         self._registry = registry
         self._sessions = sessions
+        self._answers = answers
         self._publish_timeout = publish_timeout
         # message_id -> set once the sender was told "pending".
         self._pending_echoed: dict[str, asyncio.Event] = {}
@@ -89,6 +92,9 @@ class ServerRouter:
         receiver = (message.receiver_id or "").strip()
         if receiver.lower() == SERVER_RECEIVER:
             receiver = ""
+        if not receiver and message.message_type is MessageType.CANCEL:
+            # Name the agent working on it, so that any broker can route the CANCEL.
+            receiver = self._answers.agent_for(message.in_reply_to_message_id or "") or ""
         if receiver and is_frontend_id(receiver):
             raise ProtocolError(
                 ErrorCode.UNKNOWN_RECEIVER,
@@ -107,6 +113,13 @@ class ServerRouter:
                 "error_code": None,
             }
         )
+        is_text = outgoing.message_type is MessageType.TEXT
+        if is_text and not self._answers.first_time_accepted(frontend_id, outgoing.message_id):
+            # A re-sent copy (the frontend lost its connection before our echo): it is on the
+            # bus already, so only say so again.
+            if not self._answers.is_answered(outgoing.message_id):
+                self._echo(frontend_id, outgoing, RoutingStatus.PENDING)
+            return
         echoed = asyncio.Event()
         self._pending_echoed[outgoing.message_id] = echoed
         try:
@@ -118,6 +131,8 @@ class ServerRouter:
             )
         except BusError as exc:
             self._pending_echoed.pop(outgoing.message_id, None)
+            if is_text:
+                self._answers.forget_accepted(frontend_id, outgoing.message_id)
             log.warning("Could not hand %s to the broker: %s", outgoing.message_id, exc)
             self._fail_to_frontend(
                 frontend_id,
@@ -126,7 +141,7 @@ class ServerRouter:
                 "The message bus is unavailable; the message was not sent. Try again shortly.",
             )
             return
-        if outgoing.message_type is MessageType.TEXT:
+        if is_text:
             self._echo(frontend_id, outgoing, RoutingStatus.PENDING)
         echoed.set()
         self._notify(outgoing)
@@ -216,6 +231,7 @@ class ServerRouter:
             )
             return
         if from_frontend:
+            self._answers.delivered(message, agent_id)
             self._echo(sender, delivered, RoutingStatus.DELIVERED)
 
     async def _to_frontend(self, frontend_id: str, message: Envelope) -> None:
@@ -223,8 +239,17 @@ class ServerRouter:
         if session is None:
             await self._forward_to_owner(frontend_id, message)
             return
-        if message.message_type is MessageType.REPLY_CHUNK and not session.wants_stream:
-            return  # this frontend asked for whole replies only
+        answered = message.in_reply_to_message_id
+        if message.message_type is MessageType.REPLY_CHUNK:
+            if not session.wants_stream or (answered and self._answers.is_answered(answered)):
+                return  # this frontend asked for whole replies only, or the answer is final
+        elif (
+            answered
+            and message.message_type in (MessageType.REPLY, MessageType.ERROR)
+            and not self._answers.answer(answered)
+        ):
+            log.info("Dropping a second final answer to %s", answered)
+            return
         self._sessions.send(frontend_id, encode_for_client(message))
 
     async def _forward_to_owner(self, frontend_id: str, message: Envelope) -> None:
@@ -246,6 +271,17 @@ class ServerRouter:
             frontend_id,
         )
 
+    async def answer_abandoned(self) -> int:
+        """Answers messages whose agent stayed offline past DELIVERY_TIMEOUT; returns how many."""
+        expired = self._answers.expired()
+        for entry in expired:
+            await self._reject(
+                entry.message,
+                ErrorCode.AGENT_OFFLINE,
+                f"Agent {entry.agent_id!r} went offline before answering and did not come back.",
+            )
+        return len(expired)
+
     async def _deliver_error(self, message: Envelope) -> None:
         target = (message.receiver_id or "").strip()
         if not target or target.lower() == SERVER_RECEIVER:
@@ -258,6 +294,19 @@ class ServerRouter:
                 "error_code": message.error_code or ErrorCode.INTERNAL.value,
             }
         )
+        failed = error.in_reply_to_message_id
+        if failed and is_frontend_id(target) and not self._answers.is_answered(failed):
+            # The sender's own message failed: its status echo says so too (PROTOCOL §3).
+            await self._wait_for_pending_echo(failed)
+            echo = Envelope(
+                message_type=MessageType.TEXT,
+                message_id=failed,
+                sender_id=target,
+                conversation_id=error.conversation_id,
+                routing_status=RoutingStatus.ERROR,
+                error_code=error.error_code,
+            )
+            self._sessions.send(target, encode_for_client(echo))
         await self._send_error_to(target, error)
 
     async def _reject(self, message: Envelope, code: ErrorCode, text: str) -> None:

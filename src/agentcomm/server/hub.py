@@ -24,6 +24,7 @@ from agentcomm.bus.queues import (
     server_queue,
 )
 from agentcomm.config import Settings
+from agentcomm.core.answers import AnswerLedger
 from agentcomm.core.brokers import BrokerRegistry
 from agentcomm.core.clock import Clock, SystemClock
 from agentcomm.core.commands import CommandCenter
@@ -60,8 +61,13 @@ class Hub:
         )
         self.brokers = BrokerRegistry(self.clock)
         self.sessions = FrontendSessions(self.clock, resume_window=settings.resume_window)
+        self.answers = AnswerLedger(self.clock, delivery_timeout=settings.delivery_timeout)
         self.router = ServerRouter(
-            server_id=self.server_id, bus=bus, registry=self.registry, sessions=self.sessions
+            server_id=self.server_id,
+            bus=bus,
+            registry=self.registry,
+            sessions=self.sessions,
+            answers=self.answers,
         )
         self.commands = CommandCenter(self.registry)
         self.inboxes = AgentInboxes(bus)
@@ -73,6 +79,7 @@ class Hub:
             ).inc()
         )
         self.registry.subscribe(self._push_presence_to_frontends)
+        self.registry.subscribe(self._follow_presence_for_answers)
         self.draining = False
         # Every open frontend socket, registered or not, so shutdown can close them all.
         self.connections: set[SocketLink] = set()
@@ -203,9 +210,17 @@ class Hub:
     async def _periodic_status(self) -> None:
         self.sessions.broadcast(self.status_frame(self.registry.snapshot(), full=True))
 
+    def _follow_presence_for_answers(self, delta: list[AgentInfo]) -> None:
+        for info in delta:
+            if info.is_online:
+                self.answers.agent_online(info.agent_id)
+            else:
+                self.answers.agent_offline(info.agent_id)
+
     async def _sweep(self) -> None:
         self.registry.sweep()
         self.sessions.expire()
+        await self.router.answer_abandoned()
 
     def _sweep_interval(self) -> float:
         return max(0.05, min(1.0, self.settings.agent_timeout / 4, self.settings.stream_grace / 2))

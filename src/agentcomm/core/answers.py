@@ -1,0 +1,105 @@
+"""Exactly one final answer per accepted TEXT.
+
+The ledger remembers every TEXT the server handed to an agent until its final `REPLY` or
+`ERROR` passes. A second final answer for the same message (an at-least-once redelivery that an
+agent answered twice) is dropped. When an agent goes offline and does not come back within
+DELIVERY_TIMEOUT, each of its unanswered messages is answered for it with `ERROR agent_offline`,
+so no sender waits in silence; if the agent answers later after all, that late answer is the
+second one and is dropped.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from agentcomm.core.clock import Clock
+from agentcomm.protocol.models import Envelope
+
+# Answered message ids remembered to drop late duplicates; bounded so memory stays flat.
+ANSWERED_MEMORY = 100_000
+# Frontend message ids remembered to drop re-sent copies (a browser retrying after a drop).
+ACCEPTED_MEMORY = 100_000
+
+
+@dataclass
+class Outstanding:
+    message: Envelope
+    agent_id: str
+    agent_offline_since: float | None = None
+
+
+class AnswerLedger:
+    def __init__(self, clock: Clock, *, delivery_timeout: float) -> None:
+        self._clock = clock
+        self._delivery_timeout = delivery_timeout
+        self._outstanding: dict[str, Outstanding] = {}
+        self._answered: OrderedDict[str, None] = OrderedDict()
+        self._accepted: OrderedDict[tuple[str, str], None] = OrderedDict()
+
+    # -- frontend re-sends -------------------------------------------------------------------
+
+    def first_time_accepted(self, frontend_id: str, message_id: str) -> bool:
+        """False when this frontend already sent a message with this id."""
+        key = (frontend_id, message_id)
+        if key in self._accepted:
+            return False
+        self._accepted[key] = None
+        if len(self._accepted) > ACCEPTED_MEMORY:
+            self._accepted.popitem(last=False)
+        return True
+
+    def forget_accepted(self, frontend_id: str, message_id: str) -> None:
+        """The message never made it onto the bus: a retry with the same id is welcome."""
+        self._accepted.pop((frontend_id, message_id), None)
+
+    # -- outstanding work --------------------------------------------------------------------
+
+    def delivered(self, message: Envelope, agent_id: str) -> None:
+        if message.message_id not in self._answered:
+            self._outstanding[message.message_id] = Outstanding(message, agent_id)
+
+    def agent_for(self, message_id: str) -> str | None:
+        """The agent working on an unanswered message, if this server delivered it."""
+        entry = self._outstanding.get(message_id)
+        return entry.agent_id if entry else None
+
+    def is_answered(self, message_id: str) -> bool:
+        return message_id in self._answered
+
+    def answer(self, message_id: str) -> bool:
+        """Records a final answer; False when the message already had one."""
+        if message_id in self._answered:
+            return False
+        self._outstanding.pop(message_id, None)
+        self._answered[message_id] = None
+        if len(self._answered) > ANSWERED_MEMORY:
+            self._answered.popitem(last=False)
+        return True
+
+    def agent_offline(self, agent_id: str) -> None:
+        now = self._clock.monotonic()
+        for entry in self._outstanding.values():
+            if entry.agent_id == agent_id and entry.agent_offline_since is None:
+                entry.agent_offline_since = now
+
+    def agent_online(self, agent_id: str) -> None:
+        for entry in self._outstanding.values():
+            if entry.agent_id == agent_id:
+                entry.agent_offline_since = None
+
+    def expired(self) -> list[Outstanding]:
+        """Messages whose agent stayed offline for DELIVERY_TIMEOUT; they leave the ledger."""
+        now = self._clock.monotonic()
+        gone = [
+            entry
+            for entry in self._outstanding.values()
+            if entry.agent_offline_since is not None
+            and now - entry.agent_offline_since >= self._delivery_timeout
+        ]
+        for entry in gone:
+            del self._outstanding[entry.message.message_id]
+        return gone
+
+    def outstanding_count(self) -> int:
+        return len(self._outstanding)
