@@ -21,7 +21,6 @@ WAIT = 5.0
 class Controls:
     def __init__(self) -> None:
         self.paused = False
-        self.stop_requested = False
         self.cancelled: list[str] = []
 
     def summary(self) -> dict[str, Any]:
@@ -32,9 +31,6 @@ class Controls:
 
     def resume(self) -> None:
         self.paused = False
-
-    def request_stop(self) -> None:
-        self.stop_requested = True
 
     def cancel_message(self, message_id: str) -> bool:
         if message_id == "busy":
@@ -60,15 +56,15 @@ async def test_status_is_a_json_summary() -> None:
     assert outcome.execution_time_ms >= 0
 
 
-async def test_pause_resume_and_shutdown_act_on_the_agent() -> None:
+async def test_pause_resume_and_shutdown() -> None:
     controls = Controls()
     commands = runner(controls)
     assert (await run(commands, Command("c1", "pause"))).success
     assert controls.paused
     assert (await run(commands, Command("c2", "RESUME "))).success  # any case, trimmed
     assert not controls.paused
-    assert (await run(commands, Command("c3", "shutdown"))).output == "shutting down"
-    assert controls.stop_requested
+    shutdown = await run(commands, Command("c3", "shutdown"))
+    assert (shutdown.output, shutdown.stop_after) == ("shutting down", True)
 
 
 async def test_cancel_names_a_message_in_progress() -> None:

@@ -491,6 +491,9 @@ class _Running:
         except AgentError as exc:
             # The server times the command out on its side; the session itself is fine.
             log.warning("Could not return the result of command %s: %s", command.command_id, exc)
+        if outcome.stop_after:
+            # Only now: stopping ends this session, and the result must reach the operator.
+            self.agent.request_stop()
 
     # -- work ------------------------------------------------------------------------------
 

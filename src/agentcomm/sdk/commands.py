@@ -49,6 +49,8 @@ class CommandOutcome:
     error_message: str = ""
     exit_code: int = EXIT_OK
     execution_time_ms: int = 0
+    # Set by `shutdown`: the agent stops once this result has been sent.
+    stop_after: bool = False
 
 
 class AgentControls(Protocol):
@@ -59,8 +61,6 @@ class AgentControls(Protocol):
     def pause(self) -> None: ...
 
     def resume(self) -> None: ...
-
-    def request_stop(self) -> None: ...
 
     def cancel_message(self, message_id: str) -> bool: ...
 
@@ -87,6 +87,7 @@ class CommandRunner:
             error_message=outcome.error_message,
             exit_code=outcome.exit_code,
             execution_time_ms=elapsed_ms,
+            stop_after=outcome.stop_after,
         )
 
     async def _outcome(self, command: Command) -> CommandOutcome:
@@ -103,8 +104,7 @@ class CommandRunner:
             controls.resume()
             return CommandOutcome(True, "resumed")
         if name == "shutdown":
-            controls.request_stop()
-            return CommandOutcome(True, "shutting down")
+            return CommandOutcome(True, "shutting down", stop_after=True)
         if name == "cancel":
             message_id = command.content.strip() or command.parameters.get("message_id", "")
             if controls.cancel_message(message_id):
