@@ -11,7 +11,7 @@ from agentcomm.bus.memory import InMemoryBus
 from agentcomm.config import Settings
 from agentcomm.protocol import Envelope, ErrorCode, MessageType, encode_for_bus
 from agentcomm.sdk import envelopes
-from agentcomm.sdk.agent import choose_transport
+from agentcomm.sdk.agent import choose_transport, grpc_target
 from agentcomm.sdk.backoff import Backoff
 from agentcomm.sdk.dedup import RecentIds
 from agentcomm.sdk.demo_agents import build_demo_agent, typist_answer
@@ -107,3 +107,8 @@ def test_demo_agents_are_named_after_their_kind_by_default() -> None:
     assert typist.name == "T"
     with pytest.raises(ValueError, match="Unknown demo agent"):
         build_demo_agent("poet", settings("memory"))
+
+
+def test_agents_dial_loopback_when_the_grpc_host_is_a_wildcard() -> None:
+    assert grpc_target(Settings(grpc_host="0.0.0.0", grpc_port=7)) == "127.0.0.1:7"
+    assert grpc_target(Settings(grpc_host="hub.example", grpc_port=7)) == "hub.example:7"

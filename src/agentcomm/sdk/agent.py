@@ -77,6 +77,15 @@ def choose_transport(transport: str | None, settings: Settings, bus: Bus | None)
     raise ValueError(f"Unknown transport {transport!r}; use 'grpc' or 'amqp'.")
 
 
+def grpc_target(settings: Settings) -> str:
+    """Where to dial the server: GRPC_HOST:GRPC_PORT, loopback for a wildcard listen address
+    (the same settings serve the server and its agents)."""
+    host = settings.grpc_host
+    if host in ("", "0.0.0.0", "::", "[::]"):
+        host = "127.0.0.1"
+    return f"{host}:{settings.grpc_port}"
+
+
 class Agent:
     """An agent on the agentcomm hub.
 
@@ -291,9 +300,7 @@ class Agent:
     # -- internals -----------------------------------------------------------------------
 
     def _new_state(self, handler: MessageHandler) -> _Running:
-        hub = self._hub_override or GrpcHubClient(
-            f"{self.settings.grpc_host}:{self.settings.grpc_port}", self._session
-        )
+        hub = self._hub_override or GrpcHubClient(grpc_target(self.settings), self._session)
         work: WorkTransport
         if self.transport == "grpc":
             work = GrpcWork(hub, self.prefetch)
