@@ -179,6 +179,13 @@ class FrontendConnection:
                         "Register first: the first frame must be REGISTER_FRONTEND.",
                         data.get("message_id") if isinstance(data.get("message_id"), str) else None,
                     )
+            except ProtocolError as exc:
+                # Not a registration attempt at all (PROTOCOL §3): refused and closed.
+                log.info("Refused frame before registration: %s", exc.text)
+                self._link.send_frame(error_frame(exc.code, exc.text, exc.in_reply_to))
+                self._link.close(CLOSE_POLICY)
+                return False
+            try:
                 request = decode_register_frontend(data)
             except ProtocolError as exc:
                 log.info("Refused frame before registration: %s", exc.text)
@@ -237,6 +244,7 @@ class FrontendConnection:
             message = validate_model(Envelope, data)
             await self._hub.router.accept_from_frontend(frontend_id, message)
         elif message_type is MessageType.REQUEST_AGENT_STATUS:
+            validate_model(Envelope, data)  # a bad message_id is refused like on any frame
             hub = self._hub
             self._link.send_frame(hub.status_frame(hub.registry.snapshot(), full=True))
         elif message_type is MessageType.REGISTER_FRONTEND:
