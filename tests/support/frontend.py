@@ -179,7 +179,8 @@ class Frontend:
         except ConnectionClosed:
             pass
         finally:
-            rcvd = self.ws.close_rcvd
+            # The code the server sent, not the one this client answered with.
+            rcvd = self.ws.protocol.close_rcvd
             self.close_code = rcvd.code if rcvd is not None else None
             self._closed.set()
             async with self._arrived:
