@@ -1,4 +1,4 @@
-"""The `agentcomm` command: serve | broker | agent | dev | bench.
+"""The `agentcomm` command: serve | broker | agent | dev | token | bench.
 
 Every setting of `agentcomm.config.Settings` is also a flag (`--grpc-port 50052` mirrors
 `GRPC_PORT=50052`); flags win over the environment.
@@ -70,6 +70,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_settings_flags(dev)
 
+    token = commands.add_parser("token", help="mint a JWT for a frontend, agent, broker or admin")
+    token.add_argument("--role", required=True, choices=["frontend", "agent", "broker", "admin"])
+    token.add_argument(
+        "--sub", required=True, help="who the token names (for agents: the agent id)"
+    )
+    token.add_argument("--ttl", type=float, default=3600.0, help="seconds until it expires")
+    _add_settings_flags(token)
+
     bench = commands.add_parser("bench", help="run a benchmark scenario")
     bench.add_argument("scenario", help="scenario name, or 'all'")
     bench.add_argument("--duration", type=float, default=10.0, help="seconds per measurement")
@@ -122,6 +130,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         from agentcomm.dev import run_dev
 
         return _run(lambda: run_dev(settings))
+    if args.command == "token":
+        from agentcomm.core.auth import Authenticator, AuthError, Role
+
+        try:
+            print(Authenticator(settings.auth_secret).mint(Role(args.role), args.sub, args.ttl))
+        except AuthError as exc:
+            print(f"agentcomm: {exc}", file=sys.stderr)
+            return 2
+        return 0
     if args.command == "bench":
         from agentcomm.bench.cli import run_bench
 

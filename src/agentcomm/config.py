@@ -71,6 +71,12 @@ class Settings(BaseSettings):
     allowed_origins: str = Field(
         "", description="comma-separated WebSocket/CORS origins; empty allows any"
     )
+    auth_secret: str = Field(
+        "", description="HS256 secret; when set, every connection must present a valid JWT"
+    )
+    auth_token: str = Field(
+        "", description="the JWT this process presents when it connects (brokers, agents)"
+    )
     public_url: str = Field(
         "", description="address advertised to others (default: from HOST/PORT)"
     )
@@ -93,6 +99,9 @@ class Settings(BaseSettings):
         return [origin.strip() for origin in self.allowed_origins.split(",") if origin.strip()]
 
 
+_SECRET_SETTINGS = frozenset({"RABBITMQ_PASSWORD", "AUTH_SECRET", "AUTH_TOKEN"})
+
+
 class SettingsError(Exception):
     """A setting has a value it does not accept; the message is one line per variable."""
 
@@ -111,6 +120,6 @@ def describe_settings_error(exc: ValidationError) -> str:
         name = str(error["loc"][0]).upper() if error["loc"] else "SETTINGS"
         field = Settings.model_fields.get(name.lower())
         accepts = f" ({field.description})" if field and field.description else ""
-        given = error.get("input")
+        given = "<hidden>" if name in _SECRET_SETTINGS else error.get("input")
         lines.append(f"{name}: {error['msg']}{accepts}; got {given!r}")
     return "\n".join(lines)

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from agentcomm.broker.service import BrokerStartError, ReferenceBroker
 from agentcomm.bus.base import BusError
 from agentcomm.config import Settings
+from agentcomm.core.auth import token_subject
 
 log = logging.getLogger(__name__)
 
@@ -62,10 +63,12 @@ async def run_broker(settings: Settings, broker_id: str | None, broker_name: str
     broker = ReferenceBroker(
         bus,
         f"{_dialable(settings.grpc_host)}:{settings.grpc_port}",
-        broker_id=broker_id,
+        # With a token, the broker is who its token says it is.
+        broker_id=broker_id or token_subject(settings.auth_token),
         broker_name=broker_name,
         prefetch=settings.rabbitmq_prefetch,
         stop_timeout=settings.shutdown_timeout,
+        token=settings.auth_token,
     )
     try:
         with _stop_on_signals() as stopping:

@@ -7,10 +7,11 @@ from typing import TYPE_CHECKING
 
 import grpc
 
+from agentcomm.core.auth import Role
 from agentcomm.generated import broker_registration_service_pb2 as pb
 from agentcomm.generated import broker_registration_service_pb2_grpc as pb_grpc
 from agentcomm.protocol.models import MAX_NAME_CHARS
-from agentcomm.server.grpc_context import Context, require_id
+from agentcomm.server.grpc_context import Context, authorize, require_id
 
 if TYPE_CHECKING:
     from agentcomm.server.hub import Hub
@@ -26,6 +27,7 @@ class BrokerRegistrationServicer(pb_grpc.BrokerRegistrationServiceServicer):
         self, request: pb.BrokerRegistrationRequest, context: Context
     ) -> pb.BrokerRegistrationResponse:
         await require_id(context, request.broker_id, "broker_id")
+        await authorize(self._hub.auth, context, Role.BROKER, request.broker_id)
         if len(request.broker_name) > MAX_NAME_CHARS:
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT,

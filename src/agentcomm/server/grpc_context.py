@@ -6,6 +6,7 @@ from typing import Any, NoReturn
 
 import grpc
 
+from agentcomm.core.auth import Authenticator, AuthError, Principal, Role, bearer_token
 from agentcomm.core.errors import (
     AgentIdTaken,
     AgentOffline,
@@ -84,3 +85,31 @@ async def require_map(
                 f"{what}: keys must be 1-128 characters and values at most {max_chars}.",
             )
     return dict(values)
+
+
+async def authorize(
+    auth: Authenticator, context: Context, role: Role, subject: str | None = None
+) -> Principal | None:
+    """The caller's principal when authentication is on (None when it is off).
+
+    Aborts with UNAUTHENTICATED for a missing or bad token and PERMISSION_DENIED for a token
+    that may not act in `role` (as `subject`, when one is named).
+    """
+    if not auth.enabled:
+        return None
+    header = None
+    for key, value in context.invocation_metadata() or ():
+        if key == "authorization" and isinstance(value, str):
+            header = value
+    try:
+        principal = auth.verify(bearer_token(header))
+    except AuthError as exc:
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
+    if not principal.may_act_as(role, subject):
+        who = f" as {subject!r}" if subject else ""
+        await context.abort(
+            grpc.StatusCode.PERMISSION_DENIED,
+            f"A {principal.role.value} token for {principal.subject!r} may not act{who} "
+            f"as a {role.value}.",
+        )
+    return principal

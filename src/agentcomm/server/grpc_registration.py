@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import grpc
 
 from agentcomm.bus.base import BusError
+from agentcomm.core.auth import Role
 from agentcomm.core.commands import CommandOutcome
 from agentcomm.core.errors import HubError
 from agentcomm.core.presence import parse_reported_status
@@ -21,6 +22,7 @@ from agentcomm.protocol.models import MAX_NAME_CHARS
 from agentcomm.server.grpc_context import (
     Context,
     abort_for,
+    authorize,
     caller_session,
     declared_session,
     require_id,
@@ -43,7 +45,13 @@ class AgentRegistrationServicer(pb_grpc.AgentRegistrationServiceServicer):
     async def RegisterAgent(
         self, request: pb.AgentRegistrationRequest, context: Context
     ) -> pb.AgentRegistrationResponse:
-        agent_id = request.agent_id or new_agent_id()
+        principal = await authorize(self._hub.auth, context, Role.AGENT, request.agent_id or None)
+        if request.agent_id:
+            agent_id = request.agent_id
+        elif principal is not None and principal.role is Role.AGENT:
+            agent_id = principal.subject  # an agent's token names the id it registers as
+        else:
+            agent_id = new_agent_id()
         await require_id(context, agent_id, "agent_id")
         if len(request.agent_name) > MAX_NAME_CHARS:
             await context.abort(
@@ -79,6 +87,7 @@ class AgentRegistrationServicer(pb_grpc.AgentRegistrationServiceServicer):
         self, request: pb.AgentUnregistrationRequest, context: Context
     ) -> pb.AgentUnregistrationResponse:
         await require_id(context, request.agent_id, "agent_id")
+        await authorize(self._hub.auth, context, Role.AGENT, request.agent_id)
         try:
             self._hub.registry.unregister(request.agent_id, declared_session(context))
         except HubError as exc:
@@ -94,6 +103,7 @@ class AgentRegistrationServicer(pb_grpc.AgentRegistrationServiceServicer):
         self, request: pb.HeartbeatRequest, context: Context
     ) -> pb.HeartbeatResponse:
         await require_id(context, request.agent_id, "agent_id")
+        await authorize(self._hub.auth, context, Role.AGENT, request.agent_id)
         status = parse_reported_status(request.status)
         if status is None:
             await context.abort(
@@ -113,6 +123,7 @@ class AgentRegistrationServicer(pb_grpc.AgentRegistrationServiceServicer):
         self, request: pb.CommandStreamRequest, context: Context
     ) -> AsyncIterator[pb.Command]:
         await require_id(context, request.agent_id, "agent_id")
+        await authorize(self._hub.auth, context, Role.AGENT, request.agent_id)
         await self._require_own(request.agent_id, context)
         registry, commands = self._hub.registry, self._hub.commands
         stream = commands.open_stream(request.agent_id)
@@ -136,6 +147,7 @@ class AgentRegistrationServicer(pb_grpc.AgentRegistrationServiceServicer):
     ) -> pb.CommandResultResponse:
         await require_id(context, request.command_id, "command_id")
         await require_id(context, request.agent_id, "agent_id")
+        await authorize(self._hub.auth, context, Role.AGENT, request.agent_id)
         outcome = CommandOutcome(
             command_id=request.command_id,
             agent_id=request.agent_id,
@@ -156,6 +168,7 @@ class AgentRegistrationServicer(pb_grpc.AgentRegistrationServiceServicer):
         self, request: pb.MessageStreamRequest, context: Context
     ) -> AsyncIterator[pb.ChatMessage]:
         await require_id(context, request.agent_id, "agent_id")
+        await authorize(self._hub.auth, context, Role.AGENT, request.agent_id)
         await self._require_own(request.agent_id, context)
         if request.prefetch < 0 or request.prefetch > MAX_MESSAGE_PREFETCH:
             await context.abort(
@@ -183,6 +196,7 @@ class AgentRegistrationServicer(pb_grpc.AgentRegistrationServiceServicer):
 
     async def AckMessage(self, request: pb.MessageAck, context: Context) -> pb.MessageAckResponse:
         await require_id(context, request.agent_id, "agent_id")
+        await authorize(self._hub.auth, context, Role.AGENT, request.agent_id)
         await require_id(context, request.message_id, "message_id")
         inbox = self._hub.inboxes.get(request.agent_id)
         if inbox is None:
@@ -201,6 +215,7 @@ class AgentRegistrationServicer(pb_grpc.AgentRegistrationServiceServicer):
         self, request: pb.ChatMessage, context: Context
     ) -> pb.SendMessageResponse:
         await require_id(context, request.agent_id, "agent_id")
+        await authorize(self._hub.auth, context, Role.AGENT, request.agent_id)
         if len(request.envelope_json) > self._hub.settings.max_message_bytes:
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT,

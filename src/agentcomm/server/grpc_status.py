@@ -7,11 +7,12 @@ import logging
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
+from agentcomm.core.auth import Role
 from agentcomm.generated import agent_status_service_pb2 as pb
 from agentcomm.generated import agent_status_service_pb2_grpc as pb_grpc
 from agentcomm.protocol.ids import is_valid_id
 from agentcomm.protocol.models import AgentInfo
-from agentcomm.server.grpc_context import Context
+from agentcomm.server.grpc_context import Context, authorize
 
 if TYPE_CHECKING:
     from agentcomm.server.hub import Hub
@@ -57,6 +58,7 @@ class AgentStatusServicer(pb_grpc.AgentStatusServiceServicer):
     async def SubscribeToAgentStatus(
         self, request: pb.AgentStatusRequest, context: Context
     ) -> AsyncIterator[pb.AgentStatusResponse]:
+        await authorize(self._hub.auth, context, Role.BROKER)
         broker_id = request.broker_id if is_valid_id(request.broker_id) else context.peer()
         subscriber = _Subscriber()
         unsubscribe = self._hub.registry.subscribe(subscriber.push)
@@ -84,6 +86,7 @@ class AgentStatusServicer(pb_grpc.AgentStatusServiceServicer):
     async def GetAgentStatus(
         self, request: pb.AgentStatusRequest, context: Context
     ) -> pb.AgentStatusResponse:
+        await authorize(self._hub.auth, context, Role.BROKER)
         return self._full()
 
     def _full(self) -> pb.AgentStatusResponse:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from fastapi import APIRouter, HTTPException, Request, Response
+from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from pydantic import BaseModel, Field
 
+from agentcomm.core.auth import AuthError, Role, bearer_token
 from agentcomm.core.errors import AgentOffline, CommandTimedOut, UnknownAgent
-from agentcomm.protocol.ids import ID_PATTERN
+from agentcomm.protocol.ids import is_valid_id
 from agentcomm.protocol.models import MAX_MAP_ENTRIES, AgentInfo
 from agentcomm.protocol.vocabulary import AgentState
 
@@ -43,8 +44,22 @@ def hub_of(request: Request) -> Hub:
     return hub
 
 
+async def require_admin(request: Request) -> None:
+    """With AUTH_SECRET set, the API takes only `Authorization: Bearer <admin token>`."""
+    auth = hub_of(request).auth
+    if not auth.enabled:
+        return
+    try:
+        principal = auth.verify(bearer_token(request.headers.get("authorization")))
+    except AuthError as exc:
+        raise HTTPException(401, str(exc), headers={"WWW-Authenticate": "Bearer"}) from None
+    if principal.role is not Role.ADMIN:
+        raise HTTPException(403, "The API needs an admin token.")
+
+
 def build_api_router() -> APIRouter:
     router = APIRouter()
+    api = APIRouter(prefix="/api", dependencies=[Depends(require_admin)])
 
     @router.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -67,22 +82,20 @@ def build_api_router() -> APIRouter:
     async def metrics(request: Request) -> Response:
         return Response(hub_of(request).metrics.render(), media_type="text/plain; version=0.0.4")
 
-    @router.get("/api/agents")
+    @api.get("/agents")
     async def list_agents(request: Request) -> list[AgentInfo]:
         return hub_of(request).registry.snapshot()
 
-    @router.get("/api/brokers")
+    @api.get("/brokers")
     async def list_brokers(request: Request) -> list[dict[str, object]]:
         return [record.as_json() for record in hub_of(request).brokers.all()]
 
-    @router.post("/api/agents/{agent_id}/commands")
+    @api.post("/agents/{agent_id}/commands")
     async def send_command(
         agent_id: str, body: CommandRequest, request: Request
     ) -> CommandResultBody:
         hub = hub_of(request)
-        import re
-
-        if not re.match(ID_PATTERN, agent_id):
+        if not is_valid_id(agent_id):
             raise HTTPException(422, "agent_id must be 1-128 characters from [A-Za-z0-9_.:-].")
         try:
             outcome = await hub.commands.execute(
@@ -111,4 +124,5 @@ def build_api_router() -> APIRouter:
             execution_time_ms=outcome.execution_time_ms,
         )
 
+    router.include_router(api)
     return router

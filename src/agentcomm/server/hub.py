@@ -25,6 +25,7 @@ from agentcomm.bus.queues import (
 )
 from agentcomm.config import Settings
 from agentcomm.core.answers import AnswerLedger
+from agentcomm.core.auth import Authenticator
 from agentcomm.core.brokers import BrokerRegistry
 from agentcomm.core.clock import Clock, SystemClock
 from agentcomm.core.commands import CommandCenter
@@ -59,6 +60,7 @@ class Hub:
         self.registry = AgentRegistry(
             self.clock, agent_timeout=settings.agent_timeout, stream_grace=settings.stream_grace
         )
+        self.auth = Authenticator(settings.auth_secret)
         self.brokers = BrokerRegistry(self.clock)
         self.sessions = FrontendSessions(self.clock, resume_window=settings.resume_window)
         self.answers = AnswerLedger(self.clock, delivery_timeout=settings.delivery_timeout)
@@ -97,6 +99,11 @@ class Hub:
         from agentcomm.server.bus_handlers import BusHandlers
         from agentcomm.server.grpc_server import start_grpc_server
 
+        if not self.auth.enabled:
+            log.warning(
+                "AUTH_SECRET is not set: the hub is OPEN — anyone who can reach its ports may "
+                "connect as any frontend, agent or broker. Set AUTH_SECRET in production."
+            )
         await self.bus.connect()
         for name in (
             BROKER_INPUT_QUEUE,

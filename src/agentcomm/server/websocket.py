@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from fastapi import WebSocket, WebSocketDisconnect
 
+from agentcomm.core.auth import AuthError, Role
 from agentcomm.core.sessions import FrontendSession
 from agentcomm.protocol.codec import (
     decode_register_frontend,
@@ -187,6 +188,7 @@ class FrontendConnection:
                 return False
             try:
                 request = decode_register_frontend(data)
+                self._authenticate(request.token or self._websocket.query_params.get("token"))
             except ProtocolError as exc:
                 log.info("Refused frame before registration: %s", exc.text)
                 self._link.send_frame(error_frame(exc.code, exc.text, exc.in_reply_to))
@@ -220,6 +222,20 @@ class FrontendConnection:
                 "resumed" if resumed else "registered",
             )
             return True
+
+    def _authenticate(self, token: str | None) -> None:
+        auth = self._hub.auth
+        if not auth.enabled:
+            return
+        try:
+            principal = auth.verify(token)
+        except AuthError as exc:
+            raise ProtocolError(ErrorCode.UNAUTHORIZED, str(exc)) from None
+        if principal.role not in (Role.FRONTEND, Role.ADMIN):
+            raise ProtocolError(
+                ErrorCode.UNAUTHORIZED,
+                f"A {principal.role.value} token cannot open a frontend session.",
+            )
 
     async def _read_frames(self) -> None:
         assert self._session is not None

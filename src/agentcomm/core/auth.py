@@ -1,0 +1,105 @@
+"""Token authentication: HS256 JWTs with the claims `sub`, `role` and `exp`.
+
+With no AUTH_SECRET the hub is open (and says so loudly at start). With one, every WebSocket,
+gRPC call and HTTP API call must present a valid token; an agent's token only speaks for the
+agent named in its `sub`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from enum import StrEnum
+
+import jwt
+
+ALGORITHM = "HS256"
+# Tokens are small; anything longer is refused before it is parsed.
+MAX_TOKEN_CHARS = 4096
+
+
+class Role(StrEnum):
+    FRONTEND = "frontend"
+    AGENT = "agent"
+    BROKER = "broker"
+    ADMIN = "admin"
+
+
+class AuthError(Exception):
+    """A missing, malformed, expired or wrongly signed token; the text says which."""
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    subject: str
+    role: Role
+
+    def may_act_as(self, role: Role, subject: str | None = None) -> bool:
+        """Admins may act as anyone; others only in their role and, when named, as themselves."""
+        if self.role is Role.ADMIN:
+            return True
+        return self.role is role and (subject is None or subject == self.subject)
+
+
+class Authenticator:
+    def __init__(self, secret: str) -> None:
+        self._secret = secret
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self._secret)
+
+    def verify(self, token: str | None) -> Principal:
+        """The principal a token names. Raises AuthError; only call when enabled."""
+        if not token:
+            raise AuthError("A token is required.")
+        if len(token) > MAX_TOKEN_CHARS:
+            raise AuthError("The token is too long.")
+        try:
+            claims = jwt.decode(
+                token,
+                self._secret,
+                algorithms=[ALGORITHM],  # never "none", never another algorithm
+                options={"require": ["exp", "sub", "role"]},
+            )
+        except jwt.ExpiredSignatureError:
+            raise AuthError("The token has expired.") from None
+        except jwt.InvalidTokenError as exc:
+            raise AuthError(f"The token is not valid: {exc}.") from None
+        subject, role = claims.get("sub"), claims.get("role")
+        if not isinstance(subject, str) or not subject:
+            raise AuthError("The token's sub claim must be a non-empty string.")
+        try:
+            return Principal(subject, Role(str(role)))
+        except ValueError:
+            raise AuthError(
+                "The token's role must be one of frontend, agent, broker, admin."
+            ) from None
+
+    def mint(self, role: Role, subject: str, ttl_seconds: float) -> str:
+        if not self.enabled:
+            raise AuthError("Cannot mint tokens: AUTH_SECRET is not set.")
+        now = int(time.time())
+        claims = {"sub": subject, "role": role.value, "iat": now, "exp": now + int(ttl_seconds)}
+        return jwt.encode(claims, self._secret, algorithm=ALGORITHM)
+
+
+def bearer_token(header_value: str | None) -> str | None:
+    """The token of an `Authorization: Bearer …` value, or None."""
+    if not header_value:
+        return None
+    scheme, _, token = header_value.strip().partition(" ")
+    return token.strip() or None if scheme.lower() == "bearer" else None
+
+
+def token_subject(token: str) -> str | None:
+    """The `sub` a token names, read without verifying it: clients use it to pick the id their
+    token speaks for. The server always verifies."""
+    if not token:
+        return None
+    try:
+        claims = jwt.decode(token, options={"verify_signature": False})
+    except jwt.InvalidTokenError:
+        return None
+    subject = claims.get("sub")
+    return subject if isinstance(subject, str) and subject else None
