@@ -181,5 +181,5 @@ async def test_broker_with_its_token_registers_and_follows_presence(hub: HubEndp
         token=token(Role.BROKER, "broker-1"),
         start_timeout=3.0,
     )
-    with pytest.raises(Exception, match="(?i)permission|may not"):
+    with pytest.raises(Exception, match=r"(?i)permission|may not"):
         await impostor.start()
