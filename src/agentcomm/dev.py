@@ -12,6 +12,8 @@ from agentcomm.broker.service import ReferenceBroker
 from agentcomm.bus.base import Bus, BusError
 from agentcomm.bus.factory import create_bus
 from agentcomm.config import Settings
+from agentcomm.core.auth import Role
+from agentcomm.protocol.ids import new_broker_id
 from agentcomm.sdk.agent import Agent
 from agentcomm.sdk.demo_agents import build_demo_agent
 from agentcomm.server.runner import wait_for_stop_signal
@@ -20,6 +22,8 @@ from agentcomm.server.running import RunningServer
 log = logging.getLogger(__name__)
 
 DEMO_AGENTS = ("echo", "typist")
+# The dev stack's own tokens live as long as any dev session reasonably does.
+TOKEN_TTL_SECONDS = 30 * 24 * 3600
 
 
 class DevStack:
@@ -42,13 +46,25 @@ class DevStack:
     async def start(self) -> None:
         await self.server.start()
         grpc_target = f"{_dialable(self.settings.grpc_host)}:{self.server.grpc_port}"
+        # With AUTH_SECRET set, the stack's own broker and agents get tokens of their own.
+        auth = self.server.hub.auth
+        broker_id = new_broker_id()
         try:
-            self.broker = ReferenceBroker(self.bus, grpc_target, broker_name="dev-broker")
+            self.broker = ReferenceBroker(
+                self.bus,
+                grpc_target,
+                broker_id=broker_id,
+                broker_name="dev-broker",
+                token=auth.mint(Role.BROKER, broker_id, TOKEN_TTL_SECONDS) if auth.enabled else "",
+            )
             await self.broker.start()
             for kind in DEMO_AGENTS:
+                token = auth.mint(Role.AGENT, kind, TOKEN_TTL_SECONDS) if auth.enabled else ""
                 agent = build_demo_agent(
                     kind,
-                    self.settings.model_copy(update={"grpc_port": self.server.grpc_port}),
+                    self.settings.model_copy(
+                        update={"grpc_port": self.server.grpc_port, "auth_token": token}
+                    ),
                     name=kind,
                     agent_id=kind,
                     transport="amqp",
