@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 from agentcomm import __version__
 from agentcomm.bus import Bus
 from agentcomm.config import Settings, load_settings
+from agentcomm.core.auth import token_subject
 from agentcomm.protocol.ids import is_valid_id
 from agentcomm.sdk.backoff import Backoff
 from agentcomm.sdk.commands import (
@@ -99,8 +100,8 @@ class Agent:
     the sender. If it raises, the sender gets an ERROR and the message is not redelivered.
 
     Args:
-        name: display name; also the agent id when `agent_id` is not given and the name is a
-            valid id (letters, digits, `_.:-`), else the server assigns an id.
+        name: display name; also the agent id when neither `agent_id` nor a token names one
+            and the name is a valid id (letters, digits, `_.:-`), else the server assigns one.
         agent_id: the id to register with.
         capabilities: free-form strings the broker may route on.
         settings: defaults to the environment (GRPC_HOST, GRPC_PORT, MESSAGE_BUS, ...).
@@ -111,6 +112,8 @@ class Agent:
         concurrency: handlers running at once.
         prefetch: messages taken from the queue at once (default 4 x concurrency), so that a
             CANCEL is not stuck behind messages waiting for a handler slot.
+        auth_token: the JWT to present when the server has AUTH_SECRET set (default:
+            AUTH_TOKEN); an agent token speaks for the agent id in its `sub`.
         hub: a HubClient to use instead of gRPC (tests, custom transports).
     """
 
@@ -126,6 +129,7 @@ class Agent:
         concurrency: int = 16,
         prefetch: int | None = None,
         version: str = __version__,
+        auth_token: str | None = None,
         hub: HubClient | None = None,
     ) -> None:
         if not name:
@@ -141,7 +145,11 @@ class Agent:
         self.concurrency = concurrency
         self.prefetch = prefetch or concurrency * 4
         self.version = version
-        self._requested_id = agent_id or (name if is_valid_id(name) else "")
+        self._auth_token = self.settings.auth_token if auth_token is None else auth_token
+        # The id: as given, else the one the token speaks for, else the name when it is one.
+        self._requested_id = (
+            agent_id or token_subject(self._auth_token) or (name if is_valid_id(name) else "")
+        )
         self._bus = bus
         self._hub_override = hub
         self._session = uuid.uuid4().hex
@@ -300,7 +308,9 @@ class Agent:
     # -- internals -----------------------------------------------------------------------
 
     def _new_state(self, handler: MessageHandler) -> _Running:
-        hub = self._hub_override or GrpcHubClient(grpc_target(self.settings), self._session)
+        hub = self._hub_override or GrpcHubClient(
+            grpc_target(self.settings), self._session, token=self._auth_token
+        )
         work: WorkTransport
         if self.transport == "grpc":
             work = GrpcWork(hub, self.prefetch)

@@ -125,11 +125,17 @@ def map_rpc_error(exc: grpc.aio.AioRpcError, call: str) -> AgentError:
 class GrpcHubClient:
     """HubClient over one gRPC channel; the channel itself reconnects after an outage."""
 
-    def __init__(self, target: str, session: str, *, call_timeout: float = 10.0) -> None:
+    def __init__(
+        self, target: str, session: str, *, token: str = "", call_timeout: float = 10.0
+    ) -> None:
         self.target = target
         self._channel = grpc.aio.insecure_channel(target, options=_CHANNEL_OPTIONS)
         self._stub = AgentRegistrationServiceStub(self._channel)
-        self._metadata = ((SESSION_METADATA_KEY, session),)
+        metadata = [(SESSION_METADATA_KEY, session)]
+        if token:
+            # With AUTH_SECRET set on the server, every call must carry the agent's token.
+            metadata.append(("authorization", f"Bearer {token}"))
+        self._metadata = tuple(metadata)
         self._timeout = call_timeout
 
     async def register(self, request: RegistrationRequest) -> Registration:
