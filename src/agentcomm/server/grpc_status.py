@@ -7,6 +7,8 @@ import logging
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
+import grpc
+
 from agentcomm.core.auth import Role
 from agentcomm.generated import agent_status_service_pb2 as pb
 from agentcomm.generated import agent_status_service_pb2_grpc as pb_grpc
@@ -51,6 +53,15 @@ class _Subscriber:
         self.wakeup.set()
 
 
+async def _check_broker_id(broker_id: str, context: Context) -> None:
+    # Empty is allowed: the described system's brokers may not name themselves.
+    if broker_id and not is_valid_id(broker_id):
+        await context.abort(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "broker_id must be empty or 1-128 characters from [A-Za-z0-9_.:-].",
+        )
+
+
 class AgentStatusServicer(pb_grpc.AgentStatusServiceServicer):
     def __init__(self, hub: Hub) -> None:
         self._hub = hub
@@ -59,7 +70,8 @@ class AgentStatusServicer(pb_grpc.AgentStatusServiceServicer):
         self, request: pb.AgentStatusRequest, context: Context
     ) -> AsyncIterator[pb.AgentStatusResponse]:
         await authorize(self._hub.auth, context, Role.BROKER)
-        broker_id = request.broker_id if is_valid_id(request.broker_id) else context.peer()
+        await _check_broker_id(request.broker_id, context)
+        broker_id = request.broker_id or context.peer()
         subscriber = _Subscriber()
         unsubscribe = self._hub.registry.subscribe(subscriber.push)
         self._hub.brokers.stream_opened(broker_id)
@@ -87,6 +99,7 @@ class AgentStatusServicer(pb_grpc.AgentStatusServiceServicer):
         self, request: pb.AgentStatusRequest, context: Context
     ) -> pb.AgentStatusResponse:
         await authorize(self._hub.auth, context, Role.BROKER)
+        await _check_broker_id(request.broker_id, context)
         return self._full()
 
     def _full(self) -> pb.AgentStatusResponse:
