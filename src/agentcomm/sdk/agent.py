@@ -1,19 +1,9 @@
-"""The Agent: a message handler plus everything around it.
-
-Two loops run while an agent is up, each reconnecting on its own with capped backoff:
-- the control loop (gRPC): RegisterAgent, then heartbeats and the command stream until the link
-  breaks; it re-registers after the server restarted;
-- the work loop: messages from the chosen transport into the Dispatcher.
-
-Stopping runs in a fixed order: stop taking messages, let those in progress finish (for at most
-SHUTDOWN_TIMEOUT seconds, then give them back), stop the control loop, UnregisterAgent, close.
-"""
+"""The Agent: a message handler, its commands and settings; `runtime.py` runs it."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import platform
 import signal
 import socket
@@ -28,36 +18,19 @@ from agentcomm.bus import Bus
 from agentcomm.config import Settings, load_settings
 from agentcomm.core.auth import token_subject
 from agentcomm.protocol.ids import is_valid_id
-from agentcomm.sdk.backoff import Backoff
 from agentcomm.sdk.commands import (
     BUILTIN_COMMANDS,
-    Command,
     CommandRunner,
     normalize_command_name,
 )
 from agentcomm.sdk.dispatcher import Dispatcher
-from agentcomm.sdk.errors import (
-    AgentError,
-    HubUnavailable,
-    NotRegistered,
-    RegistrationRefused,
-)
-from agentcomm.sdk.hub_client import GrpcHubClient, HubClient, Registration, RegistrationRequest
+from agentcomm.sdk.hub_client import GrpcHubClient, HubClient, RegistrationRequest
 from agentcomm.sdk.message import AgentStatus, CommandHandler, MessageHandler
+from agentcomm.sdk.runtime import AgentRuntime
 from agentcomm.sdk.transports import BusWork, GrpcWork, TransportName, WorkTransport
-
-log = logging.getLogger(__name__)
 
 HandlerT = TypeVar("HandlerT", bound=MessageHandler)
 CommandT = TypeVar("CommandT", bound=CommandHandler)
-
-# A status change is reported at once, but not more often than this, so that a busy agent
-# flipping between IDLE and BUSY does not turn heartbeats into a flood.
-MIN_HEARTBEAT_GAP = 1.0
-# A link that stayed up this long counts as healthy: the next failure starts backoff afresh.
-HEALTHY_LINK_SECONDS = 10.0
-# After the drain timeout, how long aborted handlers and final calls may take.
-FINAL_CALL_TIMEOUT = 5.0
 
 
 def choose_transport(transport: str | None, settings: Settings, bus: Bus | None) -> TransportName:
@@ -156,7 +129,7 @@ class Agent:
         self._handler: MessageHandler | None = None
         self._commands: dict[str, CommandHandler] = {}
         self._paused = False
-        self._state: _Running | None = None
+        self._state: AgentRuntime | None = None
 
     # -- configuration -------------------------------------------------------------------
 
@@ -307,7 +280,7 @@ class Agent:
 
     # -- internals -----------------------------------------------------------------------
 
-    def _new_state(self, handler: MessageHandler) -> _Running:
+    def _new_state(self, handler: MessageHandler) -> AgentRuntime:
         hub = self._hub_override or GrpcHubClient(
             grpc_target(self.settings), self._session, token=self._auth_token
         )
@@ -327,244 +300,32 @@ class Agent:
             is_paused=lambda: self._paused,
             on_change=self._status_changed,
         )
-        return _Running(self, hub, work, dispatcher, owns_hub=self._hub_override is None)
+        return AgentRuntime(
+            name=self.name,
+            settings=self.settings,
+            hub=hub,
+            work=work,
+            dispatcher=dispatcher,
+            commands=CommandRunner(self, self._commands),
+            registration=self._registration_request,
+            status=lambda: self.status,
+            owns_hub=self._hub_override is None,
+        )
 
     def _status_changed(self) -> None:
         if self._state is not None:
             self._state.status_changed.set()
 
-    def _registration_request(self, agent_id: str) -> RegistrationRequest:
+    def _registration_request(self, agent_id: str | None) -> RegistrationRequest:
+        """What to register with: the id held (after a reconnect), else the one asked for."""
         return RegistrationRequest(
-            agent_id=agent_id,
+            agent_id=agent_id or self._requested_id,
             agent_name=self.name,
             version=self.version,
             capabilities=self.capabilities,
             hostname=socket.gethostname(),
             platform=platform.platform(),
         )
-
-
-class _Running:
-    """Everything that exists while an agent runs; made by start(), dropped at stop."""
-
-    def __init__(
-        self,
-        agent: Agent,
-        hub: HubClient,
-        work: WorkTransport,
-        dispatcher: Dispatcher,
-        *,
-        owns_hub: bool,
-    ) -> None:
-        self.agent = agent
-        self.hub = hub
-        self.work = work
-        self.dispatcher = dispatcher
-        self.owns_hub = owns_hub
-        self.agent_id: str | None = None
-        self.heartbeat_interval = float(agent.settings.heartbeat_interval)
-        self.started = time.monotonic()
-        self.registered = asyncio.Event()
-        self.stop_requested = asyncio.Event()
-        self.status_changed = asyncio.Event()
-        self.reregister = asyncio.Event()
-        self.commands = CommandRunner(agent, agent._commands)
-        self.main = asyncio.create_task(self._main(), name=f"agent-{agent.name}")
-        self.main.add_done_callback(self._log_failure)
-
-    def _log_failure(self, task: asyncio.Task[None]) -> None:
-        # Before the first registration, start() raises the error to its caller instead.
-        if self.agent_id is not None and not task.cancelled() and task.exception() is not None:
-            log.error("Agent %s stopped on an error", self.agent.name, exc_info=task.exception())
-
-    async def _main(self) -> None:
-        control = asyncio.create_task(self._control_loop(), name=f"agent-{self.agent.name}-control")
-        work = asyncio.create_task(self._work_loop(), name=f"agent-{self.agent.name}-work")
-        stop = asyncio.create_task(self.stop_requested.wait())
-        try:
-            # The loops only return by raising something retrying cannot fix.
-            await asyncio.wait({control, work, stop}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stop.cancel()
-            await self._shutdown(control, work)
-        failures = [t.exception() for t in (control, work) if t.done() and not t.cancelled()]
-        for failure in failures:
-            if failure is not None:
-                raise failure
-
-    # -- control: registration, heartbeats, commands ---------------------------------------
-
-    async def _control_loop(self) -> None:
-        backoff = Backoff()
-        loop = asyncio.get_running_loop()
-        while True:
-            try:
-                registration = await self.hub.register(
-                    self.agent._registration_request(self.agent_id or self.agent._requested_id)
-                )
-            except RegistrationRefused as exc:
-                if self.agent_id is None:
-                    raise  # the first registration: tell the caller of start()
-                log.error("The server refused to re-register %s: %s", self.agent_id, exc)
-                await backoff.sleep()
-                continue
-            except AgentError as exc:
-                log.warning("Agent %s cannot register yet: %s", self.agent.name, exc)
-                await backoff.sleep()
-                continue
-            self._registered(registration)
-            began = loop.time()
-            lost = await self._session(registration.agent_id)
-            self.registered.clear()
-            if loop.time() - began >= HEALTHY_LINK_SECONDS:
-                backoff.reset()
-            log.warning("Agent %s lost the server (%s); reconnecting", self.agent_id, lost)
-            await backoff.sleep()
-
-    def _registered(self, registration: Registration) -> None:
-        if self.agent_id is not None and registration.agent_id != self.agent_id:
-            log.warning("The server moved agent %s to id %s", self.agent_id, registration.agent_id)
-        self.agent_id = registration.agent_id
-        self.dispatcher.agent_id = registration.agent_id
-        if registration.heartbeat_interval:
-            self.heartbeat_interval = float(registration.heartbeat_interval)
-        self.reregister.clear()
-        self.registered.set()
-        log.info(
-            "Agent %s registered as %s (%s transport)",
-            self.agent.name,
-            self.agent_id,
-            self.work.name,
-        )
-
-    async def _session(self, agent_id: str) -> AgentError:
-        """Heartbeats and commands until the link breaks; returns what broke it."""
-        try:
-            async with asyncio.TaskGroup() as group:
-                group.create_task(self._heartbeats(agent_id))
-                group.create_task(self._commands(agent_id, group))
-                group.create_task(self._watch_reregister())
-        except ExceptionGroup as failures:
-            lost, unexpected = failures.split(AgentError)
-            if unexpected is not None or lost is None:
-                raise
-            first = lost.exceptions[0]
-            assert isinstance(first, AgentError)  # the group's tasks are not nested groups
-            return first
-        raise AssertionError("a control session ended without an error")
-
-    async def _watch_reregister(self) -> None:
-        await self.reregister.wait()
-        raise NotRegistered("The server no longer knows this agent.")
-
-    async def _heartbeats(self, agent_id: str) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            reported = self.agent.status
-            interval = await self.hub.heartbeat(agent_id, reported.value, self._metrics())
-            if interval:
-                self.heartbeat_interval = float(interval)
-            await self._until_next_beat(loop.time(), reported)
-
-    async def _until_next_beat(self, sent_at: float, reported: AgentStatus) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            now = loop.time()
-            due = sent_at + self.heartbeat_interval
-            if now >= due:
-                return
-            if self.agent.status is not reported:
-                early = sent_at + MIN_HEARTBEAT_GAP
-                if now >= early:
-                    return
-                await asyncio.sleep(min(due, early) - now)
-                continue
-            self.status_changed.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.status_changed.wait(), due - now)
-
-    def _metrics(self) -> dict[str, str]:
-        stats = self.dispatcher.stats
-        return {
-            "in_flight": str(self.dispatcher.in_flight),
-            "concurrency": str(self.agent.concurrency),
-            "handled": str(stats.handled),
-            "failed": str(stats.failed),
-        }
-
-    async def _commands(self, agent_id: str, group: asyncio.TaskGroup) -> None:
-        stream = self.hub.commands(agent_id)
-        async with contextlib.aclosing(stream):
-            async for command in stream:
-                group.create_task(
-                    self._run_command(agent_id, command), name=f"command-{command.command_id}"
-                )
-        raise HubUnavailable("The server closed the command stream.")
-
-    async def _run_command(self, agent_id: str, command: Command) -> None:
-        outcome = await self.commands.run(command)
-        try:
-            await self.hub.send_command_result(agent_id, command.command_id, outcome)
-        except AgentError as exc:
-            # The server times the command out on its side; the session itself is fine.
-            log.warning("Could not return the result of command %s: %s", command.command_id, exc)
-        if outcome.stop_after:
-            # Only now: stopping ends this session, and the result must reach the operator.
-            self.agent.request_stop()
-
-    # -- work ------------------------------------------------------------------------------
-
-    async def _work_loop(self) -> None:
-        backoff = Backoff()
-        loop = asyncio.get_running_loop()
-        await self.registered.wait()
-        while True:
-            if self.work.needs_registration:
-                await self.registered.wait()
-            agent_id = self.agent_id
-            assert agent_id is not None  # set before `registered`
-            began = loop.time()
-            try:
-                await self.work.receive(agent_id, self.dispatcher.handle)
-            except NotRegistered as exc:
-                log.warning("Agent %s must register again: %s", agent_id, exc)
-                self.registered.clear()
-                self.reregister.set()
-            except HubUnavailable as exc:
-                log.warning("Agent %s lost its %s link: %s", agent_id, self.work.name, exc)
-            if loop.time() - began >= HEALTHY_LINK_SECONDS:
-                backoff.reset()
-            await backoff.sleep()
-
-    # -- stopping --------------------------------------------------------------------------
-
-    async def _shutdown(self, control: asyncio.Task[None], work: asyncio.Task[None]) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.agent.settings.shutdown_timeout
-        self.dispatcher.close_intake()
-        work.cancel()
-        await asyncio.wait({work}, timeout=self.agent.settings.shutdown_timeout)
-        aborted = await self.dispatcher.drain(max(0.0, deadline - loop.time()))
-        if aborted:
-            log.warning(
-                "Agent %s gave %d unfinished messages back after %.1f s",
-                self.agent.name,
-                aborted,
-                self.agent.settings.shutdown_timeout,
-            )
-        await asyncio.wait({work}, timeout=FINAL_CALL_TIMEOUT)
-        control.cancel()
-        await asyncio.wait({control}, timeout=FINAL_CALL_TIMEOUT)
-        if self.agent_id is not None:
-            try:
-                async with asyncio.timeout(FINAL_CALL_TIMEOUT):
-                    await self.hub.unregister(self.agent_id)
-                log.info("Agent %s unregistered", self.agent_id)
-            except (AgentError, TimeoutError) as exc:
-                log.warning("Agent %s could not unregister: %s", self.agent_id, exc)
-        await self.work.close()
-        if self.owns_hub:
-            await self.hub.close()
 
 
 def _install_stop_signals(
