@@ -18,6 +18,9 @@ from agentcomm.generated import broker_registration_service_pb2_grpc as broker_g
 from tests.support.waiting import DEFAULT_TIMEOUT
 
 SESSION_KEY = "agentcomm-session"
+# Each helper gets its own connection, as a separate agent process would: without this, grpc
+# shares one connection between channels to the same target.
+CHANNEL_OPTIONS = [("grpc.use_local_subchannel_pool", 1)]
 
 ItemT = TypeVar("ItemT")
 
@@ -69,7 +72,7 @@ class GrpcAgent:
 
     def __init__(self, target: str, agent_id: str = "", *, session: str | None = None) -> None:
         self.agent_id = agent_id
-        self.channel = grpc.aio.insecure_channel(target)
+        self.channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
         self.stub = reg_grpc.AgentRegistrationServiceStub(self.channel)
         self.metadata: tuple[tuple[str, str], ...] = (
             ((SESSION_KEY, session),) if session is not None else ()
@@ -189,7 +192,7 @@ class GrpcBroker:
 
     def __init__(self, target: str, broker_id: str = "broker_test") -> None:
         self.broker_id = broker_id
-        self.channel = grpc.aio.insecure_channel(target)
+        self.channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
         self.registration = broker_grpc.BrokerRegistrationServiceStub(self.channel)
         self.status = status_grpc.AgentStatusServiceStub(self.channel)
         self.stream: StreamReader[status_pb.AgentStatusResponse] | None = None
