@@ -1,0 +1,125 @@
+"""`agentcomm bench SCENARIO [--duration S] [--json]`: run scenarios, print a table or JSON."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import sys
+import tempfile
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from agentcomm.bench.context import BenchContext, Result
+from agentcomm.bench.options import BenchOptions, options_from_env
+from agentcomm.bench.procs import BenchError, raise_fd_limit
+from agentcomm.bench.progress import Progress
+from agentcomm.bench.report import format_result, json_line
+from agentcomm.config import Settings
+
+Scenario = Callable[[BenchContext], Awaitable[Result]]
+
+# `all` runs them in this order; peer before roundtrip-memory so that the latter can be
+# compared with it.
+ORDER = ("roundtrip", "peer", "roundtrip-memory", "fanout", "idle", "presence")
+
+
+def scenarios() -> dict[str, Scenario]:
+    from agentcomm.bench.scenarios import fanout, idle, peer, presence, roundtrip
+
+    return {
+        "roundtrip": roundtrip.run_rabbitmq,
+        "roundtrip-memory": roundtrip.run_memory,
+        "fanout": fanout.run,
+        "idle": idle.run,
+        "presence": presence.run,
+        "peer": peer.run,
+    }
+
+
+async def run_bench(settings: Settings, scenario: str, duration: float, as_json: bool) -> int:
+    """Runs `scenario` (or `all`) and prints its results; returns the exit code."""
+    try:
+        options = options_from_env(duration, as_json)
+    except ValueError as exc:
+        print(f"agentcomm bench: {exc}", file=sys.stderr)
+        return 2
+    return await run_with_options(settings, scenario, options)
+
+
+async def run_with_options(settings: Settings, scenario: str, options: BenchOptions) -> int:
+    available = scenarios()
+    if scenario == "all":
+        names = list(ORDER)
+    elif scenario in available:
+        names = [scenario]
+    else:
+        print(
+            f"agentcomm bench: unknown scenario {scenario!r}; choose one of "
+            f"{', '.join(ORDER)} or all",
+            file=sys.stderr,
+        )
+        return 2
+    if options.duration <= 0:
+        print("agentcomm bench: --duration must be positive", file=sys.stderr)
+        return 2
+    if settings.log_level == "INFO":
+        # The harness's own connections would log every connect; the processes it measures
+        # log at WARNING too.
+        logging.getLogger().setLevel(logging.WARNING)
+    raise_fd_limit(65536)
+    progress = Progress(enabled=options.progress)
+    log_dir = Path(tempfile.mkdtemp(prefix="agentcomm-bench-"))
+    failed = False
+    results: dict[str, Result] = {}
+    try:
+        for name in names:
+            progress.scenario = name
+            context = BenchContext(settings, options, progress, log_dir)
+            try:
+                result = await available[name](context)
+            except BenchError as exc:
+                failed = True
+                result = {"scenario": name, "error": str(exc)}
+            if name == "roundtrip-memory" and "peer" in results:
+                _compare_with_peer(result, results["peer"])
+            results[name] = result
+            progress.scenario = ""
+            if options.as_json:
+                print(json_line(result), flush=True)
+            else:
+                print(format_result(result) + "\n", flush=True)
+        _save(options, results, progress)
+    finally:
+        if failed:
+            progress.note(f"logs of the processes: {log_dir}")
+        else:
+            shutil.rmtree(log_dir, ignore_errors=True)
+    return 1 if failed else 0
+
+
+def _compare_with_peer(result: Result, peer: Result) -> None:
+    from agentcomm.bench.stats import ratio, rounded
+
+    peer_rate = peer.get("roundtrips_per_s")
+    if not isinstance(peer_rate, int | float):
+        return
+    result["peer_roundtrips_per_s"] = peer_rate
+    value = result.get("roundtrips_per_s")
+    result["ratio_to_peer"] = rounded(
+        ratio(float(value) if isinstance(value, int | float) else None, float(peer_rate))
+    )
+    targets = result.setdefault("targets", {})
+    r = result["ratio_to_peer"]
+    targets["ratio_to_peer>=1.2"] = None if r is None else r >= 1.2
+
+
+def _save(options: BenchOptions, results: dict[str, Result], progress: Progress) -> None:
+    from agentcomm.bench.output import save_results
+
+    try:
+        written = save_results(options, results)
+    except OSError as exc:
+        progress.note(f"could not save results: {exc}")
+        return
+    for path in written:
+        progress.note(f"wrote {path}")

@@ -1,0 +1,87 @@
+"""A hub process on the in-process bus for the benchmarks: the server and, unless told
+otherwise, the reference broker (and optionally the echo agent) sharing one InMemoryBus.
+
+`python -m agentcomm.bench.hubproc [--no-broker] [--echo]` with the settings in the environment
+(PORT=0 and GRPC_PORT=0 pick free ports). Prints one JSON line with the ports once it serves,
+then runs until SIGTERM/SIGINT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+import orjson
+
+from agentcomm.broker.service import ReferenceBroker
+from agentcomm.bus.memory import InMemoryBus
+from agentcomm.config import load_settings
+from agentcomm.logging_setup import configure_logging
+from agentcomm.sdk.agent import Agent
+from agentcomm.sdk.demo_agents import build_demo_agent
+from agentcomm.server.runner import wait_for_stop_signal
+from agentcomm.server.running import RunningServer
+
+log = logging.getLogger(__name__)
+
+
+async def _serve(broker_wanted: bool, echo_wanted: bool) -> int:
+    settings = load_settings(message_bus="memory")
+    bus = InMemoryBus()
+    server = RunningServer(settings, bus)
+    broker: ReferenceBroker | None = None
+    agent: Agent | None = None
+    await server.start()
+    try:
+        if broker_wanted:
+            broker = ReferenceBroker(
+                bus,
+                f"127.0.0.1:{server.grpc_port}",
+                broker_name="bench-broker",
+                prefetch=settings.rabbitmq_prefetch,
+            )
+            await broker.start()
+        if echo_wanted:
+            agent = build_demo_agent(
+                "echo",
+                settings.model_copy(update={"grpc_port": server.grpc_port}),
+                agent_id="echo",
+                transport="amqp",
+                bus=bus,
+            )
+            await agent.start()
+        print(
+            orjson.dumps(
+                {
+                    "http_port": server.http_port,
+                    "grpc_port": server.grpc_port,
+                    "pid": os.getpid(),
+                }
+            ).decode(),
+            flush=True,
+        )
+        await wait_for_stop_signal()
+    finally:
+        if agent is not None:
+            await agent.stop()
+        if broker is not None:
+            await broker.stop()
+        await server.stop()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m agentcomm.bench.hubproc")
+    parser.add_argument("--no-broker", action="store_true", help="serve without a broker")
+    parser.add_argument("--echo", action="store_true", help="the echo agent in this process")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    configure_logging(load_settings(message_bus="memory"))
+    return asyncio.run(_serve(not args.no_broker, args.echo))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,84 @@
+"""What a run measures: the command line's duration plus knobs with sensible defaults.
+
+Knobs come from `python -m agentcomm.bench` flags or, for `agentcomm bench`, from
+AGENTCOMM_BENCH_* environment variables (e.g. AGENTCOMM_BENCH_FANOUT=1000,2000 where 10,000
+sockets exceed what the machine allows).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "AGENTCOMM_BENCH_"
+
+
+@dataclass
+class BenchOptions:
+    duration: float = 10.0
+    as_json: bool = False
+    # Round trips at once in the closed loop at saturation (one per frontend socket).
+    in_flight: int = 64
+    # Characters of text in each chat message.
+    payload_bytes: int = 64
+    # Open-loop rates as fractions of the hub's measured saturation throughput.
+    rate_fractions: tuple[float, ...] = (0.25, 0.5, 0.75, 0.9, 1.1)
+    fanout_sizes: tuple[int, ...] = (1000, 10000)
+    fanout_changes: int = 20
+    idle_connections: int = 10000
+    presence_agents: int = 1000
+    presence_frontends: int = 1000
+    presence_losses: int = 20
+    peer_in_flight: int = 64
+    plots: bool = True
+    progress: bool = True
+    out_dir: Path | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def results_dir(self) -> Path:
+        if self.out_dir is not None:
+            return self.out_dir
+        return default_out_dir()
+
+
+def default_out_dir() -> Path:
+    """The repository's benchmarks/ when run from its checkout, else a cache folder."""
+    here = Path.cwd()
+    if (here / "src" / "agentcomm" / "bench").is_dir() and (here / "benchmarks").is_dir():
+        return here / "benchmarks" / "results"
+    return Path.home() / ".cache" / "agentcomm-bench" / "results"
+
+
+def _parse(kind: Any, raw: str) -> Any:
+    if kind in (int, "int"):
+        return int(raw)
+    if kind in (float, "float"):
+        return float(raw)
+    if kind in (bool, "bool"):
+        return raw.strip().lower() in {"1", "true", "yes", "on"}
+    if "tuple[int" in str(kind):
+        return tuple(int(part) for part in raw.split(",") if part.strip())
+    if "tuple[float" in str(kind):
+        return tuple(float(part) for part in raw.split(",") if part.strip())
+    if "Path" in str(kind):
+        return Path(raw)
+    raise ValueError(f"cannot parse {raw!r} as {kind}")
+
+
+def options_from_env(duration: float, as_json: bool) -> BenchOptions:
+    """Options for `agentcomm bench`: the command line's two, the rest from the environment."""
+    options = BenchOptions(duration=duration, as_json=as_json)
+    for item in fields(BenchOptions):
+        if item.name in {"duration", "as_json", "notes"}:
+            continue
+        raw = os.environ.get(ENV_PREFIX + item.name.upper())
+        if raw is None:
+            continue
+        try:
+            setattr(options, item.name, _parse(item.type, raw))
+        except ValueError as exc:
+            raise ValueError(f"{ENV_PREFIX}{item.name.upper()}: {exc}") from None
+    return options

@@ -1,0 +1,52 @@
+"""PNG plots of throughput and latency against offered load (matplotlib, when installed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from agentcomm.bench.context import Result
+
+
+def plot_results(results: dict[str, Result], folder: Path) -> list[Path]:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    written: list[Path] = []
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, result in results.items():
+        sweep: list[dict[str, Any]] = result.get("open_loop") or []
+        if not sweep:
+            continue
+        sides = [s for s in ("hub", "floor", "peer") if any(s in p for p in sweep)]
+        fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+        for side in sides:
+            points = [p for p in sweep if side in p]
+            offered = [p["offered_per_s"] for p in points]
+            achieved = [p[side]["roundtrips_per_s"] for p in points]
+            p50 = [p[side]["p50_ms"] for p in points]
+            p99 = [p[side]["p99_ms"] for p in points]
+            left.plot(offered, achieved, marker="o", label=side)
+            right.plot(offered, p50, marker="o", label=f"{side} p50")
+            right.plot(offered, p99, marker="x", linestyle="--", label=f"{side} p99")
+        top = max(p["offered_per_s"] for p in sweep)
+        left.plot([0, top], [0, top], color="grey", linewidth=0.8, label="offered")
+        left.set_xlabel("offered round trips/s")
+        left.set_ylabel("achieved round trips/s")
+        left.set_title(f"{name}: throughput")
+        left.legend()
+        right.set_xlabel("offered round trips/s")
+        right.set_ylabel("latency (ms)")
+        right.set_yscale("log")
+        right.set_title(f"{name}: latency")
+        right.legend()
+        fig.tight_layout()
+        path = folder / f"{name}.png"
+        fig.savefig(path, dpi=90)
+        plt.close(fig)
+        written.append(path)
+    return written

@@ -1,0 +1,134 @@
+"""Printing results: one JSON object per scenario line, or a table for people."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+
+from agentcomm.bench.context import Result
+
+
+def json_line(result: Result) -> str:
+    return orjson.dumps(result, option=orjson.OPT_NON_STR_KEYS).decode()
+
+
+def _fmt(value: Any, unit: str = "") -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return "—"
+        text = f"{value:,.0f}" if abs(value) >= 100 else f"{value:.2f}"
+        return text + unit
+    if isinstance(value, int):
+        return f"{value:,}{unit}"
+    return str(value)
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [
+        max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)
+    ]
+    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))
+    rule = "  ".join("-" * w for w in widths)
+    body = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    return "\n".join([line, rule, *body])
+
+
+def _roundtrip_rows(result: Result) -> list[list[str]]:
+    rows: list[list[str]] = []
+    sat = result.get("saturation", {})
+    one = result.get("one_in_flight", {})
+    for side in ("hub", "floor", "peer"):
+        s = sat.get(side)
+        if not s:
+            continue
+        o = one.get(side, {})
+        rows.append(
+            [
+                side,
+                _fmt(s.get("roundtrips_per_s"), "/s"),
+                _fmt(s.get("p50_ms"), " ms"),
+                _fmt(s.get("p99_ms"), " ms"),
+                _fmt(s.get("p999_ms"), " ms"),
+                _fmt(o.get("p50_ms"), " ms"),
+                _fmt(o.get("p99_ms"), " ms"),
+                _fmt(s.get("errors")),
+            ]
+        )
+    return rows
+
+
+def format_result(result: Result) -> str:
+    scenario = result.get("scenario", "?")
+    title = f"== {scenario} =="
+    if "error" in result:
+        return f"{title}\nfailed: {result['error']}"
+    lines = [title]
+    if scenario in ("roundtrip", "roundtrip-memory", "peer"):
+        headers = [
+            "",
+            "round trips",
+            "p50",
+            "p99",
+            "p99.9",
+            "p50 @1",
+            "p99 @1",
+            "errors",
+        ]
+        lines.append(f"closed loop, {result.get('in_flight')} in flight; '@1' = one in flight")
+        lines.append(_table(headers, _roundtrip_rows(result)))
+        if result.get("ratio_to_floor") is not None:
+            lines.append(f"ratio to floor: {_fmt(result['ratio_to_floor'])}")
+        cpu = result.get("cpu", {})
+        for side, data in cpu.items():
+            per = data.get("ms_per_roundtrip", {})
+            busy = data.get("cores_busy", {})
+            parts = [f"{k} {_fmt(v)} ms ({_fmt(busy.get(k))} cores)" for k, v in per.items()]
+            lines.append(f"CPU per round trip, {side}: " + ", ".join(parts))
+        sweep = result.get("open_loop")
+        if sweep:
+            rows = []
+            for point in sweep:
+                for side in ("hub", "floor", "peer"):
+                    s = point.get(side)
+                    if s:
+                        rows.append(
+                            [
+                                _fmt(point.get("offered_per_s"), "/s"),
+                                side,
+                                _fmt(s.get("roundtrips_per_s"), "/s"),
+                                _fmt(s.get("p50_ms"), " ms"),
+                                _fmt(s.get("p99_ms"), " ms"),
+                                _fmt(s.get("errors")),
+                            ]
+                        )
+            lines.append("open loop:")
+            lines.append(_table(["offered", "", "achieved", "p50", "p99", "errors"], rows))
+    else:
+        rows = [
+            [key, _fmt(value)]
+            for key, value in result.items()
+            if key not in ("scenario", "machine", "targets", "notes")
+            and not isinstance(value, (dict, list))
+        ]
+        lines.append(_table(["metric", "value"], rows))
+        for key, value in result.items():
+            if isinstance(value, list) and value and isinstance(value[0], dict) and key != "notes":
+                cols = list(value[0].keys())
+                sub = [[_fmt(item.get(c)) for c in cols] for item in value]
+                lines.append(f"{key}:")
+                lines.append(_table(cols, sub))
+    targets = result.get("targets")
+    if targets:
+        lines.append(
+            "targets: " + ", ".join(f"{name} {_fmt(met)}" for name, met in targets.items())
+        )
+    for note in result.get("notes", []):
+        lines.append(f"note: {note}")
+    return "\n".join(lines)

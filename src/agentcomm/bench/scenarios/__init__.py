@@ -1,0 +1,1 @@
+"""One module per scenario; each `run(context)` returns the scenario's JSON object."""

@@ -1,0 +1,7 @@
+"""TODO"""
+
+from agentcomm.bench.context import BenchContext, Result
+
+
+async def run(context: BenchContext) -> Result:
+    return {"scenario": "fanout", "error": "not implemented yet"}

@@ -1,0 +1,249 @@
+"""roundtrip and roundtrip-memory: a chat turn frontend → hub → echo agent → frontend.
+
+Closed loop at saturation (`in_flight` frontends, each sending its next message when the last
+was answered), closed loop with one message in flight (latency), and an open-loop sweep of
+fixed offered rates. On RabbitMQ the floor — the same five hops by a bare aio-pika relay chain —
+is measured in the same run with the same load, message size, confirms and prefetch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Any
+
+from agentcomm.bench.context import BenchContext, Result, machine
+from agentcomm.bench.floor import HOPS, new_run_id
+from agentcomm.bench.frontends import Frontends
+from agentcomm.bench.loadgen import Measurement, Target, closed_loop, open_loop
+from agentcomm.bench.messages import mean_bus_size
+from agentcomm.bench.procs import Children
+from agentcomm.bench.stacks import (
+    CpuWindow,
+    FloorChain,
+    MemoryHub,
+    RabbitHub,
+    cpu_window,
+)
+from agentcomm.bench.stats import ratio, rounded
+from agentcomm.bench.vhost import bench_vhost
+
+WARMUP_SECONDS = 2.0
+READY_TIMEOUT = 30.0
+
+
+def summary(measurement: Measurement) -> dict[str, Any]:
+    latency = measurement.latency
+    out: dict[str, Any] = {
+        "roundtrips_per_s": rounded(measurement.per_s, 1),
+        "p50_ms": rounded(latency.p50_ms),
+        "p90_ms": rounded(latency.p90_ms),
+        "p99_ms": rounded(latency.p99_ms),
+        "p999_ms": rounded(latency.p999_ms),
+        "max_ms": rounded(latency.max_ms),
+        "completed": measurement.completed,
+        "errors": measurement.errors,
+    }
+    if measurement.offered_per_s is not None:
+        out["offered_per_s"] = rounded(measurement.offered_per_s, 1)
+    if measurement.in_flight is not None:
+        out["in_flight"] = measurement.in_flight
+    if measurement.error_samples:
+        out["error_samples"] = measurement.error_samples
+    return out
+
+
+def cpu_summary(window: CpuWindow, roundtrips: int) -> dict[str, Any]:
+    return {
+        "ms_per_roundtrip": {k: rounded(v) for k, v in window.per_event_ms(roundtrips).items()},
+        "cores_busy": {k: rounded(v, 2) for k, v in window.utilisation().items()},
+    }
+
+
+async def _closed(
+    context: BenchContext,
+    label: str,
+    target: Target,
+    processes: dict[str, int],
+    in_flight: int,
+    seconds: float,
+) -> tuple[Measurement, CpuWindow]:
+    async with context.progress.step(f"{label}: {in_flight} in flight", seconds):
+        with cpu_window(processes) as window:
+            measurement = await closed_loop(target, in_flight, seconds)
+    return measurement, window
+
+
+async def _sweep(
+    context: BenchContext,
+    targets: dict[str, tuple[Target, dict[str, int]]],
+    saturation: float,
+    seconds: float,
+) -> list[dict[str, Any]]:
+    points: list[dict[str, Any]] = []
+    for fraction in context.options.rate_fractions:
+        offered = max(1.0, saturation * fraction)
+        point: dict[str, Any] = {"offered_per_s": rounded(offered, 1)}
+        for name, (target, _processes) in targets.items():
+            async with context.progress.step(f"{name}: open loop {offered:.0f}/s", seconds):
+                measurement = await open_loop(target, offered, seconds)
+            point[name] = summary(measurement)
+        points.append(point)
+    return points
+
+
+def _headline(result: Result, hub: Measurement, floor: Measurement | None) -> None:
+    latency = hub.latency
+    result["roundtrips_per_s"] = rounded(hub.per_s, 1)
+    result["p50_ms"] = rounded(latency.p50_ms)
+    result["p99_ms"] = rounded(latency.p99_ms)
+    result["p999_ms"] = rounded(latency.p999_ms)
+    result["errors"] = hub.errors
+    if floor is not None:
+        result["floor_roundtrips_per_s"] = rounded(floor.per_s, 1)
+        result["floor_p50_ms"] = rounded(floor.latency.p50_ms)
+        result["floor_p99_ms"] = rounded(floor.latency.p99_ms)
+        result["floor_p999_ms"] = rounded(floor.latency.p999_ms)
+        result["ratio_to_floor"] = rounded(ratio(hub.per_s, floor.per_s))
+    else:
+        result["floor_roundtrips_per_s"] = None
+        result["ratio_to_floor"] = None
+
+
+def _phase_seconds(duration: float) -> tuple[float, float]:
+    """(one-in-flight seconds, seconds per open-loop rate)."""
+    return max(1.0, duration / 4), max(1.0, duration / 5)
+
+
+async def run_rabbitmq(context: BenchContext) -> Result:
+    options = context.options
+    payload = "x" * options.payload_bytes
+    body_size = mean_bus_size(payload)
+    one_seconds, sweep_seconds = _phase_seconds(options.duration)
+    notes: list[str] = []
+    result: Result = {
+        "scenario": "roundtrip",
+        "bus": "rabbitmq",
+        "duration_s": options.duration,
+        "in_flight": options.in_flight,
+        "hops": HOPS,
+        "message_bytes": body_size,
+        "prefetch": context.settings.rabbitmq_prefetch,
+        "confirms": True,
+    }
+    async with bench_vhost(context.settings, notes) as settings:
+        result["vhost"] = settings.rabbitmq_vhost
+        children = Children(context.log_dir)
+        frontends = Frontends("", payload=payload)
+        floor = FloorChain(settings, children, body_size, new_run_id())
+        try:
+            async with context.progress.step("starting server, broker, agent, floor", 8):
+                hub = RabbitHub(settings, children)
+                await hub.start()
+                await floor.start()
+                frontends.ws_url = hub.ws_url
+                await frontends.open(options.in_flight)
+                await frontends.wait_until_answering(READY_TIMEOUT)
+            me = {"loadgen": os.getpid()}
+            hub_processes = {**hub.processes, **me}
+            floor_processes = {**floor.processes, **me}
+            async with context.progress.step("warming up", 2 * WARMUP_SECONDS):
+                await closed_loop(floor.origin, options.in_flight, WARMUP_SECONDS)
+                await closed_loop(frontends, options.in_flight, WARMUP_SECONDS)
+
+            floor_sat, floor_cpu = await _closed(
+                context, "floor", floor.origin, floor_processes, options.in_flight, options.duration
+            )
+            hub_sat, hub_cpu = await _closed(
+                context, "hub", frontends, hub_processes, options.in_flight, options.duration
+            )
+            _headline(result, hub_sat, floor_sat)
+            floor_one, _ = await _closed(
+                context, "floor", floor.origin, floor_processes, 1, one_seconds
+            )
+            hub_one, _ = await _closed(context, "hub", frontends, hub_processes, 1, one_seconds)
+            result["one_in_flight"] = {"hub": summary(hub_one), "floor": summary(floor_one)}
+            result["saturation"] = {"hub": summary(hub_sat), "floor": summary(floor_sat)}
+            result["cpu"] = {
+                "hub": cpu_summary(hub_cpu, hub_sat.completed),
+                "floor": cpu_summary(floor_cpu, floor_sat.completed),
+            }
+            if options.rate_fractions:
+                result["open_loop"] = await _sweep(
+                    context,
+                    {
+                        "hub": (frontends, hub_processes),
+                        "floor": (floor.origin, floor_processes),
+                    },
+                    hub_sat.per_s,
+                    sweep_seconds,
+                )
+        finally:
+            with contextlib.suppress(Exception):
+                await frontends.close()
+            await floor.close()
+            await children.stop_all()
+    result["targets"] = _targets(result)
+    result["machine"] = machine()
+    if notes:
+        result["notes"] = notes
+    return result
+
+
+async def run_memory(context: BenchContext) -> Result:
+    options = context.options
+    payload = "x" * options.payload_bytes
+    one_seconds, sweep_seconds = _phase_seconds(options.duration)
+    result: Result = {
+        "scenario": "roundtrip-memory",
+        "bus": "memory",
+        "agent": "separate process over gRPC",
+        "duration_s": options.duration,
+        "in_flight": options.in_flight,
+    }
+    children = Children(context.log_dir)
+    frontends = Frontends("", payload=payload)
+    try:
+        async with context.progress.step("starting hub and agent", 5):
+            hub = MemoryHub(context.settings, children)
+            await hub.start()
+            frontends.ws_url = hub.ws_url
+            await frontends.open(options.in_flight)
+            await frontends.wait_until_answering(READY_TIMEOUT)
+        processes = {**hub.processes, "loadgen": os.getpid()}
+        async with context.progress.step("warming up", WARMUP_SECONDS):
+            await closed_loop(frontends, options.in_flight, WARMUP_SECONDS)
+        hub_sat, hub_cpu = await _closed(
+            context, "hub", frontends, processes, options.in_flight, options.duration
+        )
+        _headline(result, hub_sat, None)
+        hub_one, _ = await _closed(context, "hub", frontends, processes, 1, one_seconds)
+        result["one_in_flight"] = {"hub": summary(hub_one)}
+        result["saturation"] = {"hub": summary(hub_sat)}
+        result["cpu"] = {"hub": cpu_summary(hub_cpu, hub_sat.completed)}
+        if options.rate_fractions:
+            result["open_loop"] = await _sweep(
+                context, {"hub": (frontends, processes)}, hub_sat.per_s, sweep_seconds
+            )
+    finally:
+        with contextlib.suppress(Exception):
+            await frontends.close()
+        await children.stop_all()
+    result["targets"] = _targets(result)
+    result["machine"] = machine()
+    return result
+
+
+def _targets(result: Result) -> dict[str, Any]:
+    """The issue's targets, reported beside the numbers (never asserted)."""
+    targets: dict[str, Any] = {}
+    rt = result.get("roundtrips_per_s")
+    if result.get("bus") == "rabbitmq":
+        r = result.get("ratio_to_floor")
+        targets["ratio_to_floor>=1.0"] = None if r is None else r >= 1.0
+        targets["roundtrips_per_s>=800"] = None if rt is None else rt >= 800
+    one = result.get("one_in_flight", {}).get("hub", {})
+    p50, p99 = one.get("p50_ms"), one.get("p99_ms")
+    targets["one_in_flight_p50<=5ms"] = None if p50 is None else p50 <= 5
+    targets["one_in_flight_p99<=10ms"] = None if p99 is None else p99 <= 10
+    return targets
