@@ -31,6 +31,8 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(terse=True),
     }
+    # Others' work on the machine while measuring: the numbers are only as good as this.
+    info["load_average_1m"] = round(os.getloadavg()[0], 2)
     try:
         with open("/proc/cpuinfo") as cpuinfo:
             for line in cpuinfo:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import time
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -69,9 +70,13 @@ async def closed_loop(
     start = loop.time() + warmup
     end = start + seconds
 
+    # Each round trip goes out on the next connection in turn, so that no single frontend
+    # sends faster than a person would (the hub rate-limits each socket).
+    slots = itertools.count()
+
     async def sender(index: int) -> None:
-        slot = index % target.slots
         while True:
+            slot = next(slots) % target.slots
             sent = time.perf_counter()
             sent_loop = loop.time()
             if sent_loop >= end:

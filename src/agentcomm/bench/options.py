@@ -21,6 +21,8 @@ class BenchOptions:
     as_json: bool = False
     # Round trips at once in the closed loop at saturation (one per frontend socket).
     in_flight: int = 64
+    # WebSocket frontends the round trips are spread over (each sends at a human pace).
+    frontends: int = 256
     # Characters of text in each chat message.
     payload_bytes: int = 64
     # Open-loop rates as fractions of the hub's measured saturation throughput.

@@ -90,9 +90,19 @@ class Child:
             self._line_added.set()
         self._line_added.set()
 
-    async def wait_for_line(self, match: Callable[[str], bool], timeout: float) -> str:
-        """The first stdout line that matches; BenchError when the child exits or time is up."""
-        seen = 0
+    def send_line(self, text: str) -> None:
+        """Writes one line to the child's stdin (started with `stdin_pipe=True`)."""
+        stdin = self.process.stdin
+        if stdin is None or stdin.is_closing():
+            raise BenchError(f"{self.name} has no open stdin.")
+        stdin.write(text.encode() + b"\n")
+
+    async def wait_for_line(
+        self, match: Callable[[str], bool], timeout: float, *, skip: int = 0
+    ) -> str:
+        """The first stdout line (after the first `skip`) that matches; BenchError when the
+        child exits or time is up."""
+        seen = skip
         try:
             async with asyncio.timeout(timeout):
                 while True:
@@ -136,6 +146,8 @@ class Child:
     async def stop(self, timeout: float | None = None) -> int | None:
         """SIGTERM, wait, then SIGKILL; returns the exit code."""
         timeout = self.STOP_TIMEOUT if timeout is None else timeout
+        if self.process.stdin is not None and not self.process.stdin.is_closing():
+            self.process.stdin.close()
         if self.running:
             with contextlib.suppress(ProcessLookupError):
                 self.process.send_signal(signal.SIGTERM)
@@ -168,12 +180,13 @@ class Children:
         env: Mapping[str, str] | None = None,
         *,
         cwd: str | None = None,
+        stdin_pipe: bool = False,
     ) -> Child:
         log_path = self.log_dir / f"{name}.log"
         with log_path.open("ab") as log_file:
             process = await asyncio.create_subprocess_exec(
                 *argv,
-                stdin=asyncio.subprocess.DEVNULL,
+                stdin=asyncio.subprocess.PIPE if stdin_pipe else asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=log_file,
                 env=dict(env) if env is not None else None,

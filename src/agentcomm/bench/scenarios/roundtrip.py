@@ -126,6 +126,7 @@ async def run_rabbitmq(context: BenchContext) -> Result:
         "bus": "rabbitmq",
         "duration_s": options.duration,
         "in_flight": options.in_flight,
+        "frontends": max(options.in_flight, options.frontends),
         "hops": HOPS,
         "message_bytes": body_size,
         "prefetch": context.settings.rabbitmq_prefetch,
@@ -142,7 +143,7 @@ async def run_rabbitmq(context: BenchContext) -> Result:
                 await hub.start()
                 await floor.start()
                 frontends.ws_url = hub.ws_url
-                await frontends.open(options.in_flight)
+                await frontends.open(max(options.in_flight, options.frontends))
                 await frontends.wait_until_answering(READY_TIMEOUT)
             me = {"loadgen": os.getpid()}
             hub_processes = {**hub.processes, **me}
@@ -200,6 +201,7 @@ async def run_memory(context: BenchContext) -> Result:
         "agent": "separate process over gRPC",
         "duration_s": options.duration,
         "in_flight": options.in_flight,
+        "frontends": max(options.in_flight, options.frontends),
     }
     children = Children(context.log_dir)
     frontends = Frontends("", payload=payload)
@@ -208,7 +210,7 @@ async def run_memory(context: BenchContext) -> Result:
             hub = MemoryHub(context.settings, children)
             await hub.start()
             frontends.ws_url = hub.ws_url
-            await frontends.open(options.in_flight)
+            await frontends.open(max(options.in_flight, options.frontends))
             await frontends.wait_until_answering(READY_TIMEOUT)
         processes = {**hub.processes, "loadgen": os.getpid()}
         async with context.progress.step("warming up", WARMUP_SECONDS):
