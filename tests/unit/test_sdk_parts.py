@@ -112,3 +112,11 @@ def test_demo_agents_are_named_after_their_kind_by_default() -> None:
 def test_agents_dial_loopback_when_the_grpc_host_is_a_wildcard() -> None:
     assert grpc_target(Settings(grpc_host="0.0.0.0", grpc_port=7)) == "127.0.0.1:7"
     assert grpc_target(Settings(grpc_host="hub.example", grpc_port=7)) == "hub.example:7"
+
+
+def test_the_public_names_are_all_there() -> None:
+    import agentcomm.sdk as sdk
+
+    assert sdk.__all__ == sorted(sdk.__all__)
+    for name in sdk.__all__:
+        assert getattr(sdk, name) is not None, name
