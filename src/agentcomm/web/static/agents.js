@@ -71,9 +71,11 @@ export class AgentsPanel {
     refs.status.textContent = agent.status + inFlight;
     refs.seen.textContent = `seen ${ago(agent.last_seen)}`;
     refs.seen.title = agent.last_seen || '';
-    const chips = Object.entries(agent.capabilities).map(([k, v]) =>
+    // By key, so the chips keep their places whatever order the hub lists them in.
+    const entries = Object.entries(agent.capabilities).sort(([a], [b]) => a.localeCompare(b));
+    const chips = entries.map(([k, v]) =>
       h('li', { class: 'chip', title: `${k}: ${v}` }, v === '' || v === 'true' ? k : `${k}: ${v}`));
-    const sig = JSON.stringify(agent.capabilities);
+    const sig = JSON.stringify(entries);
     if (refs.chips.dataset.sig !== sig) { refs.chips.replaceChildren(...chips); refs.chips.dataset.sig = sig; }
     refs.chips.hidden = chips.length === 0;
     const offline = agent.status === 'offline';
@@ -113,9 +115,11 @@ export class AgentsPanel {
     refs.result.textContent = type === 'pause' ? 'Pausing…' : 'Resuming…';
     try {
       const r = await this.api.command(id, { type, content: '', parameters: {}, timeout_s: 10 });
+      const done = type === 'pause' ? 'Paused' : 'Resumed';
+      // An output that only repeats the word ("paused") is not shown twice.
+      const more = r.output && r.output.trim().toLowerCase() !== done.toLowerCase() ? ` — ${r.output}` : '';
       refs.result.dataset.ok = r.success ? 'true' : 'false';
-      refs.result.textContent = r.success ? `${type === 'pause' ? 'Paused' : 'Resumed'}${r.output ? ` — ${r.output}` : ''}`
-        : `Failed: ${r.error_message || 'the agent refused'}`;
+      refs.result.textContent = r.success ? done + more : `Failed: ${r.error_message || 'the agent refused'}`;
     } catch (err) {
       refs.result.dataset.ok = 'false';
       refs.result.textContent = `Failed: ${err.message}`;
