@@ -27,7 +27,7 @@ from agentcomm.sdk import (
     Message,
     RegistrationRefused,
 )
-from agentcomm.sdk.testing import InMemoryHub
+from agentcomm.sdk.testing import Ack, InMemoryHub
 
 WAIT = 5.0
 T = TypeVar("T")
@@ -348,3 +348,22 @@ async def test_work_from_a_shared_bus() -> None:
         assert hub.message_streams_opened.empty()  # no gRPC stream for bus work
     finally:
         await bus.close()
+
+
+async def test_messages_arriving_while_stopping_are_left_for_the_server_to_give_back() -> None:
+    hub = InMemoryHub()
+    gate = Gate()
+    agent = gated_agent(hub, gate)
+    await within(agent.start())
+    await hub.deliver(text("first", "m1"))
+    await within(gate.started.wait())
+    stopping = asyncio.create_task(agent.stop())
+    for _ in range(3):
+        await asyncio.sleep(0)  # let the stop begin
+    await hub.deliver(text("second", "m2"))
+    gate.release.set()
+    await within(stopping)
+    assert hub.sent.get_nowait().text_payload == "done: first"
+    assert hub.sent.empty()
+    assert hub.acks.get_nowait() == Ack("m1", True)
+    assert hub.acks.empty()  # m2: neither handled nor acked
