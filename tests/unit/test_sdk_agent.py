@@ -10,6 +10,7 @@ from typing import TypeVar
 
 import pytest
 
+from agentcomm.bus import Delivery
 from agentcomm.bus.memory import InMemoryBus
 from agentcomm.bus.queues import BROKER_INPUT_QUEUE, agent_queue
 from agentcomm.config import Settings
@@ -324,22 +325,24 @@ async def test_builtin_command_names_are_reserved() -> None:
 
 async def test_work_from_a_shared_bus() -> None:
     bus = InMemoryBus()
-    await bus.connect()
-    await bus.declare_queue(agent_queue("echo"))
-    await bus.declare_queue(BROKER_INPUT_QUEUE)
+    await within(bus.connect())
+    await within(bus.declare_queue(agent_queue("echo")))
+    await within(bus.declare_queue(BROKER_INPUT_QUEUE))
     published: asyncio.Queue[Envelope] = asyncio.Queue()
 
-    async def take(delivery: object) -> None:
-        await published.put(decode_envelope(delivery.body))  # type: ignore[attr-defined]
+    async def take(delivery: Delivery) -> None:
+        await published.put(decode_envelope(delivery.body))
 
-    await bus.consume(BROKER_INPUT_QUEUE, take)
+    await within(bus.consume(BROKER_INPUT_QUEUE, take))
     hub = InMemoryHub()
     try:
         async with echo_agent(hub, bus=bus) as agent:
             assert agent.transport == "amqp"
             message = text("over the bus")
-            await bus.publish(
-                agent_queue("echo"), encode_for_bus(message), message_id=message.message_id
+            await within(
+                bus.publish(
+                    agent_queue("echo"), encode_for_bus(message), message_id=message.message_id
+                )
             )
             reply = await within(published.get())
             assert reply.text_payload == "echo: over the bus"
@@ -347,7 +350,7 @@ async def test_work_from_a_shared_bus() -> None:
         assert bus.is_connected  # a bus passed in belongs to the caller
         assert hub.message_streams_opened.empty()  # no gRPC stream for bus work
     finally:
-        await bus.close()
+        await within(bus.close())
 
 
 async def test_messages_arriving_while_stopping_are_left_for_the_server_to_give_back() -> None:
