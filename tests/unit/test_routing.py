@@ -1,0 +1,518 @@
+"""The server's routing decisions (core/routing.py), on the in-process bus with fake sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from agentcomm.bus.base import BusUnavailable
+from agentcomm.bus.memory import InMemoryBus
+from agentcomm.core.answers import AnswerLedger
+from agentcomm.core.clock import ManualClock
+from agentcomm.core.presence import AgentRegistry
+from agentcomm.core.routing import ServerRouter
+from agentcomm.core.sessions import FrontendSessions
+from agentcomm.protocol.errors import ProtocolError
+from agentcomm.protocol.models import Envelope
+from agentcomm.protocol.vocabulary import ErrorCode
+
+SERVER_ID = "server_here"
+BROKER_INPUT = "broker_input_queue"
+
+
+class Link:
+    def __init__(self) -> None:
+        self.frames: list[dict[str, Any]] = []
+
+    def send_frame(self, frame: bytes) -> None:
+        self.frames.append(json.loads(frame))
+
+    def take(self) -> list[dict[str, Any]]:
+        frames, self.frames = self.frames, []
+        return frames
+
+
+@dataclass
+class World:
+    bus: InMemoryBus
+    clock: ManualClock
+    registry: AgentRegistry
+    sessions: FrontendSessions
+    answers: AnswerLedger
+    router: ServerRouter
+    alice: str
+    alice_link: Link
+    bob: str
+    bob_link: Link
+
+    async def queue(self, name: str) -> list[dict[str, Any]]:
+        """Takes everything waiting in a queue (no consumer runs in these tests)."""
+        await self.bus.declare_queue(name)
+        stored = self.bus._queues[name].messages
+        messages = [json.loads(item.body) for item in stored]
+        stored.clear()
+        return messages
+
+    async def agent(self, agent_id: str) -> None:
+        await self.bus.declare_queue(f"agent_queue_{agent_id}")
+        self.registry.register(agent_id, agent_id, "session-" + agent_id)
+
+
+@pytest.fixture
+async def world() -> AsyncIterator[World]:
+    bus = InMemoryBus()
+    await bus.connect()
+    await bus.declare_queue(BROKER_INPUT)
+    clock = ManualClock()
+    registry = AgentRegistry(clock, agent_timeout=30, stream_grace=3)
+    sessions = FrontendSessions(clock, resume_window=60)
+    answers = AnswerLedger(clock, delivery_timeout=300)
+    router = ServerRouter(
+        server_id=SERVER_ID, bus=bus, registry=registry, sessions=sessions, answers=answers
+    )
+    alice_link, bob_link = Link(), Link()
+    alice, _ = sessions.register(alice_link, "Alice", {})
+    bob, _ = sessions.register(bob_link, "Bob", {})
+    try:
+        yield World(
+            bus,
+            clock,
+            registry,
+            sessions,
+            answers,
+            router,
+            alice.frontend_id,
+            alice_link,
+            bob.frontend_id,
+            bob_link,
+        )
+    finally:
+        await bus.close()
+
+
+def text(**fields: Any) -> Envelope:
+    return Envelope.model_validate({"message_type": "TEXT", "text_payload": "hi", **fields})
+
+
+def envelope(**fields: Any) -> Envelope:
+    return Envelope.model_validate(fields)
+
+
+def statuses(frames: list[dict[str, Any]]) -> list[tuple[str, str | None, str | None]]:
+    return [(f["message_type"], f.get("routing_status"), f.get("error_code")) for f in frames]
+
+
+# -- from frontends ------------------------------------------------------------------------------
+
+
+async def test_frontend_text_goes_to_the_broker_with_the_server_side_fields(world: World) -> None:
+    await world.router.accept_from_frontend(
+        world.alice,
+        text(message_id="m1", sender_id="forged", _client_id="forged", _hops=9, error_code="x"),
+    )
+    [published] = await world.queue(BROKER_INPUT)
+    assert published["message_id"] == "m1"
+    assert published["sender_id"] == world.alice
+    assert published["_client_id"] == world.alice
+    assert published["_server_id"] == SERVER_ID
+    assert published["_hops"] == 0
+    assert published["routing_status"] == "pending"
+    assert "error_code" not in published
+    assert published["send_timestamp"]
+    [echo] = world.alice_link.take()
+    assert (echo["message_type"], echo["message_id"], echo["routing_status"]) == (
+        "TEXT",
+        "m1",
+        "pending",
+    )
+    assert not any(key.startswith("_") for key in echo)
+    assert world.bob_link.take() == []
+
+
+@pytest.mark.parametrize("receiver", ["server", "SERVER", " ", ""])
+async def test_receiver_server_or_blank_means_let_the_broker_choose(
+    world: World, receiver: str
+) -> None:
+    await world.router.accept_from_frontend(world.alice, text(receiver_id=receiver))
+    [published] = await world.queue(BROKER_INPUT)
+    assert "receiver_id" not in published
+
+
+@pytest.mark.parametrize(
+    ("message", "code"),
+    [
+        (text(text_payload=""), ErrorCode.INVALID_MESSAGE),
+        (text(text_payload="  \n"), ErrorCode.INVALID_MESSAGE),
+        (envelope(message_type="TEXT"), ErrorCode.INVALID_MESSAGE),
+        (envelope(message_type="CANCEL"), ErrorCode.INVALID_MESSAGE),
+        (envelope(message_type="REPLY", text_payload="x"), ErrorCode.UNSUPPORTED_TYPE),
+        (envelope(message_type="SYSTEM", text_payload="x"), ErrorCode.UNSUPPORTED_TYPE),
+    ],
+)
+async def test_bad_frontend_messages_are_refused(
+    world: World, message: Envelope, code: ErrorCode
+) -> None:
+    with pytest.raises(ProtocolError) as refused:
+        await world.router.accept_from_frontend(world.alice, message)
+    assert refused.value.code is code
+    assert refused.value.in_reply_to == message.message_id
+    assert await world.queue(BROKER_INPUT) == []
+    assert world.alice_link.take() == []
+
+
+async def test_a_frontend_cannot_address_another_frontend(world: World) -> None:
+    with pytest.raises(ProtocolError) as refused:
+        await world.router.accept_from_frontend(world.alice, text(receiver_id=world.bob))
+    assert refused.value.code is ErrorCode.UNKNOWN_RECEIVER
+    assert await world.queue(BROKER_INPUT) == []
+    assert world.bob_link.take() == []
+
+
+async def test_a_resent_copy_is_not_published_twice(world: World) -> None:
+    await world.router.accept_from_frontend(world.alice, text(message_id="m1"))
+    await world.router.accept_from_frontend(world.alice, text(message_id="m1"))
+    assert len(await world.queue(BROKER_INPUT)) == 1
+    assert statuses(world.alice_link.take()) == [("TEXT", "pending", None)] * 2
+    # Another frontend may use the same id for its own message.
+    await world.router.accept_from_frontend(world.bob, text(message_id="m1"))
+    assert len(await world.queue(BROKER_INPUT)) == 1
+
+
+async def test_bus_down_tells_the_sender_and_allows_a_retry(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def down(*args: Any, **kwargs: Any) -> None:
+        raise BusUnavailable("no bus")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(world.bus, "publish", down)
+        await world.router.accept_from_frontend(world.alice, text(message_id="m1"))
+    echo, error = world.alice_link.take()
+    assert (echo["message_type"], echo["routing_status"], echo["error_code"]) == (
+        "TEXT",
+        "error",
+        "bus_unavailable",
+    )
+    assert (error["message_type"], error["error_code"], error["in_reply_to_message_id"]) == (
+        "ERROR",
+        "bus_unavailable",
+        "m1",
+    )
+    await world.router.accept_from_frontend(world.alice, text(message_id="m1"))
+    assert len(await world.queue(BROKER_INPUT)) == 1
+    assert statuses(world.alice_link.take()) == [("TEXT", "pending", None)]
+
+
+# -- from agents ----------------------------------------------------------------------------------
+
+
+async def test_agent_message_goes_to_the_broker_as_the_agent(world: World) -> None:
+    published = await world.router.accept_from_agent(
+        "agent-1",
+        envelope(message_type="REPLY", text_payload="hi", sender_id="forged", receiver_id="x"),
+    )
+    assert published.sender_id == "agent-1"
+    [queued] = await world.queue(BROKER_INPUT)
+    assert (queued["sender_id"], queued["routing_status"]) == ("agent-1", "pending")
+
+
+@pytest.mark.parametrize("kind", ["TEXT", "CANCEL", "REGISTER_FRONTEND", "AGENT_STATUS_UPDATE"])
+async def test_agents_send_only_replies_and_notices(world: World, kind: str) -> None:
+    with pytest.raises(ProtocolError) as refused:
+        await world.router.accept_from_agent("agent-1", envelope(message_type=kind))
+    assert refused.value.code is ErrorCode.UNSUPPORTED_TYPE
+    assert await world.queue(BROKER_INPUT) == []
+
+
+# -- broker output to agents ----------------------------------------------------------------------
+
+
+async def routed_from_alice(world: World, receiver: str, message_id: str = "m1") -> Envelope:
+    await world.router.accept_from_frontend(world.alice, text(message_id=message_id))
+    [published] = await world.queue(BROKER_INPUT)
+    world.alice_link.take()
+    return Envelope.model_validate(
+        {**published, "receiver_id": receiver, "routing_status": "routed"}
+    )
+
+
+async def test_routed_text_reaches_the_agent_queue_and_the_sender_sees_its_progress(
+    world: World,
+) -> None:
+    await world.agent("agent-1")
+    await world.router.handle_broker_output(await routed_from_alice(world, "agent-1"))
+    [queued] = await world.queue("agent_queue_agent-1")
+    assert queued["message_id"] == "m1"
+    assert queued["receiver_id"] == "agent-1"
+    assert queued["sender_id"] == world.alice
+    assert statuses(world.alice_link.take()) == [
+        ("TEXT", "routed", None),
+        ("TEXT", "delivered", None),
+    ]
+    assert world.bob_link.take() == []
+    assert world.answers.agent_for("m1") == "agent-1"
+
+
+async def test_cancel_names_the_agent_working_on_the_message(world: World) -> None:
+    await world.agent("agent-1")
+    await world.router.handle_broker_output(await routed_from_alice(world, "agent-1"))
+    world.alice_link.take()
+    await world.router.accept_from_frontend(
+        world.alice, envelope(message_type="CANCEL", in_reply_to_message_id="m1")
+    )
+    [cancel] = await world.queue(BROKER_INPUT)
+    assert (cancel["message_type"], cancel["receiver_id"]) == ("CANCEL", "agent-1")
+    assert world.alice_link.take() == []  # a CANCEL has no status echoes
+
+
+@pytest.mark.parametrize(
+    ("prepare", "code"),
+    [
+        ("unknown", ErrorCode.UNKNOWN_RECEIVER),
+        ("offline", ErrorCode.AGENT_OFFLINE),
+        ("no-queue", ErrorCode.AGENT_OFFLINE),
+        ("blank", ErrorCode.UNKNOWN_RECEIVER),
+    ],
+)
+async def test_undeliverable_text_is_an_error_for_its_sender(
+    world: World, prepare: str, code: ErrorCode
+) -> None:
+    receiver = {"blank": "", "unknown": "ghost"}.get(prepare, "agent-1")
+    if prepare == "offline":
+        await world.agent("agent-1")
+        world.registry.unregister("agent-1")
+    elif prepare == "no-queue":
+        world.registry.register("agent-1", "A", "s")
+    await world.router.handle_broker_output(await routed_from_alice(world, receiver))
+    frames = world.alice_link.take()
+    if prepare == "no-queue":
+        # The broker did route it; handing it to the agent's queue is what failed.
+        routed = frames.pop(0)
+        assert (routed["message_type"], routed["routing_status"]) == ("TEXT", "routed")
+    echo, error = frames
+    assert (echo["message_type"], echo["message_id"], echo["routing_status"]) == (
+        "TEXT",
+        "m1",
+        "error",
+    )
+    assert echo["error_code"] == code.value
+    assert (error["message_type"], error["error_code"], error["in_reply_to_message_id"]) == (
+        "ERROR",
+        code.value,
+        "m1",
+    )
+    assert error["receiver_id"] == world.alice
+    assert world.bob_link.take() == []
+
+
+async def test_routing_after_the_bus_confirms_waits_for_the_pending_echo(world: World) -> None:
+    """The broker may answer before the publish confirm returns: the sender must still see
+    pending before routed."""
+    await world.agent("agent-1")
+    stored, release = asyncio.Event(), asyncio.Event()
+    real_publish = world.bus.publish
+
+    async def slow_publish(queue: str, body: bytes, **kwargs: Any) -> None:
+        await real_publish(queue, body, **kwargs)
+        if queue == BROKER_INPUT:
+            stored.set()
+            await release.wait()
+
+    world.bus.publish = slow_publish  # type: ignore[method-assign]
+    sending = asyncio.create_task(
+        world.router.accept_from_frontend(world.alice, text(message_id="m1"))
+    )
+    async with asyncio.timeout(5):
+        await stored.wait()
+    [published] = await world.queue(BROKER_INPUT)
+    routed = Envelope.model_validate(
+        {**published, "receiver_id": "agent-1", "routing_status": "routed"}
+    )
+    routing = asyncio.create_task(world.router.handle_broker_output(routed))
+    # Routing holds back while the pending echo has not gone out.
+    done, _ = await asyncio.wait({routing}, timeout=0.05)
+    assert not done
+    assert world.alice_link.frames == []
+    release.set()
+    async with asyncio.timeout(5):
+        await asyncio.gather(sending, routing)
+    assert statuses(world.alice_link.take()) == [
+        ("TEXT", "pending", None),
+        ("TEXT", "routed", None),
+        ("TEXT", "delivered", None),
+    ]
+
+
+# -- broker output to frontends --------------------------------------------------------------------
+
+
+async def test_reply_goes_to_its_frontend_only_and_once(world: World) -> None:
+    reply = envelope(
+        message_type="REPLY",
+        message_id="r1",
+        sender_id="agent-1",
+        receiver_id=world.bob,
+        text_payload="hello",
+        in_reply_to_message_id="m1",
+        routing_status="routed",
+        _client_id=world.bob,
+        _server_id=SERVER_ID,
+    )
+    await world.router.handle_broker_output(reply)
+    await world.router.handle_broker_output(reply.model_copy(update={"message_id": "r2"}))
+    [got] = world.bob_link.take()
+    assert (got["message_type"], got["message_id"], got["text_payload"]) == ("REPLY", "r1", "hello")
+    assert not any(key.startswith("_") for key in got)
+    assert world.alice_link.take() == []
+
+
+async def test_chunks_reach_only_frontends_that_stream(world: World) -> None:
+    streamer_link = Link()
+    streamer, _ = world.sessions.register(streamer_link, "S", {"stream": True})
+    for frontend_id in (streamer.frontend_id, world.bob):
+        await world.router.handle_broker_output(
+            envelope(
+                message_type="REPLY_CHUNK",
+                message_id=f"r-{frontend_id}",
+                receiver_id=frontend_id,
+                in_reply_to_message_id=f"m-{frontend_id}",
+                seq=0,
+                text_delta="he",
+                routing_status="routed",
+            )
+        )
+    assert [frame["seq"] for frame in streamer_link.take()] == [0]
+    assert world.bob_link.take() == []
+
+
+async def test_reply_for_a_frontend_of_another_server_goes_to_that_server(world: World) -> None:
+    await world.bus.declare_queue("server_queue_server_there")
+    reply = envelope(
+        message_type="REPLY",
+        message_id="r1",
+        receiver_id="web_elsewhere",
+        text_payload="hi",
+        routing_status="routed",
+        _server_id="server_there",
+    )
+    await world.router.handle_broker_output(reply)
+    [forwarded] = await world.queue("server_queue_server_there")
+    assert (forwarded["message_id"], forwarded["_server_id"]) == ("r1", "server_there")
+
+
+async def test_reply_for_a_gone_frontend_of_this_server_is_dropped(world: World) -> None:
+    reply = envelope(
+        message_type="REPLY",
+        receiver_id="web_gone",
+        text_payload="hi",
+        routing_status="routed",
+        _server_id=SERVER_ID,
+    )
+    await world.router.handle_broker_output(reply)
+    assert world.alice_link.take() == []
+    assert world.bob_link.take() == []
+
+
+# -- errors from the broker ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("receiver", ["web", "server", "Server", "", None])
+async def test_broker_error_reaches_the_sender(world: World, receiver: str | None) -> None:
+    error = envelope(
+        message_type="ERROR",
+        message_id="e1",
+        sender_id=world.alice,
+        receiver_id=world.alice if receiver == "web" else receiver,
+        text_payload="no agent",
+        in_reply_to_message_id="m1",
+        routing_status="error",
+        error_code="no_agent_available",
+    )
+    await world.router.handle_broker_output(error)
+    echo, got = world.alice_link.take()
+    assert (echo["message_type"], echo["message_id"], echo["routing_status"]) == (
+        "TEXT",
+        "m1",
+        "error",
+    )
+    assert (got["message_type"], got["message_id"], got["error_code"]) == (
+        "ERROR",
+        "e1",
+        "no_agent_available",
+    )
+    assert world.bob_link.take() == []
+
+
+async def test_broker_error_for_an_agent_goes_to_its_queue(world: World) -> None:
+    await world.agent("agent-1")
+    await world.router.handle_broker_output(
+        envelope(
+            message_type="ERROR",
+            sender_id="broker_1",
+            receiver_id="agent-1",
+            in_reply_to_message_id="r1",
+            routing_status="error",
+            error_code="unknown_receiver",
+        )
+    )
+    [queued] = await world.queue("agent_queue_agent-1")
+    assert (queued["message_type"], queued["error_code"]) == ("ERROR", "unknown_receiver")
+
+
+async def test_error_with_no_one_to_tell_is_dropped_quietly(world: World) -> None:
+    await world.router.handle_broker_output(
+        envelope(message_type="ERROR", routing_status="error", error_code="internal")
+    )
+    await world.router.handle_broker_output(
+        envelope(message_type="ERROR", receiver_id="ghost-agent", routing_status="error")
+    )
+    assert world.alice_link.take() == []
+
+
+async def test_an_error_after_the_reply_is_dropped(world: World) -> None:
+    await world.agent("agent-1")
+    await world.router.handle_broker_output(await routed_from_alice(world, "agent-1"))
+    world.alice_link.take()
+    await world.router.handle_broker_output(
+        envelope(
+            message_type="REPLY",
+            receiver_id=world.alice,
+            in_reply_to_message_id="m1",
+            text_payload="done",
+            routing_status="routed",
+        )
+    )
+    await world.router.handle_broker_output(
+        envelope(
+            message_type="ERROR",
+            receiver_id=world.alice,
+            in_reply_to_message_id="m1",
+            routing_status="error",
+            error_code="agent_offline",
+        )
+    )
+    assert statuses(world.alice_link.take()) == [("REPLY", "routed", None)]
+
+
+async def test_messages_of_an_agent_that_stays_offline_are_answered_for_it(world: World) -> None:
+    await world.agent("agent-1")
+    await world.router.handle_broker_output(await routed_from_alice(world, "agent-1"))
+    world.alice_link.take()
+    world.answers.agent_offline("agent-1")
+    world.clock.advance(299)
+    assert await world.router.answer_abandoned() == 0
+    world.clock.advance(1)
+    assert await world.router.answer_abandoned() == 1
+    echo, error = world.alice_link.take()
+    assert (echo["routing_status"], echo["error_code"]) == ("error", "agent_offline")
+    assert (error["message_type"], error["error_code"], error["in_reply_to_message_id"]) == (
+        "ERROR",
+        "agent_offline",
+        "m1",
+    )
+    assert await world.router.answer_abandoned() == 0
