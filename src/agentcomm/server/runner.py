@@ -17,6 +17,12 @@ log = logging.getLogger(__name__)
 
 async def wait_for_stop_signal() -> None:
     """Returns on the first SIGINT/SIGTERM; a second one ends the process at once."""
+    await install_stop_signals().wait()
+
+
+def install_stop_signals() -> asyncio.Event:
+    """Handles SIGINT/SIGTERM from now on: the first sets the returned event, a second one
+    ends the process at once."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
 
@@ -27,13 +33,10 @@ async def wait_for_stop_signal() -> None:
         log.info("%s received: shutting down", signal.Signals(signum).name)
         stop.set()
 
+    # The handlers stay: a second signal during shutdown must still force the exit.
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, on_signal, signum)
-    try:
-        await stop.wait()
-    finally:
-        # Keep the handlers: a second signal during shutdown must still force the exit.
-        pass
+    return stop
 
 
 async def serve(settings: Settings) -> int:
@@ -46,13 +49,15 @@ async def serve(settings: Settings) -> int:
     except OSError as exc:
         log.error("Cannot start: %s", exc)
         return 1
+    # Before anyone is told the server is up: a SIGTERM from then on is a graceful stop.
+    stop_requested = install_stop_signals()
     print(
         f"agentcomm serving on http://{_display(settings.host)}:{running.http_port} "
         f"(WebSocket /ws), gRPC on {settings.grpc_host}:{running.grpc_port}, "
         f"bus: {settings.message_bus}",
         flush=True,
     )
-    stop = asyncio.create_task(wait_for_stop_signal())
+    stop = asyncio.create_task(stop_requested.wait())
     closed = asyncio.create_task(running.wait_closed())
     await asyncio.wait({stop, closed}, return_when=asyncio.FIRST_COMPLETED)
     for task in (stop, closed):
