@@ -117,6 +117,9 @@ class FrontendConnection:
     async def run(self) -> None:
         hub = self._hub
         if hub.draining:
+            # Accepted first: a close before the handshake is an HTTP 403, which a client takes
+            # for "forbidden" rather than "the server is going away, come back later".
+            await self._websocket.accept()
             await self._websocket.close(CLOSE_RESTARTING)
             return
         await self._websocket.accept()
