@@ -11,11 +11,13 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
 from collections import deque
 from dataclasses import dataclass, field
 
 from agentcomm.bus.base import (
     BusClosed,
+    BusError,
     Delivery,
     MessageHandler,
     QueueOptions,
@@ -50,6 +52,9 @@ class InMemoryBus:
         self._queues: dict[str, _Queue] = {}
         self._subscriptions: set[_MemorySubscription] = set()
         self._connected = False
+        # While closing, handlers still running may publish their results; new consumers and
+        # declarations are refused. Once closed, everything is refused.
+        self._closing = False
         self._closed = False
         self._sweeper: asyncio.Task[None] | None = None
 
@@ -58,7 +63,7 @@ class InMemoryBus:
         return self._connected and not self._closed
 
     async def connect(self) -> None:
-        if self._closed:
+        if self._closing or self._closed:
             raise BusClosed("Cannot connect: the bus is closed.")
         if self._connected:
             return
@@ -67,8 +72,16 @@ class InMemoryBus:
 
     async def declare_queue(self, name: str, options: QueueOptions | None = None) -> None:
         self._ensure_open("declare a queue")
-        if name not in self._queues:
-            self._queues[name] = _Queue(name, options or QueueOptions())
+        options = options or QueueOptions()
+        existing = self._queues.get(name)
+        if existing is None:
+            self._queues[name] = _Queue(name, options)
+        elif existing.options != options:
+            # As RabbitMQ does: a queue keeps the arguments it was created with.
+            raise BusError(
+                f"Cannot declare queue {name!r} with {options}: it already exists with "
+                f"{existing.options}. Declare it with the same options, or delete it first."
+            )
 
     async def publish(
         self,
@@ -79,13 +92,18 @@ class InMemoryBus:
         mandatory: bool = True,
         timeout: float = 5.0,
     ) -> None:
-        self._ensure_open("publish")
+        if self._closed:
+            raise BusClosed("Cannot publish: the bus is closed.")
+        if not self._connected:
+            raise BusClosed("Cannot publish: the bus is not connected yet.")
         target = self._queues.get(queue)
         if target is None:
             if mandatory:
                 raise Unroutable(f"No queue named {queue!r} takes this message.")
             return
-        await self._append(target, _Stored(body, message_id, time.monotonic()))
+        # RabbitMQ always carries an id (aiormq invents one); so does this bus.
+        stored = _Stored(body, message_id or uuid.uuid4().hex, time.monotonic())
+        await self._append(target, stored)
 
     async def consume(
         self,
@@ -116,11 +134,14 @@ class InMemoryBus:
             await subscription.cancel()
 
     async def close(self) -> None:
-        if self._closed:
+        if self._closing or self._closed:
             return
-        self._closed = True
-        for subscription in list(self._subscriptions):
-            await subscription.cancel()
+        self._closing = True
+        try:
+            for subscription in list(self._subscriptions):
+                await subscription.cancel()
+        finally:
+            self._closed = True
         if self._sweeper is not None:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -171,7 +192,7 @@ class InMemoryBus:
                     await self._dead_letter(queue, queue.messages.popleft())
 
     def _ensure_open(self, action: str) -> None:
-        if self._closed:
+        if self._closing or self._closed:
             raise BusClosed(f"Cannot {action}: the bus is closed.")
         if not self._connected:
             raise BusClosed(f"Cannot {action}: the bus is not connected yet.")

@@ -1,0 +1,29 @@
+"""Builds the bus that Settings ask for; the one place that knows both implementations."""
+
+from __future__ import annotations
+
+from agentcomm.bus.base import Bus
+from agentcomm.bus.memory import InMemoryBus
+from agentcomm.bus.rabbitmq import RabbitMQBus
+from agentcomm.config import Settings
+
+
+def create_bus(settings: Settings, *, name: str = "agentcomm") -> Bus:
+    """A new, not yet connected bus: `MESSAGE_BUS=memory` or `rabbitmq`.
+
+    There is no fallback: a RabbitMQ that cannot be reached is reported by `connect()`, never
+    replaced by the in-process bus, whose queues other processes cannot see. `name` labels the
+    RabbitMQ connection (e.g. "agentcomm-server").
+    """
+    if settings.message_bus == "memory":
+        return InMemoryBus()
+    if settings.message_bus == "rabbitmq":
+        return RabbitMQBus(
+            settings.rabbitmq_url,
+            connect_attempts=settings.rabbitmq_connect_attempts,
+            prefetch_default=settings.rabbitmq_prefetch,
+            name=name,
+        )
+    raise ValueError(
+        f"Unknown message bus {settings.message_bus!r}: MESSAGE_BUS accepts 'rabbitmq' or 'memory'."
+    )

@@ -1,0 +1,832 @@
+"""The RabbitMQ bus (aio-pika): durable queues, persistent confirmed publishes, manual acks.
+
+One robust connection carries three kinds of channel:
+
+- one publishing channel with publisher confirms, shared by every concurrent publisher (many
+  confirms can be in flight on one channel, so publishers never wait for each other's round
+  trip);
+- one channel for declaring and deleting queues, so that a refused declaration (RabbitMQ closes
+  the channel on PRECONDITION_FAILED) never fails the publishes in flight;
+- one channel per consumer, each with its own prefetch.
+
+The connection reconnects by itself and the channels and consumers come back with it (a
+consumer re-declares the queue it consumes, so a queue this bus declared and that expired
+meanwhile is created again). Publishing while the connection is down waits for it up to the
+publish's timeout, then raises BusUnavailable.
+
+Bounded redelivery: classic queues do not count deliveries, so when a handler raises, the bus
+publishes a copy of the message carrying an attempt counter (header `agentcomm-attempt`) to the
+tail of the same queue, waits for the broker to confirm it, and only then acks the original. A
+message whose counter reached `max_deliveries` goes to the queue's dead-letter queue instead (or
+is dropped with a warning when the queue has none). A copy gets the queue's message TTL afresh.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import aio_pika
+from aio_pika.abc import (
+    AbstractIncomingMessage,
+    AbstractRobustChannel,
+    AbstractRobustConnection,
+    AbstractRobustQueue,
+    DeliveryMode,
+    FieldValue,
+    HeadersType,
+)
+from aio_pika.exceptions import (
+    CONNECTION_EXCEPTIONS,
+    AMQPError,
+    ChannelInvalidStateError,
+    ChannelNotFoundEntity,
+    ChannelPreconditionFailed,
+    DeliveryError,
+    ProbableAuthenticationError,
+    PublishError,
+)
+from aiormq.exceptions import InvalidFrameError
+
+from agentcomm.bus.base import (
+    BusClosed,
+    BusError,
+    BusUnavailable,
+    Delivery,
+    MessageHandler,
+    QueueOptions,
+    Unroutable,
+)
+
+log = logging.getLogger(__name__)
+
+ATTEMPT_HEADER = "agentcomm-attempt"
+DEAD_LETTERED_FROM_HEADER = "agentcomm-dead-lettered-from"
+JSON_CONTENT_TYPE = "application/json"
+
+# Errors that mean "the connection or channel is not usable right now".
+_TRANSPORT_ERRORS = (AMQPError, ChannelInvalidStateError, ConnectionError, OSError)
+
+
+class RabbitMQBus:
+    """The production bus: RabbitMQ through one robust aio-pika connection.
+
+    `url` is an AMQP URL (`amqp://user:password@host:port/vhost`). `connect_attempts` bounds the
+    retries at start (exponential backoff between them); after a successful start the connection
+    reconnects by itself for as long as the bus is open. `prefetch_default` is the prefetch of a
+    consumer that does not ask for one. `name` is shown as the connection name in RabbitMQ.
+    """
+
+    # Seconds one connection attempt at start may take before it counts as failed.
+    CONNECT_TIMEOUT = 10.0
+    # Pauses between the start attempts: doubling from the first up to the cap.
+    BACKOFF_FIRST = 0.5
+    BACKOFF_MAX = 10.0
+    # Seconds between reconnection attempts once started (unless the URL sets it).
+    RECONNECT_INTERVAL = 1.0
+    # Bound on declare/delete/consume set-up calls, which otherwise wait for a reconnect.
+    OPERATION_TIMEOUT = 10.0
+    # Bound on each step of close() and Subscription.cancel() that talks to the broker.
+    CLOSE_TIMEOUT = 5.0
+    # Bound on republishing a failed message (retry copy or dead-letter copy).
+    REPUBLISH_TIMEOUT = 10.0
+    # Pause before trying a publish again on a channel that closed before the message was sent.
+    _RESEND_PAUSE = 0.05
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        connect_attempts: int = 10,
+        prefetch_default: int = 200,
+        name: str = "agentcomm",
+    ) -> None:
+        if connect_attempts < 1:
+            raise ValueError(f"connect_attempts must be at least 1, got {connect_attempts}.")
+        _check_prefetch(prefetch_default)
+        self._url = url
+        self._where = _describe(url)
+        self._connect_attempts = connect_attempts
+        self._prefetch_default = prefetch_default
+        self._name = name
+        self._connection: AbstractRobustConnection | None = None
+        self._publish_channel: AbstractRobustChannel | None = None
+        self._admin_channel: AbstractRobustChannel | None = None
+        self._connect_lock = asyncio.Lock()
+        # Declarations share one channel; a refused one closes it, so they take turns rather
+        # than fail each other.
+        self._admin_lock = asyncio.Lock()
+        self._subscriptions: set[_RabbitSubscription] = set()
+        # Options of the queues declared through this bus: consumers re-declare with them after
+        # a reconnect, and dead-lettering needs to know the dead-letter queue.
+        self._queue_options: dict[str, QueueOptions] = {}
+        # message_id -> set while a publish with that id waits for its confirm (see
+        # _exclusive_message_id).
+        self._publishing_ids: dict[str, asyncio.Event] = {}
+        # While closing, handlers still running may publish their results; new consumers and
+        # declarations are refused. Once closed, everything is refused.
+        self._closing = False
+        self._closed = False
+        self._closed_event = asyncio.Event()
+
+    def __repr__(self) -> str:
+        return f"<RabbitMQBus {self._name!r} at {self._where}>"
+
+    @property
+    def is_connected(self) -> bool:
+        connection = self._connection
+        return (
+            not self._closed
+            and connection is not None
+            and not connection.is_closed
+            and connection.connected.is_set()
+        )
+
+    async def connect(self) -> None:
+        async with self._connect_lock:
+            if self._closing or self._closed:
+                raise BusClosed("Cannot connect: the bus is closed.")
+            if self._connection is not None:
+                return
+            connection = await self._connect_with_retries()
+            if self._closing or self._closed:
+                # close() ran while we were connecting.
+                await self._close_connection(connection)
+                raise BusClosed("Cannot connect: the bus was closed while connecting.")
+            try:
+                async with asyncio.timeout(self.OPERATION_TIMEOUT):
+                    publish_channel = connection.channel(
+                        publisher_confirms=True, on_return_raises=True
+                    )
+                    await publish_channel.initialize()
+                    admin_channel = connection.channel(publisher_confirms=False)
+                    await admin_channel.initialize()
+            except (TimeoutError, *_TRANSPORT_ERRORS) as exc:
+                await self._close_connection(connection)
+                raise BusUnavailable(
+                    f"Connected to RabbitMQ at {self._where} but could not open channels: {exc!r}."
+                ) from exc
+            if self._closing or self._closed:
+                await self._close_connection(connection)
+                raise BusClosed("Cannot connect: the bus was closed while connecting.")
+            self._connection = connection
+            self._publish_channel = publish_channel
+            self._admin_channel = admin_channel
+            log.info("Connected to RabbitMQ at %s", self._where)
+
+    async def _connect_with_retries(self) -> AbstractRobustConnection:
+        pause = self.BACKOFF_FIRST
+        attempts = self._connect_attempts
+        extra: dict[str, Any] = {}
+        if "reconnect_interval" not in urlsplit(self._url).query:
+            extra["reconnect_interval"] = self.RECONNECT_INTERVAL
+        for attempt in range(1, attempts + 1):
+            try:
+                connection: AbstractRobustConnection = await aio_pika.connect_robust(
+                    self._url,
+                    timeout=self.CONNECT_TIMEOUT,
+                    client_properties={"connection_name": self._name},
+                    **extra,
+                )
+                return connection
+            except (TimeoutError, *CONNECTION_EXCEPTIONS) as exc:
+                reason = _connect_failure(exc)
+                if attempt == attempts:
+                    log.warning(
+                        "Cannot reach RabbitMQ at %s (attempt %d of %d): %s; giving up",
+                        self._where,
+                        attempt,
+                        attempts,
+                        reason,
+                    )
+                    raise BusUnavailable(
+                        f"Cannot reach RabbitMQ at {self._where} after {attempts} "
+                        f"attempt{'s' if attempts > 1 else ''}: {reason}. Check that RabbitMQ "
+                        "is running and that RABBITMQ_HOST, RABBITMQ_PORT, RABBITMQ_VHOST and "
+                        "the credentials are right."
+                    ) from exc
+                log.warning(
+                    "Cannot reach RabbitMQ at %s (attempt %d of %d): %s; retrying in %.1f s",
+                    self._where,
+                    attempt,
+                    attempts,
+                    reason,
+                    pause,
+                )
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, self.BACKOFF_MAX)
+            if self._closing or self._closed:
+                raise BusClosed("Cannot connect: the bus was closed while connecting.")
+        raise AssertionError("unreachable: the loop returns or raises")  # pragma: no cover
+
+    async def declare_queue(self, name: str, options: QueueOptions | None = None) -> None:
+        self._ensure_open("declare a queue")
+        options = options or QueueOptions()
+        arguments = _queue_arguments(options)
+        async with self._admin_lock:
+            try:
+                async with asyncio.timeout(self.OPERATION_TIMEOUT):
+                    # Not registered for re-declaration after a reconnect: queues are durable,
+                    # and the consumer of an expiring queue re-declares it on its own channel.
+                    await self._on_admin_channel(
+                        lambda channel: channel.declare_queue(
+                            name, durable=True, arguments=arguments, robust=False
+                        )
+                    )
+            except ChannelPreconditionFailed as exc:
+                raise BusError(
+                    f"Cannot declare queue {name!r} with arguments {arguments}: it already exists "
+                    f"with different ones (RabbitMQ: {_reply_text(exc)}). Declare it with the "
+                    "same options, or delete it first."
+                ) from exc
+            except (TimeoutError, *_TRANSPORT_ERRORS) as exc:
+                raise self._unavailable(f"declare queue {name!r}", exc) from exc
+        self._queue_options[name] = options
+
+    async def publish(
+        self,
+        queue: str,
+        body: bytes,
+        *,
+        message_id: str | None = None,
+        mandatory: bool = True,
+        timeout: float = 5.0,
+    ) -> None:
+        if self._closed:
+            raise BusClosed("Cannot publish: the bus is closed.")
+        if self._publish_channel is None:
+            raise BusClosed("Cannot publish: the bus is not connected yet; call connect() first.")
+        message = aio_pika.Message(
+            body,
+            content_type=JSON_CONTENT_TYPE,
+            delivery_mode=DeliveryMode.PERSISTENT,
+            # aiormq would invent one anyway (it matches returned messages by id); inventing
+            # it here keeps the id the consumer sees under our control.
+            message_id=message_id or uuid.uuid4().hex,
+        )
+        await self._publish_message(queue, message, mandatory=mandatory, timeout=timeout)
+
+    async def consume(
+        self,
+        queue: str,
+        handler: MessageHandler,
+        *,
+        prefetch: int | None = None,
+        concurrency: int = 1,
+        max_deliveries: int = 5,
+    ) -> _RabbitSubscription:
+        """Consumes `queue` on a channel of its own; `prefetch` None means the bus default."""
+        self._ensure_open("consume")
+        prefetch = self._prefetch_default if prefetch is None else prefetch
+        _check_prefetch(prefetch)
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be at least 1, got {concurrency}.")
+        if max_deliveries < 1:
+            raise ValueError(f"max_deliveries must be at least 1, got {max_deliveries}.")
+        connection = self._connection
+        assert connection is not None  # _ensure_open checked it
+        options = self._queue_options.get(queue)
+        try:
+            channel = connection.channel(publisher_confirms=False)
+        except RuntimeError as exc:  # no transport: the connection is down right now
+            raise self._unavailable(f"consume {queue!r}", exc) from exc
+        subscription = _RabbitSubscription(
+            self, queue, handler, channel, concurrency, max_deliveries
+        )
+        try:
+            async with asyncio.timeout(self.OPERATION_TIMEOUT):
+                await channel.initialize()
+                await channel.set_qos(prefetch_count=prefetch)
+                if options is None:
+                    # Declared elsewhere: only check that it exists, its arguments are unknown.
+                    amqp_queue = await channel.declare_queue(queue, passive=True)
+                else:
+                    # With the arguments, so that a reconnect re-creates a queue that expired
+                    # while this consumer was away.
+                    amqp_queue = await channel.declare_queue(
+                        queue, durable=True, arguments=_queue_arguments(options)
+                    )
+                await subscription.start(amqp_queue)
+        except BaseException as exc:
+            await subscription.abandon()
+            if isinstance(exc, ChannelNotFoundEntity):
+                raise Unroutable(f"Cannot consume: no queue named {queue!r}.") from exc
+            if isinstance(exc, ChannelPreconditionFailed):
+                raise BusError(
+                    f"Cannot consume {queue!r}: it exists with other arguments than this bus "
+                    f"declared (RabbitMQ: {_reply_text(exc)})."
+                ) from exc
+            if isinstance(exc, (TimeoutError, *_TRANSPORT_ERRORS)):
+                raise self._unavailable(f"consume {queue!r}", exc) from exc
+            raise
+        self._subscriptions.add(subscription)
+        return subscription
+
+    async def delete_queue(self, name: str) -> None:
+        self._ensure_open("delete a queue")
+        # Our own consumers first: a queue deleted under a robust consumer makes it try to
+        # come back forever.
+        for subscription in [s for s in self._subscriptions if s.queue_name == name]:
+            await subscription.cancel()
+        async with self._admin_lock:
+            try:
+                async with asyncio.timeout(self.OPERATION_TIMEOUT):
+                    await self._on_admin_channel(lambda channel: channel.queue_delete(name))
+            except (TimeoutError, *_TRANSPORT_ERRORS) as exc:
+                raise self._unavailable(f"delete queue {name!r}", exc) from exc
+        self._queue_options.pop(name, None)
+
+    async def close(self) -> None:
+        if self._closing or self._closed:
+            await self._closed_event.wait()
+            return
+        self._closing = True
+        try:
+            for subscription in list(self._subscriptions):
+                await subscription.cancel()
+        finally:
+            self._closed = True
+            connection, self._connection = self._connection, None
+            self._publish_channel = None
+            self._admin_channel = None
+            if connection is not None:
+                await self._close_connection(connection)
+                log.info("Disconnected from RabbitMQ at %s", self._where)
+            self._closed_event.set()
+
+    # -- internals shared with the subscriptions -------------------------------------------
+
+    def forget(self, subscription: _RabbitSubscription) -> None:
+        self._subscriptions.discard(subscription)
+
+    async def retry_later(
+        self, queue: str, message: AbstractIncomingMessage, attempt: int, max_deliveries: int
+    ) -> None:
+        """Settles a message whose handler raised: a counted copy at the tail, or dead-lettered."""
+        if attempt >= max_deliveries:
+            await self._dead_letter(queue, message, attempt)
+            return
+        headers: HeadersType = dict(message.headers or {})
+        headers[ATTEMPT_HEADER] = attempt + 1
+        try:
+            # Confirmed first, acked after: a crash in between duplicates, never loses.
+            await self._publish_message(
+                queue, _copy(message, headers), mandatory=True, timeout=self.REPUBLISH_TIMEOUT
+            )
+        except BusError as exc:
+            log.warning(
+                "Could not requeue message %s on %s for attempt %d (%s); the broker gets it "
+                "back uncounted",
+                message.message_id,
+                queue,
+                attempt + 1,
+                exc,
+            )
+            await _settle(message.nack(requeue=True), message, queue)
+            return
+        await _settle(message.ack(), message, queue)
+
+    async def _dead_letter(
+        self, queue: str, message: AbstractIncomingMessage, attempt: int
+    ) -> None:
+        options = self._queue_options.get(queue)
+        if options is None:
+            # Declared by someone else: the broker applies the queue's own dead-letter
+            # arguments, if it has any, when the message is rejected.
+            log.warning(
+                "Message %s left %s after %d failed deliveries (rejected: dead-lettered by "
+                "RabbitMQ if the queue has a dead-letter exchange, else dropped)",
+                message.message_id,
+                queue,
+                attempt,
+            )
+            await _settle(message.reject(requeue=False), message, queue)
+            return
+        target = options.dead_letter_queue
+        if target is None:
+            log.warning(
+                "Message %s dropped from %s after %d failed deliveries (the queue has no "
+                "dead-letter queue)",
+                message.message_id,
+                queue,
+                attempt,
+            )
+            await _settle(message.ack(), message, queue)
+            return
+        headers: HeadersType = {
+            key: value for key, value in (message.headers or {}).items() if key != ATTEMPT_HEADER
+        }
+        headers[DEAD_LETTERED_FROM_HEADER] = queue
+        try:
+            await self._publish_message(
+                target, _copy(message, headers), mandatory=True, timeout=self.REPUBLISH_TIMEOUT
+            )
+        except Unroutable:
+            log.warning(
+                "Message %s dropped from %s after %d failed deliveries (its dead-letter queue "
+                "%s does not exist)",
+                message.message_id,
+                queue,
+                attempt,
+                target,
+            )
+        except BusError as exc:
+            log.warning(
+                "Could not dead-letter message %s from %s to %s (%s); the broker gets it back",
+                message.message_id,
+                queue,
+                target,
+                exc,
+            )
+            await _settle(message.nack(requeue=True), message, queue)
+            return
+        else:
+            log.warning(
+                "Message %s moved from %s to %s after %d failed deliveries",
+                message.message_id,
+                queue,
+                target,
+                attempt,
+            )
+        await _settle(message.ack(), message, queue)
+
+    # -- internals ----------------------------------------------------------------------------
+
+    async def _publish_message(
+        self,
+        queue: str,
+        message: aio_pika.Message,
+        *,
+        mandatory: bool,
+        timeout: float,
+    ) -> None:
+        channel = self._publish_channel
+        if channel is None or self._closed:
+            raise BusClosed("Cannot publish: the bus is closed.")
+        message_id = message.message_id or ""
+        try:
+            async with asyncio.timeout(timeout), self._exclusive_message_id(message_id):
+                await self._send(channel, queue, message, mandatory)
+        except PublishError as exc:
+            raise Unroutable(f"No queue named {queue!r} takes this message.") from exc
+        except DeliveryError as exc:
+            raise BusUnavailable(
+                f"RabbitMQ at {self._where} refused to store the message for {queue!r}."
+            ) from exc
+        except TimeoutError as exc:
+            if self._closed:
+                raise BusClosed("Cannot publish: the bus was closed while publishing.") from exc
+            if self.is_connected:
+                raise BusUnavailable(
+                    f"RabbitMQ at {self._where} did not confirm the message for {queue!r} "
+                    f"within {timeout:g} s."
+                ) from exc
+            raise BusUnavailable(
+                f"Cannot publish to {queue!r}: RabbitMQ at {self._where} is not reachable "
+                f"(gave up after {timeout:g} s)."
+            ) from exc
+        except _TRANSPORT_ERRORS as exc:
+            raise BusUnavailable(
+                f"Cannot publish to {queue!r}: the connection to RabbitMQ at {self._where} "
+                f"broke before the message was confirmed ({exc!r})."
+            ) from exc
+        except asyncio.CancelledError as exc:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling() == 0:
+                # Nobody cancelled us: the channel closed and cancelled the pending confirm.
+                raise BusUnavailable(
+                    f"Cannot publish to {queue!r}: the channel to RabbitMQ at {self._where} "
+                    "closed before the message was confirmed."
+                ) from exc
+            raise
+
+    async def _send(
+        self, channel: AbstractRobustChannel, queue: str, message: aio_pika.Message, mandatory: bool
+    ) -> None:
+        while True:
+            # Waits while the connection is being restored; the caller's timeout bounds it.
+            await channel.ready()
+            if not channel.is_closed:
+                try:
+                    await channel.default_exchange.publish(
+                        message, routing_key=queue, mandatory=mandatory
+                    )
+                    return
+                except ChannelInvalidStateError:
+                    # Raised before anything was written, so sending again cannot duplicate.
+                    pass
+            await asyncio.sleep(self._RESEND_PAUSE)
+
+    @contextlib.asynccontextmanager
+    async def _exclusive_message_id(self, message_id: str) -> AsyncIterator[None]:
+        # aiormq matches a returned (unroutable) message to its publish by message_id, so two
+        # publishes with the same id in flight at once could swap their outcomes: one would be
+        # reported stored while it was returned. Such publishes take turns; others never wait.
+        while (busy := self._publishing_ids.get(message_id)) is not None:
+            await busy.wait()
+        done = asyncio.Event()
+        self._publishing_ids[message_id] = done
+        try:
+            yield
+        finally:
+            del self._publishing_ids[message_id]
+            done.set()
+
+    def _ensure_open(self, action: str) -> None:
+        if self._closing or self._closed:
+            raise BusClosed(f"Cannot {action}: the bus is closed.")
+        if self._connection is None:
+            raise BusClosed(f"Cannot {action}: the bus is not connected yet; call connect() first.")
+
+    async def _on_admin_channel(
+        self, operation: Callable[[AbstractRobustChannel], Awaitable[object]]
+    ) -> None:
+        channel = self._admin_channel
+        if channel is None:
+            raise BusClosed("The bus is closed.")
+        while True:
+            # A refused declaration closes this channel and it reopens by itself; until it
+            # has, calls fail before reaching the broker, and declarations and deletions are
+            # idempotent, so they are simply tried again (the caller's timeout bounds it).
+            await channel.ready()
+            if not channel.is_closed:
+                try:
+                    await operation(channel)
+                    return
+                except ChannelInvalidStateError:
+                    pass
+            await asyncio.sleep(self._RESEND_PAUSE)
+
+    def _unavailable(self, action: str, exc: BaseException) -> BusUnavailable:
+        if isinstance(exc, TimeoutError):
+            return BusUnavailable(
+                f"Cannot {action}: RabbitMQ at {self._where} did not answer within "
+                f"{self.OPERATION_TIMEOUT:g} s."
+            )
+        return BusUnavailable(f"Cannot {action}: RabbitMQ at {self._where} failed: {exc!r}.")
+
+    async def _close_connection(self, connection: AbstractRobustConnection) -> None:
+        try:
+            async with asyncio.timeout(self.CLOSE_TIMEOUT):
+                await connection.close()
+        except (TimeoutError, *_TRANSPORT_ERRORS) as exc:
+            log.warning("Closing the connection to RabbitMQ at %s failed: %r", self._where, exc)
+
+
+class _RabbitSubscription:
+    """One consumer: its own channel and prefetch, a local buffer, up to `concurrency` handlers.
+
+    Deliveries are buffered in arrival order and handed to the handler by one dispatcher, which
+    starts a delivery only when a handler slot is free; with one slot that is strict queue
+    order.
+    """
+
+    def __init__(
+        self,
+        bus: RabbitMQBus,
+        queue_name: str,
+        handler: MessageHandler,
+        channel: AbstractRobustChannel,
+        concurrency: int,
+        max_deliveries: int,
+    ) -> None:
+        self.queue_name = queue_name
+        self._bus = bus
+        self._handler = handler
+        self._channel = channel
+        self._max_deliveries = max_deliveries
+        self._buffer: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
+        self._slots = asyncio.Semaphore(concurrency)
+        self._in_flight: set[asyncio.Task[None]] = set()
+        self._dispatcher: asyncio.Task[None] | None = None
+        self._queue: AbstractRobustQueue | None = None
+        self._consumer_tag: str | None = None
+        self._cancel_lock = asyncio.Lock()
+        self._cancelled = False
+
+    def __repr__(self) -> str:
+        return f"<RabbitMQ subscription to {self.queue_name!r}>"
+
+    async def start(self, queue: AbstractRobustQueue) -> None:
+        self._queue = queue
+        self._dispatcher = asyncio.create_task(
+            self._dispatch(), name=f"rabbitmq-consume-{self.queue_name}"
+        )
+        self._dispatcher.add_done_callback(self._on_dispatcher_done)
+        self._consumer_tag = await queue.consume(self._on_message)
+
+    async def cancel(self) -> None:
+        """Stops taking new deliveries; those being handled finish and are acked first."""
+        async with self._cancel_lock:
+            if self._cancelled:
+                return
+            self._cancelled = True
+            await self._stop_dispatching()
+            if self._bus.is_connected:
+                await self._cancel_consumer()
+            # (Without a connection the broker has dropped the consumer already, and closing
+            # the channel below keeps a reconnection from bringing it back.)
+            # A handler that cancels its own subscription must not wait for itself.
+            current = asyncio.current_task()
+            running = [task for task in self._in_flight if task is not current]
+            if running:
+                await asyncio.gather(*running, return_exceptions=True)
+            # Deliveries buffered but never started go back to the queue with the channel.
+            await self._close_channel()
+            self._bus.forget(self)
+
+    async def abandon(self) -> None:
+        """Undoes a start that failed half-way."""
+        self._cancelled = True
+        await self._stop_dispatching()
+        await self._close_channel()
+
+    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        # Called once per delivery, in delivery order; only buffering keeps that order.
+        if not self._cancelled:
+            self._buffer.put_nowait(message)
+
+    async def _dispatch(self) -> None:
+        while True:
+            await self._slots.acquire()
+            try:
+                message = await self._buffer.get()
+            except BaseException:
+                self._slots.release()
+                raise
+            if _is_stale(message):
+                # Its channel died (reconnect): the broker has already put it back.
+                self._slots.release()
+                continue
+            task = asyncio.create_task(
+                self._handle(message), name=f"rabbitmq-handle-{self.queue_name}"
+            )
+            self._in_flight.add(task)
+            task.add_done_callback(self._on_handled)
+
+    async def _handle(self, message: AbstractIncomingMessage) -> None:
+        attempt = _attempt_of(message)
+        delivery = Delivery(
+            queue=self.queue_name,
+            body=message.body,
+            message_id=message.message_id,
+            redelivered=bool(message.redelivered) or attempt > 1,
+            attempt=attempt,
+        )
+        try:
+            await self._handler(delivery)
+        except asyncio.CancelledError:
+            # Not a failure of the message: give it back as it was, uncounted.
+            await _settle(message.nack(requeue=True), message, self.queue_name)
+            raise
+        except Exception:
+            log.exception(
+                "Handler failed for message %s on %s (attempt %d of %d)",
+                message.message_id,
+                self.queue_name,
+                attempt,
+                self._max_deliveries,
+            )
+            await self._bus.retry_later(self.queue_name, message, attempt, self._max_deliveries)
+        else:
+            await _settle(message.ack(), message, self.queue_name)
+
+    def _on_handled(self, task: asyncio.Task[None]) -> None:
+        self._in_flight.discard(task)
+        self._slots.release()
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.error("Settling a delivery on %s failed", self.queue_name, exc_info=exc)
+
+    def _on_dispatcher_done(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.error("Consumer of %s stopped", self.queue_name, exc_info=exc)
+
+    async def _stop_dispatching(self) -> None:
+        dispatcher, self._dispatcher = self._dispatcher, None
+        if dispatcher is not None:
+            dispatcher.cancel()
+            await asyncio.gather(dispatcher, return_exceptions=True)
+
+    async def _cancel_consumer(self) -> None:
+        queue, tag = self._queue, self._consumer_tag
+        if queue is None or tag is None:
+            return
+        try:
+            async with asyncio.timeout(RabbitMQBus.CLOSE_TIMEOUT):
+                # Also forgets the consumer, so a reconnect does not bring it back.
+                await queue.cancel(tag)
+        except (TimeoutError, *_TRANSPORT_ERRORS) as exc:
+            log.debug("Cancelling the consumer of %s failed: %r", self.queue_name, exc)
+
+    async def _close_channel(self) -> None:
+        if not self._channel.is_initialized:
+            return
+        try:
+            async with asyncio.timeout(RabbitMQBus.CLOSE_TIMEOUT):
+                await self._channel.close()
+        except (TimeoutError, *_TRANSPORT_ERRORS) as exc:
+            log.debug("Closing the channel of %s failed: %r", self.queue_name, exc)
+
+
+async def _settle(operation: Awaitable[None], message: AbstractIncomingMessage, queue: str) -> None:
+    """Sends an ack/nack/reject; a dead channel means the broker already took the message back."""
+    try:
+        await operation
+    except _TRANSPORT_ERRORS as exc:
+        log.info(
+            "Could not settle message %s on %s (%r); RabbitMQ will deliver it again",
+            message.message_id,
+            queue,
+            exc,
+        )
+
+
+def _is_stale(message: AbstractIncomingMessage) -> bool:
+    try:
+        return message.channel.is_closed
+    except ChannelInvalidStateError:
+        return True
+
+
+def _attempt_of(message: AbstractIncomingMessage) -> int:
+    headers = message.headers or {}
+    attempt = _as_int(headers.get(ATTEMPT_HEADER)) or 1
+    # Quorum queues count deliveries themselves (including those lost to a crash).
+    delivery_count = _as_int(headers.get("x-delivery-count"))
+    if delivery_count is not None:
+        attempt = max(attempt, delivery_count + 1)
+    return max(attempt, 1)
+
+
+def _as_int(value: FieldValue | None) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        return None
+    return value
+
+
+def _copy(message: AbstractIncomingMessage, headers: HeadersType) -> aio_pika.Message:
+    # user_id is left out: RabbitMQ refuses a user_id other than the publishing connection's.
+    return aio_pika.Message(
+        message.body,
+        headers=headers,
+        content_type=message.content_type or JSON_CONTENT_TYPE,
+        content_encoding=message.content_encoding,
+        delivery_mode=DeliveryMode.PERSISTENT,
+        priority=message.priority,
+        correlation_id=message.correlation_id,
+        reply_to=message.reply_to,
+        expiration=message.expiration,
+        message_id=message.message_id or uuid.uuid4().hex,
+        timestamp=message.timestamp,
+        type=message.type,
+        app_id=message.app_id,
+    )
+
+
+def _queue_arguments(options: QueueOptions) -> dict[str, FieldValue]:
+    arguments: dict[str, FieldValue] = {}
+    if options.message_ttl_ms is not None:
+        arguments["x-message-ttl"] = options.message_ttl_ms
+    if options.dead_letter_queue is not None:
+        # The default exchange routes by queue name, so this names the dead-letter queue.
+        arguments["x-dead-letter-exchange"] = ""
+        arguments["x-dead-letter-routing-key"] = options.dead_letter_queue
+    if options.expires_ms is not None:
+        arguments["x-expires"] = options.expires_ms
+    return arguments
+
+
+def _check_prefetch(prefetch: int) -> None:
+    if not 1 <= prefetch <= 65535:
+        raise ValueError(f"prefetch must be between 1 and 65535, got {prefetch}.")
+
+
+def _describe(url: str) -> str:
+    """host:port/vhost of an AMQP URL, without the credentials."""
+    parts = urlsplit(url)
+    host = parts.hostname or "localhost"
+    port = parts.port or (5671 if parts.scheme == "amqps" else 5672)
+    vhost = unquote(parts.path[1:]) if len(parts.path) > 1 else "/"
+    return f"{host}:{port}/{vhost}" if vhost != "/" else f"{host}:{port} (vhost /)"
+
+
+def _connect_failure(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "no answer in time"
+    if isinstance(exc, (ProbableAuthenticationError, InvalidFrameError)):
+        # RabbitMQ closes the handshake without a reason for bad credentials, and answers an
+        # unknown or forbidden vhost with Connection.Close instead of OpenOk.
+        return (
+            "RabbitMQ refused the connection (wrong user or password, or the vhost does not "
+            "exist or is not permitted for the user)"
+        )
+    return str(exc) or repr(exc)
+
+
+def _reply_text(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__

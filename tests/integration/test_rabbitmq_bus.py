@@ -1,0 +1,311 @@
+"""What only the RabbitMQ bus has: a network to lose, AMQP properties, connection start-up."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import aio_pika
+import pytest
+
+from agentcomm.bus.base import BusUnavailable, Delivery, QueueOptions, Unroutable
+from agentcomm.bus.factory import create_bus
+from agentcomm.bus.memory import InMemoryBus
+from agentcomm.bus.rabbitmq import RabbitMQBus
+from agentcomm.config import Settings, load_settings
+from tests.conftest import free_port
+from tests.contract.conftest import WAIT, Collector, amqp_url, bounded, holds_for, wait_until
+
+pytestmark = pytest.mark.rabbitmq
+
+
+async def rabbitmqctl(*args: str) -> str:
+    process = await asyncio.create_subprocess_exec(
+        "rabbitmqctl",
+        "-q",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        stdout, stderr = await asyncio.wait_for(process.communicate(), 60)
+    except TimeoutError:
+        process.kill()
+        await asyncio.wait_for(process.wait(), 10)
+        raise
+    assert process.returncode == 0, stderr.decode()
+    return stdout.decode()
+
+
+@asynccontextmanager
+async def broker_unreachable(vhost: str) -> AsyncIterator[None]:
+    """Cuts every connection to `vhost` and keeps new ones out until the block ends.
+
+    Closing the connections alone would let the bus reconnect at once; without permissions on
+    the vhost the reconnection attempts fail, so the outage lasts as long as the block.
+    """
+    await rabbitmqctl("clear_permissions", "-p", vhost, "guest")
+    try:
+        await rabbitmqctl("close_all_connections", "-p", vhost, "test")
+        yield
+    finally:
+        await rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+
+
+@pytest.fixture
+async def bus(rabbitmq_vhost: str) -> AsyncIterator[RabbitMQBus]:
+    bus = RabbitMQBus(amqp_url(rabbitmq_vhost), connect_attempts=2, name="agentcomm-test")
+    await asyncio.wait_for(bus.connect(), WAIT)
+    try:
+        yield bus
+    finally:
+        await asyncio.wait_for(bus.close(), WAIT)
+
+
+@pytest.fixture
+async def raw_channel(rabbitmq_vhost: str) -> AsyncIterator[aio_pika.abc.AbstractChannel]:
+    """A plain aio-pika channel on the test's vhost, to look at what the bus did."""
+    connection = await asyncio.wait_for(aio_pika.connect(amqp_url(rabbitmq_vhost)), WAIT)
+    try:
+        yield await asyncio.wait_for(connection.channel(), WAIT)
+    finally:
+        await asyncio.wait_for(connection.close(), WAIT)
+
+
+@bounded
+async def test_unreachable_port_fails_after_the_configured_attempts(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    port = free_port()  # nothing listens there
+    bus = RabbitMQBus(f"amqp://guest:guest@127.0.0.1:{port}/some_vhost", connect_attempts=2)
+
+    with (
+        caplog.at_level(logging.WARNING, logger="agentcomm.bus.rabbitmq"),
+        pytest.raises(BusUnavailable, match=f"127.0.0.1:{port}/some_vhost after 2 attempts"),
+    ):
+        await asyncio.wait_for(bus.connect(), WAIT)
+
+    attempts = [r.getMessage() for r in caplog.records if r.name == "agentcomm.bus.rabbitmq"]
+    assert len(attempts) == 2, attempts
+    assert all(f"127.0.0.1:{port}/some_vhost" in line for line in attempts)
+    assert "attempt 1 of 2" in attempts[0]
+    assert "attempt 2 of 2" in attempts[1]
+    assert not bus.is_connected
+
+
+@pytest.mark.usefixtures("rabbitmq_available")
+@bounded
+async def test_unknown_vhost_is_a_clear_refusal() -> None:
+    bus = RabbitMQBus(amqp_url("agentcomm_no_such_vhost"), connect_attempts=1)
+
+    with pytest.raises(BusUnavailable, match="vhost does not exist or is not permitted"):
+        await asyncio.wait_for(bus.connect(), WAIT)
+
+
+@bounded
+async def test_messages_and_queues_carry_the_agreed_amqp_properties(
+    bus: RabbitMQBus, raw_channel: aio_pika.abc.AbstractChannel, rabbitmq_vhost: str
+) -> None:
+    await bus.declare_queue("work.dead")
+    await bus.declare_queue(
+        "work",
+        QueueOptions(message_ttl_ms=60_000, dead_letter_queue="work.dead", expires_ms=600_000),
+    )
+    await bus.publish("work", b'{"a": 1}', message_id="props-1")
+
+    queue = await asyncio.wait_for(raw_channel.declare_queue("work", passive=True), WAIT)
+    message = await asyncio.wait_for(queue.get(no_ack=True), WAIT)
+
+    assert message.body == b'{"a": 1}'
+    assert message.message_id == "props-1"
+    assert message.content_type == "application/json"
+    assert message.delivery_mode == aio_pika.DeliveryMode.PERSISTENT
+    listing = await rabbitmqctl(
+        "list_queues", "-p", rabbitmq_vhost, "name", "durable", "arguments", "--no-table-headers"
+    )
+    [work_line] = [line for line in listing.splitlines() if line.startswith("work\t")]
+    assert "\ttrue\t" in work_line
+    for argument in (
+        "x-message-ttl",
+        "60000",
+        "x-dead-letter-exchange",
+        "x-dead-letter-routing-key",
+        "work.dead",
+        "x-expires",
+        "600000",
+    ):
+        assert argument in work_line
+
+
+@bounded
+async def test_publishing_during_an_outage_fails_in_time_and_consumers_come_back(
+    bus: RabbitMQBus, rabbitmq_vhost: str
+) -> None:
+    await bus.declare_queue("work")
+    got = Collector()
+    await bus.consume("work", got.handle)
+    await bus.publish("work", b"{}", message_id="before")
+    await got.wait_for(1)
+
+    async with broker_unreachable(rabbitmq_vhost):
+        await wait_until(lambda: not bus.is_connected, what="the bus to notice the outage")
+        with pytest.raises(BusUnavailable, match="not reachable"):
+            # The outer bound only guards the test; the bus must give up after 0.5 s itself.
+            await asyncio.wait_for(
+                bus.publish("work", b"{}", message_id="during", timeout=0.5), WAIT
+            )
+
+    await wait_until(lambda: bus.is_connected, timeout=30, what="the reconnection")
+    await bus.publish("work", b"{}", message_id="after", timeout=WAIT)
+
+    await got.wait_for(2, timeout=30)
+    assert got.ids == ["before", "after"]
+
+
+@bounded
+async def test_a_handler_cut_off_by_an_outage_gets_its_message_again(
+    bus: RabbitMQBus, rabbitmq_vhost: str
+) -> None:
+    await bus.declare_queue("work")
+    await bus.publish("work", b"{}", message_id="job")
+    started = asyncio.Event()
+    release = asyncio.Event()
+    deliveries: list[Delivery] = []
+
+    async def handler(delivery: Delivery) -> None:
+        deliveries.append(delivery)
+        if len(deliveries) == 1:
+            started.set()
+            await release.wait()
+
+    await bus.consume("work", handler)
+    await asyncio.wait_for(started.wait(), WAIT)
+    async with broker_unreachable(rabbitmq_vhost):
+        await wait_until(lambda: not bus.is_connected, what="the bus to notice the outage")
+        release.set()  # finishes after the connection died: its ack cannot reach RabbitMQ
+
+    await wait_until(lambda: len(deliveries) == 2, timeout=30, what="the redelivery")
+    assert deliveries[1].message_id == "job"
+    assert deliveries[1].redelivered
+    assert await holds_for(lambda: len(deliveries) == 2, 0.3)
+
+
+@bounded
+async def test_concurrent_publishers_share_one_channel(
+    bus: RabbitMQBus, rabbitmq_vhost: str
+) -> None:
+    await bus.declare_queue("work")
+    got = Collector()
+    await bus.consume("work", got.handle, prefetch=500, concurrency=8)
+    ids = [f"m{i}" for i in range(500)]
+
+    await asyncio.wait_for(
+        asyncio.gather(*(bus.publish("work", b"{}", message_id=i) for i in ids)), WAIT
+    )
+
+    await got.wait_for(len(ids))
+    assert sorted(got.ids, key=str) == sorted(ids)
+    # Publishing, declaring, and one consumer: three channels, however many publishers.
+    # (list_connections shows every vhost's connections, and other tests run alongside.)
+    listing = await rabbitmqctl("list_connections", "vhost", "channels", "--no-table-headers")
+    ours = [
+        line.split()[-1] for line in listing.splitlines() if line.split()[:1] == [rabbitmq_vhost]
+    ]
+    assert ours == ["3"]
+
+
+@bounded
+async def test_concurrent_publishes_with_one_message_id_keep_their_own_outcome(
+    bus: RabbitMQBus, raw_channel: aio_pika.abc.AbstractChannel
+) -> None:
+    await bus.declare_queue("work")
+
+    for _ in range(20):
+        lost, stored = await asyncio.wait_for(
+            asyncio.gather(
+                bus.publish("nowhere", b"{}", message_id="same"),
+                bus.publish("work", b"{}", message_id="same"),
+                return_exceptions=True,
+            ),
+            WAIT,
+        )
+        assert isinstance(lost, Unroutable)
+        assert stored is None
+
+    queue = await asyncio.wait_for(raw_channel.declare_queue("work", passive=True), WAIT)
+    assert queue.declaration_result.message_count == 20
+
+
+@bounded
+async def test_a_queue_declared_elsewhere_dead_letters_through_its_own_arguments(
+    bus: RabbitMQBus, rabbitmq_vhost: str
+) -> None:
+    await bus.declare_queue("work.dead")
+    await bus.declare_queue("work", QueueOptions(dead_letter_queue="work.dead"))
+    # Another process that consumes without declaring: it does not know the queue's options.
+    consumer = RabbitMQBus(amqp_url(rabbitmq_vhost), connect_attempts=2, name="other-process")
+    await asyncio.wait_for(consumer.connect(), WAIT)
+    try:
+        attempts: list[int] = []
+
+        async def failing(delivery: Delivery) -> None:
+            attempts.append(delivery.attempt)
+            raise RuntimeError("cannot handle it")
+
+        await consumer.consume("work", failing, max_deliveries=2)
+        dead = Collector()
+        await bus.consume("work.dead", dead.handle)
+        await bus.publish("work", b"{}", message_id="poison")
+
+        [dead_letter] = await dead.wait_for(1)
+        assert dead_letter.message_id == "poison"
+        assert attempts == [1, 2]
+    finally:
+        await asyncio.wait_for(consumer.close(), WAIT)
+
+
+@bounded
+async def test_closing_during_an_outage_does_not_hang(
+    bus: RabbitMQBus, rabbitmq_vhost: str
+) -> None:
+    await bus.declare_queue("work")
+    await bus.consume("work", Collector().handle)
+
+    async with broker_unreachable(rabbitmq_vhost):
+        await wait_until(lambda: not bus.is_connected, what="the bus to notice the outage")
+        await asyncio.wait_for(bus.close(), WAIT)
+
+    assert not bus.is_connected
+
+
+def test_factory_builds_the_bus_the_settings_name() -> None:
+    assert isinstance(create_bus(Settings(message_bus="memory")), InMemoryBus)
+    assert isinstance(create_bus(Settings(message_bus="rabbitmq")), RabbitMQBus)
+
+
+@bounded
+async def test_factory_never_falls_back_to_the_memory_bus() -> None:
+    settings = Settings(
+        message_bus="rabbitmq",
+        rabbitmq_host="127.0.0.1",
+        rabbitmq_port=free_port(),
+        rabbitmq_connect_attempts=1,
+    )
+    bus = create_bus(settings)
+
+    assert isinstance(bus, RabbitMQBus)
+    with pytest.raises(BusUnavailable):
+        await asyncio.wait_for(bus.connect(), WAIT)
+
+
+@bounded
+async def test_factory_bus_connects_with_the_settings(rabbitmq_env: dict[str, str]) -> None:
+    bus = create_bus(load_settings(**rabbitmq_env), name="agentcomm-factory-test")
+    await asyncio.wait_for(bus.connect(), WAIT)
+    try:
+        await bus.declare_queue("work")
+        await bus.publish("work", b"{}", message_id="via-factory")
+    finally:
+        await asyncio.wait_for(bus.close(), WAIT)
