@@ -66,6 +66,10 @@ class Settings(BaseSettings):
     resume_window: float = Field(
         60.0, ge=0, description="seconds a disconnected frontend's session waits for a resume"
     )
+    rate_limit_per_second: float = Field(
+        20.0, gt=0, description="frames per second a frontend may send, sustained"
+    )
+    rate_limit_burst: int = Field(40, ge=1, description="frames a frontend may send in a burst")
     command_timeout: float = Field(30.0, gt=0, description="default wait for a command result")
     shutdown_timeout: float = Field(10.0, gt=0, description="seconds a graceful shutdown may take")
     allowed_origins: str = Field(

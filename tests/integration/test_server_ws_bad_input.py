@@ -52,7 +52,14 @@ class Scene:
 
 @pytest.fixture
 async def scene() -> AsyncIterator[Scene]:
-    settings = test_settings(max_message_bytes=MAX_BYTES, registration_timeout=5.0)
+    # A rate limit high enough that the bursts of bad frames below are answered one by one
+    # (rate limiting has tests of its own).
+    settings = test_settings(
+        max_message_bytes=MAX_BYTES,
+        registration_timeout=5.0,
+        rate_limit_per_second=1000,
+        rate_limit_burst=1000,
+    )
     async with AsyncExitStack() as stack:
         hub = await stack.enter_async_context(running_hub(settings))
         broker_in = await stack.enter_async_context(tap(hub.bus, BROKER_INPUT_QUEUE))

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from fastapi import WebSocket, WebSocketDisconnect
 
 from agentcomm.core.auth import AuthError, Role
+from agentcomm.core.ratelimit import TokenBucket
 from agentcomm.core.sessions import FrontendSession
 from agentcomm.protocol.codec import (
     decode_register_frontend,
@@ -51,6 +52,8 @@ class SocketLink:
         self._websocket = websocket
         self._outbound: asyncio.Queue[bytes | None] = asyncio.Queue(max_frames)
         self.close_code: int | None = None
+        # Set when a close was asked for, and when the writer has finished (close frame sent).
+        self.closing = asyncio.Event()
         self.closed = asyncio.Event()
 
     def send_frame(self, frame: bytes) -> None:
@@ -73,7 +76,7 @@ class SocketLink:
                 self._outbound.get_nowait()
         with contextlib.suppress(asyncio.QueueFull):
             self._outbound.put_nowait(None)
-        self.closed.set()
+        self.closing.set()
 
     async def write_until_closed(self) -> None:
         websocket = self._websocket
@@ -124,7 +127,30 @@ class FrontendConnection:
             return
         await self._websocket.accept()
         writer = asyncio.create_task(self._link.write_until_closed(), name="ws-writer")
+        conversation = asyncio.create_task(self._converse(), name="ws-reader")
+        closing = asyncio.create_task(self._link.closing.wait(), name="ws-closing")
         hub.connections.add(self._link)
+        try:
+            # The reader may be blocked waiting for a frame when the server decides to close
+            # (shutdown, a client too slow to read): then the close wins.
+            await asyncio.wait({conversation, closing}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (conversation, closing):
+                task.cancel()
+            await asyncio.gather(conversation, closing, return_exceptions=True)
+            hub.connections.discard(self._link)
+            if self._session is not None:
+                hub.sessions.detach(self._session.frontend_id, self._link)
+            self._link.close(self._link.close_code or CLOSE_NORMAL)
+            try:
+                # A client that does not read cannot take even the close frame: give up on it
+                # after a moment and let the server drop the connection.
+                await asyncio.wait_for(writer, timeout=2.0)
+            except TimeoutError:
+                log.info("Dropped a frontend connection that would not take its close frame")
+            self._link.closed.set()
+
+    async def _converse(self) -> None:
         try:
             if await self._register():
                 await self._read_frames()
@@ -133,14 +159,6 @@ class FrontendConnection:
         except Exception:
             log.exception("Frontend connection failed")
             self._link.close(CLOSE_INTERNAL)
-        finally:
-            hub.connections.discard(self._link)
-            if self._session is not None:
-                hub.sessions.detach(self._session.frontend_id, self._link)
-            self._link.close(self._link.close_code or CLOSE_NORMAL)
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(writer, timeout=2.0)
-            writer.cancel()
 
     async def _receive(self, within: float | None = None) -> str | None:
         """The next text frame; None when the socket closed. Binary frames are refused."""
@@ -243,10 +261,34 @@ class FrontendConnection:
     async def _read_frames(self) -> None:
         assert self._session is not None
         frontend_id = self._session.frontend_id
+        settings = self._hub.settings
+        bucket = TokenBucket(
+            self._hub.clock, rate=settings.rate_limit_per_second, burst=settings.rate_limit_burst
+        )
+        refused_in_a_row = 0
         while self._link.close_code is None:
             raw = await self._receive()
             if raw is None:
                 continue
+            if not bucket.take():
+                # Told once per refused frame; a client that keeps flooding is cut off.
+                refused_in_a_row += 1
+                if refused_in_a_row > settings.rate_limit_burst:
+                    log.warning("Closing frontend %s: it keeps flooding", frontend_id)
+                    self._link.close(CLOSE_RATE_LIMITED)
+                    return
+                self._hub.metrics.errors.labels(ErrorCode.RATE_LIMITED.value).inc()
+                self._link.send_frame(
+                    error_frame(
+                        ErrorCode.RATE_LIMITED,
+                        f"Too many frames: at most {settings.rate_limit_per_second:g} per second. "
+                        "This frame was dropped.",
+                        _message_id_of(raw),
+                        receiver_id=frontend_id,
+                    )
+                )
+                continue
+            refused_in_a_row = 0
             try:
                 await self._handle(frontend_id, raw)
             except ProtocolError as exc:
@@ -278,3 +320,13 @@ class FrontendConnection:
                 f"Frontends cannot send {message_type.value}.",
                 data.get("message_id") if isinstance(data.get("message_id"), str) else None,
             )
+
+
+def _message_id_of(raw: str) -> str | None:
+    """The message_id of a frame, when it has a usable one, without validating the rest."""
+    try:
+        data = parse_json_object(raw)
+    except ProtocolError:
+        return None
+    message_id = data.get("message_id")
+    return message_id if isinstance(message_id, str) and 0 < len(message_id) <= 128 else None
