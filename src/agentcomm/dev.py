@@ -44,7 +44,9 @@ class DevStack:
         return f"http://{host}:{self.server.http_port}/"
 
     async def start(self) -> None:
-        await self.server.start()
+        # Pages are let in only once the broker and the demo agents are there: a browser
+        # reconnecting after a restart must not find `echo` missing for a moment.
+        await self.server.start_hub()
         grpc_target = f"{_dialable(self.settings.grpc_host)}:{self.server.grpc_port}"
         # With AUTH_SECRET set, the stack's own broker and agents get tokens of their own.
         auth = self.server.hub.auth
@@ -72,6 +74,7 @@ class DevStack:
                 )
                 await agent.start()
                 self.agents.append(agent)
+            await self.server.start_http()
         except BaseException:
             await self.stop()
             raise

@@ -51,7 +51,15 @@ class RunningServer:
         return self.hub.grpc_port
 
     async def start(self) -> None:
+        await self.start_hub()
+        await self.start_http()
+
+    async def start_hub(self) -> None:
+        """Bus, consumers and gRPC: agents and brokers can connect, frontends not yet."""
         await self.hub.start()
+
+    async def start_http(self) -> None:
+        """Opens HTTP and the WebSocket; stops the hub again when that fails."""
         try:
             await self._start_http()
         except BaseException:
