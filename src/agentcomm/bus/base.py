@@ -91,18 +91,26 @@ class Bus(Protocol):
         mandatory: bool = True,
         timeout: float = 5.0,
     ) -> None:
-        """Stores a persistent message in `queue` and waits for the bus to confirm it."""
+        """Stores a persistent message in `queue` and waits for the bus to confirm it.
+
+        A message published without `message_id` gets a fresh one. Publishing keeps working
+        while `close()` lets running handlers finish, so that they can hand on their results.
+        """
 
     async def consume(
         self,
         queue: str,
         handler: MessageHandler,
         *,
-        prefetch: int = 100,
+        prefetch: int | None = None,
         concurrency: int = 1,
         max_deliveries: int = 5,
     ) -> Subscription:
-        """Hands each message of `queue` to `handler`; acks after it returns."""
+        """Hands each message of `queue` to `handler`; acks after it returns.
+
+        `prefetch` None means the bus's default (RABBITMQ_PREFETCH). A missing queue raises
+        Unroutable: every process declares the queues it consumes.
+        """
 
     async def delete_queue(self, name: str) -> None:
         """Removes a queue and what it holds; a missing queue is not an error."""

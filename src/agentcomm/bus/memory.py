@@ -110,7 +110,7 @@ class InMemoryBus:
         queue: str,
         handler: MessageHandler,
         *,
-        prefetch: int = 100,
+        prefetch: int | None = None,
         concurrency: int = 1,
         max_deliveries: int = 5,
     ) -> _MemorySubscription:
@@ -119,7 +119,7 @@ class InMemoryBus:
         if target is None:
             raise Unroutable(f"Cannot consume: no queue named {queue!r}.")
         subscription = _MemorySubscription(
-            self, target, handler, max(1, min(prefetch, concurrency)), max_deliveries
+            self, target, handler, max(1, min(prefetch or concurrency, concurrency)), max_deliveries
         )
         self._subscriptions.add(subscription)
         subscription.start()

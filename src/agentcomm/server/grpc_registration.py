@@ -128,6 +128,8 @@ class AgentRegistrationServicer(pb_grpc.AgentRegistrationServiceServicer):
         registry, commands = self._hub.registry, self._hub.commands
         stream = commands.open_stream(request.agent_id)
         registry.stream_opened(request.agent_id)
+        # Tells the agent its stream is registered: commands sent from now on reach it.
+        await context.send_initial_metadata(())
         try:
             while True:
                 command = await stream.queue.get()
@@ -183,6 +185,7 @@ class AgentRegistrationServicer(pb_grpc.AgentRegistrationServiceServicer):
         except BusError as exc:
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"Message bus unavailable: {exc}")
         self._hub.registry.stream_opened(request.agent_id)
+        await context.send_initial_metadata(())
         try:
             while (item := await inbox.next()) is not None:
                 yield pb.ChatMessage(
