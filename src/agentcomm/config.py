@@ -81,6 +81,16 @@ class Settings(BaseSettings):
     auth_token: str = Field(
         "", description="the JWT this process presents when it connects (brokers, agents)"
     )
+    grpc_tls_cert: str = Field("", description="PEM certificate file: serve gRPC over TLS")
+    grpc_tls_key: str = Field("", description="PEM private key file for GRPC_TLS_CERT")
+    grpc_tls_client_ca: str = Field(
+        "", description="PEM CA file: require client certificates signed by it (mTLS)"
+    )
+    grpc_tls_ca: str = Field(
+        "", description="PEM CA file clients use to verify the server (enables TLS for clients)"
+    )
+    grpc_tls_client_cert: str = Field("", description="PEM client certificate for mTLS")
+    grpc_tls_client_key: str = Field("", description="PEM private key for GRPC_TLS_CLIENT_CERT")
     public_url: str = Field(
         "", description="address advertised to others (default: from HOST/PORT)"
     )

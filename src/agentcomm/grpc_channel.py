@@ -1,11 +1,16 @@
-"""Client channels to the hub's gRPC port, presenting a token on every call when one is set."""
+"""Client channels to the hub's gRPC port: a token on every call when one is set, TLS when
+configured."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
+
+from agentcomm.config import Settings
 
 ChannelOptions = Sequence[tuple[str, Any]]
 
@@ -42,10 +47,50 @@ class _StreamBearer(grpc.aio.UnaryStreamClientInterceptor):
         return await continuation(_with_token(client_call_details, self._header), request)
 
 
-def open_channel(target: str, *, token: str = "", options: ChannelOptions = ()) -> grpc.aio.Channel:
-    """An insecure channel that adds `authorization: Bearer <token>` to every call."""
+@dataclass(frozen=True)
+class ClientTls:
+    """What a client needs to talk TLS (and mTLS) to the hub's gRPC port."""
+
+    root_certificates: bytes | None = None
+    certificate_chain: bytes | None = None
+    private_key: bytes | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ClientTls | None:
+        """None when GRPC_TLS_CA is unset: the hub is reached without TLS."""
+        if not settings.grpc_tls_ca:
+            return None
+        return cls(
+            root_certificates=Path(settings.grpc_tls_ca).read_bytes(),
+            certificate_chain=_read(settings.grpc_tls_client_cert),
+            private_key=_read(settings.grpc_tls_client_key),
+        )
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        return grpc.ssl_channel_credentials(
+            self.root_certificates, self.private_key, self.certificate_chain
+        )
+
+
+def _read(path: str) -> bytes | None:
+    return Path(path).read_bytes() if path else None
+
+
+def open_channel(
+    target: str,
+    *,
+    token: str = "",
+    options: ChannelOptions = (),
+    tls: ClientTls | None = None,
+) -> grpc.aio.Channel:
+    """A channel to the hub: `authorization: Bearer <token>` on every call when a token is
+    given, TLS when `tls` is given."""
     header = ("authorization", f"Bearer {token}")
     interceptors: list[Any] | None = (
         [_UnaryBearer(header), _StreamBearer(header)] if token else None
     )
+    if tls is not None:
+        return grpc.aio.secure_channel(
+            target, tls.credentials(), options=list(options), interceptors=interceptors
+        )
     return grpc.aio.insecure_channel(target, options=list(options), interceptors=interceptors)

@@ -12,6 +12,7 @@ from agentcomm.broker.service import BrokerStartError, ReferenceBroker
 from agentcomm.bus.base import BusError
 from agentcomm.config import Settings
 from agentcomm.core.auth import token_subject
+from agentcomm.grpc_channel import ClientTls
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,7 @@ async def run_broker(settings: Settings, broker_id: str | None, broker_name: str
         prefetch=settings.rabbitmq_prefetch,
         stop_timeout=settings.shutdown_timeout,
         token=settings.auth_token,
+        tls=ClientTls.from_settings(settings),
     )
     try:
         with _stop_on_signals() as stopping:

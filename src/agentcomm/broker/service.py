@@ -24,7 +24,7 @@ from agentcomm.broker.presence import AgentTable, PresenceFollower
 from agentcomm.broker.routing import Decision, Outcome, Router, reject_undecodable
 from agentcomm.bus.base import Bus, Delivery, Subscription
 from agentcomm.bus.queues import BROKER_INPUT_QUEUE, SERVER_INPUT_QUEUE
-from agentcomm.grpc_channel import open_channel
+from agentcomm.grpc_channel import ClientTls, open_channel
 from agentcomm.protocol.codec import decode_envelope, encode_for_bus, parse_json_object
 from agentcomm.protocol.errors import ProtocolError
 from agentcomm.protocol.ids import new_broker_id
@@ -75,6 +75,7 @@ class ReferenceBroker:
         stop_timeout: float = 10.0,
         ledger: RoutingLedger | None = None,
         token: str = "",
+        tls: ClientTls | None = None,
     ) -> None:
         self.broker_id = broker_id or new_broker_id()
         self.broker_name = broker_name
@@ -84,6 +85,7 @@ class ReferenceBroker:
         self.stats = BrokerStats()
         self._bus = bus
         self._token = token
+        self._tls = tls
         self._prefetch = prefetch
         # One at a time by default: the order of a reply's chunks is the order they were sent.
         self._concurrency = concurrency
@@ -113,7 +115,9 @@ class ReferenceBroker:
         await self._bus.declare_queue(BROKER_INPUT_QUEUE)
         await self._bus.declare_queue(SERVER_INPUT_QUEUE)
 
-        self._channel = open_channel(self.grpc_target, token=self._token, options=_CHANNEL_OPTIONS)
+        self._channel = open_channel(
+            self.grpc_target, token=self._token, options=_CHANNEL_OPTIONS, tls=self._tls
+        )
         self._presence = PresenceFollower(
             self._channel,
             self.table,

@@ -17,6 +17,7 @@ from agentcomm import __version__
 from agentcomm.bus import Bus
 from agentcomm.config import Settings, load_settings
 from agentcomm.core.auth import token_subject
+from agentcomm.grpc_channel import ClientTls
 from agentcomm.protocol.ids import is_valid_id
 from agentcomm.sdk.commands import (
     BUILTIN_COMMANDS,
@@ -282,7 +283,10 @@ class Agent:
 
     def _new_state(self, handler: MessageHandler) -> AgentRuntime:
         hub = self._hub_override or GrpcHubClient(
-            grpc_target(self.settings), self._session, token=self._auth_token
+            grpc_target(self.settings),
+            self._session,
+            token=self._auth_token,
+            tls=ClientTls.from_settings(self.settings),
         )
         work: WorkTransport
         if self.transport == "grpc":

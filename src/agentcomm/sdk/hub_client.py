@@ -17,6 +17,7 @@ import grpc.aio
 
 from agentcomm.generated import agent_registration_service_pb2 as pb
 from agentcomm.generated.agent_registration_service_pb2_grpc import AgentRegistrationServiceStub
+from agentcomm.grpc_channel import ClientTls, open_channel
 from agentcomm.protocol import Envelope, encode_for_bus
 from agentcomm.sdk.commands import Command, CommandOutcome
 from agentcomm.sdk.errors import (
@@ -126,10 +127,16 @@ class GrpcHubClient:
     """HubClient over one gRPC channel; the channel itself reconnects after an outage."""
 
     def __init__(
-        self, target: str, session: str, *, token: str = "", call_timeout: float = 10.0
+        self,
+        target: str,
+        session: str,
+        *,
+        token: str = "",
+        call_timeout: float = 10.0,
+        tls: ClientTls | None = None,
     ) -> None:
         self.target = target
-        self._channel = grpc.aio.insecure_channel(target, options=_CHANNEL_OPTIONS)
+        self._channel = open_channel(target, options=_CHANNEL_OPTIONS, tls=tls)
         self._stub = AgentRegistrationServiceStub(self._channel)
         metadata = [(SESSION_METADATA_KEY, session)]
         if token:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from agentcomm.config import Settings
 from agentcomm.generated import agent_registration_service_pb2 as registration_pb
 from agentcomm.generated import agent_registration_service_pb2_grpc as registration_grpc
 from agentcomm.generated import agent_status_service_pb2 as status_pb
@@ -26,6 +28,23 @@ SERVICE_NAMES = (
     status_pb.DESCRIPTOR.services_by_name["AgentStatusService"].full_name,
     broker_pb.DESCRIPTOR.services_by_name["BrokerRegistrationService"].full_name,
 )
+
+
+def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    """TLS from GRPC_TLS_CERT/KEY; with GRPC_TLS_CLIENT_CA, clients must present a certificate
+    signed by that CA (mTLS). None: plain gRPC."""
+    if not settings.grpc_tls_cert and not settings.grpc_tls_key:
+        return None
+    if not (settings.grpc_tls_cert and settings.grpc_tls_key):
+        raise OSError("GRPC_TLS_CERT and GRPC_TLS_KEY must be set together.")
+    client_ca = (
+        Path(settings.grpc_tls_client_ca).read_bytes() if settings.grpc_tls_client_ca else None
+    )
+    return grpc.ssl_server_credentials(
+        [(Path(settings.grpc_tls_key).read_bytes(), Path(settings.grpc_tls_cert).read_bytes())],
+        root_certificates=client_ca,
+        require_client_auth=client_ca is not None,
+    )
 
 
 async def start_grpc_server(hub: Hub) -> tuple[grpc.aio.Server, int]:
@@ -53,7 +72,12 @@ async def start_grpc_server(hub: Hub) -> tuple[grpc.aio.Server, int]:
     reflection.enable_server_reflection(
         (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
-    port = server.add_insecure_port(f"{hub.settings.grpc_host}:{hub.settings.grpc_port}")
+    address = f"{hub.settings.grpc_host}:{hub.settings.grpc_port}"
+    credentials = server_credentials(hub.settings)
+    if credentials is None:
+        port = server.add_insecure_port(address)
+    else:
+        port = server.add_secure_port(address, credentials)
     if port == 0:
         raise OSError(
             f"Cannot listen for gRPC on {hub.settings.grpc_host}:{hub.settings.grpc_port}."
