@@ -1,7 +1,7 @@
 """What a run measures: the command line's duration plus knobs with sensible defaults.
 
 Knobs come from `python -m agentcomm.bench` flags or, for `agentcomm bench`, from
-AGENTCOMM_BENCH_* environment variables (e.g. AGENTCOMM_BENCH_FANOUT=1000,2000 where 10,000
+AGENTCOMM_BENCH_* environment variables (e.g. AGENTCOMM_BENCH_FANOUT_SIZES=1000,2000 where 10,000
 sockets exceed what the machine allows).
 """
 
