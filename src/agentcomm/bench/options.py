@@ -22,7 +22,7 @@ class BenchOptions:
     # Round trips at once in the closed loop at saturation (one per frontend socket).
     in_flight: int = 64
     # WebSocket frontends the round trips are spread over (each sends at a human pace).
-    frontends: int = 256
+    frontends: int = 512
     # Characters of text in each chat message.
     payload_bytes: int = 64
     # Open-loop rates as fractions of the hub's measured saturation throughput.
@@ -54,7 +54,8 @@ def default_out_dir() -> Path:
     return Path.home() / ".cache" / "agentcomm-bench" / "results"
 
 
-def _parse(kind: Any, raw: str) -> Any:
+def parse_option(kind: Any, raw: str) -> Any:
+    """A knob's value from text, by the type named in BenchOptions."""
     if kind in (int, "int"):
         return int(raw)
     if kind in (float, "float"):
@@ -80,7 +81,7 @@ def options_from_env(duration: float, as_json: bool) -> BenchOptions:
         if raw is None:
             continue
         try:
-            setattr(options, item.name, _parse(item.type, raw))
+            setattr(options, item.name, parse_option(item.type, raw))
         except ValueError as exc:
             raise ValueError(f"{ENV_PREFIX}{item.name.upper()}: {exc}") from None
     return options

@@ -110,6 +110,10 @@ def _headline(result: Result, hub: Measurement, floor: Measurement | None) -> No
         result["ratio_to_floor"] = None
 
 
+def _warmup(duration: float) -> float:
+    return min(WARMUP_SECONDS, max(0.5, duration / 5))
+
+
 def _phase_seconds(duration: float) -> tuple[float, float]:
     """(one-in-flight seconds, seconds per open-loop rate)."""
     return max(1.0, duration / 4), max(1.0, duration / 5)
@@ -148,9 +152,10 @@ async def run_rabbitmq(context: BenchContext) -> Result:
             me = {"loadgen": os.getpid()}
             hub_processes = {**hub.processes, **me}
             floor_processes = {**floor.processes, **me}
-            async with context.progress.step("warming up", 2 * WARMUP_SECONDS):
-                await closed_loop(floor.origin, options.in_flight, WARMUP_SECONDS)
-                await closed_loop(frontends, options.in_flight, WARMUP_SECONDS)
+            warmup = _warmup(options.duration)
+            async with context.progress.step("warming up", 2 * warmup):
+                await closed_loop(floor.origin, options.in_flight, warmup)
+                await closed_loop(frontends, options.in_flight, warmup)
 
             floor_sat, floor_cpu = await _closed(
                 context, "floor", floor.origin, floor_processes, options.in_flight, options.duration
@@ -213,8 +218,9 @@ async def run_memory(context: BenchContext) -> Result:
             await frontends.open(max(options.in_flight, options.frontends))
             await frontends.wait_until_answering(READY_TIMEOUT)
         processes = {**hub.processes, "loadgen": os.getpid()}
-        async with context.progress.step("warming up", WARMUP_SECONDS):
-            await closed_loop(frontends, options.in_flight, WARMUP_SECONDS)
+        warmup = _warmup(options.duration)
+        async with context.progress.step("warming up", warmup):
+            await closed_loop(frontends, options.in_flight, warmup)
         hub_sat, hub_cpu = await _closed(
             context, "hub", frontends, processes, options.in_flight, options.duration
         )
