@@ -52,7 +52,9 @@ async def start_grpc_server(hub: Hub) -> tuple[grpc.aio.Server, int]:
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", limit),
-            ("grpc.max_send_message_length", limit * 2),
+            # No cap on what the server sends: the full agent list grows with the number of
+            # agents, and operator commands are bounded by the HTTP API, not by this limit.
+            ("grpc.max_send_message_length", -1),
             # Notice dead agent connections (and so broken streams) within seconds.
             ("grpc.keepalive_time_ms", 10_000),
             ("grpc.keepalive_timeout_ms", 5_000),
