@@ -354,3 +354,19 @@ async def test_flow5_stream_reopened_within_grace_stays_online() -> None:
         await wait_until(lambda: record.open_streams == 1, what="the stream to reopen")
         assert record.stream_lost_at is None
         assert hub.hub.registry.is_online("agent-flaky")
+
+
+async def test_full_agent_list_larger_than_max_message_bytes_still_reaches_brokers() -> None:
+    """MAX_MESSAGE_BYTES limits what clients send; the full list grows with the number of
+    agents and must reach a subscribing broker whatever its size."""
+    async with running_hub(test_settings(max_message_bytes=1024)) as hub, AsyncExitStack() as stack:
+        agent = await stack.enter_async_context(GrpcAgent(hub.grpc_target, "agent-0"))
+        for index in range(40):
+            agent.agent_id = f"agent-{index:02d}"
+            await agent.register(capabilities={"skill": "x" * 40})
+        broker = await stack.enter_async_context(GrpcBroker(hub.grpc_target))
+        full = await broker.subscribe().next()
+        assert full.is_full_update is True
+        assert len(full.agents) == 40
+        assert full.ByteSize() > 2 * 1024
+        assert len((await broker.get_status()).agents) == 40

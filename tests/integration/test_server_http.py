@@ -236,3 +236,34 @@ async def test_body_that_is_not_json_is_422(scene: Scene) -> None:
 async def test_malformed_agent_id_is_422(scene: Scene) -> None:
     response = await scene.http.post("/api/agents/bad%20id/commands", json={"type": "ping"})
     assert response.status_code == 422
+
+
+async def test_command_larger_than_max_message_bytes_reaches_the_agent() -> None:
+    """MAX_MESSAGE_BYTES limits what clients send, not what the server sends them: an operator's
+    command (up to 64 KiB of content) must not break the agent's command stream."""
+    async with (
+        running_hub(test_settings(max_message_bytes=1024)) as hub,
+        httpx.AsyncClient(base_url=hub.http_url, timeout=DEFAULT_TIMEOUT) as http,
+        GrpcAgent(hub.grpc_target, "big", session="big") as agent,
+    ):
+        await agent.register()
+        content = "y" * 5000
+
+        async def answer(command: reg_pb.Command) -> reg_pb.CommandResult:
+            return reg_pb.CommandResult(
+                command_id=command.command_id,
+                agent_id="big",
+                success=True,
+                output=str(len(command.content)),
+            )
+
+        agent.answer_commands(answer)
+        record = hub.hub.registry.get("big")
+        assert record is not None
+        await wait_until(lambda: record.open_streams == 1, what="the command stream")
+        response = await http.post(
+            "/api/agents/big/commands", json={"type": "write", "content": content}
+        )
+        assert response.status_code == 200, response.text
+        assert response.json()["output"] == "5000"
+        assert hub.hub.registry.is_online("big")
