@@ -14,6 +14,7 @@ from typing import Any
 import grpc
 import httpx
 import pytest
+import pytest_asyncio
 
 from agentcomm.generated import agent_registration_service_pb2 as reg_pb
 from agentcomm.generated import agent_status_service_pb2 as status_pb
@@ -25,6 +26,7 @@ from tests.support.waiting import DEFAULT_TIMEOUT, wait_until
 Code = grpc.StatusCode
 MAX_BYTES = 4096
 _probes = itertools.count()
+_scenes = itertools.count()
 
 
 @dataclass
@@ -39,15 +41,22 @@ class Scene:
     http: httpx.AsyncClient
     stack: AsyncExitStack
 
+    def resolve(self, agent_id: str) -> str:
+        """The cases name "healthy" and "owned"; each test has its own agents of that role."""
+        return {"healthy": self.healthy.agent_id, "owned": self.owner.agent_id}.get(
+            agent_id, agent_id
+        )
+
     async def assert_healthy_unaffected(self) -> None:
         response = await self.healthy.heartbeat("IDLE")
         assert response.success is True
         result = await self.http.post(
-            "/api/agents/healthy/commands", json={"type": "ping", "content": "still-there"}
+            f"/api/agents/{self.healthy.agent_id}/commands",
+            json={"type": "ping", "content": "still-there"},
         )
         assert result.status_code == 200, result.text
         assert result.json()["output"] == "pong:still-there"
-        assert self.hub.hub.registry.is_online("healthy")
+        assert self.hub.hub.registry.is_online(self.healthy.agent_id)
         # The status stream is alive, and the failed call changed nobody's presence: the next
         # delta on it is the one of a probe agent registered now.
         probe = await self.stack.enter_async_context(
@@ -60,32 +69,45 @@ class Scene:
         assert not self.status.ended.is_set()
 
 
-async def answer_ping(command: reg_pb.Command) -> reg_pb.CommandResult:
-    return reg_pb.CommandResult(
-        command_id=command.command_id,
-        agent_id="healthy",
-        success=True,
-        output=f"pong:{command.content}",
-    )
+# One hub for the module (each test brings its own agents, broker and ids): starting a hub per
+# case would spend most of the suite's time on starting and stopping servers. Timeouts are long
+# so that agents of earlier tests never change presence during a later one.
+pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 
-@pytest.fixture
-async def scene() -> AsyncIterator[Scene]:
-    settings = test_settings(max_message_bytes=MAX_BYTES)
+@pytest_asyncio.fixture(loop_scope="module", scope="module")
+async def shared_hub() -> AsyncIterator[HubEndpoints]:
+    settings = test_settings(max_message_bytes=MAX_BYTES, agent_timeout=3600, stream_grace=3600)
+    async with running_hub(settings) as hub:
+        yield hub
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def scene(shared_hub: HubEndpoints) -> AsyncIterator[Scene]:
+    hub, n = shared_hub, next(_scenes)
+    target = hub.grpc_target
     async with AsyncExitStack() as stack:
-        hub = await stack.enter_async_context(running_hub(settings))
-        target = hub.grpc_target
-        healthy = await stack.enter_async_context(GrpcAgent(target, "healthy", session="h"))
+        healthy = await stack.enter_async_context(GrpcAgent(target, f"healthy-{n}", session="h"))
         await healthy.register("Healthy")
+
+        async def answer_ping(command: reg_pb.Command) -> reg_pb.CommandResult:
+            return reg_pb.CommandResult(
+                command_id=command.command_id,
+                agent_id=healthy.agent_id,
+                success=True,
+                output=f"pong:{command.content}",
+            )
+
         healthy.answer_commands(answer_ping)
-        owner = await stack.enter_async_context(GrpcAgent(target, "owned", session="owner"))
+        owned = f"owned-{n}"
+        owner = await stack.enter_async_context(GrpcAgent(target, owned, session="owner"))
         await owner.register("Owned")
-        intruder = await stack.enter_async_context(GrpcAgent(target, "owned", session="intruder"))
-        anonymous = await stack.enter_async_context(GrpcAgent(target, "owned"))
-        record = hub.hub.registry.get("healthy")
+        intruder = await stack.enter_async_context(GrpcAgent(target, owned, session="intruder"))
+        anonymous = await stack.enter_async_context(GrpcAgent(target, owned))
+        record = hub.hub.registry.get(healthy.agent_id)
         assert record is not None
         await wait_until(lambda: record.open_streams == 1, what="the healthy command stream")
-        broker = await stack.enter_async_context(GrpcBroker(target, "broker_watch"))
+        broker = await stack.enter_async_context(GrpcBroker(target, f"broker_watch_{n}"))
         status = broker.subscribe()
         assert (await status.next()).is_full_update is True
         http = await stack.enter_async_context(httpx.AsyncClient(base_url=hub.http_url, timeout=5))
@@ -130,7 +152,7 @@ def register(agent_id: str, **fields: Any) -> Case:
 def unregister(agent_id: str) -> Case:
     def call(scene: Scene) -> Any:
         return scene.healthy.stub.UnregisterAgent(
-            reg_pb.AgentUnregistrationRequest(agent_id=agent_id)
+            reg_pb.AgentUnregistrationRequest(agent_id=scene.resolve(agent_id))
         )
 
     return call
@@ -139,7 +161,7 @@ def unregister(agent_id: str) -> Case:
 def heartbeat(agent_id: str, **fields: Any) -> Case:
     def call(scene: Scene) -> Any:
         return scene.healthy.stub.SendHeartbeat(
-            reg_pb.HeartbeatRequest(agent_id=agent_id, **fields)
+            reg_pb.HeartbeatRequest(agent_id=scene.resolve(agent_id), **fields)
         )
 
     return call
@@ -147,7 +169,9 @@ def heartbeat(agent_id: str, **fields: Any) -> Case:
 
 def receive_commands(agent_id: str) -> Case:
     def call(scene: Scene) -> Any:
-        return scene.healthy.stub.ReceiveCommands(reg_pb.CommandStreamRequest(agent_id=agent_id))
+        return scene.healthy.stub.ReceiveCommands(
+            reg_pb.CommandStreamRequest(agent_id=scene.resolve(agent_id))
+        )
 
     return call
 
@@ -155,7 +179,9 @@ def receive_commands(agent_id: str) -> Case:
 def command_result(command_id: str, agent_id: str) -> Case:
     def call(scene: Scene) -> Any:
         return scene.healthy.stub.SendCommandResult(
-            reg_pb.CommandResult(command_id=command_id, agent_id=agent_id, success=True)
+            reg_pb.CommandResult(
+                command_id=command_id, agent_id=scene.resolve(agent_id), success=True
+            )
         )
 
     return call
@@ -164,7 +190,7 @@ def command_result(command_id: str, agent_id: str) -> Case:
 def receive_messages(agent_id: str, prefetch: int = 0) -> Case:
     def call(scene: Scene) -> Any:
         return scene.healthy.stub.ReceiveMessages(
-            reg_pb.MessageStreamRequest(agent_id=agent_id, prefetch=prefetch)
+            reg_pb.MessageStreamRequest(agent_id=scene.resolve(agent_id), prefetch=prefetch)
         )
 
     return call
@@ -173,7 +199,7 @@ def receive_messages(agent_id: str, prefetch: int = 0) -> Case:
 def ack(agent_id: str, message_id: str) -> Case:
     def call(scene: Scene) -> Any:
         return scene.healthy.stub.AckMessage(
-            reg_pb.MessageAck(agent_id=agent_id, message_id=message_id, handled=True)
+            reg_pb.MessageAck(agent_id=scene.resolve(agent_id), message_id=message_id, handled=True)
         )
 
     return call
@@ -182,7 +208,7 @@ def ack(agent_id: str, message_id: str) -> Case:
 def send_message(agent_id: str, envelope_json: str) -> Case:
     def call(scene: Scene) -> Any:
         return scene.healthy.stub.SendMessage(
-            reg_pb.ChatMessage(agent_id=agent_id, envelope_json=envelope_json),
+            reg_pb.ChatMessage(agent_id=scene.resolve(agent_id), envelope_json=envelope_json),
             metadata=scene.healthy.metadata,
         )
 
@@ -321,7 +347,7 @@ async def test_bad_call(scene: Scene, case: Case, code: grpc.StatusCode) -> None
 
 async def test_live_id_of_another_session_is_already_exists(scene: Scene) -> None:
     await expect_status(scene.intruder.register("Intruder"), Code.ALREADY_EXISTS)
-    record = scene.hub.hub.registry.get("owned")
+    record = scene.hub.hub.registry.get(scene.owner.agent_id)
     assert record is not None
     assert record.agent_name == "Owned"
     await scene.assert_healthy_unaffected()
@@ -381,7 +407,7 @@ async def test_other_session_may_not_act_for_a_live_agent(
         assert error.code() == Code.PERMISSION_DENIED
     else:
         await expect_status(pending, Code.PERMISSION_DENIED)
-    assert scene.hub.hub.registry.is_online("owned")
+    assert scene.hub.hub.registry.is_online(scene.owner.agent_id)
     await scene.assert_healthy_unaffected()
 
 
@@ -390,7 +416,9 @@ async def test_other_session_may_not_act_for_a_live_agent(
 
 async def test_ack_of_unknown_message_with_open_stream_is_not_found(scene: Scene) -> None:
     scene.healthy.open_messages()
-    await wait_until(lambda: scene.hub.hub.inboxes.get("healthy") is not None, what="the inbox")
+    await wait_until(
+        lambda: scene.hub.hub.inboxes.get(scene.healthy.agent_id) is not None, what="the inbox"
+    )
     await expect_status(scene.healthy.ack("never-sent"), Code.NOT_FOUND)
     await scene.assert_healthy_unaffected()
 
@@ -437,14 +465,17 @@ async def test_result_from_the_wrong_agent_is_not_found(scene: Scene) -> None:
 async def test_status_with_empty_broker_id_is_served(scene: Scene) -> None:
     response = await get_status("")(scene)
     assert response.is_full_update is True
-    assert {info.agent_id for info in response.agents} >= {"healthy", "owned"}
+    assert {info.agent_id for info in response.agents} >= {
+        scene.healthy.agent_id,
+        scene.owner.agent_id,
+    }
 
 
 async def test_heartbeat_status_is_case_insensitive(scene: Scene) -> None:
     response = await scene.healthy.heartbeat("busy")
     assert response.success is True
     delta = await scene.status.next()
-    assert [(i.agent_id, i.status) for i in delta.agents] == [("healthy", "busy")]
+    assert [(i.agent_id, i.status) for i in delta.agents] == [(scene.healthy.agent_id, "busy")]
     assert (await scene.healthy.heartbeat("IDLE")).success is True
     delta = await scene.status.next()
-    assert [(i.agent_id, i.status) for i in delta.agents] == [("healthy", "online")]
+    assert [(i.agent_id, i.status) for i in delta.agents] == [(scene.healthy.agent_id, "online")]

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+import pytest_asyncio
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
@@ -50,8 +51,13 @@ class Scene:
         assert self.healthy.non_presence(await self.healthy.barrier()) == []
 
 
-@pytest.fixture
-async def scene() -> AsyncIterator[Scene]:
+# One hub for the module (each test brings its own sockets): starting a hub per case would
+# spend most of the suite's time on starting and stopping servers.
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+
+@pytest_asyncio.fixture(loop_scope="module", scope="module")
+async def shared_hub() -> AsyncIterator[HubEndpoints]:
     # A rate limit high enough that the bursts of bad frames below are answered one by one
     # (rate limiting has tests of its own).
     settings = test_settings(
@@ -60,11 +66,20 @@ async def scene() -> AsyncIterator[Scene]:
         rate_limit_per_second=1000,
         rate_limit_burst=1000,
     )
+    async with running_hub(settings) as hub:
+        yield hub
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def scene(shared_hub: HubEndpoints) -> AsyncIterator[Scene]:
     async with AsyncExitStack() as stack:
-        hub = await stack.enter_async_context(running_hub(settings))
-        broker_in = await stack.enter_async_context(tap(hub.bus, BROKER_INPUT_QUEUE))
-        healthy = await stack.enter_async_context(await Frontend.registered(hub.ws_url, "Healthy"))
-        yield Scene(hub, broker_in, healthy, stack)
+        broker_in = await stack.enter_async_context(tap(shared_hub.bus, BROKER_INPUT_QUEUE))
+        healthy = await stack.enter_async_context(
+            await Frontend.registered(shared_hub.ws_url, "Healthy")
+        )
+        yield Scene(shared_hub, broker_in, healthy, stack)
+        # Nothing of this test is left on the broker's queue for the next one.
+        assert broker_in.pending() == []
 
 
 def assert_error(frame: dict[str, Any], code: str, in_reply_to: str | None = None) -> None:
