@@ -10,6 +10,7 @@ from agentcomm.bus.base import (
     Delivery,
     MessageHandler,
     QueueOptions,
+    Requeue,
     Subscription,
     Unroutable,
 )
@@ -22,6 +23,7 @@ __all__ = [
     "Delivery",
     "MessageHandler",
     "QueueOptions",
+    "Requeue",
     "Subscription",
     "Unroutable",
 ]

@@ -7,6 +7,10 @@ Exceptions:
     ├── BusClosed        the bus was closed by its owner; a programming error to use it after
     └── Unroutable       a mandatory publish found no queue to take the message
 
+    Requeue              raised by a handler: "not now" — the delivery goes back to the queue
+                         like any failure (and counts towards max_deliveries) but is logged
+                         as a plain line, not as an error with a traceback
+
 Delivery semantics, the same on every implementation:
 - `publish` returns only after the bus has taken responsibility for the message (publisher
   confirm on RabbitMQ); it raises instead of losing a message silently.
@@ -37,6 +41,10 @@ class BusClosed(BusError):
 
 class Unroutable(BusError):
     """A mandatory publish found no queue; the message was returned, not stored."""
+
+
+class Requeue(Exception):
+    """A handler's way to hand a delivery back without it being an error."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,6 +21,7 @@ from agentcomm.bus.base import (
     Delivery,
     MessageHandler,
     QueueOptions,
+    Requeue,
     Unroutable,
 )
 
@@ -256,6 +257,9 @@ class _MemorySubscription:
         )
         try:
             await self._handler(delivery)
+        except Requeue as reason:
+            log.info("Message %s on %s handed back: %s", stored.message_id, self.queue.name, reason)
+            await self._bus.requeue(self.queue, stored, self._max_deliveries)
         except Exception:
             log.exception("Handler failed for message %s on %s", stored.message_id, self.queue.name)
             await self._bus.requeue(self.queue, stored, self._max_deliveries)

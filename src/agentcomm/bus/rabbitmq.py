@@ -60,6 +60,7 @@ from agentcomm.bus.base import (
     Delivery,
     MessageHandler,
     QueueOptions,
+    Requeue,
     Unroutable,
 )
 
@@ -684,6 +685,16 @@ class _RabbitSubscription:
             # Not a failure of the message: give it back as it was, uncounted.
             await _settle(message.nack(requeue=True), message, self.queue_name)
             raise
+        except Requeue as reason:
+            log.info(
+                "Message %s on %s handed back (attempt %d of %d): %s",
+                message.message_id,
+                self.queue_name,
+                attempt,
+                self._max_deliveries,
+                reason,
+            )
+            await self._bus.retry_later(self.queue_name, message, attempt, self._max_deliveries)
         except Exception:
             log.exception(
                 "Handler failed for message %s on %s (attempt %d of %d)",

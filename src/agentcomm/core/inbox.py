@@ -11,14 +11,14 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
-from agentcomm.bus.base import Bus, Delivery, Subscription
+from agentcomm.bus.base import Bus, Delivery, Requeue, Subscription
 from agentcomm.bus.queues import agent_queue
 
 log = logging.getLogger(__name__)
 
 
-class InboxClosed(Exception):
-    """The agent's stream ended before it acknowledged the message."""
+class InboxClosed(Requeue):
+    """The agent's stream ended before it acknowledged the message: it goes back to the queue."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,14 +65,14 @@ class AgentInbox:
         self._closed = True
         for future in self._awaiting_ack.values():
             if not future.done():
-                future.set_exception(InboxClosed())
+                future.set_exception(InboxClosed("the agent's stream closed before its ack"))
         if self._subscription is not None:
             await self._subscription.cancel()
         self._outgoing.put_nowait(None)
 
     async def _hand_over(self, delivery: Delivery) -> None:
         if self._closed:
-            raise InboxClosed()
+            raise InboxClosed("the agent's stream is closed")
         message_id = delivery.message_id or f"delivery-{id(delivery)}"
         if message_id in self._awaiting_ack:
             # The same message again while the agent still works on it (an at-least-once
@@ -87,7 +87,7 @@ class AgentInbox:
         finally:
             self._awaiting_ack.pop(message_id, None)
         if not handled:
-            raise InboxClosed()
+            raise InboxClosed("the agent could not take it")
 
 
 class AgentInboxes:
