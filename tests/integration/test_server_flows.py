@@ -3,6 +3,7 @@ with real WebSocket and gRPC clients; the chat flow on both buses."""
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
@@ -370,3 +371,74 @@ async def test_full_agent_list_larger_than_max_message_bytes_still_reaches_broke
         assert len(full.agents) == 40
         assert full.ByteSize() > 2 * 1024
         assert len((await broker.get_status()).agents) == 40
+
+
+async def test_flow4_chat_turn_with_the_agent_on_grpc(hub: HubEndpoints) -> None:
+    """The same turn for an agent that takes its work over gRPC (ReceiveMessages / AckMessage /
+    SendMessage) instead of consuming its bus queue."""
+    async with AsyncExitStack() as stack:
+        agent = await stack.enter_async_context(GrpcAgent(hub.grpc_target, "agent-g", session="g"))
+        await agent.register("Agent G")
+        inbox = agent.open_messages(prefetch=4)
+        await wait_until(lambda: hub.hub.inboxes.get("agent-g") is not None, what="the inbox")
+        broker_in = await stack.enter_async_context(tap(hub.bus, BROKER_INPUT_QUEUE))
+        alice = await stack.enter_async_context(await Frontend.registered(hub.ws_url, "Alice"))
+
+        await alice.send_text("Hi G", message_id="mg-1")
+        to_broker = await broker_in.next()
+        await publish_json(hub.bus, SERVER_INPUT_QUEUE, routed(to_broker, "agent-g"))
+        work = await inbox.next()
+        assert (work.agent_id, work.message_id) == ("agent-g", "mg-1")
+        envelope = json.loads(work.envelope_json)
+        assert (envelope["message_type"], envelope["text_payload"]) == ("TEXT", "Hi G")
+        assert envelope["sender_id"] == alice.frontend_id
+        assert (await agent.ack("mg-1")).acknowledged is True
+
+        sent = await agent.send_message(
+            json.dumps(
+                {
+                    "message_type": "REPLY",
+                    "message_id": "rg-1",
+                    "sender_id": "someone-else",
+                    "receiver_id": alice.frontend_id,
+                    "in_reply_to_message_id": "mg-1",
+                    "text_payload": "Hello from G",
+                }
+            )
+        )
+        assert (sent.accepted, sent.message_id) == (True, "rg-1")
+        reply = await broker_in.next()
+        assert (reply["sender_id"], reply["routing_status"]) == ("agent-g", "pending")
+        await publish_json(hub.bus, SERVER_INPUT_QUEUE, routed(reply, alice.frontend_id))
+        statuses = [(await alice.next_chat())["routing_status"] for _ in range(3)]
+        assert statuses == ["pending", "routed", "delivered"]
+        answer = await alice.next_chat()
+        assert (answer["message_type"], answer["text_payload"]) == ("REPLY", "Hello from G")
+
+
+async def test_unacknowledged_work_comes_back_when_the_agent_reconnects(hub: HubEndpoints) -> None:
+    async with AsyncExitStack() as stack:
+        agent = await stack.enter_async_context(GrpcAgent(hub.grpc_target, "agent-r", session="r"))
+        await agent.register("Agent R")
+        inbox = agent.open_messages()
+        await wait_until(lambda: hub.hub.inboxes.get("agent-r") is not None, what="the inbox")
+        message = {
+            "message_type": "TEXT",
+            "message_id": "mr-1",
+            "sender_id": "web_" + "0" * 32,
+            "receiver_id": "agent-r",
+            "text_payload": "do it",
+            "routing_status": "routed",
+        }
+        await publish_json(hub.bus, SERVER_INPUT_QUEUE, message)
+        first = await inbox.next()
+        assert first.message_id == "mr-1"
+        # The agent dies before acknowledging: the message goes back to its queue ...
+        await agent.close_streams()
+        await wait_until(lambda: hub.hub.inboxes.get("agent-r") is None, what="the inbox to close")
+        # ... and comes again on its next stream.
+        again = agent.open_messages()
+        second = await again.next()
+        assert second.message_id == "mr-1"
+        assert json.loads(second.envelope_json)["text_payload"] == "do it"
+        assert (await agent.ack("mr-1")).acknowledged is True
