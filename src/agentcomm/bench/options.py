@@ -35,6 +35,8 @@ class BenchOptions:
     presence_losses: int = 20
     peer_in_flight: int = 64
     plots: bool = True
+    # Sample the measured processes with py-spy during the saturation phase.
+    profile: bool = False
     progress: bool = True
     out_dir: Path | None = None
     notes: list[str] = field(default_factory=list)

@@ -279,6 +279,20 @@ def rss_bytes(pid: int) -> int:
     raise BenchError(f"No VmRSS for process {pid}.")
 
 
+def find_process(command: str) -> int | None:
+    """The pid of a running process whose command name is `command` (e.g. RabbitMQ's
+    beam.smp), so its CPU time can be shown beside the harness's own processes."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if (entry / "comm").read_text().strip() == command:
+                return int(entry.name)
+        except OSError:
+            continue
+    return None
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time a process has used so far (Linux /proc)."""
     with open(f"/proc/{pid}/stat") as stat:

@@ -17,7 +17,8 @@ from agentcomm.bench.floor import HOPS, new_run_id
 from agentcomm.bench.frontends import Frontends
 from agentcomm.bench.loadgen import Measurement, Target, closed_loop, open_loop
 from agentcomm.bench.messages import mean_bus_size
-from agentcomm.bench.procs import Children
+from agentcomm.bench.procs import Children, find_process
+from agentcomm.bench.profiling import sampled
 from agentcomm.bench.stacks import (
     CpuWindow,
     FloorChain,
@@ -68,7 +69,14 @@ async def _closed(
     in_flight: int,
     seconds: float,
 ) -> tuple[Measurement, CpuWindow]:
-    async with context.progress.step(f"{label}: {in_flight} in flight", seconds):
+    profile = context.options.profile and in_flight > 1
+    folder = context.options.results_dir / "profiles"
+    async with (
+        context.progress.step(f"{label}: {in_flight} in flight", seconds),
+        contextlib.AsyncExitStack() as stack,
+    ):
+        if profile:
+            await stack.enter_async_context(sampled(processes, seconds, folder, label))
         with cpu_window(processes) as window:
             measurement = await closed_loop(target, in_flight, seconds)
     return measurement, window
@@ -150,6 +158,10 @@ async def run_rabbitmq(context: BenchContext) -> Result:
                 await frontends.open(max(options.in_flight, options.frontends))
                 await frontends.wait_until_answering(READY_TIMEOUT)
             me = {"loadgen": os.getpid()}
+            rabbitmq = find_process("beam.smp")
+            if rabbitmq is not None:
+                # All of RabbitMQ, whoever else uses it: read with the load average in mind.
+                me["rabbitmq"] = rabbitmq
             hub_processes = {**hub.processes, **me}
             floor_processes = {**floor.processes, **me}
             warmup = _warmup(options.duration)
