@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from collections.abc import Generator
 
 import uvicorn
@@ -32,6 +33,26 @@ class _EmbeddedUvicorn(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
         yield
+
+
+def bind_listener(host: str, port: int) -> socket.socket:
+    """A listening TCP socket for HTTP; raises OSError naming the address when it is taken."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        listener = socket.socket(family, kind, proto)
+    except OSError as exc:
+        raise OSError(f"Cannot listen for HTTP on {host}:{port}: {exc}") from None
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(address)
+        listener.listen(2048)
+    except OSError as exc:
+        listener.close()
+        raise OSError(f"Cannot listen for HTTP on {host}:{port}: {exc.strerror or exc}") from None
+    listener.setblocking(False)
+    return listener
 
 
 class RunningServer:
@@ -80,18 +101,20 @@ class RunningServer:
             ws_ping_timeout=20.0,
             timeout_graceful_shutdown=max(1, int(settings.shutdown_timeout / 2)),
         )
+        # Bound here, not by uvicorn: a taken port is then an OSError with a plain sentence
+        # rather than uvicorn's SystemExit from inside a task.
+        listener = bind_listener(settings.host, settings.port)
+        self.hub.http_port = listener.getsockname()[1]
         server = _EmbeddedUvicorn(config)
         self._uvicorn = server
-        self._serving = asyncio.create_task(server.serve(), name="uvicorn")
+        self._serving = asyncio.create_task(server.serve(sockets=[listener]), name="uvicorn")
         async with asyncio.timeout(30):
             while not server.started:
                 if self._serving.done():
-                    # uvicorn exits (SystemExit) when it cannot bind; say so plainly.
                     with contextlib.suppress(SystemExit):
                         await self._serving
-                    raise OSError(f"Cannot listen for HTTP on {settings.host}:{settings.port}.")
+                    raise OSError(f"HTTP server on {settings.host}:{settings.port} did not start.")
                 await asyncio.sleep(_STARTUP_POLL_SECONDS)
-        self.hub.http_port = server.servers[0].sockets[0].getsockname()[1]
 
     async def wait_closed(self) -> None:
         """Returns when uvicorn stops on its own (it should not, until stop())."""
