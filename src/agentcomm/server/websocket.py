@@ -162,8 +162,10 @@ class FrontendConnection:
 
     async def _receive(self, within: float | None = None) -> str | None:
         """The next text frame; None when the socket closed. Binary frames are refused."""
+        # One deadline for the whole wait: refused binary frames must not extend it.
+        deadline = None if within is None else asyncio.get_running_loop().time() + within
         while True:
-            async with asyncio.timeout(within):
+            async with asyncio.timeout_at(deadline):
                 event: MutableMapping[str, Any] = await self._websocket.receive()
             if event["type"] == "websocket.disconnect":
                 raise WebSocketDisconnect(event.get("code", CLOSE_NORMAL))
