@@ -4,6 +4,8 @@ broker, and a healthy frontend connected at the same time keeps getting its traf
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import itertools
 import json
 from collections.abc import AsyncIterator
@@ -383,3 +385,30 @@ async def test_origin_not_allowed_is_refused() -> None:
         async with Frontend(ws) as allowed:
             await allowed.register("Allowed")
             assert allowed.frontend_id is not None
+
+
+async def test_binary_frames_do_not_extend_the_registration_timeout() -> None:
+    timeout = 0.5
+    async with (
+        running_hub(test_settings(registration_timeout=timeout)) as hub,
+        await Frontend.connect(hub.ws_url) as stalling,
+    ):
+        started = asyncio.get_running_loop().time()
+
+        async def keep_sending_binary() -> None:
+            while True:
+                await stalling.send(b"\x00")
+                await asyncio.sleep(timeout / 3)  # the client's own pace
+
+        sender = asyncio.create_task(keep_sending_binary())
+        try:
+            code = await stalling.wait_closed(timeout=timeout * 6)
+        finally:
+            sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await sender
+        assert code == 1008
+        assert asyncio.get_running_loop().time() - started < timeout * 6
+        frames = stalling.take_buffered()
+        assert [f["error_code"] for f in frames][-1] == "not_registered"
+        assert {f["error_code"] for f in frames[:-1]} <= {"invalid_message"}
