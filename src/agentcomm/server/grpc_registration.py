@@ -17,8 +17,9 @@ from agentcomm.generated import agent_registration_service_pb2 as pb
 from agentcomm.generated import agent_registration_service_pb2_grpc as pb_grpc
 from agentcomm.protocol.codec import decode_envelope
 from agentcomm.protocol.errors import ProtocolError
-from agentcomm.protocol.ids import new_agent_id
+from agentcomm.protocol.ids import FRONTEND_PREFIX, is_frontend_id, new_agent_id
 from agentcomm.protocol.models import MAX_NAME_CHARS
+from agentcomm.protocol.vocabulary import SERVER_RECEIVER
 from agentcomm.server.grpc_context import (
     Context,
     abort_for,
@@ -53,6 +54,14 @@ class AgentRegistrationServicer(pb_grpc.AgentRegistrationServiceServicer):
         else:
             agent_id = new_agent_id()
         await require_id(context, agent_id, "agent_id")
+        if agent_id.lower() == SERVER_RECEIVER or is_frontend_id(agent_id):
+            # Routing reads these as "no receiver" or as a frontend: the agent would be listed
+            # online and never be reachable.
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"agent_id {agent_id!r} is reserved: 'server' and ids starting with "
+                f"'{FRONTEND_PREFIX}' name the server and frontends.",
+            )
         if len(request.agent_name) > MAX_NAME_CHARS:
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT,
