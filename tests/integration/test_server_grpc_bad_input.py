@@ -261,6 +261,11 @@ CASES: list[tuple[str, Case, grpc.StatusCode]] = [
         register("a1", capabilities={"": "v"}),
         Code.INVALID_ARGUMENT,
     ),
+    # Ids that routing reads as "no receiver" or as a frontend: such an agent would be listed
+    # online yet never reachable.
+    ("register-id-server", register("server"), Code.INVALID_ARGUMENT),
+    ("register-id-server-any-case", register("Server"), Code.INVALID_ARGUMENT),
+    ("register-id-frontend-prefix", register("web_" + "a" * 32), Code.INVALID_ARGUMENT),
     # UnregisterAgent
     ("unregister-empty-id", unregister(""), Code.INVALID_ARGUMENT),
     ("unregister-invalid-id", unregister("bad id"), Code.INVALID_ARGUMENT),
