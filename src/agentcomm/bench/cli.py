@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import shutil
+import signal
 import sys
 import tempfile
 from collections.abc import Awaitable, Callable
@@ -47,6 +50,31 @@ async def run_bench(settings: Settings, scenario: str, duration: float, as_json:
 
 
 async def run_with_options(settings: Settings, scenario: str, options: BenchOptions) -> int:
+    """Like run_bench; SIGTERM, like Ctrl+C, stops everything started before it returns."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    terminated = False
+
+    def on_terminate() -> None:
+        nonlocal terminated
+        terminated = True
+        if task is not None:
+            task.cancel()
+
+    with contextlib.suppress(NotImplementedError, RuntimeError):
+        loop.add_signal_handler(signal.SIGTERM, on_terminate)
+    try:
+        return await _run_scenarios(settings, scenario, options)
+    except asyncio.CancelledError:
+        if terminated:
+            return 143
+        raise
+    finally:
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.remove_signal_handler(signal.SIGTERM)
+
+
+async def _run_scenarios(settings: Settings, scenario: str, options: BenchOptions) -> int:
     available = scenarios()
     if scenario == "all":
         names = list(ORDER)
