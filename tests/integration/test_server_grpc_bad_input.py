@@ -468,7 +468,8 @@ async def test_result_from_the_wrong_agent_is_not_found(scene: Scene) -> None:
 
 
 async def test_status_with_empty_broker_id_is_served(scene: Scene) -> None:
-    response = await get_status("")(scene)
+    async with asyncio.timeout(DEFAULT_TIMEOUT):
+        response = await get_status("")(scene)
     assert response.is_full_update is True
     assert {info.agent_id for info in response.agents} >= {
         scene.healthy.agent_id,

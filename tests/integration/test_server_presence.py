@@ -83,4 +83,5 @@ async def test_agent_that_stops_heartbeating_goes_offline_after_agent_timeout() 
         assert [(a["agent_id"], a["is_online"]) for a in back["agents"]] == [("quiet", True)]
         pulse.cancel()
         with contextlib.suppress(asyncio.CancelledError):
-            await pulse
+            async with asyncio.timeout(5):
+                await pulse

@@ -17,9 +17,14 @@ from agentcomm.core.clock import ManualClock
 from agentcomm.core.presence import AgentRegistry
 from agentcomm.core.routing import ServerRouter
 from agentcomm.core.sessions import FrontendSessions
+from agentcomm.core.streams import ReplyStreams
 from agentcomm.protocol.errors import ProtocolError
 from agentcomm.protocol.models import Envelope
 from agentcomm.protocol.vocabulary import ErrorCode
+
+# Everything here runs on the in-process bus and completes at once; this bounds each test
+# should a wait ever hang.
+pytestmark = pytest.mark.timeout(10)
 
 SERVER_ID = "server_here"
 BROKER_INPUT = "broker_input_queue"
@@ -73,7 +78,12 @@ async def world() -> AsyncIterator[World]:
     sessions = FrontendSessions(clock, resume_window=60)
     answers = AnswerLedger(clock, delivery_timeout=300)
     router = ServerRouter(
-        server_id=SERVER_ID, bus=bus, registry=registry, sessions=sessions, answers=answers
+        server_id=SERVER_ID,
+        bus=bus,
+        registry=registry,
+        sessions=sessions,
+        answers=answers,
+        streams=ReplyStreams(clock),
     )
     alice_link, bob_link = Link(), Link()
     alice, _ = sessions.register(alice_link, "Alice", {})
