@@ -343,12 +343,6 @@ async def test_streamed_replies_arrive_in_order_and_complete(
         assert arrived[-1]["message_type"] == "REPLY"
 
 
-@pytest.mark.xfail(
-    reason="bug: with two competing brokers a reply's REPLY_CHUNKs are routed by either broker, "
-    "so they reach the frontend out of seq order, and a chunk that arrives after the final REPLY "
-    "is dropped by the server (core/routing.py ServerRouter._to_frontend): the stream has gaps",
-    strict=False,
-)
 async def test_streamed_replies_are_complete_with_two_brokers(chat: Chat) -> None:
     text_ids = [
         await chat.send_text(

@@ -16,6 +16,7 @@ from agentcomm.bus.queues import BROKER_INPUT_QUEUE, agent_queue, server_queue
 from agentcomm.core.answers import AnswerLedger
 from agentcomm.core.presence import AgentRegistry
 from agentcomm.core.sessions import FrontendSessions
+from agentcomm.core.streams import ReplyStreams
 from agentcomm.protocol.codec import encode_for_bus, encode_for_client
 from agentcomm.protocol.errors import ProtocolError
 from agentcomm.protocol.ids import is_frontend_id
@@ -49,6 +50,7 @@ class ServerRouter:
         registry: AgentRegistry,
         sessions: FrontendSessions,
         answers: AnswerLedger,
+        streams: ReplyStreams,
         publish_timeout: float = 5.0,
     ) -> None:
         self._server_id = server_id
@@ -56,6 +58,7 @@ class ServerRouter:
         self._registry = registry
         self._sessions = sessions
         self._answers = answers
+        self._streams = streams
         self._publish_timeout = publish_timeout
         # message_id -> set once the sender was told "pending".
         self._pending_echoed: dict[str, asyncio.Event] = {}
@@ -67,8 +70,15 @@ class ServerRouter:
 
     # -- from frontends ----------------------------------------------------------------------
 
-    async def accept_from_frontend(self, frontend_id: str, message: Envelope) -> None:
-        """A TEXT or CANCEL from a registered frontend. Raises ProtocolError on bad input."""
+    async def accept_from_frontend(
+        self, frontend_id: str, message: Envelope, *, received_at: float | None = None
+    ) -> None:
+        """A TEXT or CANCEL from a registered frontend. Raises ProtocolError on bad input.
+
+        `received_at` (event loop time) is when the frame arrived: the sender is answered
+        within the publish timeout of that moment, also when frames queued up behind others
+        while the bus was slow or down.
+        """
         if message.message_type is MessageType.TEXT:
             if not (message.text_payload or "").strip():
                 raise ProtocolError(
@@ -122,12 +132,19 @@ class ServerRouter:
             return
         echoed = asyncio.Event()
         self._pending_echoed[outgoing.message_id] = echoed
+        timeout = self._publish_timeout
+        if received_at is not None:
+            timeout += received_at - asyncio.get_running_loop().time()
         try:
+            if timeout <= 0:
+                raise BusUnavailable(
+                    "Earlier messages used up this one's time waiting for the bus."
+                )
             await self._bus.publish(
                 BROKER_INPUT_QUEUE,
                 encode_for_bus(outgoing),
                 message_id=outgoing.message_id,
-                timeout=self._publish_timeout,
+                timeout=timeout,
             )
         except BusError as exc:
             self._pending_echoed.pop(outgoing.message_id, None)
@@ -238,6 +255,22 @@ class ServerRouter:
         session = self._sessions.get(frontend_id)
         if session is None:
             await self._forward_to_owner(frontend_id, message)
+            return
+        if message.message_type in (MessageType.REPLY, MessageType.REPLY_CHUNK):
+            for ready in self._streams.accept(frontend_id, message):
+                self._send_to_session(frontend_id, ready)
+        else:
+            self._send_to_session(frontend_id, message)
+
+    def release_overdue_streams(self) -> None:
+        """Finals held for chunks that never came go out now, with what did come."""
+        for frontend_id, messages in self._streams.overdue():
+            for message in messages:
+                self._send_to_session(frontend_id, message)
+
+    def _send_to_session(self, frontend_id: str, message: Envelope) -> None:
+        session = self._sessions.get(frontend_id)
+        if session is None:
             return
         answered = message.in_reply_to_message_id
         if message.message_type is MessageType.REPLY_CHUNK:

@@ -22,6 +22,8 @@ MAX_MAP_ENTRIES = 64
 MAX_MAP_VALUE_CHARS = 1024
 
 INTERNAL_FIELDS = frozenset({"client_id", "server_id", "hops"})
+# On a final REPLY after a stream: how many REPLY_CHUNKs came before it.
+CHUNK_COUNT_KEY = "chunk_count"
 
 
 class WireModel(BaseModel):

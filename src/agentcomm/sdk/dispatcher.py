@@ -230,10 +230,11 @@ class Dispatcher:
     async def _produce(self, envelope: Envelope) -> None:
         result: Any = self.handler(Message.from_envelope(envelope))
         reply_id = new_message_id()
+        chunks = 0
         if inspect.isawaitable(result):
             text = await result
         elif isinstance(result, AsyncIterator):
-            text = await self._stream(envelope, reply_id, result)
+            text, chunks = await self._stream(envelope, reply_id, result)
         else:
             raise TypeError(
                 "The message handler must be an async function or an async generator; "
@@ -241,9 +242,12 @@ class Dispatcher:
             )
         if not isinstance(text, str):
             raise TypeError(f"The message handler returned {type(text).__name__}, not str.")
-        await self._send(envelopes.reply(envelope, self.agent_id, text, reply_id))
+        await self._send(envelopes.reply(envelope, self.agent_id, text, reply_id, chunks=chunks))
 
-    async def _stream(self, envelope: Envelope, reply_id: str, parts: AsyncIterator[Any]) -> str:
+    async def _stream(
+        self, envelope: Envelope, reply_id: str, parts: AsyncIterator[Any]
+    ) -> tuple[str, int]:
+        """Sends each part as a REPLY_CHUNK; returns the whole text and how many chunks."""
         sent: list[str] = []
         try:
             async for delta in parts:
@@ -260,7 +264,7 @@ class Dispatcher:
             close = getattr(parts, "aclose", None)
             if close is not None:
                 await close()
-        return "".join(sent)
+        return "".join(sent), len(sent)
 
     def _handle_cancel(self, envelope: Envelope) -> None:
         target = envelope.in_reply_to_message_id

@@ -6,6 +6,7 @@ from typing import Any
 
 from agentcomm.protocol import Envelope, ErrorCode, MessageType, RoutingStatus
 from agentcomm.protocol.ids import new_message_id
+from agentcomm.protocol.models import CHUNK_COUNT_KEY
 from agentcomm.protocol.timestamps import utc_now_iso
 
 
@@ -30,10 +31,24 @@ def _answer(
     )
 
 
-def reply(incoming: Envelope, agent_id: str, text: str, message_id: str | None = None) -> Envelope:
-    """The final REPLY; after a stream it reuses the chunks' message_id and has the whole text."""
+def reply(
+    incoming: Envelope,
+    agent_id: str,
+    text: str,
+    message_id: str | None = None,
+    *,
+    chunks: int = 0,
+) -> Envelope:
+    """The final REPLY; after a stream it reuses the chunks' message_id, has the whole text and
+    says how many chunks came before it (metadata `chunk_count`), so that the server can hold
+    it until every chunk has reached the frontend."""
     return _answer(
-        incoming, agent_id, MessageType.REPLY, message_id or new_message_id(), text_payload=text
+        incoming,
+        agent_id,
+        MessageType.REPLY,
+        message_id or new_message_id(),
+        text_payload=text,
+        metadata={CHUNK_COUNT_KEY: str(chunks)} if chunks else None,
     )
 
 

@@ -33,6 +33,7 @@ from agentcomm.core.inbox import AgentInboxes
 from agentcomm.core.presence import AgentRegistry
 from agentcomm.core.routing import ServerRouter
 from agentcomm.core.sessions import FrontendSessions
+from agentcomm.core.streams import ReplyStreams
 from agentcomm.protocol.codec import encode_for_client
 from agentcomm.protocol.ids import new_server_id
 from agentcomm.protocol.models import AgentInfo, AgentStatusUpdate
@@ -70,6 +71,7 @@ class Hub:
             registry=self.registry,
             sessions=self.sessions,
             answers=self.answers,
+            streams=ReplyStreams(self.clock),
         )
         self.commands = CommandCenter(self.registry)
         self.inboxes = AgentInboxes(bus)
@@ -227,6 +229,7 @@ class Hub:
     async def _sweep(self) -> None:
         self.registry.sweep()
         self.sessions.expire()
+        self.router.release_overdue_streams()
         await self.router.answer_abandoned()
 
     def _sweep_interval(self) -> float:
