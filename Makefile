@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test check proto proto-check bench clean
+.PHONY: install run test check proto proto-check bench screenshots clean
 
 install: $(STAMP)
 
@@ -43,6 +43,10 @@ proto-check: install
 
 bench: install
 	$(BIN)/agentcomm bench all
+
+## Regenerates docs/screenshots/*.png from the real page (needs Debian's chromium).
+screenshots: install
+	$(BIN)/python scripts/screenshots.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
