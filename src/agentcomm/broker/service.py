@@ -34,10 +34,10 @@ log = logging.getLogger(__name__)
 
 # gRPC's own reconnect backoff grows to two minutes by default; a broker should notice a
 # restarted server within seconds, as its own retry loop (presence.py) expects.
-_CHANNEL_OPTIONS = [
+_CHANNEL_OPTIONS = (
     ("grpc.initial_reconnect_backoff_ms", 200),
     ("grpc.max_reconnect_backoff_ms", 5000),
-]
+)
 
 
 class BrokerStartError(Exception):

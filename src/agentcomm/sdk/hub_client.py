@@ -48,10 +48,10 @@ _UNAVAILABLE_CODES = frozenset(
 
 # gRPC's own reconnect backoff grows to two minutes by default; an agent should find a restarted
 # server within seconds, as its own retry loop expects.
-_CHANNEL_OPTIONS = [
+_CHANNEL_OPTIONS = (
     ("grpc.initial_reconnect_backoff_ms", 200),
     ("grpc.max_reconnect_backoff_ms", 5000),
-]
+)
 
 
 class HubRefused(AgentError):
