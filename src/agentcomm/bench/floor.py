@@ -37,6 +37,7 @@ from agentcomm.bench.loadgen import ROUNDTRIP_TIMEOUT
 
 HOPS = 5
 URL_VARIABLE = "FLOOR_AMQP_URL"
+SERIAL_VARIABLE = "FLOOR_SERIAL"
 CONTENT_TYPE = "application/json"
 # Where each relay runs: the hub process that makes the same hop.
 RELAY_PLACEMENT: dict[str, tuple[tuple[int, int], ...]] = {
@@ -63,7 +64,9 @@ def _message(body: bytes, message_id: str | None) -> aio_pika.Message:
     )
 
 
-async def _relay(url: str, prefetch: int, pairs: Sequence[tuple[str, str]]) -> None:
+async def _relay(
+    url: str, prefetch: int, pairs: Sequence[tuple[str, str]], *, serial: bool = False
+) -> None:
     connection = await aio_pika.connect_robust(url, client_properties={"connection_name": "floor"})
     try:
         publish_channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
@@ -73,11 +76,23 @@ async def _relay(url: str, prefetch: int, pairs: Sequence[tuple[str, str]]) -> N
             await channel.set_qos(prefetch_count=prefetch)
             queue = await channel.declare_queue(source, durable=True)
 
-            async def handle(message: AbstractIncomingMessage, target: str = target) -> None:
-                await exchange.publish(
-                    _message(message.body, message.message_id), routing_key=target, mandatory=True
-                )
-                await message.ack()
+            # Serial (a diagnostic variant): one delivery at a time per queue, the next only
+            # after the last one's publish was confirmed — as the hub's ordered consumers do.
+            # The lock is fair and deliveries arrive in order, so order is kept.
+            turn = asyncio.Lock() if serial else contextlib.nullcontext()
+
+            async def handle(
+                message: AbstractIncomingMessage,
+                target: str = target,
+                turn: contextlib.AbstractAsyncContextManager[object] = turn,
+            ) -> None:
+                async with turn:
+                    await exchange.publish(
+                        _message(message.body, message.message_id),
+                        routing_key=target,
+                        mandatory=True,
+                    )
+                    await message.ack()
 
             await queue.consume(handle)
         print('{"ready": true}', flush=True)
@@ -103,6 +118,7 @@ class FloorOrigin:
         self.slots = 1
         self._connection: AbstractRobustConnection | None = None
         self._publish: AbstractChannel | None = None
+        self._consume: AbstractChannel | None = None
         self._waiting: dict[str, asyncio.Future[None]] = {}
         self._ids = itertools.count()
         self._prefix = f"f{uuid.uuid4().hex[:6]}-"
@@ -124,6 +140,7 @@ class FloorOrigin:
             publisher_confirms=True, on_return_raises=True
         )
         consume = await self._connection.channel()
+        self._consume = consume
         await consume.set_qos(prefetch_count=self.prefetch)
         queue = await consume.declare_queue(self.queues[-1], durable=True)
         await queue.consume(self._arrived)
@@ -161,6 +178,9 @@ class FloorOrigin:
             return
         try:
             async with asyncio.timeout(10):
+                if self._consume is not None:
+                    # Stop consuming first: deleting a queue under its consumer is noisy.
+                    await self._consume.close()
                 if delete:
                     channel = await connection.channel()
                     for name in self.queues:
@@ -181,7 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     prefetch = int(args[0])
     pairs = [(source, target) for source, _, target in (pair.partition(">") for pair in args[1:])]
-    asyncio.run(_relay(url, prefetch, pairs))
+    asyncio.run(_relay(url, prefetch, pairs, serial=os.environ.get(SERIAL_VARIABLE) == "1"))
     return 0
 
 

@@ -37,6 +37,9 @@ class BenchOptions:
     plots: bool = True
     # Sample the measured processes with py-spy during the saturation phase.
     profile: bool = False
+    # Also measure a floor whose relays handle one delivery at a time (as the hub's ordered
+    # consumers do), to tell the cost of ordering from the cost of the hub's Python work.
+    serial_floor: bool = False
     progress: bool = True
     out_dir: Path | None = None
     notes: list[str] = field(default_factory=list)

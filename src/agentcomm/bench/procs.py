@@ -279,15 +279,19 @@ def rss_bytes(pid: int) -> int:
     raise BenchError(f"No VmRSS for process {pid}.")
 
 
-def find_process(command: str) -> int | None:
-    """The pid of a running process whose command name is `command` (e.g. RabbitMQ's
-    beam.smp), so its CPU time can be shown beside the harness's own processes."""
+def find_process(command: str, *, without: str = "") -> int | None:
+    """The pid of a running process whose command name is `command` and whose command line
+    does not contain `without` (RabbitMQ's beam.smp, not rabbitmqctl's), so that its CPU time
+    can be shown beside the harness's own processes."""
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            if (entry / "comm").read_text().strip() == command:
-                return int(entry.name)
+            if (entry / "comm").read_text().strip() != command:
+                continue
+            if without and without.encode() in (entry / "cmdline").read_bytes():
+                continue
+            return int(entry.name)
         except OSError:
             continue
     return None

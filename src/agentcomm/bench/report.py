@@ -85,6 +85,16 @@ def format_result(result: Result) -> str:
         lines.append(_table(headers, _roundtrip_rows(result)))
         if result.get("ratio_to_floor") is not None:
             lines.append(f"ratio to floor: {_fmt(result['ratio_to_floor'])}")
+        if result.get("floor_serial_roundtrips_per_s") is not None:
+            lines.append(
+                "floor with one delivery at a time per queue: "
+                f"{_fmt(result['floor_serial_roundtrips_per_s'], '/s')}"
+            )
+        if result.get("ratio_to_peer") is not None:
+            lines.append(
+                f"ratio to peer: {_fmt(result['ratio_to_peer'])} "
+                f"(peer {_fmt(result.get('peer_roundtrips_per_s'), '/s')})"
+            )
         cpu = result.get("cpu", {})
         for side, data in cpu.items():
             per = data.get("ms_per_roundtrip", {})

@@ -17,7 +17,13 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from agentcomm.bench.floor import RELAY_PLACEMENT, URL_VARIABLE, FloorOrigin, floor_queues
+from agentcomm.bench.floor import (
+    RELAY_PLACEMENT,
+    SERIAL_VARIABLE,
+    URL_VARIABLE,
+    FloorOrigin,
+    floor_queues,
+)
 from agentcomm.bench.procs import (
     BenchError,
     Child,
@@ -191,9 +197,19 @@ class MemoryHub:
 class FloorChain:
     """The floor's relays (three processes) and its origin (a load-generation target)."""
 
-    def __init__(self, settings: Settings, children: Children, body_size: int, run_id: str):
+    def __init__(
+        self,
+        settings: Settings,
+        children: Children,
+        body_size: int,
+        run_id: str,
+        *,
+        serial: bool = False,
+    ) -> None:
         self.settings = settings
         self.children = children
+        self.serial = serial
+        self.prefix = "floor-serial" if serial else "floor"
         self.queues = floor_queues(run_id)
         self.prefetch = settings.rabbitmq_prefetch
         self.origin = FloorOrigin(settings.rabbitmq_url, self.queues, body_size, self.prefetch)
@@ -203,8 +219,10 @@ class FloorChain:
         await self.origin.declare()
         env = _child_settings(self.settings)
         env[URL_VARIABLE] = self.settings.rabbitmq_url
+        env[SERIAL_VARIABLE] = "1" if self.serial else "0"
         relays: list[Child] = []
-        for name, hops in RELAY_PLACEMENT.items():
+        for role, hops in RELAY_PLACEMENT.items():
+            name = role.replace("floor", self.prefix, 1)
             pairs = [f"{self.queues[a - 1]}>{self.queues[b - 1]}" for a, b in hops]
             relays.append(
                 await self.children.start_module(

@@ -158,7 +158,7 @@ async def run_rabbitmq(context: BenchContext) -> Result:
                 await frontends.open(max(options.in_flight, options.frontends))
                 await frontends.wait_until_answering(READY_TIMEOUT)
             me = {"loadgen": os.getpid()}
-            rabbitmq = find_process("beam.smp")
+            rabbitmq = find_process("beam.smp", without="escript")
             if rabbitmq is not None:
                 # All of RabbitMQ, whoever else uses it: read with the load average in mind.
                 me["rabbitmq"] = rabbitmq
@@ -176,6 +176,27 @@ async def run_rabbitmq(context: BenchContext) -> Result:
                 context, "hub", frontends, hub_processes, options.in_flight, options.duration
             )
             _headline(result, hub_sat, floor_sat)
+            if options.serial_floor:
+                serial = FloorChain(settings, children, body_size, new_run_id(), serial=True)
+                try:
+                    await serial.start()
+                    serial_processes = {**serial.processes, **me}
+                    await closed_loop(serial.origin, options.in_flight, warmup)
+                    serial_sat, serial_cpu = await _closed(
+                        context,
+                        "floor-serial",
+                        serial.origin,
+                        serial_processes,
+                        options.in_flight,
+                        options.duration,
+                    )
+                finally:
+                    await serial.close()
+                result["floor_serial_roundtrips_per_s"] = rounded(serial_sat.per_s, 1)
+                result["floor_serial"] = {
+                    "saturation": summary(serial_sat),
+                    "cpu": cpu_summary(serial_cpu, serial_sat.completed),
+                }
             floor_one, _ = await _closed(
                 context, "floor", floor.origin, floor_processes, 1, one_seconds
             )
