@@ -24,6 +24,7 @@ from tests.support.bus import (
     tap,
 )
 from tests.support.frontend import Frontend, of_type
+from tests.support.waiting import wait_until
 
 
 @dataclass
@@ -274,6 +275,11 @@ async def test_reply_waits_for_a_frontend_that_resumes(scene: Scene) -> None:
     registration = scene.bob.registration
     assert registration is not None
     await scene.bob.close()
+    # Frames written before the server noticed the close are lost with the socket; what is
+    # kept for a resume is what comes after.
+    session = scene.hub.hub.sessions.get(scene.bob_id)
+    assert session is not None
+    await wait_until(lambda: session.link is None, what="the server to notice the close")
     await publish_json(
         scene.bus,
         SERVER_INPUT_QUEUE,
