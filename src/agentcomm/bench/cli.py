@@ -21,6 +21,8 @@ from agentcomm.config import Settings
 
 Scenario = Callable[[BenchContext], Awaitable[Result]]
 
+log = logging.getLogger(__name__)
+
 # `all` runs them in this order; peer before roundtrip-memory so that the latter can be
 # compared with it.
 ORDER = ("roundtrip", "peer", "roundtrip-memory", "fanout", "idle", "presence")
@@ -108,6 +110,12 @@ async def _run_scenarios(settings: Settings, scenario: str, options: BenchOption
             except BenchError as exc:
                 failed = True
                 result = {"scenario": name, "error": str(exc)}
+            except Exception as exc:
+                # One broken scenario must not cost the others (`all`); the trace goes to
+                # stderr, the result says that it failed.
+                log.exception("Scenario %s failed", name)
+                failed = True
+                result = {"scenario": name, "error": f"{type(exc).__name__}: {exc}"}
             if name == "roundtrip-memory" and "peer" in results:
                 _compare_with_peer(result, results["peer"])
             results[name] = result
@@ -116,7 +124,9 @@ async def _run_scenarios(settings: Settings, scenario: str, options: BenchOption
                 print(json_line(result), flush=True)
             else:
                 print(format_result(result) + "\n", flush=True)
-        _save(options, results, progress)
+            _save(options, {name: result}, progress, plots=False)
+        if options.plots:
+            _save(options, results, progress, plots=True)
     finally:
         if failed:
             progress.note(f"logs of the processes: {log_dir}")
@@ -141,11 +151,13 @@ def _compare_with_peer(result: Result, peer: Result) -> None:
     targets["ratio_to_peer>=1.2"] = None if r is None else r >= 1.2
 
 
-def _save(options: BenchOptions, results: dict[str, Result], progress: Progress) -> None:
-    from agentcomm.bench.output import save_results
+def _save(
+    options: BenchOptions, results: dict[str, Result], progress: Progress, *, plots: bool
+) -> None:
+    from agentcomm.bench.output import save_plots, save_results
 
     try:
-        written = save_results(options, results)
+        written = save_plots(options, results) if plots else save_results(options, results)
     except OSError as exc:
         progress.note(f"could not save results: {exc}")
         return

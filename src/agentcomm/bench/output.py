@@ -27,8 +27,10 @@ def save_results(options: BenchOptions, results: dict[str, Result]) -> list[Path
         path = folder / f"{name}.json"
         path.write_text(json_line(result) + "\n")
         written.append(path)
-    if options.plots:
-        from agentcomm.bench.plots import plot_results
-
-        written.extend(plot_results(results, plots_dir(options)))
     return written
+
+
+def save_plots(options: BenchOptions, results: dict[str, Result]) -> list[Path]:
+    from agentcomm.bench.plots import plot_results
+
+    return plot_results(results, plots_dir(options))

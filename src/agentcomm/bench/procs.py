@@ -60,6 +60,9 @@ def settings_env(settings: Settings, **overrides: Any) -> dict[str, str]:
     return env
 
 
+STDOUT_LINE_LIMIT = 64 * 2**20
+
+
 class Child:
     """One started process."""
 
@@ -161,7 +164,7 @@ class Child:
                     async with asyncio.timeout(5):
                         await self.process.wait()
         self._reader.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
+        with contextlib.suppress(asyncio.CancelledError, ValueError, OSError):
             await self._reader
         return self.process.returncode
 
@@ -192,6 +195,8 @@ class Children:
                 env=dict(env) if env is not None else None,
                 cwd=cwd,
                 start_new_session=True,
+                # A result line (every latency of a phase) can be megabytes long.
+                limit=STDOUT_LINE_LIMIT,
             )
         child = Child(name, process, log_path)
         self._children.append(child)
