@@ -44,6 +44,10 @@ CLOSE_RESTARTING = 1012
 CLOSE_TOO_SLOW = 4008
 CLOSE_RATE_LIMITED = 4029
 
+# Frames read from a socket but not handled yet; when it is full, reading waits (and so, through
+# TCP, does the client).
+INBOUND_QUEUE_FRAMES = 256
+
 
 class SocketLink:
     """The sending half of one socket, as the core sees it (a FrontendLink)."""
@@ -268,44 +272,77 @@ class FrontendConnection:
             self._hub.clock, rate=settings.rate_limit_per_second, burst=settings.rate_limit_burst
         )
         refused_in_a_row = 0
-        while self._link.close_code is None:
-            raw = await self._receive()
-            if raw is None:
-                continue
-            if not bucket.take():
-                # Told once per refused frame; a client that keeps flooding is cut off.
-                refused_in_a_row += 1
-                if refused_in_a_row > settings.rate_limit_burst:
-                    log.warning("Closing frontend %s: it keeps flooding", frontend_id)
-                    self._link.close(CLOSE_RATE_LIMITED)
-                    return
-                self._hub.metrics.errors.labels(ErrorCode.RATE_LIMITED.value).inc()
-                self._link.send_frame(
-                    error_frame(
-                        ErrorCode.RATE_LIMITED,
-                        f"Too many frames: at most {settings.rate_limit_per_second:g} per second. "
-                        "This frame was dropped.",
-                        _message_id_of(raw),
-                        receiver_id=frontend_id,
-                    )
-                )
-                continue
-            refused_in_a_row = 0
+        # Frames are handled in order by their own task, so that reading goes on while one
+        # waits for the bus: each is then answered within its deadline from arrival, not
+        # after those queued before it have each used up theirs.
+        inbound: asyncio.Queue[tuple[float, str] | None] = asyncio.Queue(INBOUND_QUEUE_FRAMES)
+        handler = asyncio.create_task(self._handle_frames(frontend_id, inbound), name="ws-handler")
+        try:
+            while self._link.close_code is None:
+                raw = await self._receive()
+                if raw is None:
+                    continue
+                if not bucket.take():
+                    # Told once per refused frame; a client that keeps flooding is cut off.
+                    refused_in_a_row += 1
+                    if refused_in_a_row > settings.rate_limit_burst:
+                        log.warning("Closing frontend %s: it keeps flooding", frontend_id)
+                        self._link.close(CLOSE_RATE_LIMITED)
+                        return
+                    self._refuse_flood(frontend_id, raw)
+                    continue
+                refused_in_a_row = 0
+                await inbound.put((asyncio.get_running_loop().time(), raw))
+        except WebSocketDisconnect:
+            # From now on what is addressed to the frontend waits for its resume; what it sent
+            # before it left is still handled.
+            self._hub.sessions.detach(frontend_id, self._link)
+            await inbound.put(None)
+            await handler
+            raise
+        finally:
+            handler.cancel()
+            await asyncio.gather(handler, return_exceptions=True)
+
+    def _refuse_flood(self, frontend_id: str, raw: str) -> None:
+        settings = self._hub.settings
+        self._hub.metrics.errors.labels(ErrorCode.RATE_LIMITED.value).inc()
+        self._link.send_frame(
+            error_frame(
+                ErrorCode.RATE_LIMITED,
+                f"Too many frames: at most {settings.rate_limit_per_second:g} per second. "
+                "This frame was dropped.",
+                _message_id_of(raw),
+                receiver_id=frontend_id,
+            )
+        )
+
+    async def _handle_frames(
+        self, frontend_id: str, inbound: asyncio.Queue[tuple[float, str] | None]
+    ) -> None:
+        while (item := await inbound.get()) is not None:
+            received_at, raw = item
             try:
-                await self._handle(frontend_id, raw)
+                await self._handle(frontend_id, raw, received_at)
             except ProtocolError as exc:
                 log.info("Bad frame from %s: %s", frontend_id, exc.text)
                 self._hub.metrics.errors.labels(exc.code.value).inc()
                 self._link.send_frame(
                     error_frame(exc.code, exc.text, exc.in_reply_to, receiver_id=frontend_id)
                 )
+            except Exception:
+                log.exception("Frontend connection failed")
+                self._link.close(CLOSE_INTERNAL)
+                return
 
-    async def _handle(self, frontend_id: str, raw: str) -> None:
+    async def _handle(self, frontend_id: str, raw: str, received_at: float) -> None:
         data = parse_json_object(raw)
         message_type = message_type_of(data)
         if message_type in (MessageType.TEXT, MessageType.CANCEL):
             message = validate_model(Envelope, data)
-            await self._hub.router.accept_from_frontend(frontend_id, message)
+            await self._hub.router.accept_from_frontend(
+                frontend_id, message, received_at=received_at
+            )
         elif message_type is MessageType.REQUEST_AGENT_STATUS:
             validate_model(Envelope, data)  # a bad message_id is refused like on any frame
             hub = self._hub
