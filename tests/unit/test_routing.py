@@ -218,6 +218,68 @@ async def test_bus_down_tells_the_sender_and_allows_a_retry(
     assert statuses(world.alice_link.take()) == [("TEXT", "pending", None)]
 
 
+def late_reply(world: World, message_id: str, reply_id: str) -> Envelope:
+    return envelope(
+        message_type="REPLY",
+        message_id=reply_id,
+        sender_id="agent-1",
+        receiver_id=world.alice,
+        text_payload="late",
+        in_reply_to_message_id=message_id,
+        routing_status="routed",
+        _client_id=world.alice,
+        _server_id=SERVER_ID,
+    )
+
+
+async def refuse(world: World, monkeypatch: pytest.MonkeyPatch, message_id: str) -> None:
+    """The bus takes the TEXT but its confirm is lost: the sender is told it was not sent."""
+
+    async def confirm_lost(*args: Any, **kwargs: Any) -> None:
+        raise BusUnavailable("no confirm")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(world.bus, "publish", confirm_lost)
+        await world.router.accept_from_frontend(world.alice, text(message_id=message_id))
+    assert statuses(world.alice_link.take()) == [
+        ("TEXT", "error", "bus_unavailable"),
+        ("ERROR", "error", "bus_unavailable"),
+    ]
+
+
+async def test_an_answer_to_a_refused_text_is_held_back_until_it_is_sent_again(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await refuse(world, monkeypatch, "m1")
+    # The bus had it after all: it is routed and answered, but the sender was told otherwise.
+    await world.agent("agent-1")
+    routed = text(
+        message_id="m1", sender_id=world.alice, receiver_id="agent-1", routing_status="routed"
+    )
+    await world.router.handle_broker_output(routed)
+    await world.router.handle_broker_output(late_reply(world, "m1", "r-late"))
+    assert world.alice_link.take() == []
+    # Sent again, it is answered with what came, and not handed to the broker twice.
+    await world.router.accept_from_frontend(world.alice, text(message_id="m1"))
+    frames = world.alice_link.take()
+    assert statuses(frames) == [("TEXT", "pending", None), ("REPLY", "routed", None)]
+    assert frames[1]["message_id"] == "r-late"
+    assert await world.queue(BROKER_INPUT) == []
+
+
+async def test_a_refused_text_sent_again_gets_one_answer_whichever_copy_answers(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await refuse(world, monkeypatch, "m1")
+    await world.router.accept_from_frontend(world.alice, text(message_id="m1"))
+    assert len(await world.queue(BROKER_INPUT)) == 1
+    assert statuses(world.alice_link.take()) == [("TEXT", "pending", None)]
+    await world.router.handle_broker_output(late_reply(world, "m1", "r-first-copy"))
+    await world.router.handle_broker_output(late_reply(world, "m1", "r-second-copy"))
+    [reply] = world.alice_link.take()
+    assert reply["message_id"] == "r-first-copy"
+
+
 # -- from agents ----------------------------------------------------------------------------------
 
 

@@ -6,6 +6,11 @@ agent answered twice) is dropped. When an agent goes offline and does not come b
 DELIVERY_TIMEOUT, each of its unanswered messages is answered for it with `ERROR agent_offline`,
 so no sender waits in silence; if the agent answers later after all, that late answer is the
 second one and is dropped.
+
+A TEXT refused with `ERROR bus_unavailable` was not accepted, but when the bus lost only the
+confirm it may hold the message after all, and its answer would be a second final. Such an
+answer is held back instead: dropped if the frontend never sends the message again, handed over
+as the answer when it re-sends it (with the same message_id).
 """
 
 from __future__ import annotations
@@ -15,11 +20,14 @@ from dataclasses import dataclass
 
 from agentcomm.core.clock import Clock
 from agentcomm.protocol.models import Envelope
+from agentcomm.protocol.vocabulary import MessageType
 
 # Answered message ids remembered to drop late duplicates; bounded so memory stays flat.
 ANSWERED_MEMORY = 100_000
 # Frontend message ids remembered to drop re-sent copies (a browser retrying after a drop).
 ACCEPTED_MEMORY = 100_000
+# Refused TEXTs remembered to hold back a late answer to them.
+REFUSED_MEMORY = 10_000
 
 
 @dataclass
@@ -36,6 +44,8 @@ class AnswerLedger:
         self._outstanding: dict[str, Outstanding] = {}
         self._answered: OrderedDict[str, None] = OrderedDict()
         self._accepted: OrderedDict[tuple[str, str], None] = OrderedDict()
+        # (frontend_id, message_id) of refused TEXTs -> the answer that came for one anyway.
+        self._refused: OrderedDict[tuple[str, str], Envelope | None] = OrderedDict()
 
     # -- frontend re-sends -------------------------------------------------------------------
 
@@ -52,6 +62,35 @@ class AnswerLedger:
     def forget_accepted(self, frontend_id: str, message_id: str) -> None:
         """The message never made it onto the bus: a retry with the same id is welcome."""
         self._accepted.pop((frontend_id, message_id), None)
+
+    def refused(self, frontend_id: str, message_id: str) -> None:
+        """The sender was told the TEXT was not sent: a retry with the same id is welcome, and
+        an answer to this copy (if the bus stored it after all) is held back."""
+        self.forget_accepted(frontend_id, message_id)
+        key = (frontend_id, message_id)
+        self._refused[key] = None
+        self._refused.move_to_end(key)
+        if len(self._refused) > REFUSED_MEMORY:
+            self._refused.popitem(last=False)
+
+    def is_refused(self, frontend_id: str, message_id: str) -> bool:
+        return (frontend_id, message_id) in self._refused
+
+    def hold_if_refused(self, frontend_id: str, message: Envelope) -> bool:
+        """True when `message` answers a refused TEXT of `frontend_id` and must not reach it
+        now: a final answer is kept for a re-send, chunks are dropped."""
+        key = (frontend_id, message.in_reply_to_message_id or "")
+        if key not in self._refused:
+            return False
+        final = message.message_type in (MessageType.REPLY, MessageType.ERROR)
+        if final and self._refused[key] is None:
+            self._refused[key] = message
+        return True
+
+    def resent_after_refusal(self, frontend_id: str, message_id: str) -> Envelope | None:
+        """The frontend sends a refused TEXT again: the refusal is over. Returns the answer that
+        came for the refused copy meanwhile, if one did."""
+        return self._refused.pop((frontend_id, message_id), None)
 
     # -- outstanding work --------------------------------------------------------------------
 

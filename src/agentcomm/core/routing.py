@@ -130,6 +130,13 @@ class ServerRouter:
             if not self._answers.is_answered(outgoing.message_id):
                 self._echo(frontend_id, outgoing, RoutingStatus.PENDING)
             return
+        if is_text:
+            kept = self._answers.resent_after_refusal(frontend_id, outgoing.message_id)
+            if kept is not None:
+                # The refused copy reached the bus after all, and its answer came meanwhile.
+                self._echo(frontend_id, outgoing, RoutingStatus.PENDING)
+                await self._to_frontend(frontend_id, kept)
+                return
         echoed = asyncio.Event()
         self._pending_echoed[outgoing.message_id] = echoed
         timeout = self._publish_timeout
@@ -148,8 +155,6 @@ class ServerRouter:
             )
         except BusError as exc:
             self._pending_echoed.pop(outgoing.message_id, None)
-            if is_text:
-                self._answers.forget_accepted(frontend_id, outgoing.message_id)
             log.warning("Could not hand %s to the broker: %s", outgoing.message_id, exc)
             self._fail_to_frontend(
                 frontend_id,
@@ -157,6 +162,8 @@ class ServerRouter:
                 ErrorCode.BUS_UNAVAILABLE,
                 "The message bus is unavailable; the message was not sent. Try again shortly.",
             )
+            if is_text:
+                self._answers.refused(frontend_id, outgoing.message_id)
             return
         if is_text:
             self._echo(frontend_id, outgoing, RoutingStatus.PENDING)
@@ -256,6 +263,8 @@ class ServerRouter:
         if session is None:
             await self._forward_to_owner(frontend_id, message)
             return
+        if self._answers.hold_if_refused(frontend_id, message):
+            return  # the sender was told this message was not sent
         if message.message_type in (MessageType.REPLY, MessageType.REPLY_CHUNK):
             for ready in self._streams.accept(frontend_id, message):
                 self._send_to_session(frontend_id, ready)
@@ -328,7 +337,12 @@ class ServerRouter:
             }
         )
         failed = error.in_reply_to_message_id
-        if failed and is_frontend_id(target) and not self._answers.is_answered(failed):
+        if (
+            failed
+            and is_frontend_id(target)
+            and not self._answers.is_answered(failed)
+            and not self._answers.is_refused(target, failed)
+        ):
             # The sender's own message failed: its status echo says so too (PROTOCOL §3).
             await self._wait_for_pending_echo(failed)
             echo = Envelope(
@@ -402,6 +416,8 @@ class ServerRouter:
         status: RoutingStatus,
         code: ErrorCode | None = None,
     ) -> None:
+        if self._answers.is_refused(frontend_id, message.message_id):
+            return  # told it was not sent; a late copy on the bus says nothing new
         echo = message.model_copy(
             update={
                 "routing_status": status,
