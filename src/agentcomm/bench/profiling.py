@@ -4,6 +4,7 @@ With AGENTCOMM_BENCH_PROFILE=1 (or --profile 1) and py-spy installed, each Pytho
 the hub and of the floor is sampled while it is measured, and its collapsed stacks are written
 to <results>/profiles/<side>-<process>.txt; `top_functions` turns one into a short list of
 where the time went (self time and inclusive time per function).
+AGENTCOMM_BENCH_PROFILE_NATIVE=1 adds C and Cython frames (py-spy --native).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ async def sampled(
 ) -> AsyncIterator[list[Path]]:
     """Samples `processes` for `seconds` while the body runs; yields the files to be."""
     executable = py_spy()
+    native = bool(os.environ.get("AGENTCOMM_BENCH_PROFILE_NATIVE"))
     outputs: list[Path] = []
     spies: list[asyncio.subprocess.Process] = []
     if executable is not None:
@@ -50,7 +52,8 @@ async def sampled(
                     str(math.ceil(seconds)),
                     "--rate",
                     "200",
-                    "--nonblocking",
+                    # Native frames need the process paused while it is sampled.
+                    *(["--native"] if native else ["--nonblocking"]),
                     "--format",
                     "raw",
                     "--output",

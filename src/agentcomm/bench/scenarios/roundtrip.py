@@ -84,19 +84,18 @@ async def _closed(
 
 async def _sweep(
     context: BenchContext,
-    targets: dict[str, tuple[Target, dict[str, int]]],
-    saturation: float,
+    targets: dict[str, tuple[Target, float]],
     seconds: float,
 ) -> list[dict[str, Any]]:
+    """Open-loop rates as fractions of each side's own saturation, so that every curve
+    reaches its knee; one point per rate and side."""
     points: list[dict[str, Any]] = []
-    for fraction in context.options.rate_fractions:
-        offered = max(1.0, saturation * fraction)
-        point: dict[str, Any] = {"offered_per_s": rounded(offered, 1)}
-        for name, (target, _processes) in targets.items():
+    for name, (target, saturation) in targets.items():
+        for fraction in context.options.rate_fractions:
+            offered = max(1.0, saturation * fraction)
             async with context.progress.step(f"{name}: open loop {offered:.0f}/s", seconds):
                 measurement = await open_loop(target, offered, seconds)
-            point[name] = summary(measurement)
-        points.append(point)
+            points.append({"offered_per_s": rounded(offered, 1), name: summary(measurement)})
     return points
 
 
@@ -210,11 +209,7 @@ async def run_rabbitmq(context: BenchContext) -> Result:
             if options.rate_fractions:
                 result["open_loop"] = await _sweep(
                     context,
-                    {
-                        "hub": (frontends, hub_processes),
-                        "floor": (floor.origin, floor_processes),
-                    },
-                    hub_sat.per_s,
+                    {"hub": (frontends, hub_sat.per_s), "floor": (floor.origin, floor_sat.per_s)},
                     sweep_seconds,
                 )
         finally:
@@ -264,7 +259,7 @@ async def run_memory(context: BenchContext) -> Result:
         result["cpu"] = {"hub": cpu_summary(hub_cpu, hub_sat.completed)}
         if options.rate_fractions:
             result["open_loop"] = await _sweep(
-                context, {"hub": (frontends, processes)}, hub_sat.per_s, sweep_seconds
+                context, {"hub": (frontends, hub_sat.per_s)}, sweep_seconds
             )
     finally:
         with contextlib.suppress(Exception):
