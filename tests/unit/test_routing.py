@@ -327,7 +327,7 @@ async def test_routed_text_reaches_the_agent_queue_and_the_sender_sees_its_progr
         ("TEXT", "delivered", None),
     ]
     assert world.bob_link.take() == []
-    assert world.answers.agent_for("m1") == "agent-1"
+    assert world.answers.agent_for(world.alice, "m1") == "agent-1"
 
 
 async def test_cancel_names_the_agent_working_on_the_message(world: World) -> None:
@@ -421,6 +421,34 @@ async def test_routing_after_the_bus_confirms_waits_for_the_pending_echo(world: 
 
 
 # -- broker output to frontends --------------------------------------------------------------------
+
+
+async def test_two_frontends_using_the_same_message_id_each_get_their_answer(
+    world: World,
+) -> None:
+    def reply_to(frontend_id: str, reply_id: str) -> Envelope:
+        return envelope(
+            message_type="REPLY",
+            message_id=reply_id,
+            sender_id="agent-1",
+            receiver_id=frontend_id,
+            text_payload=f"for {frontend_id}",
+            in_reply_to_message_id="1",
+            routing_status="routed",
+        )
+
+    await world.router.accept_from_frontend(world.alice, text(message_id="1"))
+    await world.router.accept_from_frontend(world.bob, text(message_id="1"))
+    assert len(await world.queue(BROKER_INPUT)) == 2
+    await world.router.handle_broker_output(reply_to(world.alice, "r-alice"))
+    await world.router.handle_broker_output(reply_to(world.bob, "r-bob"))
+    await world.router.handle_broker_output(reply_to(world.bob, "r-bob-again"))
+    assert [f["message_id"] for f in world.alice_link.take() if f["message_type"] == "REPLY"] == [
+        "r-alice"
+    ]
+    assert [f["message_id"] for f in world.bob_link.take() if f["message_type"] == "REPLY"] == [
+        "r-bob"
+    ]
 
 
 async def test_reply_goes_to_its_frontend_only_and_once(world: World) -> None:

@@ -11,6 +11,9 @@ A TEXT refused with `ERROR bus_unavailable` was not accepted, but when the bus l
 confirm it may hold the message after all, and its answer would be a second final. Such an
 answer is held back instead: dropped if the frontend never sends the message again, handed over
 as the answer when it re-sends it (with the same message_id).
+
+A message_id is unique per sender, not across senders (two frontends may both number their
+messages from 1), so everything here is keyed by (frontend_id, message_id).
 """
 
 from __future__ import annotations
@@ -41,8 +44,8 @@ class AnswerLedger:
     def __init__(self, clock: Clock, *, delivery_timeout: float) -> None:
         self._clock = clock
         self._delivery_timeout = delivery_timeout
-        self._outstanding: dict[str, Outstanding] = {}
-        self._answered: OrderedDict[str, None] = OrderedDict()
+        self._outstanding: dict[tuple[str, str], Outstanding] = {}
+        self._answered: OrderedDict[tuple[str, str], None] = OrderedDict()
         self._accepted: OrderedDict[tuple[str, str], None] = OrderedDict()
         # (frontend_id, message_id) of refused TEXTs -> the answer that came for one anyway.
         self._refused: OrderedDict[tuple[str, str], Envelope | None] = OrderedDict()
@@ -94,24 +97,26 @@ class AnswerLedger:
 
     # -- outstanding work --------------------------------------------------------------------
 
-    def delivered(self, message: Envelope, agent_id: str) -> None:
-        if message.message_id not in self._answered:
-            self._outstanding[message.message_id] = Outstanding(message, agent_id)
+    def delivered(self, frontend_id: str, message: Envelope, agent_id: str) -> None:
+        key = (frontend_id, message.message_id)
+        if key not in self._answered:
+            self._outstanding[key] = Outstanding(message, agent_id)
 
-    def agent_for(self, message_id: str) -> str | None:
+    def agent_for(self, frontend_id: str, message_id: str) -> str | None:
         """The agent working on an unanswered message, if this server delivered it."""
-        entry = self._outstanding.get(message_id)
+        entry = self._outstanding.get((frontend_id, message_id))
         return entry.agent_id if entry else None
 
-    def is_answered(self, message_id: str) -> bool:
-        return message_id in self._answered
+    def is_answered(self, frontend_id: str, message_id: str) -> bool:
+        return (frontend_id, message_id) in self._answered
 
-    def answer(self, message_id: str) -> bool:
+    def answer(self, frontend_id: str, message_id: str) -> bool:
         """Records a final answer; False when the message already had one."""
-        if message_id in self._answered:
+        key = (frontend_id, message_id)
+        if key in self._answered:
             return False
-        self._outstanding.pop(message_id, None)
-        self._answered[message_id] = None
+        self._outstanding.pop(key, None)
+        self._answered[key] = None
         if len(self._answered) > ANSWERED_MEMORY:
             self._answered.popitem(last=False)
         return True
@@ -131,14 +136,12 @@ class AnswerLedger:
         """Messages whose agent stayed offline for DELIVERY_TIMEOUT; they leave the ledger."""
         now = self._clock.monotonic()
         gone = [
-            entry
-            for entry in self._outstanding.values()
+            key
+            for key, entry in self._outstanding.items()
             if entry.agent_offline_since is not None
             and now - entry.agent_offline_since >= self._delivery_timeout
         ]
-        for entry in gone:
-            del self._outstanding[entry.message.message_id]
-        return gone
+        return [self._outstanding.pop(key) for key in gone]
 
     def outstanding_count(self) -> int:
         return len(self._outstanding)

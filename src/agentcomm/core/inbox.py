@@ -74,11 +74,14 @@ class AgentInbox:
         if self._closed:
             raise InboxClosed("the agent's stream is closed")
         message_id = delivery.message_id or f"delivery-{id(delivery)}"
-        if message_id in self._awaiting_ack:
-            # The same message again while the agent still works on it (an at-least-once
-            # redelivery): the agent's answer to the first copy answers both.
-            log.info("Dropping duplicate delivery of %s for %s", message_id, self.agent_id)
-            return
+        while (earlier := self._awaiting_ack.get(message_id)) is not None:
+            # This id is with the agent already: an at-least-once redelivery of that message
+            # (which the agent recognises and only acks), or another sender's message that
+            # shares its id. Acks name only the id, so it goes to the agent after that one.
+            log.info("Delivery of %s for %s waits for the one before", message_id, self.agent_id)
+            await asyncio.wait({earlier})
+            if self._closed:
+                raise InboxClosed()
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._awaiting_ack[message_id] = future
         try:

@@ -104,7 +104,9 @@ class ServerRouter:
             receiver = ""
         if not receiver and message.message_type is MessageType.CANCEL:
             # Name the agent working on it, so that any broker can route the CANCEL.
-            receiver = self._answers.agent_for(message.in_reply_to_message_id or "") or ""
+            receiver = (
+                self._answers.agent_for(frontend_id, message.in_reply_to_message_id or "") or ""
+            )
         if receiver and is_frontend_id(receiver):
             raise ProtocolError(
                 ErrorCode.UNKNOWN_RECEIVER,
@@ -127,7 +129,7 @@ class ServerRouter:
         if is_text and not self._answers.first_time_accepted(frontend_id, outgoing.message_id):
             # A re-sent copy (the frontend lost its connection before our echo): it is on the
             # bus already, so only say so again.
-            if not self._answers.is_answered(outgoing.message_id):
+            if not self._answers.is_answered(frontend_id, outgoing.message_id):
                 self._echo(frontend_id, outgoing, RoutingStatus.PENDING)
             return
         if is_text:
@@ -255,7 +257,7 @@ class ServerRouter:
             )
             return
         if from_frontend:
-            self._answers.delivered(message, agent_id)
+            self._answers.delivered(sender, message, agent_id)
             self._echo(sender, delivered, RoutingStatus.DELIVERED)
 
     async def _to_frontend(self, frontend_id: str, message: Envelope) -> None:
@@ -283,12 +285,14 @@ class ServerRouter:
             return
         answered = message.in_reply_to_message_id
         if message.message_type is MessageType.REPLY_CHUNK:
-            if not session.wants_stream or (answered and self._answers.is_answered(answered)):
+            if not session.wants_stream or (
+                answered and self._answers.is_answered(frontend_id, answered)
+            ):
                 return  # this frontend asked for whole replies only, or the answer is final
         elif (
             answered
             and message.message_type in (MessageType.REPLY, MessageType.ERROR)
-            and not self._answers.answer(answered)
+            and not self._answers.answer(frontend_id, answered)
         ):
             log.info("Dropping a second final answer to %s", answered)
             return
@@ -340,7 +344,7 @@ class ServerRouter:
         if (
             failed
             and is_frontend_id(target)
-            and not self._answers.is_answered(failed)
+            and not self._answers.is_answered(target, failed)
             and not self._answers.is_refused(target, failed)
         ):
             # The sender's own message failed: its status echo says so too (PROTOCOL §3).

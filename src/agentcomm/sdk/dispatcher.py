@@ -32,6 +32,12 @@ EARLY_CANCELS_REMEMBERED = 1_000
 ABORT_WAIT_SECONDS = 5.0
 
 
+def _key(sender_id: str | None, message_id: str) -> str:
+    """A message's identity: message_ids are unique per sender, not across senders (two
+    frontends may both number their messages from 1), so duplicates are recognised by both."""
+    return f"{sender_id or ''}\x00{message_id}"
+
+
 @dataclass(slots=True)
 class DispatchStats:
     """Counters reported by the `status` command."""
@@ -102,7 +108,12 @@ class Dispatcher:
 
     def cancel(self, message_id: str) -> bool:
         """Cancels the handler working on `message_id`; its sender gets ERROR cancelled."""
-        handling = self._active.get(message_id)
+        handling = next(
+            (h for h in self._active.values() if h.envelope.message_id == message_id), None
+        )
+        return self._cancel(handling)
+
+    def _cancel(self, handling: _Handling | None) -> bool:
         if handling is None or handling.task is None or handling.task.done():
             return False
         handling.cancel_requested = True
@@ -144,23 +155,24 @@ class Dispatcher:
 
     async def _handle_text(self, envelope: Envelope) -> None:
         message_id = envelope.message_id
-        running = self._active.get(message_id)
+        key = _key(envelope.sender_id, message_id)
+        running = self._active.get(key)
         if running is not None and running.task is not None:
             # A redelivery of a message still in progress: finish once, ack both.
             self.stats.duplicates += 1
             await asyncio.wait({running.task})
-            if message_id in self._done:
+            if key in self._done:
                 return
             raise HandlingAborted(f"Message {message_id} was not finished; it is given back.")
-        if message_id in self._done:
+        if key in self._done:
             self.stats.duplicates += 1
             log.debug("Agent %s skips redelivered message %s", self.agent_id, message_id)
             return
         if self._closed:
             raise HandlingAborted(f"Agent {self.agent_id} is stopping; message {message_id} waits.")
-        if message_id in self._cancelled_early:
+        if key in self._cancelled_early:
             await self._send(self._cancelled(envelope))
-            self._cancelled_early.discard(message_id)
+            self._cancelled_early.discard(key)
             self.stats.cancelled += 1
         elif self.is_paused():
             await self._send(
@@ -173,15 +185,15 @@ class Dispatcher:
             )
             self.stats.refused += 1
         else:
-            await self._run(envelope)
-        self._done.add(message_id)
+            await self._run(key, envelope)
+        self._done.add(key)
 
-    async def _run(self, envelope: Envelope) -> None:
+    async def _run(self, key: str, envelope: Envelope) -> None:
         handling = _Handling(envelope)
         handling.task = asyncio.create_task(
             self._process(handling), name=f"agent-{self.agent_id}-message-{envelope.message_id}"
         )
-        self._active[envelope.message_id] = handling
+        self._active[key] = handling
         self.on_change()
         try:
             await handling.task
@@ -193,8 +205,8 @@ class Dispatcher:
                 f"Agent {self.agent_id} stopped before message {envelope.message_id} was finished."
             ) from None
         finally:
-            if handling.task.done() and self._active.get(envelope.message_id) is handling:
-                del self._active[envelope.message_id]
+            if handling.task.done() and self._active.get(key) is handling:
+                del self._active[key]
                 self.on_change()
 
     async def _process(self, handling: _Handling) -> None:
@@ -271,22 +283,19 @@ class Dispatcher:
         if not target:
             log.warning("Agent %s got a CANCEL that names no message", self.agent_id)
             return
-        handling = self._active.get(target)
+        if not envelope.sender_id:
+            # No sender named (not from a hub): it stops the message with that id, whoever sent it.
+            self.cancel(target)
+            return
+        # Only the sender of a message can stop it: another sender's CANCEL finds nothing here.
+        key = _key(envelope.sender_id, target)
+        handling = self._active.get(key)
         if handling is None:
-            if target not in self._done:
+            if key not in self._done:
                 # The CANCEL overtook its TEXT: answer the TEXT with "cancelled" when it arrives.
-                self._cancelled_early.add(target)
+                self._cancelled_early.add(key)
             return
-        owner = handling.envelope.sender_id
-        if envelope.sender_id and owner and envelope.sender_id != owner:
-            log.warning(
-                "Agent %s ignores a CANCEL of %s from %s, who did not send it",
-                self.agent_id,
-                target,
-                envelope.sender_id,
-            )
-            return
-        self.cancel(target)
+        self._cancel(handling)
 
     def _cancelled(self, envelope: Envelope) -> Envelope:
         return envelopes.error(
