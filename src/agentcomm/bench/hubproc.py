@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
 import sys
+import time
 from collections.abc import Sequence
 
 import orjson
@@ -74,12 +76,36 @@ async def _serve(broker_wanted: bool, echo_wanted: bool) -> int:
     return 0
 
 
+def _log_slow_collections(threshold_s: float = 0.05) -> None:
+    """Logs every garbage collection that stops the process for longer than `threshold_s`
+    (AGENTCOMM_BENCH_GC_LOG=1): with thousands of sockets a full collection is a pause that
+    every frontend feels."""
+    started: dict[str, float] = {}
+
+    def on_gc(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            started["at"] = time.perf_counter()
+            return
+        took = time.perf_counter() - started.pop("at", time.perf_counter())
+        if took >= threshold_s:
+            log.warning(
+                "gc generation %d took %.0f ms (%d collected)",
+                info.get("generation", -1),
+                took * 1000,
+                info.get("collected", 0),
+            )
+
+    gc.callbacks.append(on_gc)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m agentcomm.bench.hubproc")
     parser.add_argument("--no-broker", action="store_true", help="serve without a broker")
     parser.add_argument("--echo", action="store_true", help="the echo agent in this process")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     configure_logging(load_settings(message_bus="memory"))
+    if os.environ.get("AGENTCOMM_BENCH_GC_LOG"):
+        _log_slow_collections()
     return asyncio.run(_serve(not args.no_broker, args.echo))
 
 
