@@ -41,6 +41,13 @@ class Settings(BaseSettings):
     rabbitmq_connect_attempts: int = Field(
         10, ge=1, description="attempts to reach RabbitMQ at start before giving up"
     )
+    consumer_concurrency: int = Field(
+        32,
+        ge=1,
+        le=1024,
+        description="bus messages a server or broker handles at once (a reply stream's order "
+        "is restored by the server)",
+    )
     agent_timeout: float = Field(
         30.0, gt=0, description="seconds without a sign of life before an agent is offline"
     )

@@ -57,6 +57,7 @@ class DevStack:
                 grpc_target,
                 broker_id=broker_id,
                 broker_name="dev-broker",
+                concurrency=self.settings.consumer_concurrency,
                 token=auth.mint(Role.BROKER, broker_id, TOKEN_TTL_SECONDS) if auth.enabled else "",
             )
             await self.broker.start()

@@ -113,15 +113,19 @@ async def test_routed_message_is_published_before_the_handler_returns(bus: InMem
     assert broker.router.ledger.unanswered("a") == 1
 
 
-async def test_failed_publish_raises_and_records_nothing() -> None:
+async def test_failed_publish_raises_and_its_redelivery_counts_once() -> None:
     bus = await ready_bus(FlakyBus(failures=1))
     try:
         broker = broker_with_agent(bus)
+        message = delivery(text_body(message_id="t1", conversation_id="c"))
         with pytest.raises(BusUnavailable):
-            await asyncio.wait_for(broker.handle(delivery(text_body(conversation_id="c"))), 5)
-        assert broker.router.ledger.unanswered("a") == 0
-        assert broker.router.ledger.agent_for_conversation("c") is None
+            await asyncio.wait_for(broker.handle(message), 5)
         assert broker.stats.routed == 0
+        # The bus hands the message back; handling it again must not count it twice.
+        await asyncio.wait_for(broker.handle(message), 5)
+        assert broker.router.ledger.unanswered("a") == 1
+        assert broker.router.ledger.agent_for_conversation("c") == "a"
+        assert broker.stats.routed == 1
     finally:
         await bus.close()
 

@@ -113,7 +113,7 @@ class Router:
         return self._from_agent(envelope, sender, agents, stale, answers)
 
     def commit(self, decision: Decision) -> None:
-        """Records a decision whose output the bus has confirmed (or that was dropped)."""
+        """Records a decision; idempotent, so a redelivered message is counted once."""
         if decision.assigned_to is not None:
             self.ledger.assign(
                 decision.source.message_id,

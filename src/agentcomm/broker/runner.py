@@ -68,6 +68,7 @@ async def run_broker(settings: Settings, broker_id: str | None, broker_name: str
         broker_id=broker_id or token_subject(settings.auth_token),
         broker_name=broker_name,
         prefetch=settings.rabbitmq_prefetch,
+        concurrency=min(settings.rabbitmq_prefetch, settings.consumer_concurrency),
         stop_timeout=settings.shutdown_timeout,
         token=settings.auth_token,
         tls=ClientTls.from_settings(settings),

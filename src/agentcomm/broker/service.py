@@ -87,7 +87,7 @@ class ReferenceBroker:
         self._token = token
         self._tls = tls
         self._prefetch = prefetch
-        # One at a time by default: the order of a reply's chunks is the order they were sent.
+        # Messages handled at once; the server restores the order of a reply's chunks.
         self._concurrency = concurrency
         self._start_timeout = start_timeout
         self._stop_timeout = stop_timeout
@@ -191,13 +191,16 @@ class ReferenceBroker:
             await self._reject(delivery, exc)
             return
         decision = self.router.decide(envelope, self.table.agents, stale=self.table.stale)
+        # Recorded before the publish, so that messages handled meanwhile (the broker handles
+        # several at once) already see this one's agent: its load, its conversation. Recording
+        # is idempotent by message_id, so a redelivery after a failed publish counts once.
+        self.router.commit(decision)
         if decision.output is not None:
             await self._bus.publish(
                 SERVER_INPUT_QUEUE,
                 encode_for_bus(decision.output),
                 message_id=decision.output.message_id,
             )
-        self.router.commit(decision)
         self._count(decision)
 
     def _count(self, decision: Decision) -> None:

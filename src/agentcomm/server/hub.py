@@ -119,13 +119,17 @@ class Hub:
         )
         handlers = BusHandlers(self)
         prefetch = self.settings.rabbitmq_prefetch
-        # One at a time, in order: chunks of a streamed reply must reach the frontend in order.
-        for queue, handler in (
-            (SERVER_INPUT_QUEUE, handlers.on_server_input),
-            (server_queue(self.server_id), handlers.on_server_input),
-            (AGENT_METADATA_QUEUE, handlers.on_metadata),
+        # Broker output is handled many at a time, so that publish confirms overlap; the
+        # order a frontend sees within one reply stream is restored by the router.
+        concurrency = min(prefetch, self.settings.consumer_concurrency)
+        for queue, handler, parallel in (
+            (SERVER_INPUT_QUEUE, handlers.on_server_input, concurrency),
+            (server_queue(self.server_id), handlers.on_server_input, concurrency),
+            (AGENT_METADATA_QUEUE, handlers.on_metadata, 1),
         ):
-            self._subscriptions.append(await self.bus.consume(queue, handler, prefetch=prefetch))
+            self._subscriptions.append(
+                await self.bus.consume(queue, handler, prefetch=prefetch, concurrency=parallel)
+            )
         self.grpc_server, self.grpc_port = await start_grpc_server(self)
         self._spawn(self._every(self._sweep_interval(), self._sweep), "presence-sweep")
         self._spawn(
