@@ -255,6 +255,7 @@ async def test_reply_chunks_only_for_frontends_that_asked_for_streams(scene: Sce
             "routing_status": "routed",
         }
         await publish_json(scene.bus, SERVER_INPUT_QUEUE, chunk)
+        await publish_json(scene.bus, SERVER_INPUT_QUEUE, {**chunk, "seq": 1, "text_delta": "lo"})
         await publish_json(
             scene.bus,
             SERVER_INPUT_QUEUE,
@@ -262,6 +263,8 @@ async def test_reply_chunks_only_for_frontends_that_asked_for_streams(scene: Sce
         )
     first = await streamer.next_chat()
     assert (first["message_type"], first["seq"], first["text_delta"]) == ("REPLY_CHUNK", 0, "Hel")
+    second = await streamer.next_chat()
+    assert (second["message_type"], second["seq"], second["text_delta"]) == ("REPLY_CHUNK", 1, "lo")
     final = await streamer.next_chat()
     assert (final["message_type"], final["text_payload"]) == ("REPLY", "Hello")
     assert final["message_id"] == first["message_id"]
