@@ -145,6 +145,7 @@ def test_roundtrip_memory_prints_one_json_object(tmp_path: Path) -> None:
         "AGENTCOMM_BENCH_IN_FLIGHT": "2",
         "AGENTCOMM_BENCH_FRONTENDS": "64",
         "AGENTCOMM_BENCH_RATE_FRACTIONS": "0.5",
+        "AGENTCOMM_BENCH_MEMORY_AGENT_IN_PROCESS": "0",
         "AGENTCOMM_BENCH_PLOTS": "0",
         "AGENTCOMM_BENCH_PROGRESS": "0",
         "AGENTCOMM_BENCH_OUT_DIR": str(tmp_path),

@@ -27,6 +27,10 @@ class BenchOptions:
     payload_bytes: int = 64
     # Open-loop rates as fractions of the hub's measured saturation throughput.
     rate_fractions: tuple[float, ...] = (0.25, 0.5, 0.75, 0.9, 1.1)
+    # Fixed open-loop rates (round trips/s) instead of fractions, the same for every side.
+    rates: tuple[float, ...] = ()
+    # roundtrip-memory also measures the hub with the echo agent on its in-process bus.
+    memory_agent_in_process: bool = True
     fanout_sizes: tuple[int, ...] = (1000, 10000)
     fanout_changes: int = 20
     idle_connections: int = 10000

@@ -90,6 +90,13 @@ def format_result(result: Result) -> str:
                 "floor with one delivery at a time per queue: "
                 f"{_fmt(result['floor_serial_roundtrips_per_s'], '/s')}"
             )
+        inside = result.get("agent_in_process")
+        if inside:
+            lines.append(
+                "with the agent inside the hub process: "
+                f"{_fmt(inside.get('roundtrips_per_s'), '/s')}, "
+                f"p50 @1 {_fmt(inside.get('one_in_flight', {}).get('p50_ms'), ' ms')}"
+            )
         if result.get("ratio_to_peer") is not None:
             lines.append(
                 f"ratio to peer: {_fmt(result['ratio_to_peer'])} "

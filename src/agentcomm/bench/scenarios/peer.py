@@ -327,10 +327,11 @@ async def run(context: BenchContext) -> Result:
         result["saturation"] = {"peer": summary(sat)}
         result["one_in_flight"] = {"peer": summary(one)}
         result["cpu"] = {"peer": sat_cpu}
-        if options.rate_fractions and sat.per_s > 0:
+        rates = options.rates or tuple(sat.per_s * f for f in options.rate_fractions)
+        if rates and sat.per_s > 0:
             sweep_phases: list[dict[str, Any]] = [
-                {"mode": "open", "rate": max(1.0, sat.per_s * f), "seconds": sweep_seconds}
-                for f in options.rate_fractions
+                {"mode": "open", "rate": max(1.0, rate_per_s), "seconds": sweep_seconds}
+                for rate_per_s in rates
             ]
             swept = await _client_run(
                 context, children, python, script, address, sweep_phases, processes

@@ -90,9 +90,11 @@ async def _sweep(
     """Open-loop rates as fractions of each side's own saturation, so that every curve
     reaches its knee; one point per rate and side."""
     points: list[dict[str, Any]] = []
+    options = context.options
     for name, (target, saturation) in targets.items():
-        for fraction in context.options.rate_fractions:
-            offered = max(1.0, saturation * fraction)
+        rates = options.rates or tuple(saturation * f for f in options.rate_fractions)
+        for rate_per_s in rates:
+            offered = max(1.0, rate_per_s)
             async with context.progress.step(f"{name}: open loop {offered:.0f}/s", seconds):
                 measurement = await open_loop(target, offered, seconds)
             points.append({"offered_per_s": rounded(offered, 1), name: summary(measurement)})
@@ -206,7 +208,7 @@ async def run_rabbitmq(context: BenchContext) -> Result:
                 "hub": cpu_summary(hub_cpu, hub_sat.completed),
                 "floor": cpu_summary(floor_cpu, floor_sat.completed),
             }
-            if options.rate_fractions:
+            if options.rate_fractions or options.rates:
                 result["open_loop"] = await _sweep(
                     context,
                     {"hub": (frontends, hub_sat.per_s), "floor": (floor.origin, floor_sat.per_s)},
@@ -257,7 +259,7 @@ async def run_memory(context: BenchContext) -> Result:
         result["one_in_flight"] = {"hub": summary(hub_one)}
         result["saturation"] = {"hub": summary(hub_sat)}
         result["cpu"] = {"hub": cpu_summary(hub_cpu, hub_sat.completed)}
-        if options.rate_fractions:
+        if options.rate_fractions or options.rates:
             result["open_loop"] = await _sweep(
                 context, {"hub": (frontends, hub_sat.per_s)}, sweep_seconds
             )
@@ -265,9 +267,42 @@ async def run_memory(context: BenchContext) -> Result:
         with contextlib.suppress(Exception):
             await frontends.close()
         await children.stop_all()
+    if options.memory_agent_in_process:
+        result["agent_in_process"] = await _memory_in_process(context, payload, one_seconds)
     result["targets"] = _targets(result)
     result["machine"] = machine()
     return result
+
+
+async def _memory_in_process(context: BenchContext, payload: str, one_seconds: float) -> Result:
+    """The same hub with the echo agent on its in-process bus: the hub's cost without the
+    agent's gRPC link (a diagnostic beside the main number)."""
+    options = context.options
+    children = Children(context.log_dir)
+    frontends = Frontends("", payload=payload)
+    try:
+        async with context.progress.step("starting hub with the agent inside", 5):
+            hub = MemoryHub(context.settings, children, echo_in_process=True)
+            await hub.start()
+            frontends.ws_url = hub.ws_url
+            await frontends.open(max(options.in_flight, options.frontends))
+            await frontends.wait_until_answering(READY_TIMEOUT)
+        processes = {**hub.processes, "loadgen": os.getpid()}
+        await closed_loop(frontends, options.in_flight, _warmup(options.duration))
+        sat, cpu = await _closed(
+            context, "hub+agent", frontends, processes, options.in_flight, options.duration
+        )
+        one, _ = await _closed(context, "hub+agent", frontends, processes, 1, one_seconds)
+    finally:
+        with contextlib.suppress(Exception):
+            await frontends.close()
+        await children.stop_all()
+    return {
+        "roundtrips_per_s": rounded(sat.per_s, 1),
+        "saturation": summary(sat),
+        "one_in_flight": summary(one),
+        "cpu": cpu_summary(cpu, sat.completed),
+    }
 
 
 def _targets(result: Result) -> dict[str, Any]:
