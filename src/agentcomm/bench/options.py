@@ -19,8 +19,11 @@ ENV_PREFIX = "AGENTCOMM_BENCH_"
 class BenchOptions:
     duration: float = 10.0
     as_json: bool = False
-    # Round trips at once in the closed loop at saturation (one per frontend socket).
-    in_flight: int = 64
+    # Round trips at once in the closed loop at saturation: each level is measured (for half
+    # the duration) and the best one is the saturation number. `in_flight` > 0 measures only
+    # that level.
+    in_flight_levels: tuple[int, ...] = (16, 32, 64)
+    in_flight: int = 0
     # WebSocket frontends the round trips are spread over (each sends at a human pace).
     frontends: int = 512
     # Characters of text in each chat message.
@@ -37,7 +40,6 @@ class BenchOptions:
     presence_agents: int = 1000
     presence_frontends: int = 1000
     presence_losses: int = 20
-    peer_in_flight: int = 64
     plots: bool = True
     # Sample the measured processes with py-spy during the saturation phase.
     profile: bool = False
@@ -47,6 +49,22 @@ class BenchOptions:
     progress: bool = True
     out_dir: Path | None = None
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def levels(self) -> tuple[int, ...]:
+        if self.in_flight > 0:
+            return (self.in_flight,)
+        return tuple(sorted({level for level in self.in_flight_levels if level > 0})) or (64,)
+
+    @property
+    def sockets(self) -> int:
+        return max(max(self.levels), self.frontends)
+
+    @property
+    def level_seconds(self) -> float:
+        if len(self.levels) == 1:
+            return self.duration
+        return max(2.0, self.duration / 2)
 
     @property
     def results_dir(self) -> Path:

@@ -81,8 +81,36 @@ def format_result(result: Result) -> str:
             "p99 @1",
             "errors",
         ]
-        lines.append(f"closed loop, {result.get('in_flight')} in flight; '@1' = one in flight")
+        levels = result.get("in_flight_levels") or [result.get("in_flight")]
+        lines.append(
+            f"closed loop at saturation: the best of {', '.join(map(str, levels))} in flight "
+            f"(hub: {result.get('in_flight')}"
+            + (
+                f", floor: {result['floor_in_flight']}"
+                if result.get("floor_in_flight") is not None
+                else ""
+            )
+            + "); '@1' = one in flight"
+        )
         lines.append(_table(headers, _roundtrip_rows(result)))
+        per_level = result.get("closed_loop") or []
+        if len(levels) > 1 and per_level:
+            rows = []
+            for point in per_level:
+                for side in ("hub", "floor", "floor-serial", "peer"):
+                    s = point.get(side)
+                    if s:
+                        rows.append(
+                            [
+                                _fmt(point.get("in_flight")),
+                                side,
+                                _fmt(s.get("roundtrips_per_s"), "/s"),
+                                _fmt(s.get("p50_ms"), " ms"),
+                                _fmt(s.get("p99_ms"), " ms"),
+                            ]
+                        )
+            lines.append("closed loop by level:")
+            lines.append(_table(["in flight", "", "round trips", "p50", "p99"], rows))
         if result.get("ratio_to_floor") is not None:
             lines.append(f"ratio to floor: {_fmt(result['ratio_to_floor'])}")
         if result.get("floor_serial_roundtrips_per_s") is not None:

@@ -286,7 +286,8 @@ async def run(context: BenchContext) -> Result:
         "scenario": "peer",
         "peer": f"AutoGen {AUTOGEN_VERSION} gRPC runtime (autogen-ext[grpc])",
         "duration_s": options.duration,
-        "in_flight": options.peer_in_flight,
+        "in_flight": None,
+        "in_flight_levels": list(options.levels),
     }
     try:
         python = await ensure_peer_venv(context)
@@ -310,15 +311,21 @@ async def run(context: BenchContext) -> Result:
         phases: list[dict[str, Any]] = [
             {
                 "mode": "closed",
-                "in_flight": options.peer_in_flight,
-                "seconds": options.duration,
-                "warmup": WARMUP_SECONDS,
-            },
-            {"mode": "closed", "in_flight": 1, "seconds": one_seconds},
+                "in_flight": level,
+                "seconds": options.level_seconds,
+                "warmup": WARMUP_SECONDS if index == 0 else 0.0,
+            }
+            for index, level in enumerate(options.levels)
         ]
-        (sat, sat_cpu), (one, _) = await _client_run(
-            context, children, python, script, address, phases, processes
-        )
+        phases.append({"mode": "closed", "in_flight": 1, "seconds": one_seconds})
+        measured = await _client_run(context, children, python, script, address, phases, processes)
+        levels, (one, _) = measured[:-1], measured[-1]
+        sat, sat_cpu = max(levels, key=lambda item: item[0].per_s)
+        result["in_flight"] = sat.in_flight
+        result["closed_loop"] = [
+            {"in_flight": measurement.in_flight, "peer": summary(measurement)}
+            for measurement, _ in levels
+        ]
         result["roundtrips_per_s"] = rounded(sat.per_s, 1)
         result["p50_ms"] = rounded(sat.latency.p50_ms)
         result["p99_ms"] = rounded(sat.latency.p99_ms)

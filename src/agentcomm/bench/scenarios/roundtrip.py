@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from dataclasses import dataclass, field
 from typing import Any
 
 from agentcomm.bench.context import BenchContext, Result, machine
@@ -82,6 +83,46 @@ async def _closed(
     return measurement, window
 
 
+@dataclass
+class Saturation:
+    """The closed loop at each in-flight level for one side, and the best of them."""
+
+    best: Measurement
+    cpu: CpuWindow
+    levels: list[Measurement] = field(default_factory=list)
+
+
+async def _saturate(
+    context: BenchContext,
+    sides: dict[str, tuple[Target, dict[str, int]]],
+) -> dict[str, Saturation]:
+    """Each side at each in-flight level, the sides taking turns at every level (so that the
+    machine's drift hits both alike); each side's best level is its saturation."""
+    options = context.options
+    found: dict[str, Saturation] = {}
+    for level in options.levels:
+        for name, (target, processes) in sides.items():
+            measurement, window = await _closed(
+                context, name, target, processes, level, options.level_seconds
+            )
+            current = found.get(name)
+            if current is None:
+                found[name] = Saturation(measurement, window, [measurement])
+                continue
+            current.levels.append(measurement)
+            if measurement.per_s > current.best.per_s:
+                current.best, current.cpu = measurement, window
+    return found
+
+
+def _levels_table(found: dict[str, Saturation]) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    for name, saturation in found.items():
+        for measurement in saturation.levels:
+            rows.append({"in_flight": measurement.in_flight, name: summary(measurement)})
+    return rows
+
+
 async def _sweep(
     context: BenchContext,
     targets: dict[str, tuple[Target, float]],
@@ -103,6 +144,7 @@ async def _sweep(
 
 def _headline(result: Result, hub: Measurement, floor: Measurement | None) -> None:
     latency = hub.latency
+    result["in_flight"] = hub.in_flight
     result["roundtrips_per_s"] = rounded(hub.per_s, 1)
     result["p50_ms"] = rounded(latency.p50_ms)
     result["p99_ms"] = rounded(latency.p99_ms)
@@ -138,8 +180,9 @@ async def run_rabbitmq(context: BenchContext) -> Result:
         "scenario": "roundtrip",
         "bus": "rabbitmq",
         "duration_s": options.duration,
-        "in_flight": options.in_flight,
-        "frontends": max(options.in_flight, options.frontends),
+        "in_flight": None,
+        "in_flight_levels": list(options.levels),
+        "frontends": options.sockets,
         "hops": HOPS,
         "message_bytes": body_size,
         "prefetch": context.settings.rabbitmq_prefetch,
@@ -156,7 +199,7 @@ async def run_rabbitmq(context: BenchContext) -> Result:
                 await hub.start()
                 await floor.start()
                 frontends.ws_url = hub.ws_url
-                await frontends.open(max(options.in_flight, options.frontends))
+                await frontends.open(options.sockets)
                 await frontends.wait_until_answering(READY_TIMEOUT)
             me = {"loadgen": os.getpid()}
             rabbitmq = find_process("beam.smp", without="escript")
@@ -167,36 +210,33 @@ async def run_rabbitmq(context: BenchContext) -> Result:
             floor_processes = {**floor.processes, **me}
             warmup = _warmup(options.duration)
             async with context.progress.step("warming up", 2 * warmup):
-                await closed_loop(floor.origin, options.in_flight, warmup)
-                await closed_loop(frontends, options.in_flight, warmup)
-
-            floor_sat, floor_cpu = await _closed(
-                context, "floor", floor.origin, floor_processes, options.in_flight, options.duration
+                await closed_loop(floor.origin, options.levels[-1], warmup)
+                await closed_loop(frontends, options.levels[-1], warmup)
+            found = await _saturate(
+                context,
+                {"floor": (floor.origin, floor_processes), "hub": (frontends, hub_processes)},
             )
-            hub_sat, hub_cpu = await _closed(
-                context, "hub", frontends, hub_processes, options.in_flight, options.duration
-            )
+            hub_sat, floor_sat = found["hub"].best, found["floor"].best
             _headline(result, hub_sat, floor_sat)
+            result["floor_in_flight"] = floor_sat.in_flight
+            result["closed_loop"] = _levels_table(found)
             if options.serial_floor:
                 serial = FloorChain(settings, children, body_size, new_run_id(), serial=True)
                 try:
                     await serial.start()
                     serial_processes = {**serial.processes, **me}
-                    await closed_loop(serial.origin, options.in_flight, warmup)
-                    serial_sat, serial_cpu = await _closed(
-                        context,
-                        "floor-serial",
-                        serial.origin,
-                        serial_processes,
-                        options.in_flight,
-                        options.duration,
+                    await closed_loop(serial.origin, options.levels[-1], warmup)
+                    serial_found = await _saturate(
+                        context, {"floor-serial": (serial.origin, serial_processes)}
                     )
                 finally:
                     await serial.close()
-                result["floor_serial_roundtrips_per_s"] = rounded(serial_sat.per_s, 1)
+                serial_best = serial_found["floor-serial"]
+                result["floor_serial_roundtrips_per_s"] = rounded(serial_best.best.per_s, 1)
                 result["floor_serial"] = {
-                    "saturation": summary(serial_sat),
-                    "cpu": cpu_summary(serial_cpu, serial_sat.completed),
+                    "saturation": summary(serial_best.best),
+                    "cpu": cpu_summary(serial_best.cpu, serial_best.best.completed),
+                    "closed_loop": _levels_table(serial_found),
                 }
             floor_one, _ = await _closed(
                 context, "floor", floor.origin, floor_processes, 1, one_seconds
@@ -205,8 +245,8 @@ async def run_rabbitmq(context: BenchContext) -> Result:
             result["one_in_flight"] = {"hub": summary(hub_one), "floor": summary(floor_one)}
             result["saturation"] = {"hub": summary(hub_sat), "floor": summary(floor_sat)}
             result["cpu"] = {
-                "hub": cpu_summary(hub_cpu, hub_sat.completed),
-                "floor": cpu_summary(floor_cpu, floor_sat.completed),
+                "hub": cpu_summary(found["hub"].cpu, hub_sat.completed),
+                "floor": cpu_summary(found["floor"].cpu, floor_sat.completed),
             }
             if options.rate_fractions or options.rates:
                 result["open_loop"] = await _sweep(
@@ -235,8 +275,9 @@ async def run_memory(context: BenchContext) -> Result:
         "bus": "memory",
         "agent": "separate process over gRPC",
         "duration_s": options.duration,
-        "in_flight": options.in_flight,
-        "frontends": max(options.in_flight, options.frontends),
+        "in_flight": None,
+        "in_flight_levels": list(options.levels),
+        "frontends": options.sockets,
     }
     children = Children(context.log_dir)
     frontends = Frontends("", payload=payload)
@@ -245,16 +286,16 @@ async def run_memory(context: BenchContext) -> Result:
             hub = MemoryHub(context.settings, children)
             await hub.start()
             frontends.ws_url = hub.ws_url
-            await frontends.open(max(options.in_flight, options.frontends))
+            await frontends.open(options.sockets)
             await frontends.wait_until_answering(READY_TIMEOUT)
         processes = {**hub.processes, "loadgen": os.getpid()}
         warmup = _warmup(options.duration)
         async with context.progress.step("warming up", warmup):
-            await closed_loop(frontends, options.in_flight, warmup)
-        hub_sat, hub_cpu = await _closed(
-            context, "hub", frontends, processes, options.in_flight, options.duration
-        )
+            await closed_loop(frontends, options.levels[-1], warmup)
+        found = await _saturate(context, {"hub": (frontends, processes)})
+        hub_sat, hub_cpu = found["hub"].best, found["hub"].cpu
         _headline(result, hub_sat, None)
+        result["closed_loop"] = _levels_table(found)
         hub_one, _ = await _closed(context, "hub", frontends, processes, 1, one_seconds)
         result["one_in_flight"] = {"hub": summary(hub_one)}
         result["saturation"] = {"hub": summary(hub_sat)}
@@ -268,13 +309,17 @@ async def run_memory(context: BenchContext) -> Result:
             await frontends.close()
         await children.stop_all()
     if options.memory_agent_in_process:
-        result["agent_in_process"] = await _memory_in_process(context, payload, one_seconds)
+        result["agent_in_process"] = await _memory_in_process(
+            context, payload, one_seconds, hub_sat.in_flight or options.levels[-1]
+        )
     result["targets"] = _targets(result)
     result["machine"] = machine()
     return result
 
 
-async def _memory_in_process(context: BenchContext, payload: str, one_seconds: float) -> Result:
+async def _memory_in_process(
+    context: BenchContext, payload: str, one_seconds: float, in_flight: int
+) -> Result:
     """The same hub with the echo agent on its in-process bus: the hub's cost without the
     agent's gRPC link (a diagnostic beside the main number)."""
     options = context.options
@@ -285,12 +330,12 @@ async def _memory_in_process(context: BenchContext, payload: str, one_seconds: f
             hub = MemoryHub(context.settings, children, echo_in_process=True)
             await hub.start()
             frontends.ws_url = hub.ws_url
-            await frontends.open(max(options.in_flight, options.frontends))
+            await frontends.open(options.sockets)
             await frontends.wait_until_answering(READY_TIMEOUT)
         processes = {**hub.processes, "loadgen": os.getpid()}
-        await closed_loop(frontends, options.in_flight, _warmup(options.duration))
+        await closed_loop(frontends, in_flight, _warmup(options.duration))
         sat, cpu = await _closed(
-            context, "hub+agent", frontends, processes, options.in_flight, options.duration
+            context, "hub+agent", frontends, processes, in_flight, options.level_seconds
         )
         one, _ = await _closed(context, "hub+agent", frontends, processes, 1, one_seconds)
     finally:
@@ -299,6 +344,7 @@ async def _memory_in_process(context: BenchContext, payload: str, one_seconds: f
         await children.stop_all()
     return {
         "roundtrips_per_s": rounded(sat.per_s, 1),
+        "in_flight": in_flight,
         "saturation": summary(sat),
         "one_in_flight": summary(one),
         "cpu": cpu_summary(cpu, sat.completed),
