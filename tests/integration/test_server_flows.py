@@ -236,6 +236,8 @@ async def test_flow4_chat_turn(bus_kind: str, request: pytest.FixtureRequest) ->
         assert for_agent["sender_id"] == alice.frontend_id
         assert for_agent["text_payload"] == "Hi!"
         assert for_agent["conversation_id"] == "c-1"
+        # Internal fields stay on the server's side: agents never see them (PROTOCOL §0).
+        assert not INTERNAL_KEYS & for_agent.keys(), for_agent
 
         echo_routed = await alice.next_chat()
         assert (echo_routed["message_id"], echo_routed["routing_status"]) == ("m-1", "routed")

@@ -26,7 +26,7 @@ from agentcomm.protocol.vocabulary import ErrorCode
 # should a wait ever hang.
 pytestmark = pytest.mark.timeout(10)
 
-SERVER_ID = "server_here"
+SERVER_ID = "server_" + "ab" * 16  # its tag, and so the start of its frontend ids: abababab
 BROKER_INPUT = "broker_input_queue"
 
 
@@ -491,27 +491,26 @@ async def test_chunks_reach_only_frontends_that_stream(world: World) -> None:
 
 
 async def test_reply_for_a_frontend_of_another_server_goes_to_that_server(world: World) -> None:
-    await world.bus.declare_queue("server_queue_server_there")
+    # A frontend id starts with the tag of the server holding its socket.
+    await world.bus.declare_queue("server_queue_0badc0de")
     reply = envelope(
         message_type="REPLY",
         message_id="r1",
-        receiver_id="web_elsewhere",
+        receiver_id="web_0badc0de" + "1" * 24,
         text_payload="hi",
         routing_status="routed",
-        _server_id="server_there",
     )
     await world.router.handle_broker_output(reply)
-    [forwarded] = await world.queue("server_queue_server_there")
-    assert (forwarded["message_id"], forwarded["_server_id"]) == ("r1", "server_there")
+    [forwarded] = await world.queue("server_queue_0badc0de")
+    assert forwarded["message_id"] == "r1"
 
 
 async def test_reply_for_a_gone_frontend_of_this_server_is_dropped(world: World) -> None:
     reply = envelope(
         message_type="REPLY",
-        receiver_id="web_gone",
+        receiver_id="web_abababab" + "2" * 24,
         text_payload="hi",
         routing_status="routed",
-        _server_id=SERVER_ID,
     )
     await world.router.handle_broker_output(reply)
     assert world.alice_link.take() == []

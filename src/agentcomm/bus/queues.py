@@ -15,5 +15,6 @@ def agent_queue(agent_id: str) -> str:
     return AGENT_QUEUE_PREFIX + agent_id
 
 
-def server_queue(server_id: str) -> str:
-    return SERVER_QUEUE_PREFIX + server_id
+def server_queue(server_tag: str) -> str:
+    """The queue of the server whose frontends' ids start with `server_tag`."""
+    return SERVER_QUEUE_PREFIX + server_tag

@@ -19,7 +19,7 @@ from agentcomm.core.sessions import FrontendSessions
 from agentcomm.core.streams import ReplyStreams
 from agentcomm.protocol.codec import encode_for_bus, encode_for_client
 from agentcomm.protocol.errors import ProtocolError
-from agentcomm.protocol.ids import is_frontend_id
+from agentcomm.protocol.ids import frontend_server_tag, is_frontend_id, server_tag
 from agentcomm.protocol.models import Envelope
 from agentcomm.protocol.timestamps import utc_now_iso
 from agentcomm.protocol.vocabulary import (
@@ -54,6 +54,7 @@ class ServerRouter:
         publish_timeout: float = 5.0,
     ) -> None:
         self._server_id = server_id
+        self._server_tag = server_tag(server_id)
         self._bus = bus
         self._registry = registry
         self._sessions = sessions
@@ -247,7 +248,8 @@ class ServerRouter:
         try:
             await self._bus.publish(
                 agent_queue(agent_id),
-                encode_for_bus(delivered),
+                # Internal fields stay on the server's side (PROTOCOL §0).
+                encode_for_client(delivered),
                 message_id=message.message_id,
                 timeout=self._publish_timeout,
             )
@@ -258,7 +260,10 @@ class ServerRouter:
             return
         if from_frontend:
             self._answers.delivered(sender, message, agent_id)
-            self._echo(sender, delivered, RoutingStatus.DELIVERED)
+            if not self._answers.is_answered(sender, message.message_id):
+                # A fast agent may have answered already; "delivered" after the answer
+                # would only confuse the sender.
+                self._echo(sender, delivered, RoutingStatus.DELIVERED)
 
     async def _to_frontend(self, frontend_id: str, message: Envelope) -> None:
         session = self._sessions.get(frontend_id)
@@ -299,8 +304,8 @@ class ServerRouter:
         self._sessions.send(frontend_id, encode_for_client(message))
 
     async def _forward_to_owner(self, frontend_id: str, message: Envelope) -> None:
-        owner = message.server_id
-        if owner and owner != self._server_id:
+        owner = frontend_server_tag(frontend_id)
+        if owner and owner != self._server_tag:
             # Another server process holds this frontend's socket.
             await self._bus.publish(
                 server_queue(owner),
@@ -401,7 +406,7 @@ class ServerRouter:
         try:
             await self._bus.publish(
                 agent_queue(target),
-                encode_for_bus(error),
+                encode_for_client(error),
                 message_id=error.message_id,
                 mandatory=False,
                 timeout=self._publish_timeout,

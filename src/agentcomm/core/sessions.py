@@ -47,8 +47,9 @@ class FrontendSession:
 class FrontendSessions:
     """Every frontend of this server process, live or waiting to resume."""
 
-    def __init__(self, clock: Clock, *, resume_window: float) -> None:
+    def __init__(self, clock: Clock, *, resume_window: float, server_tag: str = "") -> None:
         self._clock = clock
+        self._server_tag = server_tag
         self._resume_window = resume_window
         self._sessions: dict[str, FrontendSession] = {}
 
@@ -71,7 +72,7 @@ class FrontendSessions:
                 previous.capabilities = capabilities
                 return previous, True
         session = FrontendSession(
-            frontend_id=new_frontend_id(),
+            frontend_id=new_frontend_id(self._server_tag),
             frontend_name=frontend_name,
             resume_token=secrets.token_urlsafe(24),
             capabilities=capabilities,

@@ -19,8 +19,24 @@ def new_message_id() -> str:
     return uuid.uuid4().hex
 
 
-def new_frontend_id() -> str:
-    return FRONTEND_PREFIX + uuid.uuid4().hex
+# A frontend id starts with the tag of the server holding its socket, so that any server can
+# tell where a message for it must go without asking anyone.
+SERVER_TAG_CHARS = 8
+
+
+def new_frontend_id(server_tag: str = "") -> str:
+    """`web_` + 32 hex characters, the first ones being `server_tag` when given."""
+    return FRONTEND_PREFIX + (server_tag + uuid.uuid4().hex)[:32]
+
+
+def server_tag(server_id: str) -> str:
+    """The short tag of a server, as frontend ids and per-server queue names carry it."""
+    return server_id.removeprefix("server_")[:SERVER_TAG_CHARS]
+
+
+def frontend_server_tag(frontend_id: str) -> str:
+    """The tag of the server that registered a frontend id."""
+    return frontend_id.removeprefix(FRONTEND_PREFIX)[:SERVER_TAG_CHARS]
 
 
 def new_agent_id() -> str:

@@ -35,7 +35,7 @@ from agentcomm.core.routing import ServerRouter
 from agentcomm.core.sessions import FrontendSessions
 from agentcomm.core.streams import ReplyStreams
 from agentcomm.protocol.codec import encode_for_client
-from agentcomm.protocol.ids import new_server_id
+from agentcomm.protocol.ids import new_server_id, server_tag
 from agentcomm.protocol.models import AgentInfo, AgentStatusUpdate
 from agentcomm.protocol.timestamps import utc_now_iso
 from agentcomm.server.metrics import HubMetrics
@@ -63,7 +63,10 @@ class Hub:
         )
         self.auth = Authenticator(settings.auth_secret)
         self.brokers = BrokerRegistry(self.clock)
-        self.sessions = FrontendSessions(self.clock, resume_window=settings.resume_window)
+        self.server_tag = server_tag(self.server_id)
+        self.sessions = FrontendSessions(
+            self.clock, resume_window=settings.resume_window, server_tag=self.server_tag
+        )
         self.answers = AnswerLedger(self.clock, delivery_timeout=settings.delivery_timeout)
         self.router = ServerRouter(
             server_id=self.server_id,
@@ -115,7 +118,7 @@ class Hub:
         ):
             await self.bus.declare_queue(name)
         await self.bus.declare_queue(
-            server_queue(self.server_id), QueueOptions(expires_ms=SERVER_QUEUE_EXPIRES_MS)
+            server_queue(self.server_tag), QueueOptions(expires_ms=SERVER_QUEUE_EXPIRES_MS)
         )
         handlers = BusHandlers(self)
         prefetch = self.settings.rabbitmq_prefetch
@@ -124,7 +127,7 @@ class Hub:
         concurrency = min(prefetch, self.settings.consumer_concurrency)
         for queue, handler, parallel in (
             (SERVER_INPUT_QUEUE, handlers.on_server_input, concurrency),
-            (server_queue(self.server_id), handlers.on_server_input, concurrency),
+            (server_queue(self.server_tag), handlers.on_server_input, concurrency),
             (AGENT_METADATA_QUEUE, handlers.on_metadata, 1),
         ):
             self._subscriptions.append(
