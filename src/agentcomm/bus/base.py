@@ -17,14 +17,21 @@ Delivery semantics, the same on every implementation:
 - A consumer's handler is awaited for each delivery. When it returns, the delivery is acked;
   when it raises, the delivery is requeued, and after `max_deliveries` attempts it is dropped
   (dead-lettered where the bus supports it) so that one poison message cannot block a queue.
+  A delivery whose consumer died with it (a crash, a cut connection) counts as an attempt
+  too, where the bus can tell, so that a message that kills its consumer cannot loop forever.
+  The consumer's `on_dead_letter` is called with a message before it leaves for good, so that
+  its sender can be told.
 - Deliveries on one consumer are handled one at a time in queue order unless `concurrency` > 1.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
+
+log = logging.getLogger(__name__)
 
 
 class BusError(Exception):
@@ -60,6 +67,16 @@ class Delivery:
 
 
 MessageHandler = Callable[[Delivery], Awaitable[None]]
+
+
+async def notify_dead_letter(on_dead_letter: MessageHandler, delivery: Delivery) -> None:
+    """Calls a consumer's `on_dead_letter`; what it raises is logged, the message leaves anyway."""
+    try:
+        await on_dead_letter(delivery)
+    except Exception:
+        log.exception(
+            "The dead-letter hook failed for message %s on %s", delivery.message_id, delivery.queue
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,11 +130,14 @@ class Bus(Protocol):
         prefetch: int | None = None,
         concurrency: int = 1,
         max_deliveries: int = 5,
+        on_dead_letter: MessageHandler | None = None,
     ) -> Subscription:
         """Hands each message of `queue` to `handler`; acks after it returns.
 
         `prefetch` None means the bus's default (RABBITMQ_PREFETCH). A missing queue raises
-        Unroutable: every process declares the queues it consumes.
+        Unroutable: every process declares the queues it consumes. `on_dead_letter` is called
+        with a message that ran out of its `max_deliveries` attempts, just before it is
+        dead-lettered or dropped; what it raises is logged and does not keep the message.
         """
 
     async def delete_queue(self, name: str) -> None:

@@ -23,6 +23,7 @@ from agentcomm.bus.base import (
     QueueOptions,
     Requeue,
     Unroutable,
+    notify_dead_letter,
 )
 
 log = logging.getLogger(__name__)
@@ -114,13 +115,19 @@ class InMemoryBus:
         prefetch: int | None = None,
         concurrency: int = 1,
         max_deliveries: int = 5,
+        on_dead_letter: MessageHandler | None = None,
     ) -> _MemorySubscription:
         self._ensure_open("consume")
         target = self._queues.get(queue)
         if target is None:
             raise Unroutable(f"Cannot consume: no queue named {queue!r}.")
         subscription = _MemorySubscription(
-            self, target, handler, max(1, min(prefetch or concurrency, concurrency)), max_deliveries
+            self,
+            target,
+            handler,
+            max(1, min(prefetch or concurrency, concurrency)),
+            max_deliveries,
+            on_dead_letter,
         )
         self._subscriptions.add(subscription)
         subscription.start()
@@ -156,7 +163,13 @@ class InMemoryBus:
     def forget(self, subscription: _MemorySubscription) -> None:
         self._subscriptions.discard(subscription)
 
-    async def requeue(self, queue: _Queue, stored: _Stored, max_deliveries: int) -> None:
+    async def requeue(
+        self,
+        queue: _Queue,
+        stored: _Stored,
+        max_deliveries: int,
+        on_dead_letter: MessageHandler | None = None,
+    ) -> None:
         if stored.attempt >= max_deliveries:
             log.warning(
                 "Message %s left %s after %d failed deliveries",
@@ -164,6 +177,8 @@ class InMemoryBus:
                 queue.name,
                 stored.attempt,
             )
+            if on_dead_letter is not None:
+                await notify_dead_letter(on_dead_letter, _delivery(queue.name, stored))
             await self._dead_letter(queue, stored)
             return
         async with queue.changed:
@@ -207,10 +222,12 @@ class _MemorySubscription:
         handler: MessageHandler,
         concurrency: int,
         max_deliveries: int,
+        on_dead_letter: MessageHandler | None = None,
     ) -> None:
         self.queue = queue
         self._bus = bus
         self._handler = handler
+        self._on_dead_letter = on_dead_letter
         self._slots = asyncio.Semaphore(concurrency)
         self._max_deliveries = max_deliveries
         self._in_flight: set[asyncio.Task[None]] = set()
@@ -248,23 +265,27 @@ class _MemorySubscription:
             task.add_done_callback(self._in_flight.discard)
 
     async def _handle(self, stored: _Stored) -> None:
-        delivery = Delivery(
-            queue=self.queue.name,
-            body=stored.body,
-            message_id=stored.message_id,
-            redelivered=stored.attempt > 1,
-            attempt=stored.attempt,
-        )
+        delivery = _delivery(self.queue.name, stored)
         try:
             await self._handler(delivery)
         except Requeue as reason:
             log.info("Message %s on %s handed back: %s", stored.message_id, self.queue.name, reason)
-            await self._bus.requeue(self.queue, stored, self._max_deliveries)
+            await self._bus.requeue(self.queue, stored, self._max_deliveries, self._on_dead_letter)
         except Exception:
             log.exception("Handler failed for message %s on %s", stored.message_id, self.queue.name)
-            await self._bus.requeue(self.queue, stored, self._max_deliveries)
+            await self._bus.requeue(self.queue, stored, self._max_deliveries, self._on_dead_letter)
         except asyncio.CancelledError:
-            await self._bus.requeue(self.queue, stored, self._max_deliveries)
+            await self._bus.requeue(self.queue, stored, self._max_deliveries, self._on_dead_letter)
             raise
         finally:
             self._slots.release()
+
+
+def _delivery(queue: str, stored: _Stored) -> Delivery:
+    return Delivery(
+        queue=queue,
+        body=stored.body,
+        message_id=stored.message_id,
+        redelivered=stored.attempt > 1,
+        attempt=stored.attempt,
+    )

@@ -18,7 +18,16 @@ Bounded redelivery: classic queues do not count deliveries, so when a handler ra
 publishes a copy of the message carrying an attempt counter (header `agentcomm-attempt`) to the
 tail of the same queue, waits for the broker to confirm it, and only then acks the original. A
 message whose counter reached `max_deliveries` goes to the queue's dead-letter queue instead (or
-is dropped with a warning when the queue has none). A copy gets the queue's message TTL afresh.
+is dropped with a warning when the queue has none), after the consumer's `on_dead_letter` saw
+it. A copy gets the queue's message TTL afresh.
+
+A message RabbitMQ hands out again because its consumer never settled it (the process died,
+the connection broke) may be one that kills its consumer. Such a "suspect" is charged an
+attempt right before it is handled again: a counted copy goes to the tail and the original is
+acked, then the handler runs. If the consumer dies again, the counted copy comes back; if the
+handler finishes, the copy comes back as a duplicate, which every consumer here recognises by
+its message_id. Suspects of one consumer are handled one at a time, so that a crash charges only
+the one that was running, not every message that happened to be prefetched with it.
 """
 
 from __future__ import annotations
@@ -62,6 +71,7 @@ from agentcomm.bus.base import (
     QueueOptions,
     Requeue,
     Unroutable,
+    notify_dead_letter,
 )
 
 log = logging.getLogger(__name__)
@@ -280,6 +290,7 @@ class RabbitMQBus:
         prefetch: int | None = None,
         concurrency: int = 1,
         max_deliveries: int = 5,
+        on_dead_letter: MessageHandler | None = None,
     ) -> _RabbitSubscription:
         """Consumes `queue` on a channel of its own; `prefetch` None means the bus default."""
         self._ensure_open("consume")
@@ -297,7 +308,7 @@ class RabbitMQBus:
         except RuntimeError as exc:  # no transport: the connection is down right now
             raise self._unavailable(f"consume {queue!r}", exc) from exc
         subscription = _RabbitSubscription(
-            self, queue, handler, channel, concurrency, max_deliveries
+            self, queue, handler, channel, concurrency, max_deliveries, on_dead_letter
         )
         try:
             async with asyncio.timeout(self.OPERATION_TIMEOUT):
@@ -366,12 +377,19 @@ class RabbitMQBus:
         self._subscriptions.discard(subscription)
 
     async def retry_later(
-        self, queue: str, message: AbstractIncomingMessage, attempt: int, max_deliveries: int
-    ) -> None:
-        """Settles a message whose handler raised: a counted copy at the tail, or dead-lettered."""
+        self,
+        queue: str,
+        message: AbstractIncomingMessage,
+        attempt: int,
+        max_deliveries: int,
+        on_dead_letter: MessageHandler | None = None,
+    ) -> bool:
+        """Settles a message whose attempt failed: a counted copy at the tail, or dead-lettered.
+
+        Returns True when the counted copy is in the queue and the original was acked."""
         if attempt >= max_deliveries:
-            await self._dead_letter(queue, message, attempt)
-            return
+            await self._dead_letter(queue, message, attempt, on_dead_letter)
+            return False
         headers: HeadersType = dict(message.headers or {})
         headers[ATTEMPT_HEADER] = attempt + 1
         try:
@@ -389,12 +407,19 @@ class RabbitMQBus:
                 exc,
             )
             await _settle(message.nack(requeue=True), message, queue)
-            return
+            return False
         await _settle(message.ack(), message, queue)
+        return True
 
     async def _dead_letter(
-        self, queue: str, message: AbstractIncomingMessage, attempt: int
+        self,
+        queue: str,
+        message: AbstractIncomingMessage,
+        attempt: int,
+        on_dead_letter: MessageHandler | None,
     ) -> None:
+        if on_dead_letter is not None:
+            await notify_dead_letter(on_dead_letter, _delivery(queue, message, attempt))
         options = self._queue_options.get(queue)
         if options is None:
             # Declared by someone else: the broker applies the queue's own dead-letter
@@ -595,12 +620,16 @@ class _RabbitSubscription:
         channel: AbstractRobustChannel,
         concurrency: int,
         max_deliveries: int,
+        on_dead_letter: MessageHandler | None = None,
     ) -> None:
         self.queue_name = queue_name
         self._bus = bus
         self._handler = handler
         self._channel = channel
         self._max_deliveries = max_deliveries
+        self._on_dead_letter = on_dead_letter
+        # Suspects (see the module's docstring) run one at a time.
+        self._suspects = asyncio.Lock()
         self._buffer: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
         self._slots = asyncio.Semaphore(concurrency)
         self._in_flight: set[asyncio.Task[None]] = set()
@@ -672,17 +701,15 @@ class _RabbitSubscription:
 
     async def _handle(self, message: AbstractIncomingMessage) -> None:
         attempt = _attempt_of(message)
-        delivery = Delivery(
-            queue=self.queue_name,
-            body=message.body,
-            message_id=message.message_id,
-            redelivered=bool(message.redelivered) or attempt > 1,
-            attempt=attempt,
-        )
+        delivery = _delivery(self.queue_name, message, attempt)
+        if _unsettled_before(message):
+            await self._handle_suspect(message, delivery)
+            return
         try:
             await self._handler(delivery)
         except asyncio.CancelledError:
-            # Not a failure of the message: give it back as it was, uncounted.
+            # Not a failure of the message: give it back as it was (it is charged an attempt
+            # only if it is handled again, see _handle_suspect).
             await _settle(message.nack(requeue=True), message, self.queue_name)
             raise
         except Requeue as reason:
@@ -694,7 +721,9 @@ class _RabbitSubscription:
                 self._max_deliveries,
                 reason,
             )
-            await self._bus.retry_later(self.queue_name, message, attempt, self._max_deliveries)
+            await self._bus.retry_later(
+                self.queue_name, message, attempt, self._max_deliveries, self._on_dead_letter
+            )
         except Exception:
             log.exception(
                 "Handler failed for message %s on %s (attempt %d of %d)",
@@ -703,9 +732,40 @@ class _RabbitSubscription:
                 attempt,
                 self._max_deliveries,
             )
-            await self._bus.retry_later(self.queue_name, message, attempt, self._max_deliveries)
+            await self._bus.retry_later(
+                self.queue_name, message, attempt, self._max_deliveries, self._on_dead_letter
+            )
         else:
             await _settle(message.ack(), message, self.queue_name)
+
+    async def _handle_suspect(self, message: AbstractIncomingMessage, delivery: Delivery) -> None:
+        async with self._suspects:
+            log.info(
+                "Message %s on %s came back unsettled (attempt %d of %d); charging it first",
+                message.message_id,
+                self.queue_name,
+                delivery.attempt,
+                self._max_deliveries,
+            )
+            charged = await self._bus.retry_later(
+                self.queue_name,
+                message,
+                delivery.attempt,
+                self._max_deliveries,
+                self._on_dead_letter,
+            )
+            if not charged:
+                return  # dead-lettered, or back with RabbitMQ to be tried again
+            try:
+                await self._handler(delivery)
+            except Exception as exc:
+                # The charged copy in the queue is its next attempt.
+                log.info(
+                    "Handler failed for message %s on %s; its counted copy retries it: %r",
+                    message.message_id,
+                    self.queue_name,
+                    exc,
+                )
 
     def _on_handled(self, task: asyncio.Task[None]) -> None:
         self._in_flight.discard(task)
@@ -762,6 +822,24 @@ def _is_stale(message: AbstractIncomingMessage) -> bool:
         return message.channel.is_closed
     except ChannelInvalidStateError:
         return True
+
+
+def _unsettled_before(message: AbstractIncomingMessage) -> bool:
+    """Handed out before and never settled: its consumer died with it, or gave it back.
+
+    Quorum queues count such deliveries themselves (x-delivery-count); classic queues only
+    flag them as redelivered."""
+    return bool(message.redelivered) and "x-delivery-count" not in (message.headers or {})
+
+
+def _delivery(queue: str, message: AbstractIncomingMessage, attempt: int) -> Delivery:
+    return Delivery(
+        queue=queue,
+        body=message.body,
+        message_id=message.message_id,
+        redelivered=bool(message.redelivered) or attempt > 1,
+        attempt=attempt,
+    )
 
 
 def _attempt_of(message: AbstractIncomingMessage) -> int:
