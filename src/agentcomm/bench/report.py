@@ -84,7 +84,7 @@ def format_result(result: Result) -> str:
         levels = result.get("in_flight_levels") or [result.get("in_flight")]
         lines.append(
             f"closed loop at saturation: the best of {', '.join(map(str, levels))} in flight "
-            f"(hub: {result.get('in_flight')}"
+            f"({'peer' if scenario == 'peer' else 'hub'}: {result.get('in_flight')}"
             + (
                 f", floor: {result['floor_in_flight']}"
                 if result.get("floor_in_flight") is not None
