@@ -23,6 +23,22 @@ Scenario = Callable[[BenchContext], Awaitable[Result]]
 
 log = logging.getLogger(__name__)
 
+_ROUNDTRIP_KEYS = (
+    "duration_s",
+    "in_flight",
+    "roundtrips_per_s",
+    "p50_ms",
+    "p99_ms",
+    "p999_ms",
+    "floor_roundtrips_per_s",
+    "ratio_to_floor",
+)
+HEADLINE_KEYS: dict[str, tuple[str, ...]] = {
+    "roundtrip": _ROUNDTRIP_KEYS,
+    "roundtrip-memory": _ROUNDTRIP_KEYS,
+    "peer": ("roundtrips_per_s", "p50_ms", "p99_ms", "p999_ms"),
+}
+
 # `all` runs them in this order; peer before roundtrip-memory so that the latter can be
 # compared with it.
 ORDER = ("roundtrip", "peer", "roundtrip-memory", "fanout", "idle", "presence")
@@ -116,6 +132,10 @@ async def _run_scenarios(settings: Settings, scenario: str, options: BenchOption
                 log.exception("Scenario %s failed", name)
                 failed = True
                 result = {"scenario": name, "error": f"{type(exc).__name__}: {exc}"}
+            if "error" in result:
+                # The keys a reader of the JSON looks for are there, empty, beside the reason.
+                for key in HEADLINE_KEYS.get(name, ()):
+                    result.setdefault(key, None)
             if name == "roundtrip-memory" and "peer" in results:
                 _compare_with_peer(result, results["peer"])
             results[name] = result

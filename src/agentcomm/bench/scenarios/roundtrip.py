@@ -8,6 +8,7 @@ is measured in the same run with the same load, message size, confirms and prefe
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from agentcomm.bench.floor import HOPS, new_run_id
 from agentcomm.bench.frontends import Frontends
 from agentcomm.bench.loadgen import Measurement, Target, closed_loop, open_loop
 from agentcomm.bench.messages import mean_bus_size
-from agentcomm.bench.procs import Children, find_process
+from agentcomm.bench.procs import BenchError, Children, find_process
 from agentcomm.bench.profiling import sampled
 from agentcomm.bench.stacks import (
     CpuWindow,
@@ -161,6 +162,21 @@ def _headline(result: Result, hub: Measurement, floor: Measurement | None) -> No
         result["ratio_to_floor"] = None
 
 
+async def _check_reachable(host: str, port: int) -> None:
+    """Fails at once, with the address, when nothing listens where RabbitMQ should be."""
+    try:
+        async with asyncio.timeout(5):
+            _, writer = await asyncio.open_connection(host, port)
+    except (OSError, TimeoutError) as exc:
+        raise BenchError(
+            f"RabbitMQ at {host}:{port} is not reachable ({exc!r}); check RABBITMQ_HOST and "
+            "RABBITMQ_PORT."
+        ) from None
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+
+
 def _warmup(duration: float) -> float:
     return min(WARMUP_SECONDS, max(0.5, duration / 5))
 
@@ -188,6 +204,7 @@ async def run_rabbitmq(context: BenchContext) -> Result:
         "prefetch": context.settings.rabbitmq_prefetch,
         "confirms": True,
     }
+    await _check_reachable(context.settings.rabbitmq_host, context.settings.rabbitmq_port)
     async with bench_vhost(context.settings, notes) as settings:
         result["vhost"] = settings.rabbitmq_vhost
         children = Children(context.log_dir)
