@@ -79,8 +79,17 @@ class Frontend:
 class Frontends:
     """N registered frontends on one hub, and the round-trip target over them."""
 
-    def __init__(self, ws_url: str, *, receiver_id: str = "echo", payload: str = "x") -> None:
+    def __init__(
+        self,
+        ws_url: str,
+        *,
+        receiver_id: str = "echo",
+        payload: str = "x",
+        compression: bool = True,
+    ) -> None:
         self.ws_url = ws_url
+        # Browsers offer permessage-deflate, so by default the frontends do too.
+        self.compression = compression
         self.receiver_id = receiver_id
         self.payload = payload
         self.sockets: list[Frontend] = []
@@ -107,6 +116,7 @@ class Frontends:
                     close_timeout=2,
                     ping_interval=None,
                     max_queue=None,
+                    compression="deflate" if self.compression else None,
                 )
                 frontend = Frontend(index, ws, self)
                 try:

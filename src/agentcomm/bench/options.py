@@ -26,6 +26,8 @@ class BenchOptions:
     in_flight: int = 0
     # WebSocket frontends the round trips are spread over (each sends at a human pace).
     frontends: int = 512
+    # Whether the chatting frontends offer permessage-deflate, as browsers do.
+    ws_compression: bool = True
     # Characters of text in each chat message.
     payload_bytes: int = 64
     # Open-loop rates as fractions of the hub's measured saturation throughput.

@@ -50,7 +50,7 @@ class RawFrontend(asyncio.Protocol):
     def __init__(self, host: str, port: int, on_text: TextCallback | None) -> None:
         self._host = host
         self._port = port
-        self._on_text = on_text
+        self.on_text = on_text
         self._transport: asyncio.Transport | None = None
         self._buffer = bytearray()
         self._upgraded = False
@@ -131,8 +131,8 @@ class RawFrontend(asyncio.Protocol):
             elif b'"ERROR"' in payload:
                 self._fail(BenchError(f"Registration refused: {payload[:200]!r}"))
             return
-        if self._on_text is not None:
-            self._on_text(self, payload, now)
+        if self.on_text is not None:
+            self.on_text(self, payload, now)
 
     def _send(self, opcode: int, payload: bytes) -> None:
         if self._transport is not None and not self._transport.is_closing():

@@ -117,7 +117,7 @@ async def run(context: BenchContext) -> Result:
             async with context.progress.step(f"connecting {size:,} frontends", size / 500):
                 frontends += await open_frontends(hub.http_port, missing, watch.on_text)
             for frontend in frontends:
-                frontend._on_text = watch.on_text
+                frontend.on_text = watch.on_text
             async with context.progress.step(
                 f"{options.fanout_changes} presence changes to {size:,}", options.fanout_changes
             ):

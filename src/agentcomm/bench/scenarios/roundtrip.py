@@ -199,6 +199,7 @@ async def run_rabbitmq(context: BenchContext) -> Result:
         "in_flight": None,
         "in_flight_levels": list(options.levels),
         "frontends": options.sockets,
+        "ws_compression": options.ws_compression,
         "hops": HOPS,
         "message_bytes": body_size,
         "prefetch": context.settings.rabbitmq_prefetch,
@@ -208,7 +209,7 @@ async def run_rabbitmq(context: BenchContext) -> Result:
     async with bench_vhost(context.settings, notes) as settings:
         result["vhost"] = settings.rabbitmq_vhost
         children = Children(context.log_dir)
-        frontends = Frontends("", payload=payload)
+        frontends = Frontends("", payload=payload, compression=options.ws_compression)
         floor = FloorChain(settings, children, body_size, new_run_id())
         try:
             async with context.progress.step("starting server, broker, agent, floor", 8):
@@ -295,9 +296,10 @@ async def run_memory(context: BenchContext) -> Result:
         "in_flight": None,
         "in_flight_levels": list(options.levels),
         "frontends": options.sockets,
+        "ws_compression": options.ws_compression,
     }
     children = Children(context.log_dir)
-    frontends = Frontends("", payload=payload)
+    frontends = Frontends("", payload=payload, compression=options.ws_compression)
     try:
         async with context.progress.step("starting hub and agent", 5):
             hub = MemoryHub(context.settings, children)
@@ -341,7 +343,7 @@ async def _memory_in_process(
     agent's gRPC link (a diagnostic beside the main number)."""
     options = context.options
     children = Children(context.log_dir)
-    frontends = Frontends("", payload=payload)
+    frontends = Frontends("", payload=payload, compression=options.ws_compression)
     try:
         async with context.progress.step("starting hub with the agent inside", 5):
             hub = MemoryHub(context.settings, children, echo_in_process=True)
