@@ -176,3 +176,123 @@ def test_roundtrip_memory_prints_one_json_object(tmp_path: Path) -> None:
     assert result["errors"] == 0
     assert result["roundtrips_per_s"] > 0
     assert (tmp_path / "roundtrip-memory.json").is_file()
+
+
+def test_levels_and_level_seconds() -> None:
+    options = options_from_env(10.0, False)
+    assert options.levels == (16, 32, 64)
+    assert options.level_seconds == 5.0
+    assert options.sockets == 512
+    options.in_flight = 8
+    assert options.levels == (8,)
+    assert options.level_seconds == 10.0
+
+
+def test_table_shows_levels_cpu_and_sweep() -> None:
+    hub = Measurement(mode="closed", seconds=1.0, in_flight=32, completed=300)
+    hub.latencies_s = [0.01] * 300
+    floor = Measurement(mode="closed", seconds=1.0, in_flight=64, completed=600)
+    floor.latencies_s = [0.005] * 600
+    result: Result = {
+        "scenario": "roundtrip",
+        "in_flight_levels": [16, 32, 64],
+        "floor_in_flight": 64,
+        "saturation": {"hub": summary(hub), "floor": summary(floor)},
+        "closed_loop": [{"in_flight": 32, "hub": summary(hub)}],
+        "cpu": {
+            "hub": {
+                "ms_per_roundtrip": {"server": 1.5},
+                "cores_busy": {"server": 0.5},
+                "total_ms_per_roundtrip": 1.5,
+                "total_cores_busy": 0.5,
+            }
+        },
+        "open_loop": [{"offered_per_s": 100.0, "hub": summary(hub)}],
+    }
+    _headline(result, hub, floor)
+    text = format_result(result)
+    assert "best of 16, 32, 64 in flight (hub: 32, floor: 64)" in text
+    assert "ratio to floor: 0.50" in text
+    assert "server 1.50 ms (0.50 cores); all 1.50 ms" in text
+    assert "open loop:" in text
+
+
+class _Transport(asyncio.Transport):
+    """Collects what a RawFrontend writes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.written: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.written.append(bytes(data))
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def _server_frame(opcode: int, payload: bytes) -> bytes:
+    length = len(payload)
+    if length < 126:
+        return bytes([0x80 | opcode, length]) + payload
+    if length < 65536:
+        return bytes([0x80 | opcode, 126]) + length.to_bytes(2, "big") + payload
+    return bytes([0x80 | opcode, 127]) + length.to_bytes(8, "big") + payload
+
+
+def _unmask(frame: bytes) -> tuple[int, bytes]:
+    opcode, length = frame[0] & 0x0F, frame[1] & 0x7F
+    offset = 2
+    if length == 126:
+        length, offset = int.from_bytes(frame[2:4], "big"), 4
+    mask = frame[offset : offset + 4]
+    body = frame[offset + 4 : offset + 4 + length]
+    return opcode, bytes(b ^ mask[i % 4] for i, b in enumerate(body))
+
+
+async def test_raw_frontend_registers_reads_split_frames_and_answers_pings() -> None:
+    from agentcomm.bench.rawws import RawFrontend
+
+    seen: list[bytes] = []
+    frontend = RawFrontend("127.0.0.1", 1, lambda _f, payload, _t: seen.append(payload))
+    transport = _Transport()
+    frontend.connection_made(transport)
+    assert transport.written[0].startswith(b"GET /ws HTTP/1.1\r\n")
+    frontend.data_received(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n")
+    assert frontend.upgraded.done()
+    frontend.register("probe")
+    opcode, body = _unmask(transport.written[-1])
+    assert opcode == 1
+    assert json.loads(body) == {"message_type": "REGISTER_FRONTEND", "frontend_name": "probe"}
+    response = json.dumps(
+        {"message_type": "REGISTER_FRONTEND_RESPONSE", "frontend_id": "web_" + "a" * 32}
+    ).encode()
+    status = b'{"message_type":"AGENT_STATUS_UPDATE","agents":[],"is_full_update":true}'
+    stream = _server_frame(1, response) + _server_frame(1, status)
+    frontend.data_received(stream[:7])
+    frontend.data_received(stream[7:])
+    assert frontend.registered.result() == "web_" + "a" * 32
+    big = b'{"pad":"' + b"y" * 70000 + b'"}'
+    medium = b'{"pad":"' + b"z" * 300 + b'"}'
+    frontend.data_received(_server_frame(1, big) + _server_frame(1, medium))
+    assert seen == [big, medium]
+    frontend.data_received(_server_frame(9, b"hi"))
+    assert _unmask(transport.written[-1]) == (0xA, b"hi")
+
+
+def test_top_functions_from_collapsed_stacks(tmp_path: Path) -> None:
+    from agentcomm.bench.profiling import top_functions
+
+    path = tmp_path / "server.txt"
+    path.write_text(
+        "main (a/app.py:1);send (b/ws.py:9) 30\n"
+        "main (a/app.py:1);route (a/routing.py:5) 10\n"
+        "main (a/app.py:1) 10\n"
+    )
+    top = {name: (own, inclusive) for name, own, inclusive in top_functions(path)}
+    assert top["send (ws.py)"] == pytest.approx((0.6, 0.6))
+    assert top["main (app.py)"] == pytest.approx((0.2, 1.0))

@@ -135,7 +135,13 @@ def format_result(result: Result) -> str:
             per = data.get("ms_per_roundtrip", {})
             busy = data.get("cores_busy", {})
             parts = [f"{k} {_fmt(v)} ms ({_fmt(busy.get(k))} cores)" for k, v in per.items()]
-            lines.append(f"CPU per round trip, {side}: " + ", ".join(parts))
+            total = (
+                f"; all {_fmt(data.get('total_ms_per_roundtrip'))} ms "
+                f"({_fmt(data.get('total_cores_busy'))} cores)"
+                if data.get("total_ms_per_roundtrip") is not None
+                else ""
+            )
+            lines.append(f"CPU per round trip, {side}: " + ", ".join(parts) + total)
         sweep = result.get("open_loop")
         if sweep:
             rows = []

@@ -57,9 +57,15 @@ def summary(measurement: Measurement) -> dict[str, Any]:
 
 
 def cpu_summary(window: CpuWindow, roundtrips: int) -> dict[str, Any]:
+    """CPU per round trip and cores busy, per process and in total (the totals say whether
+    the machine, rather than one process, was the limit)."""
+    per = window.per_event_ms(roundtrips)
+    busy = window.utilisation()
     return {
-        "ms_per_roundtrip": {k: rounded(v) for k, v in window.per_event_ms(roundtrips).items()},
-        "cores_busy": {k: rounded(v, 2) for k, v in window.utilisation().items()},
+        "ms_per_roundtrip": {k: rounded(v) for k, v in per.items()},
+        "cores_busy": {k: rounded(v, 2) for k, v in busy.items()},
+        "total_ms_per_roundtrip": rounded(sum(per.values())),
+        "total_cores_busy": rounded(sum(busy.values()), 2),
     }
 
 
