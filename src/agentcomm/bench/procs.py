@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import resource
 import signal
@@ -22,6 +23,9 @@ from typing import Any
 import orjson
 
 from agentcomm.config import Settings
+
+
+log = logging.getLogger(__name__)
 
 
 class BenchError(Exception):
@@ -216,7 +220,13 @@ class Children:
         # Shielded: a second Ctrl+C while stopping must not leave processes behind.
         while self._children:
             child = self._children.pop()
-            await asyncio.shield(child.stop())
+            try:
+                await asyncio.shield(child.stop())
+            except Exception:
+                # Whatever went wrong with this one, the others are still stopped.
+                log.exception("Stopping %s failed", child.name)
+                with contextlib.suppress(ProcessLookupError):
+                    child.process.kill()
 
     def check_alive(self) -> None:
         for child in self._children:
