@@ -24,7 +24,6 @@ import orjson
 
 from agentcomm.config import Settings
 
-
 log = logging.getLogger(__name__)
 
 
