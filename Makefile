@@ -42,6 +42,7 @@ proto-check: install
 	rm -rf $$tmp
 
 bench: install
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
 	$(BIN)/agentcomm bench all
 
 ## Regenerates docs/screenshots/*.png from the real page (needs Debian's chromium).

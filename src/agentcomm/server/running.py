@@ -97,6 +97,9 @@ class RunningServer:
             log_level="warning",
             access_log=False,
             ws_max_size=settings.max_message_bytes,
+            # Frames are small JSON: compressing each costs more CPU than it saves on
+            # loopback and LAN links, and every compressing socket keeps zlib state in memory.
+            ws_per_message_deflate=False,
             ws_ping_interval=20.0,
             ws_ping_timeout=20.0,
             timeout_graceful_shutdown=max(1, int(settings.shutdown_timeout / 2)),
