@@ -23,6 +23,19 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(entry).decode()
 
 
+class _NoLibraryTracebacks(logging.Filter):
+    """aio-pika and aiormq log a full traceback for every broken connection; the one line they
+    log with it says what happened, and the bus reports what it means for agentcomm."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.startswith(("aiormq", "aio_pika")) and record.exc_info:
+            record.msg = f"{record.getMessage()} ({record.exc_info[1]!r})"
+            record.args = ()
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
 def configure_logging(settings: Settings) -> None:
     handler = logging.StreamHandler(sys.stderr)
     if settings.log_format == "json":
@@ -31,6 +44,7 @@ def configure_logging(settings: Settings) -> None:
         handler.setFormatter(
             logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S")
         )
+    handler.addFilter(_NoLibraryTracebacks())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.log_level)

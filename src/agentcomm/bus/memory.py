@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from agentcomm.bus.base import (
     BusClosed,
     BusError,
+    BusUnavailable,
     Delivery,
     MessageHandler,
     QueueOptions,
@@ -271,6 +272,12 @@ class _MemorySubscription:
         except Requeue as reason:
             log.info("Message %s on %s handed back: %s", stored.message_id, self.queue.name, reason)
             await self._bus.requeue(self.queue, stored, self._max_deliveries, self._on_dead_letter)
+        except BusUnavailable as exc:
+            # The bus failed under the handler: not the message's fault, so it goes back
+            # uncounted.
+            log.warning("Message %s on %s goes back: %s", stored.message_id, self.queue.name, exc)
+            stored.attempt -= 1
+            await self._bus.requeue(self.queue, stored, self._max_deliveries)
         except Exception:
             log.exception("Handler failed for message %s on %s", stored.message_id, self.queue.name)
             await self._bus.requeue(self.queue, stored, self._max_deliveries, self._on_dead_letter)

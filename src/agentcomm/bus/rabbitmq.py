@@ -724,6 +724,16 @@ class _RabbitSubscription:
             await self._bus.retry_later(
                 self.queue_name, message, attempt, self._max_deliveries, self._on_dead_letter
             )
+        except BusUnavailable as exc:
+            # The bus itself failed under the handler (an outage): not the message's fault, so
+            # it goes back uncounted; it also returns by itself if the channel is gone.
+            log.warning(
+                "Message %s on %s goes back to the queue: the bus failed while it was handled (%s)",
+                message.message_id,
+                self.queue_name,
+                exc,
+            )
+            await _settle(message.nack(requeue=True), message, self.queue_name)
         except Exception:
             log.exception(
                 "Handler failed for message %s on %s (attempt %d of %d)",
