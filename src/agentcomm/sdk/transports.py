@@ -18,10 +18,18 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Literal, Protocol
 
-from agentcomm.bus import Bus, BusError, Delivery, Subscription
+from agentcomm.bus import Bus, BusError, BusUnavailable, Delivery, Subscription
 from agentcomm.bus.queues import BROKER_INPUT_QUEUE, agent_queue
-from agentcomm.protocol import Envelope, ProtocolError, decode_envelope, encode_for_bus
-from agentcomm.sdk.errors import AgentError, HandlingAborted, HubUnavailable
+from agentcomm.protocol import (
+    Envelope,
+    ErrorCode,
+    MessageType,
+    ProtocolError,
+    decode_envelope,
+    encode_for_bus,
+)
+from agentcomm.sdk import envelopes
+from agentcomm.sdk.errors import AgentError, HandlingAborted, HubUnavailable, PublishFailed
 from agentcomm.sdk.hub_client import HubClient, IncomingMessage
 
 log = logging.getLogger(__name__)
@@ -159,14 +167,41 @@ class BusWork:
                 # Acked by returning: an unreadable message would never become readable.
                 log.warning("Agent %s dropped an unreadable message: %s", agent_id, exc.text)
                 return
-            await handle(envelope)
+            try:
+                await handle(envelope)
+            except (HubUnavailable, PublishFailed) as exc:
+                # The bus went away under the handler: the message goes back uncounted and is
+                # handled again once the connection is back.
+                raise BusUnavailable(str(exc)) from None
+
+        async def gave_up(delivery: Delivery) -> None:
+            # Out of attempts (it kept failing, or kept taking the agent down with it): the
+            # bus drops it, and its sender is told instead of waiting forever.
+            try:
+                envelope = decode_envelope(delivery.body)
+            except ProtocolError:
+                return
+            if envelope.message_type is MessageType.TEXT and envelope.sender_id:
+                await self.publish(
+                    envelopes.error(
+                        envelope,
+                        agent_id,
+                        ErrorCode.INTERNAL,
+                        f"Agent {agent_id} could not handle this message: it was tried "
+                        f"{delivery.attempt} times and given up.",
+                    )
+                )
 
         try:
             await self._bus.connect()
             # concurrency == prefetch: messages waiting for a handler slot must not hold up a
             # CANCEL behind them; the dispatcher bounds how many handlers really run.
             subscription = await self._bus.consume(
-                agent_queue(agent_id), deliver, prefetch=self._prefetch, concurrency=self._prefetch
+                agent_queue(agent_id),
+                deliver,
+                prefetch=self._prefetch,
+                concurrency=self._prefetch,
+                on_dead_letter=gave_up,
             )
         except BusError as exc:
             raise HubUnavailable(f"Cannot consume {agent_queue(agent_id)}: {exc}") from exc
