@@ -17,6 +17,7 @@ from agentcomm.generated import agent_status_service_pb2_grpc as status_grpc
 from agentcomm.generated import broker_registration_service_pb2 as broker_pb
 from agentcomm.generated import broker_registration_service_pb2_grpc as broker_grpc
 from agentcomm.server.grpc_broker import BrokerRegistrationServicer
+from agentcomm.server.grpc_malformed import RejectMalformedRequests
 from agentcomm.server.grpc_registration import AgentRegistrationServicer
 from agentcomm.server.grpc_status import AgentStatusServicer
 
@@ -50,6 +51,7 @@ def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
 async def start_grpc_server(hub: Hub) -> tuple[grpc.aio.Server, int]:
     limit = hub.settings.max_message_bytes
     server = grpc.aio.server(
+        interceptors=[RejectMalformedRequests()],
         options=[
             ("grpc.max_receive_message_length", limit),
             # No cap on what the server sends: the full agent list grows with the number of
@@ -60,7 +62,7 @@ async def start_grpc_server(hub: Hub) -> tuple[grpc.aio.Server, int]:
             ("grpc.keepalive_timeout_ms", 5_000),
             ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
             ("grpc.keepalive_permit_without_calls", 1),
-        ]
+        ],
     )
     registration_grpc.add_AgentRegistrationServiceServicer_to_server(
         AgentRegistrationServicer(hub), server

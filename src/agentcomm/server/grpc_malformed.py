@@ -1,0 +1,90 @@
+"""Malformed protobuf requests get INVALID_ARGUMENT, not gRPC's UNKNOWN.
+
+grpc.aio parses a request before any servicer code runs, and a parse failure surfaces as
+UNKNOWN "Unexpected DecodeError". This interceptor parses requests itself and lets a request
+that does not parse reach no servicer: the call ends with INVALID_ARGUMENT saying why.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+
+Deserializer = Callable[[bytes], Any]
+
+
+class _Malformed:
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+def _tolerant(deserialize: Deserializer) -> Deserializer:
+    def parse(data: bytes) -> Any:
+        try:
+            return deserialize(data)
+        except Exception as exc:
+            return _Malformed(str(exc) or type(exc).__name__)
+
+    return parse
+
+
+async def _refuse(request: _Malformed, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+    await context.abort(
+        grpc.StatusCode.INVALID_ARGUMENT, f"The request is not a valid message: {request.reason}"
+    )
+
+
+def _unary(behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    async def checked(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        if isinstance(request, _Malformed):
+            await _refuse(request, context)
+        return await behavior(request, context)
+
+    return checked
+
+
+def _streaming(behavior: Callable[..., Any]) -> Callable[..., AsyncIterator[Any]]:
+    # The stubs type a streaming behaviour as a sync iterator; grpc.aio servicers are async
+    # generators, which is what this wraps.
+    async def checked(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        if isinstance(request, _Malformed):
+            await _refuse(request, context)
+        async for response in behavior(request, context):
+            yield response
+
+    return checked
+
+
+class RejectMalformedRequests(grpc.aio.ServerInterceptor):
+    def __init__(self) -> None:
+        # Wrapped once per method, not per call.
+        self._handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
+
+    async def intercept_service(
+        self,
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
+        ],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        method = handler_call_details.method
+        cached = self._handlers.get(method)
+        if cached is not None:
+            return cached
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.request_deserializer is None:
+            return handler
+        parse = _tolerant(handler.request_deserializer)
+        wrapped = handler
+        if handler.unary_unary is not None:
+            wrapped = grpc.unary_unary_rpc_method_handler(
+                _unary(handler.unary_unary), parse, handler.response_serializer
+            )
+        elif handler.unary_stream is not None:
+            wrapped = grpc.unary_stream_rpc_method_handler(
+                _streaming(handler.unary_stream), parse, handler.response_serializer
+            )
+        self._handlers[method] = wrapped
+        return wrapped
