@@ -630,6 +630,9 @@ class _RabbitSubscription:
         self._on_dead_letter = on_dead_letter
         # Suspects (see the module's docstring) run one at a time.
         self._suspects = asyncio.Lock()
+        # message_id -> set when its delivery in progress is done: a second delivery with that
+        # id (a counted copy, a redelivery) waits for it, so the two never run at once.
+        self._handling: dict[str, asyncio.Event] = {}
         self._buffer: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
         self._slots = asyncio.Semaphore(concurrency)
         self._in_flight: set[asyncio.Task[None]] = set()
@@ -700,6 +703,17 @@ class _RabbitSubscription:
             task.add_done_callback(self._on_handled)
 
     async def _handle(self, message: AbstractIncomingMessage) -> None:
+        key = message.message_id or f"delivery-{id(message)}"
+        while (earlier := self._handling.get(key)) is not None:
+            await earlier.wait()
+        done = self._handling[key] = asyncio.Event()
+        try:
+            await self._handle_one(message)
+        finally:
+            del self._handling[key]
+            done.set()
+
+    async def _handle_one(self, message: AbstractIncomingMessage) -> None:
         attempt = _attempt_of(message)
         delivery = _delivery(self.queue_name, message, attempt)
         if _unsettled_before(message):
