@@ -12,7 +12,12 @@ import logging
 from dataclasses import dataclass
 
 from agentcomm.bus.base import Bus, Delivery, Requeue, Subscription
-from agentcomm.bus.queues import agent_queue
+from agentcomm.bus.queues import BROKER_INPUT_QUEUE, agent_queue
+from agentcomm.protocol.codec import decode_envelope, encode_for_bus
+from agentcomm.protocol.errors import ProtocolError
+from agentcomm.protocol.models import Envelope
+from agentcomm.protocol.timestamps import utc_now_iso
+from agentcomm.protocol.vocabulary import ErrorCode, MessageType, RoutingStatus
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +50,35 @@ class AgentInbox:
             self._hand_over,
             prefetch=self._prefetch,
             concurrency=self._prefetch,
+            on_dead_letter=self._gave_up,
+        )
+
+    async def _gave_up(self, delivery: Delivery) -> None:
+        """Out of attempts (the agent kept giving it back, or kept dying with it): the bus drops
+        it, and its sender is told, on the agent's behalf, instead of waiting forever."""
+        try:
+            message = decode_envelope(delivery.body)
+        except ProtocolError:
+            return
+        if message.message_type is not MessageType.TEXT or not message.sender_id:
+            return
+        error = Envelope(
+            message_type=MessageType.ERROR,
+            sender_id=self.agent_id,
+            receiver_id=message.sender_id,
+            in_reply_to_message_id=message.message_id,
+            conversation_id=message.conversation_id,
+            routing_status=RoutingStatus.PENDING,
+            error_code=ErrorCode.INTERNAL.value,
+            text_payload=f"Agent {self.agent_id} could not handle this message: it was tried "
+            f"{delivery.attempt} times and given up.",
+            send_timestamp=utc_now_iso(),
+            _client_id=message.client_id,
+            _server_id=message.server_id,
+            _hops=message.hops,
+        )
+        await self._bus.publish(
+            BROKER_INPUT_QUEUE, encode_for_bus(error), message_id=error.message_id
         )
 
     async def next(self) -> InboxItem | None:
