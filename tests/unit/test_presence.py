@@ -105,6 +105,23 @@ def test_live_id_of_another_session_is_refused(registry: AgentRegistry, deltas: 
     assert record.session == "s1"
 
 
+def test_id_whose_streams_broke_may_be_taken_over_by_a_restarted_process(
+    registry: AgentRegistry, deltas: Deltas
+) -> None:
+    register(registry, session="crashed")
+    registry.stream_opened("a1")
+    registry.stream_closed("a1")  # the process died; the grace has not run out yet
+    deltas.take()
+    register(registry, session="restarted")
+    record = registry.get("a1")
+    assert record is not None
+    assert (record.session, record.online) == ("restarted", True)
+    # With a stream open again, the id is held as before.
+    registry.stream_opened("a1")
+    with pytest.raises(AgentIdTaken):
+        register(registry, session="crashed")
+
+
 def test_offline_id_may_be_taken_by_another_session(
     registry: AgentRegistry, deltas: Deltas
 ) -> None:

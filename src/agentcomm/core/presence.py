@@ -150,9 +150,19 @@ class AgentRegistry:
         hostname: str = "",
         platform: str = "",
     ) -> AgentRecord:
-        """Registers (or re-registers) an agent; a live id held by another session is refused."""
+        """Registers (or re-registers) an agent; a live id held by another session is refused.
+
+        An id whose streams all broke and were not reopened (it is within STREAM_GRACE) may be
+        taken over: a live process reopens them with its own session, so this is most likely
+        its process restarted after a crash, which must not wait for the grace to run out.
+        """
         existing = self._agents.get(agent_id)
-        if existing is not None and existing.online and existing.session != session:
+        if (
+            existing is not None
+            and existing.online
+            and existing.session != session
+            and existing.stream_lost_at is None
+        ):
             raise AgentIdTaken(agent_id)
         record = AgentRecord(
             agent_id=agent_id,
