@@ -27,6 +27,7 @@ from tests.e2e.processes import (
     start_server,
 )
 
+CRASHY_AGENT = Path(__file__).with_name("agents") / "crashy.py"
 RABBITMQ_HOST = "127.0.0.1"
 RABBITMQ_PORT = 5672
 # How long RabbitMQ may take to come back after start_app before the test gives up.
@@ -88,6 +89,16 @@ class Stack:
             "--transport",
             transport,
             env=self.server.grpc_env | dict(env or {}),
+        )
+        self.agents[agent_id] = process
+        if wait:
+            self.server.wait_agents([agent_id], alive=[process])
+        return process
+
+    def add_crashy(self, agent_id: str, transport: str, *, wait: bool = True) -> Process:
+        """tests/reliability/agents/crashy.py as `agent_id`: echo, "slow <s>", "poison"."""
+        process = self.processes.python(
+            agent_id, CRASHY_AGENT, agent_id, transport, env=self.server.grpc_env
         )
         self.agents[agent_id] = process
         if wait:
