@@ -64,8 +64,8 @@ class Stack:
     def ws_url(self) -> str:
         return self.server.ws_url
 
-    def add_broker(self, broker_id: str, env: Mapping[str, str] | None = None) -> Process:
-        process = start_broker(self.processes, self.server, broker_id, *_env_flags(env or {}))
+    def add_broker(self, broker_id: str, flags: Mapping[str, str] | None = None) -> Process:
+        process = start_broker(self.processes, self.server, broker_id, *_env_flags(flags or {}))
         self.brokers[broker_id] = process
         return process
 
