@@ -41,6 +41,13 @@ class Settings(BaseSettings):
     rabbitmq_connect_attempts: int = Field(
         10, ge=1, description="attempts to reach RabbitMQ at start before giving up"
     )
+    rabbitmq_heartbeat: int = Field(
+        10,
+        ge=0,
+        le=600,
+        description="seconds between AMQP heartbeats; a link silent for about three of them "
+        "is taken for dead and reconnected (0: off)",
+    )
     consumer_concurrency: int = Field(
         32,
         ge=1,

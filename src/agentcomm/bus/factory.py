@@ -22,6 +22,7 @@ def create_bus(settings: Settings, *, name: str = "agentcomm") -> Bus:
             settings.rabbitmq_url,
             connect_attempts=settings.rabbitmq_connect_attempts,
             prefetch_default=settings.rabbitmq_prefetch,
+            heartbeat=settings.rabbitmq_heartbeat,
             name=name,
         )
     raise ValueError(

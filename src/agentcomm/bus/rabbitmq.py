@@ -91,6 +91,8 @@ class RabbitMQBus:
     retries at start (exponential backoff between them); after a successful start the connection
     reconnects by itself for as long as the bus is open. `prefetch_default` is the prefetch of a
     consumer that does not ask for one. `name` is shown as the connection name in RabbitMQ.
+    `heartbeat` (seconds, unless the URL sets it) is proposed to RabbitMQ; a connection that
+    stays silent for about three heartbeats is taken for dead and reconnected.
     """
 
     # Seconds one connection attempt at start may take before it counts as failed.
@@ -116,6 +118,7 @@ class RabbitMQBus:
         connect_attempts: int = 10,
         prefetch_default: int = 200,
         name: str = "agentcomm",
+        heartbeat: int | None = None,
     ) -> None:
         if connect_attempts < 1:
             raise ValueError(f"connect_attempts must be at least 1, got {connect_attempts}.")
@@ -124,6 +127,7 @@ class RabbitMQBus:
         self._where = _describe(url)
         self._connect_attempts = connect_attempts
         self._prefetch_default = prefetch_default
+        self._heartbeat = heartbeat
         self._name = name
         self._connection: AbstractRobustConnection | None = None
         self._publish_channel: AbstractRobustChannel | None = None
@@ -194,8 +198,11 @@ class RabbitMQBus:
         pause = self.BACKOFF_FIRST
         attempts = self._connect_attempts
         extra: dict[str, Any] = {}
-        if "reconnect_interval" not in urlsplit(self._url).query:
+        query = urlsplit(self._url).query
+        if "reconnect_interval" not in query:
             extra["reconnect_interval"] = self.RECONNECT_INTERVAL
+        if self._heartbeat is not None and "heartbeat" not in query:
+            extra["heartbeat"] = self._heartbeat
         for attempt in range(1, attempts + 1):
             try:
                 connection: AbstractRobustConnection = await aio_pika.connect_robust(
