@@ -19,7 +19,15 @@ from tests.support.tcp_proxy import TcpProxy
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.slow, pytest.mark.timeout(300)]
 
 TOTAL = 300
-BLACKHOLE_SECONDS = 7.0
+# Every process proposes this AMQP heartbeat: a silent link is taken for dead after about
+# 3 x (heartbeat + 1) seconds (aio-pika's rule).
+RABBITMQ_HEARTBEAT = 1
+DEAD_LINK_BOUND = 3 * (RABBITMQ_HEARTBEAT + 1) + 2.0
+# Longer than a publish waits for its confirm, shorter than the heartbeat bound: the link
+# survives, and some TEXTs are refused while the bus has them after all.
+BLACKHOLE_SECONDS = 5.5
+# Longer than the heartbeat bound: every part takes its link for dead and reconnects.
+LONG_BLACKHOLE_SECONDS = 12.0
 AGENTS = {"echo-amqp": "amqp", "echo-grpc": "grpc"}
 
 
@@ -41,7 +49,9 @@ async def linked(rabbitmq_available: None, tmp_path: Path) -> AsyncIterator[Link
         for name in ("server-bus", "broker-bus", "agent-bus")
     }
     context = reliability_stack(
-        tmp_path, server_flags={"--rabbitmq-port": str(links["server-bus"].port)}
+        tmp_path,
+        server_flags={"--rabbitmq-port": str(links["server-bus"].port)},
+        env={"RABBITMQ_HEARTBEAT": str(RABBITMQ_HEARTBEAT)},
     )
     try:
         # Starting and stopping processes blocks; the proxies must keep forwarding meanwhile.
@@ -74,7 +84,18 @@ async def linked(rabbitmq_available: None, tmp_path: Path) -> AsyncIterator[Link
             await proxy.close()
 
 
+async def until_not_ready(stack: Stack, bound: float) -> None:
+    def ready() -> bool:
+        return stack.server.is_ready()
+
+    async with asyncio.timeout(bound):
+        while await asyncio.to_thread(ready):  # noqa: ASYNC110  (readiness is only polled)
+            await asyncio.sleep(0.1)
+
+
 async def run_with_fault(linked: Linked, fault: str) -> dict[str, object]:
+    loop = asyncio.get_running_loop()
+    noticed_after: float | None = None
     async with ChatLoad(linked.stack.ws_url, list(AGENTS), frontends=3, window=6) as load:
         sending = load.start(TOTAL, pace=0.01)
         await load.wait_sent(TOTAL // 3, timeout=60)
@@ -83,9 +104,15 @@ async def run_with_fault(linked: Linked, fault: str) -> dict[str, object]:
             linked.each("reset")
         elif fault == "blackhole":
             linked.each("blackhole")
-            # Longer than a publish waits for its confirm: some TEXTs are refused while the
-            # bus has them after all (the link heals below its heartbeat bound).
-            await asyncio.sleep(BLACKHOLE_SECONDS)
+            await asyncio.sleep(BLACKHOLE_SECONDS)  # the outage itself
+            linked.each("passthrough")
+        elif fault == "blackhole_long":
+            linked.each("blackhole")
+            began = loop.time()
+            # The server notices its dead bus link (and says so on /readyz) within the bound.
+            await until_not_ready(linked.stack, DEAD_LINK_BOUND)
+            noticed_after = loop.time() - began
+            await asyncio.sleep(max(0.0, LONG_BLACKHOLE_SECONDS - noticed_after))
             linked.each("passthrough")
         elif fault == "slow":
             linked.each("slow", 0.05)
@@ -96,13 +123,15 @@ async def run_with_fault(linked: Linked, fault: str) -> dict[str, object]:
         await load.quiet(2.0)
         report = load.report()
         counts = report.counts() | {"fault": fault, "in_flight_at_fault_start": in_flight}
+        if noticed_after is not None:
+            counts["dead_link_noticed_seconds"] = round(noticed_after, 1)
         report_line(f"link_{fault}", counts)
         assert (len(report.lost), len(report.duplicated), report.unexpected) == (0, 0, []), report
         assert report.replies == TOTAL, report
         return counts
 
 
-@pytest.mark.parametrize("fault", ["reset", "blackhole", "slow"])
+@pytest.mark.parametrize("fault", ["reset", "blackhole", "blackhole_long", "slow"])
 async def test_links_cut_or_stalled_mid_stream_lose_and_duplicate_nothing(
     linked: Linked, fault: str
 ) -> None:
