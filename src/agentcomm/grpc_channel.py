@@ -14,6 +14,17 @@ from agentcomm.config import Settings
 
 ChannelOptions = Sequence[tuple[str, Any]]
 
+# A connection that stops answering is closed, and its calls and streams fail, within about
+# 15 s: a ping after 10 s without traffic, 5 s for its answer. (This gRPC applies its generic
+# ping timeout, 60 s by default, to keepalive pings too, so it is set as well.) The server
+# accepts pings this often (grpc_server.py).
+CLIENT_KEEPALIVE: ChannelOptions = (
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.http2.ping_timeout_ms", 5_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+)
+
 
 def _with_token(details: grpc.aio.ClientCallDetails, header: tuple[str, str]) -> Any:
     return grpc.aio.ClientCallDetails(

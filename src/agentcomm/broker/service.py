@@ -24,7 +24,7 @@ from agentcomm.broker.presence import AgentTable, PresenceFollower
 from agentcomm.broker.routing import Decision, Outcome, Router, reject_undecodable
 from agentcomm.bus.base import Bus, Delivery, Subscription
 from agentcomm.bus.queues import BROKER_INPUT_QUEUE, SERVER_INPUT_QUEUE
-from agentcomm.grpc_channel import ClientTls, open_channel
+from agentcomm.grpc_channel import CLIENT_KEEPALIVE, ClientTls, open_channel
 from agentcomm.protocol.codec import decode_envelope, encode_for_bus, parse_json_object
 from agentcomm.protocol.errors import ProtocolError
 from agentcomm.protocol.ids import new_broker_id
@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 _CHANNEL_OPTIONS = (
     ("grpc.initial_reconnect_backoff_ms", 200),
     ("grpc.max_reconnect_backoff_ms", 5000),
+    *CLIENT_KEEPALIVE,
 )
 
 

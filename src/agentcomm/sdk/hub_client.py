@@ -17,7 +17,7 @@ import grpc.aio
 
 from agentcomm.generated import agent_registration_service_pb2 as pb
 from agentcomm.generated.agent_registration_service_pb2_grpc import AgentRegistrationServiceStub
-from agentcomm.grpc_channel import ClientTls, open_channel
+from agentcomm.grpc_channel import CLIENT_KEEPALIVE, ClientTls, open_channel
 from agentcomm.protocol import Envelope, encode_for_bus
 from agentcomm.sdk.commands import Command, CommandOutcome
 from agentcomm.sdk.errors import (
@@ -51,6 +51,7 @@ _UNAVAILABLE_CODES = frozenset(
 _CHANNEL_OPTIONS = (
     ("grpc.initial_reconnect_backoff_ms", 200),
     ("grpc.max_reconnect_backoff_ms", 5000),
+    *CLIENT_KEEPALIVE,
 )
 
 

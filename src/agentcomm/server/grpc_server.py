@@ -57,11 +57,16 @@ async def start_grpc_server(hub: Hub) -> tuple[grpc.aio.Server, int]:
             # No cap on what the server sends: the full agent list grows with the number of
             # agents, and operator commands are bounded by the HTTP API, not by this limit.
             ("grpc.max_send_message_length", -1),
-            # Notice dead agent connections (and so broken streams) within seconds.
+            # Notice dead agent connections (and so broken streams) within about 15 s: a ping
+            # after 10 s without traffic, 5 s for its answer. This gRPC applies its generic ping
+            # timeout (60 s by default) to keepalive pings too, so that is set as well.
             ("grpc.keepalive_time_ms", 10_000),
             ("grpc.keepalive_timeout_ms", 5_000),
+            ("grpc.http2.ping_timeout_ms", 5_000),
             ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
             ("grpc.keepalive_permit_without_calls", 1),
+            # Agents and brokers ping as often themselves (grpc_channel.CLIENT_KEEPALIVE).
+            ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000),
         ],
     )
     registration_grpc.add_AgentRegistrationServiceServicer_to_server(
