@@ -146,3 +146,42 @@ async def test_links_cut_or_stalled_mid_stream_lose_and_duplicate_nothing(
         report = after.report()
         assert report.replies == 60, report
         assert not report.refusals, report
+
+
+# The server's gRPC keepalive (grpc_server.py): a ping every 10 s, 5 s for the answer; then the
+# agent's streams are gone and STREAM_GRACE (1 s here) later the agent is offline.
+GRPC_DEAD_LINK_BOUND = 10 + 5 + 1 + 3.0
+
+
+async def test_dead_grpc_link_is_noticed_within_keepalive_and_the_agent_comes_back(
+    linked: Linked,
+) -> None:
+    stack, link = linked.stack, linked.links["agent-grpc"]
+    agent = stack.agents["echo-grpc"]
+    loop = asyncio.get_running_loop()
+    link.blackhole()
+    began = loop.time()
+    await asyncio.to_thread(
+        stack.server.wait_agents, ["echo-grpc"], online=False, timeout=GRPC_DEAD_LINK_BOUND
+    )
+    server_noticed = loop.time() - began
+    # The agent notices too (its calls time out, its connection's keepalive fails) ...
+    await asyncio.to_thread(agent.wait_for_output, "lost the server", timeout=GRPC_DEAD_LINK_BOUND)
+    agent_noticed = loop.time() - began
+    # ... and once the link is back it comes back by itself.
+    link.passthrough()
+    await asyncio.to_thread(stack.server.wait_agents, ["echo-grpc"], timeout=30)
+    back_after = loop.time() - began - agent_noticed
+    async with ChatLoad(stack.ws_url, ["echo-grpc"], frontends=1, text_prefix="back") as load:
+        await load.run(20)
+        await load.wait_settled(20, timeout=30)
+        assert load.report().replies == 20, load.report()
+    report_line(
+        "grpc_dead_link",
+        {
+            "server_noticed_seconds": round(server_noticed, 1),
+            "agent_noticed_seconds": round(agent_noticed, 1),
+            "back_seconds_after_heal": round(back_after, 1),
+            "bound_seconds": GRPC_DEAD_LINK_BOUND,
+        },
+    )
