@@ -615,3 +615,76 @@ async def test_messages_of_an_agent_that_stays_offline_are_answered_for_it(world
         "m1",
     )
     assert await world.router.answer_abandoned() == 0
+
+
+def just_started(world: World, expect_agents_for: float) -> ServerRouter:
+    """A router of a server that has just started, on the world's parts."""
+    return ServerRouter(
+        server_id=SERVER_ID,
+        bus=world.bus,
+        registry=world.registry,
+        sessions=world.sessions,
+        answers=world.answers,
+        streams=ReplyStreams(world.clock),
+        clock=world.clock,
+        expect_agents_for=expect_agents_for,
+    )
+
+
+async def test_a_new_server_lets_messages_wait_for_agents_of_the_server_before_it(
+    world: World,
+) -> None:
+    router = just_started(world, expect_agents_for=30)
+    # The agent is not registered with this server yet, but its queue is there from before.
+    await world.bus.declare_queue("agent_queue_agent-1")
+    await router.handle_broker_output(await routed_from_alice(world, "agent-1"))
+    [queued] = await world.queue("agent_queue_agent-1")
+    assert queued["message_id"] == "m1"
+    assert statuses(world.alice_link.take()) == [
+        ("TEXT", "routed", None),
+        ("TEXT", "delivered", None),
+    ]
+    # It does not come back: after DELIVERY_TIMEOUT its sender is told.
+    world.clock.advance(300)
+    assert await router.answer_abandoned() == 1
+    assert statuses(world.alice_link.take()) == [
+        ("TEXT", "error", "agent_offline"),
+        ("ERROR", "error", "agent_offline"),
+    ]
+
+
+async def test_a_new_server_still_refuses_agents_without_a_queue_or_after_the_grace(
+    world: World,
+) -> None:
+    router = just_started(world, expect_agents_for=30)
+    await router.handle_broker_output(await routed_from_alice(world, "nobody", "m1"))
+    assert statuses(world.alice_link.take()) == [
+        ("TEXT", "error", "unknown_receiver"),
+        ("ERROR", "error", "unknown_receiver"),
+    ]
+    world.clock.advance(31)
+    await world.bus.declare_queue("agent_queue_agent-1")
+    await router.handle_broker_output(await routed_from_alice(world, "agent-1", "m2"))
+    assert statuses(world.alice_link.take()) == [
+        ("TEXT", "error", "unknown_receiver"),
+        ("ERROR", "error", "unknown_receiver"),
+    ]
+    assert await world.queue("agent_queue_agent-1") == []
+
+
+async def test_an_agent_back_in_time_after_a_server_restart_keeps_its_messages(
+    world: World,
+) -> None:
+    router = just_started(world, expect_agents_for=30)
+    # As the hub does: presence tells the ledger who is back.
+    world.registry.subscribe(
+        lambda delta: [world.answers.agent_online(i.agent_id) for i in delta if i.is_online]
+    )
+    await world.bus.declare_queue("agent_queue_agent-1")
+    await router.handle_broker_output(await routed_from_alice(world, "agent-1"))
+    world.alice_link.take()
+    world.clock.advance(5)
+    await world.agent("agent-1")  # registers with the new server
+    world.clock.advance(600)
+    assert await router.answer_abandoned() == 0
+    assert world.alice_link.take() == []

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from agentcomm.bus.base import Bus, BusError, BusUnavailable, Unroutable
 from agentcomm.bus.queues import BROKER_INPUT_QUEUE, agent_queue, server_queue
 from agentcomm.core.answers import AnswerLedger
+from agentcomm.core.clock import Clock, SystemClock
 from agentcomm.core.presence import AgentRegistry
 from agentcomm.core.sessions import FrontendSessions
 from agentcomm.core.streams import ReplyStreams
@@ -52,7 +53,11 @@ class ServerRouter:
         answers: AnswerLedger,
         streams: ReplyStreams,
         publish_timeout: float = 5.0,
+        clock: Clock | None = None,
+        expect_agents_for: float = 0.0,
     ) -> None:
+        """`expect_agents_for`: seconds after this router is made during which an agent it does
+        not know yet, but whose queue exists, counts as one coming back (see _to_agent)."""
         self._server_id = server_id
         self._server_tag = server_tag(server_id)
         self._bus = bus
@@ -61,6 +66,8 @@ class ServerRouter:
         self._answers = answers
         self._streams = streams
         self._publish_timeout = publish_timeout
+        self._clock = clock or SystemClock()
+        self._expect_agents_until = self._clock.monotonic() + expect_agents_for
         # message_id -> set once the sender was told "pending".
         self._pending_echoed: dict[str, asyncio.Event] = {}
         self._observers: list[RouteObserver] = []
@@ -231,19 +238,24 @@ class ServerRouter:
 
     async def _to_agent(self, agent_id: str, message: Envelope) -> None:
         record = self._registry.get(agent_id)
-        if record is None:
+        # A server that has just started knows no agent yet: those of the server before it (a
+        # restart) are on their way back. Their messages wait in their queues, and their
+        # senders get ERROR agent_offline if they are not back within DELIVERY_TIMEOUT.
+        expected = record is None and self._clock.monotonic() < self._expect_agents_until
+        if record is None and not expected:
             await self._reject(
                 message, ErrorCode.UNKNOWN_RECEIVER, f"No agent is registered as {agent_id!r}."
             )
             return
-        if not record.online:
+        if record is not None and not record.online:
             await self._reject(message, ErrorCode.AGENT_OFFLINE, f"Agent {agent_id!r} is offline.")
             return
         sender = message.sender_id or message.client_id or ""
         from_frontend = is_frontend_id(sender) and message.message_type is MessageType.TEXT
         if from_frontend:
             await self._wait_for_pending_echo(message.message_id)
-            self._echo(sender, message, RoutingStatus.ROUTED)
+            if not expected:
+                self._echo(sender, message, RoutingStatus.ROUTED)
         delivered = message.model_copy(update={"routing_status": RoutingStatus.DELIVERED})
         try:
             await self._bus.publish(
@@ -254,12 +266,22 @@ class ServerRouter:
                 timeout=self._publish_timeout,
             )
         except Unroutable:
+            if expected:
+                await self._reject(
+                    message, ErrorCode.UNKNOWN_RECEIVER, f"No agent is registered as {agent_id!r}."
+                )
+                return
             await self._reject(
                 message, ErrorCode.AGENT_OFFLINE, f"Agent {agent_id!r} has no queue on the bus."
             )
             return
         if from_frontend:
+            if expected:
+                # Only now: without a queue it was an unknown receiver after all.
+                self._echo(sender, message, RoutingStatus.ROUTED)
             self._answers.delivered(sender, message, agent_id)
+            if expected and self._registry.get(agent_id) is None:
+                self._answers.agent_offline(agent_id)
             if not self._answers.is_answered(sender, message.message_id):
                 # A fast agent may have answered already; "delivered" after the answer
                 # would only confuse the sender.

@@ -75,6 +75,9 @@ class Hub:
             sessions=self.sessions,
             answers=self.answers,
             streams=ReplyStreams(self.clock),
+            clock=self.clock,
+            # Agents of a server before this one reconnect within their heartbeat and backoff.
+            expect_agents_for=settings.agent_timeout,
         )
         self.commands = CommandCenter(self.registry)
         self.inboxes = AgentInboxes(bus)
