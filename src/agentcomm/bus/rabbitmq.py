@@ -106,6 +106,8 @@ class RabbitMQBus:
     OPERATION_TIMEOUT = 10.0
     # Bound on each step of close() and Subscription.cancel() that talks to the broker.
     CLOSE_TIMEOUT = 5.0
+    # The same when close() itself is being cancelled.
+    HURRIED_CLOSE_TIMEOUT = 0.5
     # Bound on republishing a failed message (retry copy or dead-letter copy).
     REPUBLISH_TIMEOUT = 10.0
     # Pause before trying a publish again on a channel that closed before the message was sent.
@@ -373,10 +375,18 @@ class RabbitMQBus:
             connection, self._connection = self._connection, None
             self._publish_channel = None
             self._admin_channel = None
-            if connection is not None:
-                await self._close_connection(connection)
-                log.info("Disconnected from RabbitMQ at %s", self._where)
-            self._closed_event.set()
+            try:
+                if connection is not None:
+                    # A close that is being cancelled (it ran out of time) lets go at once: the
+                    # call stops the reconnecting, the farewell to RabbitMQ is a courtesy.
+                    hurry = _cancelled_by_caller()
+                    await self._close_connection(
+                        connection, self.HURRIED_CLOSE_TIMEOUT if hurry else self.CLOSE_TIMEOUT
+                    )
+                    log.info("Disconnected from RabbitMQ at %s", self._where)
+            finally:
+                # Also when a close that ran out of time is cancelled: others wait for this.
+                self._closed_event.set()
 
     # -- internals shared with the subscriptions -------------------------------------------
 
@@ -603,12 +613,18 @@ class RabbitMQBus:
             )
         return BusUnavailable(f"Cannot {action}: RabbitMQ at {self._where} failed: {exc!r}.")
 
-    async def _close_connection(self, connection: AbstractRobustConnection) -> None:
+    async def _close_connection(
+        self, connection: AbstractRobustConnection, timeout: float | None = None
+    ) -> None:
         try:
-            async with asyncio.timeout(self.CLOSE_TIMEOUT):
+            async with asyncio.timeout(self.CLOSE_TIMEOUT if timeout is None else timeout):
                 await connection.close()
         except (TimeoutError, *_TRANSPORT_ERRORS) as exc:
             log.warning("Closing the connection to RabbitMQ at %s failed: %r", self._where, exc)
+        except asyncio.CancelledError:
+            if _cancelled_by_caller():
+                raise
+            log.warning("The connection to RabbitMQ at %s died while it was closed", self._where)
 
 
 class _RabbitSubscription:
@@ -824,6 +840,10 @@ class _RabbitSubscription:
                 await queue.cancel(tag)
         except (TimeoutError, *_TRANSPORT_ERRORS) as exc:
             log.debug("Cancelling the consumer of %s failed: %r", self.queue_name, exc)
+        except asyncio.CancelledError:
+            if _cancelled_by_caller():
+                raise
+            log.debug("The channel of %s died while its consumer was cancelled", self.queue_name)
 
     async def _close_channel(self) -> None:
         if not self._channel.is_initialized:
@@ -833,6 +853,17 @@ class _RabbitSubscription:
                 await self._channel.close()
         except (TimeoutError, *_TRANSPORT_ERRORS) as exc:
             log.debug("Closing the channel of %s failed: %r", self.queue_name, exc)
+        except asyncio.CancelledError:
+            if _cancelled_by_caller():
+                raise
+            log.debug("The channel of %s died while it was closed", self.queue_name)
+
+
+def _cancelled_by_caller() -> bool:
+    """For a CancelledError: True when this task was cancelled, False when nobody did (the
+    connection or channel died, and aiormq cancelled the call waiting on it)."""
+    task = asyncio.current_task()
+    return task is None or task.cancelling() > 0
 
 
 async def _settle(operation: Awaitable[None], message: AbstractIncomingMessage, queue: str) -> None:
