@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -13,6 +14,9 @@ from agentcomm.config import Settings
 from agentcomm.server.running import RunningServer
 
 log = logging.getLogger(__name__)
+
+# Seconds of SHUTDOWN_TIMEOUT kept for closing connections after a stop that ran out of time.
+_LETTING_GO = 2.5
 
 
 async def wait_for_stop_signal() -> None:
@@ -62,7 +66,24 @@ async def serve(settings: Settings) -> int:
     await asyncio.wait({stop, closed}, return_when=asyncio.FIRST_COMPLETED)
     for task in (stop, closed):
         task.cancel()
-    await running.stop()
+    try:
+        # Each step of the stop has its own timeout, but they add up (and every call to a
+        # RabbitMQ that stopped answering waits for its own): SHUTDOWN_TIMEOUT bounds the whole,
+        # keeping a moment of it for what an interrupted stop still closes on its way out.
+        budget = max(settings.shutdown_timeout / 2, settings.shutdown_timeout - _LETTING_GO)
+        async with asyncio.timeout(budget):
+            await running.stop()
+    except TimeoutError:
+        log.warning(
+            "The graceful stop took longer than SHUTDOWN_TIMEOUT (%g s); exiting now (what was "
+            "not acknowledged goes back to the bus)",
+            settings.shutdown_timeout,
+        )
+        # The bus's connection must be let go all the same, or it keeps reconnecting and
+        # the process never ends.
+        with contextlib.suppress(TimeoutError, BusError):
+            async with asyncio.timeout(_LETTING_GO):
+                await running.hub.bus.close()
     return 0
 
 
