@@ -6,6 +6,7 @@ carries on by itself once the link is back."""
 from __future__ import annotations
 
 import asyncio
+import signal
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,8 @@ from tests.support.tcp_proxy import TcpProxy
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.slow, pytest.mark.timeout(300)]
 
 TOTAL = 300
+# The server's default bound on a graceful stop.
+SHUTDOWN_TIMEOUT = 10.0
 # Every process proposes this AMQP heartbeat: a silent link is taken for dead after about
 # 3 x (heartbeat + 1) seconds (aio-pika's rule).
 RABBITMQ_HEARTBEAT = 1
@@ -185,3 +188,40 @@ async def test_dead_grpc_link_is_noticed_within_keepalive_and_the_agent_comes_ba
             "bound_seconds": GRPC_DEAD_LINK_BOUND,
         },
     )
+
+
+async def test_server_stops_within_its_shutdown_bound_with_a_dead_bus(linked: Linked) -> None:
+    """SHUTDOWN_TIMEOUT bounds a graceful stop even when RabbitMQ stopped answering."""
+    server = linked.stack.server.process
+    linked.links["server-bus"].blackhole()
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    code = await asyncio.to_thread(server.stop, signal.SIGTERM, SHUTDOWN_TIMEOUT + 10)
+    took = loop.time() - began
+    report_line("server_stop_with_dead_bus", {"seconds": round(took, 1), "exit": code})
+    assert code == 0, server.tail()
+    assert took <= SHUTDOWN_TIMEOUT + 2.0, server.tail()
+
+
+async def test_server_stops_within_its_bound_when_the_bus_stops_answering_unnoticed(
+    rabbitmq_available: None, tmp_path: Path
+) -> None:
+    """As above, with RabbitMQ's link black-holed and the default heartbeat: the link still
+    looks alive to the server throughout its stop, so every call to RabbitMQ waits."""
+    async with TcpProxy("127.0.0.1", 5672) as bus_link:
+        context = reliability_stack(tmp_path, server_flags={"--rabbitmq-port": str(bus_link.port)})
+        stack = await asyncio.to_thread(context.__enter__)
+        try:
+            await asyncio.to_thread(stack.add_echo, "echo-grpc", "grpc")
+            server = stack.server.process
+            bus_link.blackhole()
+            loop = asyncio.get_running_loop()
+            began = loop.time()
+            code = await asyncio.to_thread(server.stop, signal.SIGTERM, SHUTDOWN_TIMEOUT + 30)
+            took = loop.time() - began
+            report_line("server_stop_with_silent_bus", {"seconds": round(took, 1), "exit": code})
+            assert code == 0, server.tail()
+            assert took <= SHUTDOWN_TIMEOUT + 2.0, server.tail()
+        finally:
+            bus_link.passthrough()
+            await asyncio.to_thread(context.__exit__, None, None, None)
