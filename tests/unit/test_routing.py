@@ -688,3 +688,30 @@ async def test_an_agent_back_in_time_after_a_server_restart_keeps_its_messages(
     world.clock.advance(600)
     assert await router.answer_abandoned() == 0
     assert world.alice_link.take() == []
+
+
+async def test_an_answer_lost_with_a_broken_connection_is_given_again_on_a_resend(
+    world: World,
+) -> None:
+    await world.agent("agent-1")
+    await world.router.handle_broker_output(await routed_from_alice(world, "agent-1"))
+    reply = late_reply(world, "m1", "r1").model_copy(update={"text_payload": "the answer"})
+    await world.router.handle_broker_output(reply)
+    assert [f["message_id"] for f in world.alice_link.take() if f["message_type"] == "REPLY"] == [
+        "r1"
+    ]
+    # Sent again on the same connection: the answer is on its way there, nothing more.
+    await world.router.accept_from_frontend(world.alice, text(message_id="m1"))
+    assert world.alice_link.take() == []
+    # The connection broke before the answer arrived; resumed on a new one, the frontend sends
+    # the TEXT again and gets the answer again.
+    session = world.sessions.get(world.alice)
+    assert session is not None
+    again = Link()
+    world.sessions.register(
+        again, "Alice", {}, frontend_id=world.alice, resume_token=session.resume_token
+    )
+    await world.router.accept_from_frontend(world.alice, text(message_id="m1"))
+    [given_again] = again.take()
+    assert (given_again["message_id"], given_again["text_payload"]) == ("r1", "the answer")
+    assert await world.queue(BROKER_INPUT) == []

@@ -139,6 +139,9 @@ class ServerRouter:
             # bus already, so only say so again.
             if not self._answers.is_answered(frontend_id, outgoing.message_id):
                 self._echo(frontend_id, outgoing, RoutingStatus.PENDING)
+            elif (final := self._kept_final(frontend_id, outgoing.message_id)) is not None:
+                # Answered, but the answer went out on a connection that broke under it.
+                self._sessions.send(frontend_id, final)
             return
         if is_text:
             kept = self._answers.resent_after_refusal(frontend_id, outgoing.message_id)
@@ -323,7 +326,16 @@ class ServerRouter:
         ):
             log.info("Dropping a second final answer to %s", answered)
             return
-        self._sessions.send(frontend_id, encode_for_client(message))
+        frame = encode_for_client(message)
+        if answered and message.message_type in (MessageType.REPLY, MessageType.ERROR):
+            session.keep_final(answered, frame)
+        self._sessions.send(frontend_id, frame)
+
+    def _kept_final(self, frontend_id: str, message_id: str) -> bytes | None:
+        session = self._sessions.get(frontend_id)
+        if session is None:
+            return None
+        return session.final_lost_with_a_connection(message_id)
 
     async def _forward_to_owner(self, frontend_id: str, message: Envelope) -> None:
         owner = frontend_server_tag(frontend_id)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -20,6 +20,9 @@ log = logging.getLogger(__name__)
 
 # Frames kept for a disconnected frontend; past this the oldest are dropped and it is logged.
 RESUME_BUFFER_FRAMES = 1000
+# Final answers kept per session, to be given again to a frontend that sends a TEXT again
+# because its answer went out on a connection that broke before it arrived.
+FINALS_KEPT = 64
 
 
 class FrontendLink(Protocol):
@@ -38,10 +41,30 @@ class FrontendSession:
     link: FrontendLink | None
     detached_at: float | None = None
     backlog: deque[bytes] = field(default_factory=lambda: deque(maxlen=RESUME_BUFFER_FRAMES))
+    # message_id of a TEXT -> the frame of its final answer and the connection it went out
+    # on (None: waiting in the backlog), the newest FINALS_KEPT.
+    finals: OrderedDict[str, tuple[bytes, FrontendLink | None]] = field(default_factory=OrderedDict)
 
     @property
     def wants_stream(self) -> bool:
         return bool(self.capabilities.get("stream"))
+
+    def keep_final(self, message_id: str, frame: bytes) -> None:
+        """Call before sending `frame`, the final answer to `message_id`."""
+        self.finals[message_id] = (frame, self.link)
+        self.finals.move_to_end(message_id)
+        if len(self.finals) > FINALS_KEPT:
+            self.finals.popitem(last=False)
+
+    def final_lost_with_a_connection(self, message_id: str) -> bytes | None:
+        """The final answer to `message_id` if it went out on an earlier connection than the
+        current one (it may have been lost with it); None when there is none, or when it went
+        (or is going) out on the current one."""
+        kept = self.finals.get(message_id)
+        if kept is None:
+            return None
+        frame, link = kept
+        return frame if link is not None and link is not self.link else None
 
 
 class FrontendSessions:
@@ -87,6 +110,9 @@ class FrontendSessions:
         while session.backlog and session.link is not None:
             session.link.send_frame(session.backlog.popleft())
             sent += 1
+        for message_id, (frame, link) in list(session.finals.items()):
+            if link is None:  # it was in the backlog: it goes out on this connection
+                session.finals[message_id] = (frame, session.link)
         return sent
 
     def detach(self, frontend_id: str, link: FrontendLink) -> None:
