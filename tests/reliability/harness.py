@@ -125,6 +125,7 @@ class LoadFrontend:
         self.online = asyncio.Event()
         self.reconnects = 0
         self.sessions = 0
+        self.resumed = 0
         self._reader: asyncio.Task[None] | None = None
         self._closing = False
         self._send_lock = asyncio.Lock()
@@ -144,6 +145,12 @@ class LoadFrontend:
                 async with asyncio.timeout(3):
                     await self._reader
 
+    def drop(self) -> None:
+        """Cuts the socket without a close handshake (a network drop); it reconnects and
+        resumes by itself."""
+        if self.ws is not None:
+            self.ws.transport.abort()
+
     async def send(self, frame: dict[str, Any]) -> bool:
         """Sends once the socket is up; False when it closed under the send."""
         async with asyncio.timeout(self.load.send_timeout):
@@ -154,6 +161,10 @@ class LoadFrontend:
             async with self._send_lock, asyncio.timeout(self.load.send_timeout):
                 await ws.send(json.dumps(frame))
         except ConnectionClosed:
+            # Down until the reader has reconnected; without this a retry would find the
+            # socket "online" still and spin without ever letting the reader run.
+            if self.ws is ws:
+                self.online.clear()
             return False
         return True
 
@@ -204,6 +215,11 @@ class LoadFrontend:
         self.online.set()
         if previous is not None and previous != self.frontend_id:
             # The server forgot the session: what is unanswered goes again, same ids.
+            self.load.resend_unanswered(self)
+        elif previous is not None:
+            self.resumed += 1
+            # What was written to the broken socket may never have arrived: unanswered TEXTs
+            # go again with their ids (the server recognises those it has, and says so again).
             self.load.resend_unanswered(self)
 
     async def _read(self, ws: ClientConnection) -> None:
@@ -380,6 +396,15 @@ class ChatLoad:
         self._changed.set()
 
     # -- waiting and counting -----------------------------------------------------------------
+
+    def drop_all(self) -> None:
+        for frontend in self.frontends:
+            frontend.drop()
+
+    @property
+    def resumed(self) -> int:
+        """Sessions that were resumed (same frontend_id) rather than started afresh."""
+        return sum(frontend.resumed for frontend in self.frontends)
 
     def mark_fault(self) -> int:
         """Remembers which messages are in flight as a fault begins; returns how many."""
