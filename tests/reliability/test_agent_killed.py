@@ -88,6 +88,7 @@ async def test_agent_back_within_delivery_timeout_gets_the_message_again(
         )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_agent_not_back_in_time_is_answered_agent_offline(
     stack: Stack, transport: str

@@ -75,7 +75,7 @@ async def refused_within_bound(frontend: Frontend, count: int) -> list[float]:
     return waited
 
 
-@pytest.mark.parametrize("fault", ["refused", "blackhole"])
+@pytest.mark.parametrize("fault", ["refused", pytest.param("blackhole", marks=pytest.mark.slow)])
 async def test_texts_while_the_bus_is_down_are_refused_within_5s(
     stack: DevStack, proxy: TcpProxy, fault: str
 ) -> None:
