@@ -14,6 +14,7 @@ from agentcomm.bus.base import (
     BusUnavailable,
     Delivery,
     MessageHandler,
+    NotTaken,
     QueueOptions,
     Unroutable,
 )
@@ -422,3 +423,26 @@ async def test_consuming_a_missing_queue_is_unroutable(bus: Bus) -> None:
     # The refusal leaves the bus usable.
     await bus.declare_queue("work")
     await bus.publish("work", b"{}", message_id="ok")
+
+
+@bounded
+async def test_a_delivery_given_back_untouched_is_not_counted(bus: Bus) -> None:
+    await bus.declare_queue("work")
+    await bus.publish("work", b"job", message_id="job")
+    seen: list[tuple[int, bool]] = []
+
+    async def handler(delivery: Delivery) -> None:
+        seen.append((delivery.attempt, delivery.redelivered))
+        if len(seen) <= 3:
+            # Its consumer is going away before it started on it: back as it was.
+            raise NotTaken("not started")
+
+    given_up: list[Delivery] = []
+
+    async def on_dead_letter(delivery: Delivery) -> None:
+        given_up.append(delivery)
+
+    await bus.consume("work", handler, max_deliveries=2, on_dead_letter=on_dead_letter)
+    await wait_until(lambda: len(seen) == 4, what="the fourth delivery")
+    assert seen == [(1, False)] * 4
+    assert await holds_for(lambda: len(seen) == 4 and not given_up, 0.3)

@@ -10,6 +10,8 @@ Exceptions:
     Requeue              raised by a handler: "not now" — the delivery goes back to the queue
                          like any failure (and counts towards max_deliveries) but is logged
                          as a plain line, not as an error with a traceback
+    └── NotTaken         raised by a handler that never started on the delivery (its consumer
+                         is going away): it goes back as it was, uncounted
 
 Delivery semantics, the same on every implementation:
 - `publish` returns only after the bus has taken responsibility for the message (publisher
@@ -52,6 +54,11 @@ class Unroutable(BusError):
 
 class Requeue(Exception):
     """A handler's way to hand a delivery back without it being an error."""
+
+
+class NotTaken(Requeue):
+    """A handler never started on this delivery (its consumer is going away): it goes back as
+    it was, not counted as an attempt."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,6 +21,7 @@ from agentcomm.bus.base import (
     BusUnavailable,
     Delivery,
     MessageHandler,
+    NotTaken,
     QueueOptions,
     Requeue,
     Unroutable,
@@ -269,6 +270,10 @@ class _MemorySubscription:
         delivery = _delivery(self.queue.name, stored)
         try:
             await self._handler(delivery)
+        except NotTaken as reason:
+            log.info("Message %s on %s given back: %s", stored.message_id, self.queue.name, reason)
+            stored.attempt -= 1
+            await self._bus.requeue(self.queue, stored, self._max_deliveries)
         except Requeue as reason:
             log.info("Message %s on %s handed back: %s", stored.message_id, self.queue.name, reason)
             await self._bus.requeue(self.queue, stored, self._max_deliveries, self._on_dead_letter)

@@ -68,6 +68,7 @@ from agentcomm.bus.base import (
     BusUnavailable,
     Delivery,
     MessageHandler,
+    NotTaken,
     QueueOptions,
     Requeue,
     Unroutable,
@@ -428,6 +429,22 @@ class RabbitMQBus:
         await _settle(message.ack(), message, queue)
         return True
 
+    async def give_back(self, queue: str, message: AbstractIncomingMessage) -> None:
+        """Puts a message no handler started on back as it was: an uncounted copy at the tail
+        (so that it does not come back looking unsettled), then the original is acked."""
+        try:
+            await self._publish_message(
+                queue,
+                _copy(message, dict(message.headers or {})),
+                mandatory=True,
+                timeout=self.CLOSE_TIMEOUT,
+            )
+        except BusError as exc:
+            log.info("Could not give back message %s on %s (%s)", message.message_id, queue, exc)
+            await _settle(message.nack(requeue=True), message, queue)
+            return
+        await _settle(message.ack(), message, queue)
+
     async def _dead_letter(
         self,
         queue: str,
@@ -692,9 +709,25 @@ class _RabbitSubscription:
             running = [task for task in self._in_flight if task is not current]
             if running:
                 await asyncio.gather(*running, return_exceptions=True)
-            # Deliveries buffered but never started go back to the queue with the channel.
+            await self._give_back_buffered()
+            # Whatever is left goes back to the queue with the channel.
             await self._close_channel()
             self._bus.forget(self)
+
+    async def _give_back_buffered(self) -> None:
+        # Deliveries buffered but never started are given back as they were: returned with the
+        # channel instead, they would come back looking unsettled (as if their consumer had died
+        # of them) and be charged an attempt they never had.
+        if not self._bus.is_connected:
+            return
+        try:
+            async with asyncio.timeout(RabbitMQBus.CLOSE_TIMEOUT):
+                while not self._buffer.empty():
+                    message = self._buffer.get_nowait()
+                    if not _is_stale(message):
+                        await self._bus.give_back(self.queue_name, message)
+        except TimeoutError:
+            log.debug("Could not give back every buffered message of %s in time", self.queue_name)
 
     async def abandon(self) -> None:
         """Undoes a start that failed half-way."""
@@ -703,9 +736,9 @@ class _RabbitSubscription:
         await self._close_channel()
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
-        # Called once per delivery, in delivery order; only buffering keeps that order.
-        if not self._cancelled:
-            self._buffer.put_nowait(message)
+        # Called once per delivery, in delivery order; only buffering keeps that order. Also
+        # while cancelling: what arrives until RabbitMQ confirms the cancel is given back.
+        self._buffer.put_nowait(message)
 
     async def _dispatch(self) -> None:
         while True:
@@ -749,6 +782,14 @@ class _RabbitSubscription:
             # only if it is handled again, see _handle_suspect).
             await _settle(message.nack(requeue=True), message, self.queue_name)
             raise
+        except NotTaken as reason:
+            log.info(
+                "Message %s on %s given back untouched: %s",
+                message.message_id,
+                self.queue_name,
+                reason,
+            )
+            await self._bus.give_back(self.queue_name, message)
         except Requeue as reason:
             log.info(
                 "Message %s on %s handed back (attempt %d of %d): %s",
