@@ -11,7 +11,7 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
-from agentcomm.bus.base import Bus, Delivery, Requeue, Subscription
+from agentcomm.bus.base import Bus, Delivery, NotTaken, Requeue, Subscription
 from agentcomm.bus.queues import BROKER_INPUT_QUEUE, agent_queue
 from agentcomm.protocol.codec import decode_envelope, encode_for_bus
 from agentcomm.protocol.errors import ProtocolError
@@ -43,6 +43,10 @@ class AgentInbox:
         self._awaiting_ack: dict[str, asyncio.Future[bool]] = {}
         self._subscription: Subscription | None = None
         self._closed = False
+        # Who may go to the agent now (see _hand_over); notified whenever that may change.
+        self._changed = asyncio.Condition()
+        self._suspects_waiting = 0
+        self._suspect_out = False
 
     async def open(self) -> None:
         self._subscription = await self._bus.consume(
@@ -96,7 +100,9 @@ class AgentInbox:
     async def close(self) -> None:
         if self._closed:
             return
-        self._closed = True
+        async with self._changed:
+            self._closed = True
+            self._changed.notify_all()
         for future in self._awaiting_ack.values():
             if not future.done():
                 future.set_exception(InboxClosed("the agent's stream closed before its ack"))
@@ -105,24 +111,41 @@ class AgentInbox:
         self._outgoing.put_nowait(None)
 
     async def _hand_over(self, delivery: Delivery) -> None:
-        if self._closed:
-            raise InboxClosed("the agent's stream is closed")
         message_id = delivery.message_id or f"delivery-{id(delivery)}"
-        while (earlier := self._awaiting_ack.get(message_id)) is not None:
-            # This id is with the agent already: an at-least-once redelivery of that message
-            # (which the agent recognises and only acks), or another sender's message that
-            # shares its id. Acks name only the id, so it goes to the agent after that one.
-            log.info("Delivery of %s for %s waits for the one before", message_id, self.agent_id)
-            await asyncio.wait({earlier})
+        # A message that failed before may be one that kills the agent: it goes to the agent
+        # alone, so that a crash is charged to it and not to every message in hand with it.
+        suspect = delivery.attempt > 1
+        async with self._changed:
+            self._suspects_waiting += suspect
+            try:
+                # An id already with the agent (a redelivery of it, or another sender's message
+                # that shares it: acks name only the id) goes after it.
+                await self._changed.wait_for(
+                    lambda: (
+                        self._closed
+                        or (
+                            message_id not in self._awaiting_ack
+                            and not self._suspect_out
+                            and (not self._awaiting_ack if suspect else not self._suspects_waiting)
+                        )
+                    )
+                )
+            finally:
+                self._suspects_waiting -= suspect
             if self._closed:
-                raise InboxClosed()
-        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._awaiting_ack[message_id] = future
+                raise NotTaken("the agent's stream closed before it got the message")
+            future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+            self._awaiting_ack[message_id] = future
+            self._suspect_out = suspect
         try:
             self._outgoing.put_nowait(InboxItem(message_id, delivery.body))
             handled = await future
         finally:
-            self._awaiting_ack.pop(message_id, None)
+            async with self._changed:
+                self._awaiting_ack.pop(message_id, None)
+                if suspect:
+                    self._suspect_out = False
+                self._changed.notify_all()
         if not handled:
             raise InboxClosed("the agent could not take it")
 
