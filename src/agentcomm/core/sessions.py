@@ -40,10 +40,23 @@ class FrontendSession:
     capabilities: dict[str, Any]
     link: FrontendLink | None
     detached_at: float | None = None
-    backlog: deque[bytes] = field(default_factory=lambda: deque(maxlen=RESUME_BUFFER_FRAMES))
+    # Made when the first frame waits for a resume: most sessions never need one.
+    _backlog: deque[bytes] | None = None
     # message_id of a TEXT -> the frame of its final answer and the connection it went out
     # on (None: waiting in the backlog), the newest FINALS_KEPT.
     finals: OrderedDict[str, tuple[bytes, FrontendLink | None]] = field(default_factory=OrderedDict)
+
+    @property
+    def backlog(self) -> deque[bytes]:
+        """Frames kept for a resume, oldest first (read-only: `keep_for_resume` adds)."""
+        return self._backlog if self._backlog is not None else deque()
+
+    def keep_for_resume(self, frame: bytes) -> None:
+        if self._backlog is None:
+            self._backlog = deque(maxlen=RESUME_BUFFER_FRAMES)
+        elif len(self._backlog) == RESUME_BUFFER_FRAMES:
+            log.warning("Resume buffer of %s is full; dropping its oldest frame", self.frontend_id)
+        self._backlog.append(frame)
 
     @property
     def wants_stream(self) -> bool:
@@ -107,9 +120,12 @@ class FrontendSessions:
     def flush_backlog(self, session: FrontendSession) -> int:
         """Sends what waited while the frontend was away; returns how many frames."""
         sent = 0
-        while session.backlog and session.link is not None:
-            session.link.send_frame(session.backlog.popleft())
+        backlog = session._backlog
+        while backlog and session.link is not None:
+            session.link.send_frame(backlog.popleft())
             sent += 1
+        if not backlog:
+            session._backlog = None
         for message_id, (frame, link) in list(session.finals.items()):
             if link is None:  # it was in the backlog: it goes out on this connection
                 session.finals[message_id] = (frame, session.link)
@@ -133,9 +149,7 @@ class FrontendSessions:
         if session.link is not None:
             session.link.send_frame(frame)
         else:
-            if len(session.backlog) == session.backlog.maxlen:
-                log.warning("Resume buffer of %s is full; dropping its oldest frame", frontend_id)
-            session.backlog.append(frame)
+            session.keep_for_resume(frame)
         return True
 
     def broadcast(self, frame: bytes) -> None:

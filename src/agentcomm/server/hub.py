@@ -39,6 +39,7 @@ from agentcomm.protocol.ids import new_server_id, server_tag
 from agentcomm.protocol.models import AgentInfo, AgentStatusUpdate
 from agentcomm.protocol.timestamps import utc_now_iso
 from agentcomm.server.metrics import HubMetrics
+from agentcomm.server.ws_output import OutputScheduler
 
 if TYPE_CHECKING:
     from agentcomm.server.bus_handlers import BusHandlers
@@ -93,6 +94,8 @@ class Hub:
         self.draining = False
         # Every open frontend socket, registered or not, so shutdown can close them all.
         self.connections: set[SocketLink] = set()
+        # Writes what every socket has queued, once per turn of the event loop.
+        self.output = OutputScheduler()
         self.grpc_port: int | None = None
         # Set by whoever serves HTTP (the runner), for the advertisement.
         self.http_port: int = settings.port

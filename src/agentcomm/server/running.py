@@ -21,6 +21,7 @@ from agentcomm.core.clock import Clock
 from agentcomm.server.app import create_app
 from agentcomm.server.hub import Hub
 from agentcomm.server.websocket import CLOSE_GOING_AWAY
+from agentcomm.server.ws_protocol import HubWebSocketProtocol
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +97,8 @@ class RunningServer:
             lifespan="off",
             log_level="warning",
             access_log=False,
+            # uvicorn's websockets protocol, which also lets the hub write frames itself.
+            ws=HubWebSocketProtocol,
             ws_max_size=settings.max_message_bytes,
             # Frames are small JSON: compressing each costs more CPU than it saves on
             # loopback and LAN links, and every compressing socket keeps zlib state in memory.
@@ -130,7 +133,7 @@ class RunningServer:
         hub.draining = True
         for link in list(hub.connections):
             link.close(close_code)
-        links = [link.closed.wait() for link in list(hub.connections)]
+        links = [link.wait_closed() for link in list(hub.connections)]
         if links:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(min(2.0, self.settings.shutdown_timeout / 4)):

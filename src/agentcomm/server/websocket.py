@@ -1,17 +1,17 @@
 """The frontend WebSocket `/ws` (PROTOCOL §3): frames in, core calls, frames out.
 
-Each socket has a bounded outbound queue drained by its own writer task; a frontend that stops
-reading is closed with 4008 once the queue is full, so one slow client never holds memory or
-delays anyone else.
+Frames out are queued per socket and written by the hub's output scheduler (`ws_output`), with
+no task per socket; while a peer does not read, its frames wait, and once more than
+OUTBOUND_QUEUE_FRAMES wait it is closed with 4008, so one slow client never holds memory or
+delays anyone else. An idle registered socket has one task: uvicorn's, reading.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import MutableMapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, MutableMapping
+from typing import TYPE_CHECKING, Any, Protocol
 
 from fastapi import WebSocket, WebSocketDisconnect
 
@@ -29,6 +29,8 @@ from agentcomm.protocol.errors import ProtocolError
 from agentcomm.protocol.models import Envelope, RegisterFrontendResponse
 from agentcomm.protocol.timestamps import utc_now_iso
 from agentcomm.protocol.vocabulary import ErrorCode, MessageType, RoutingStatus
+from agentcomm.server.ws_output import OutputScheduler
+from agentcomm.server.ws_protocol import DIRECT_OUTPUT
 
 if TYPE_CHECKING:
     from agentcomm.server.hub import Hub
@@ -49,50 +51,110 @@ CLOSE_RATE_LIMITED = 4029
 INBOUND_QUEUE_FRAMES = 256
 
 
-class SocketLink:
-    """The sending half of one socket, as the core sees it (a FrontendLink)."""
+class DirectOutput(Protocol):
+    """The transport of one accepted socket, as `ws_protocol.HubWebSocketProtocol` lends it."""
 
-    def __init__(self, websocket: WebSocket, max_frames: int) -> None:
-        self._websocket = websocket
-        self._outbound: asyncio.Queue[bytes | None] = asyncio.Queue(max_frames)
+    on_writable: Callable[[], None] | None
+
+    @property
+    def output_open(self) -> bool: ...
+
+    @property
+    def output_paused(self) -> bool: ...
+
+    def write_output(self, data: bytes) -> None: ...
+
+
+class SocketLink:
+    """The sending half of one socket, as the core sees it (a FrontendLink).
+
+    Frames are framed when queued and written by the hub's output scheduler at the next turn
+    of the loop, all of one turn in one write. While the transport is paused (the peer does not
+    read) they wait here; past `max_frames` the frontend is too slow and is closed.
+    """
+
+    __slots__ = (
+        "_closed",
+        "_closed_waiter",
+        "_max_frames",
+        "_output",
+        "_pending",
+        "_scheduler",
+        "_wake",
+        "close_code",
+    )
+
+    def __init__(self, output: DirectOutput, scheduler: OutputScheduler, max_frames: int) -> None:
+        self._output = output
+        self._scheduler = scheduler
+        self._max_frames = max_frames
+        self._pending: list[bytes] = []
+        # Wakes the connection's reader when the server decides to close (set while it reads).
+        self._wake: Callable[[], None] | None = None
         self.close_code: int | None = None
-        # Set when a close was asked for, and when the writer has finished (close frame sent).
-        self.closing = asyncio.Event()
-        self.closed = asyncio.Event()
+        self._closed = False
+        self._closed_waiter: asyncio.Future[None] | None = None
+        output.on_writable = self.flush
 
     def send_frame(self, frame: bytes) -> None:
         if self.close_code is not None:
             return
-        try:
-            self._outbound.put_nowait(frame)
-        except asyncio.QueueFull:
+        pending = self._pending
+        if len(pending) >= self._max_frames:
             log.warning("Closing a frontend that stopped reading (outbound queue full)")
             self.close(CLOSE_TOO_SLOW)
+            return
+        pending.append(self._scheduler.framed(frame))
+        if len(pending) == 1:
+            self._scheduler.mark(self)
+
+    def flush(self, *, even_if_paused: bool = False) -> None:
+        """Writes every queued frame in one transport write, unless the transport is paused."""
+        pending = self._pending
+        if not pending:
+            return
+        output = self._output
+        if output.output_paused and not even_if_paused:
+            return  # resumed later through on_writable
+        if not output.output_open:
+            pending.clear()  # the socket went away; the reader notices and cleans up
+            return
+        data = pending[0] if len(pending) == 1 else b"".join(pending)
+        pending.clear()
+        try:
+            output.write_output(data)
+        except (RuntimeError, OSError) as exc:
+            log.info("A frontend socket refused a write: %s", exc)
+            self.close(CLOSE_INTERNAL)
 
     def close(self, code: int) -> None:
-        """Asks the writer to close the socket after what is already queued."""
+        """Asks the connection to close the socket after what is already queued."""
         if self.close_code is not None:
             return
         self.close_code = code
         if code == CLOSE_TOO_SLOW:
             # Nothing queued will be read anyway; make room for the close itself.
-            while not self._outbound.empty():
-                self._outbound.get_nowait()
-        with contextlib.suppress(asyncio.QueueFull):
-            self._outbound.put_nowait(None)
-        self.closing.set()
+            self._pending.clear()
+        if self._wake is not None:
+            self._wake()
 
-    async def write_until_closed(self) -> None:
-        websocket = self._websocket
-        try:
-            while (frame := await self._outbound.get()) is not None:
-                await websocket.send_text(frame.decode())
-        except (WebSocketDisconnect, RuntimeError, OSError):
-            pass  # the socket went away; the reader notices and cleans up
-        if self.close_code is not None:
-            with contextlib.suppress(RuntimeError, OSError, WebSocketDisconnect):
-                await websocket.close(self.close_code)
-        self.closed.set()
+    def waking(self, wake: Callable[[], None] | None) -> None:
+        """What close() calls to interrupt the connection (None: it is not interruptible)."""
+        self._wake = wake
+
+    def mark_closed(self) -> None:
+        """The close frame went out (or the socket was given up on)."""
+        self._closed = True
+        self._output.on_writable = None
+        if self._closed_waiter is not None and not self._closed_waiter.done():
+            self._closed_waiter.set_result(None)
+
+    async def wait_closed(self) -> None:
+        if self._closed:
+            return
+        if self._closed_waiter is None:
+            self._closed_waiter = asyncio.get_running_loop().create_future()
+        await asyncio.shield(self._closed_waiter)
 
 
 def error_frame(
@@ -118,41 +180,70 @@ class FrontendConnection:
     def __init__(self, hub: Hub, websocket: WebSocket) -> None:
         self._hub = hub
         self._websocket = websocket
-        self._link = SocketLink(websocket, hub.settings.outbound_queue_frames)
         self._session: FrontendSession | None = None
+        self._link: SocketLink  # made once the socket is accepted
 
     async def run(self) -> None:
         hub = self._hub
+        websocket = self._websocket
         if hub.draining:
             # Accepted first: a close before the handshake is an HTTP 403, which a client takes
             # for "forbidden" rather than "the server is going away, come back later".
-            await self._websocket.accept()
-            await self._websocket.close(CLOSE_RESTARTING)
+            await websocket.accept()
+            await websocket.close(CLOSE_RESTARTING)
             return
-        await self._websocket.accept()
-        writer = asyncio.create_task(self._link.write_until_closed(), name="ws-writer")
-        conversation = asyncio.create_task(self._converse(), name="ws-reader")
-        closing = asyncio.create_task(self._link.closing.wait(), name="ws-closing")
-        hub.connections.add(self._link)
+        output: DirectOutput | None = websocket.scope.get("extensions", {}).get(DIRECT_OUTPUT)
+        await websocket.accept()
+        if output is None:
+            log.error("The frontend socket needs agentcomm's uvicorn WebSocket protocol")
+            await websocket.close(CLOSE_INTERNAL)
+            return
+        link = SocketLink(output, hub.output, hub.settings.outbound_queue_frames)
+        self._link = link
+        hub.connections.add(link)
         try:
-            # The reader may be blocked waiting for a frame when the server decides to close
-            # (shutdown, a client too slow to read): then the close wins.
-            await asyncio.wait({conversation, closing}, return_when=asyncio.FIRST_COMPLETED)
+            await self._converse_until_closed(link)
         finally:
-            for task in (conversation, closing):
-                task.cancel()
-            await asyncio.gather(conversation, closing, return_exceptions=True)
-            hub.connections.discard(self._link)
+            hub.connections.discard(link)
             if self._session is not None:
-                hub.sessions.detach(self._session.frontend_id, self._link)
-            self._link.close(self._link.close_code or CLOSE_NORMAL)
+                hub.sessions.detach(self._session.frontend_id, link)
+            code = link.close_code or CLOSE_NORMAL
+            link.close(code)
+            link.flush(even_if_paused=True)
             try:
                 # A client that does not read cannot take even the close frame: give up on it
                 # after a moment and let the server drop the connection.
-                await asyncio.wait_for(writer, timeout=2.0)
+                async with asyncio.timeout(2.0):
+                    await websocket.close(code)
             except TimeoutError:
                 log.info("Dropped a frontend connection that would not take its close frame")
-            self._link.closed.set()
+            except (RuntimeError, OSError, WebSocketDisconnect):
+                pass  # the socket went away first
+            link.mark_closed()
+
+    async def _converse_until_closed(self, link: SocketLink) -> None:
+        """Reads and handles frames until the socket closes or the server closes it. The
+        reader may be blocked waiting for a frame when the server decides to close (shutdown,
+        a client too slow to read): then the close interrupts it."""
+        task = asyncio.current_task()
+        assert task is not None
+        interrupted = False
+
+        def wake() -> None:
+            nonlocal interrupted
+            if asyncio.current_task() is not task:  # the reader itself just returns
+                interrupted = True
+                task.cancel()
+
+        link.waking(wake)
+        try:
+            await self._converse()
+        except asyncio.CancelledError:
+            # Our own interruption is swallowed; any other cancellation goes on.
+            if not interrupted or task.uncancel() > 0:
+                raise
+        finally:
+            link.waking(None)
 
     async def _converse(self) -> None:
         try:
@@ -268,20 +359,26 @@ class FrontendConnection:
         assert self._session is not None
         frontend_id = self._session.frontend_id
         settings = self._hub.settings
-        bucket = TokenBucket(
-            self._hub.clock, rate=settings.rate_limit_per_second, burst=settings.rate_limit_burst
-        )
         refused_in_a_row = 0
+        # Made at the first frame: most sockets mostly listen, and an idle one should cost
+        # little more than its connection.
+        bucket: TokenBucket | None = None
         # Frames are handled in order by their own task, so that reading goes on while one
         # waits for the bus: each is then answered within its deadline from arrival, not
         # after those queued before it have each used up theirs.
-        inbound: asyncio.Queue[tuple[float, str] | None] = asyncio.Queue(INBOUND_QUEUE_FRAMES)
-        handler = asyncio.create_task(self._handle_frames(frontend_id, inbound), name="ws-handler")
+        inbound: asyncio.Queue[tuple[float, str] | None] | None = None
+        handler: asyncio.Task[None] | None = None
         try:
             while self._link.close_code is None:
                 raw = await self._receive()
                 if raw is None:
                     continue
+                if bucket is None:
+                    bucket = TokenBucket(
+                        self._hub.clock,
+                        rate=settings.rate_limit_per_second,
+                        burst=settings.rate_limit_burst,
+                    )
                 if not bucket.take():
                     # Told once per refused frame; a client that keeps flooding is cut off.
                     refused_in_a_row += 1
@@ -292,17 +389,24 @@ class FrontendConnection:
                     self._refuse_flood(frontend_id, raw)
                     continue
                 refused_in_a_row = 0
+                if inbound is None or handler is None:
+                    inbound = asyncio.Queue(INBOUND_QUEUE_FRAMES)
+                    handler = asyncio.create_task(
+                        self._handle_frames(frontend_id, inbound), name="ws-handler"
+                    )
                 await inbound.put((asyncio.get_running_loop().time(), raw))
         except WebSocketDisconnect:
             # From now on what is addressed to the frontend waits for its resume; what it sent
             # before it left is still handled.
             self._hub.sessions.detach(frontend_id, self._link)
-            await inbound.put(None)
-            await handler
+            if inbound is not None and handler is not None:
+                await inbound.put(None)
+                await handler
             raise
         finally:
-            handler.cancel()
-            await asyncio.gather(handler, return_exceptions=True)
+            if handler is not None:
+                handler.cancel()
+                await asyncio.gather(handler, return_exceptions=True)
 
     def _refuse_flood(self, frontend_id: str, raw: str) -> None:
         settings = self._hub.settings
