@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import Locator, Page, expect
+from playwright.sync_api import Locator, Page, WebSocketRoute, expect
 
 from agentcomm.sdk.demo_agents import typist_answer
 from tests.e2e.conftest import (
@@ -128,6 +128,37 @@ def test_any_agent_answers_under_the_message(page: Page, shared_dev: DevServer) 
     expect(message.get_by_test_id("message-status")).to_have_text(re.compile(r"^Answered by "))
     expect(message.get_by_test_id("stop-button")).to_be_hidden()
     expect(page.get_by_test_id("empty-state")).to_have_count(0)
+
+
+def test_an_answer_lost_with_the_connection_comes_again(page: Page, shared_dev: DevServer) -> None:
+    """The hub writes a REPLY, and the connection breaks before the page reads it: the page,
+    resuming its session, sends the unanswered message again with the same id, and the hub
+    answers it once more, so the message ends answered, once."""
+    lost: list[str] = []
+
+    def route(ws: WebSocketRoute) -> None:
+        server = ws.connect_to_server()
+        if lost:  # later connections pass through untouched
+            return
+
+        def from_server(message: str | bytes) -> None:
+            frame = json.loads(message)
+            if not lost and frame.get("message_type") == "REPLY":
+                lost.append(frame["in_reply_to_message_id"])
+                ws.close(code=1001, reason="the line went down")
+                server.close()
+                return
+            ws.send(message)
+
+        server.on_message(from_server)
+        ws.on_message(server.send)
+
+    page.route_web_socket(re.compile(r"/ws$"), route)
+    open_chat(page, shared_dev)
+    message = send(page, "are you still there?", receiver="echo")
+    expect_answered(message, timeout=RECONNECT_TIMEOUT_MS)
+    assert lost == [message_id(message)]
+    expect(message.get_by_test_id("reply")).to_contain_text("echo: are you still there?")
 
 
 def test_named_agent_streams_a_growing_reply(page: Page, shared_dev: DevServer) -> None:

@@ -117,9 +117,14 @@ function transmit(item) {
   if (conn.send(frame)) setState(item, 'sending');
 }
 
-/** After (re)registering: send everything that waited, oldest first, with the same ids. */
+/**
+ * After (re)registering: send everything that waited, oldest first, with the same ids — and
+ * again everything that has no final answer yet: its answer may have been on the connection
+ * that broke. The hub recognises the id, publishes nothing twice and answers it once.
+ */
 function flushOutbox() {
-  const waiting = [...items.values()].filter((it) => it.kind === 'user' && (it.state === 'queued' || it.state === 'sending'));
+  const unanswered = (it) => it.state === 'queued' || it.state === 'sending' || IN_FLIGHT.has(it.state);
+  const waiting = [...items.values()].filter((it) => it.kind === 'user' && unanswered(it));
   waiting.sort((a, b) => a.at - b.at).forEach(transmit);
   renderOutbox();
 }
