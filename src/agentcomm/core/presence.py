@@ -5,6 +5,10 @@ unregisters, or until neither a heartbeat nor an open command/message stream has
 `agent_timeout` seconds, or its last stream broke and was not reopened within `stream_grace`.
 Each transition is handed to every listener as a delta, synchronously, so that listeners only
 enqueue and never block the registry.
+
+A lost stream is acted on when it is lost, not by the next sweep: with no grace the agent is
+offline at once; otherwise one timer per loss ends the grace. `sweep()` applies the silence
+timeout (and catches a grace whose timer could not be set).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from datetime import datetime
 
 from agentcomm.core.clock import Clock
 from agentcomm.core.errors import AgentIdTaken, NotYourAgent, UnknownAgent
+from agentcomm.core.timers import Timers
 from agentcomm.protocol.models import AgentInfo
 from agentcomm.protocol.timestamps import to_iso
 from agentcomm.protocol.vocabulary import AgentState
@@ -86,10 +91,19 @@ class AgentRecord:
 class AgentRegistry:
     """Canonical agent state of this server process."""
 
-    def __init__(self, clock: Clock, *, agent_timeout: float, stream_grace: float) -> None:
+    def __init__(
+        self,
+        clock: Clock,
+        *,
+        agent_timeout: float,
+        stream_grace: float,
+        timers: Timers | None = None,
+    ) -> None:
         self._clock = clock
         self._agent_timeout = agent_timeout
         self._stream_grace = stream_grace
+        # Without timers a grace ends at the first sweep after it ran out.
+        self._timers = timers
         self._agents: dict[str, AgentRecord] = {}
         self._listeners: list[PresenceListener] = []
 
@@ -230,7 +244,25 @@ class AgentRegistry:
         record.open_streams = max(0, record.open_streams - 1)
         self._touch(record)
         if record.open_streams == 0 and record.online:
-            record.stream_lost_at = self._clock.monotonic()
+            lost_at = self._clock.monotonic()
+            record.stream_lost_at = lost_at
+            if self._stream_grace <= 0:
+                self._go_offline(record, "its stream broke")
+            elif self._timers is not None:
+                self._timers.call_later(
+                    self._stream_grace, lambda: self._grace_over(record, lost_at)
+                )
+
+    def _grace_over(self, record: AgentRecord, lost_at: float) -> None:
+        """The grace of the stream loss at `lost_at` ran out; nothing to do when the agent
+        reopened a stream, heartbeat, registered again or lost a later stream since."""
+        if (
+            self._agents.get(record.agent_id) is record
+            and record.online
+            and record.open_streams == 0
+            and record.stream_lost_at == lost_at
+        ):
+            self._go_offline(record, "its stream broke and was not reopened")
 
     def set_reported_state(self, agent_id: str, status: AgentState) -> None:
         """An agent's own account of its state, e.g. the result of a pause command."""
