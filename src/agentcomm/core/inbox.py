@@ -89,6 +89,25 @@ class AgentInbox:
         """The next message for the agent; None once the inbox is closed."""
         return await self._outgoing.get()
 
+    async def next_batch(self, linger: float = 0.0) -> list[InboxItem]:
+        """The next message and every other one ready with it; empty once the inbox is
+        closed. While the agent still has earlier messages in hand, it waits `linger` seconds
+        for more to share the batch: the agent is busy anyway, and each batch costs a write."""
+        first = await self._outgoing.get()
+        if first is None:
+            return []
+        if linger and len(self._awaiting_ack) > 1 + self._outgoing.qsize():
+            await asyncio.sleep(linger)
+        batch = [first]
+        while not self._outgoing.empty():
+            item = self._outgoing.get_nowait()
+            if item is None:
+                # The end comes after this batch: the next call sees it.
+                self._outgoing.put_nowait(None)
+                break
+            batch.append(item)
+        return batch
+
     def acknowledge(self, message_id: str, handled: bool) -> bool:
         future = self._awaiting_ack.get(message_id)
         if future is None:

@@ -400,6 +400,26 @@ class ChatMessage(_message.Message):
 Global___ChatMessage: _TypeAlias = ChatMessage  # noqa: Y015
 
 @_typing.final
+class ChatMessages(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___ChatMessage]: ...
+    def __init__(
+        self,
+        *,
+        messages: _abc.Iterable[Global___ChatMessage] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["messages", b"messages"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChatMessages: _TypeAlias = ChatMessages  # noqa: Y015
+
+@_typing.final
 class MessageAck(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -465,3 +485,117 @@ class SendMessageResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SendMessageResponse: _TypeAlias = SendMessageResponse  # noqa: Y015
+
+@_typing.final
+class AgentOutput(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REF_FIELD_NUMBER: _builtins.int
+    ENVELOPE_JSON_FIELD_NUMBER: _builtins.int
+    ACK_MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    HANDLED_FIELD_NUMBER: _builtins.int
+    ref: _builtins.int
+    """Chosen by the agent (unique among its items in flight on the stream); the result names it."""
+    envelope_json: _builtins.str
+    """A REPLY / REPLY_CHUNK / SYSTEM / ERROR envelope's JSON, as in ChatMessage; empty: none."""
+    ack_message_id: _builtins.str
+    """A message of the agent's ReceiveMessages stream that this item acknowledges; empty: none."""
+    handled: _builtins.bool
+    """As MessageAck.handled: false gives the message back to the queue."""
+    def __init__(
+        self,
+        *,
+        ref: _builtins.int = ...,
+        envelope_json: _builtins.str = ...,
+        ack_message_id: _builtins.str = ...,
+        handled: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack_message_id", b"ack_message_id", "envelope_json", b"envelope_json", "handled", b"handled", "ref", b"ref"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AgentOutput: _TypeAlias = AgentOutput  # noqa: Y015
+
+@_typing.final
+class AgentOutputs(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AGENT_ID_FIELD_NUMBER: _builtins.int
+    ITEMS_FIELD_NUMBER: _builtins.int
+    agent_id: _builtins.str
+    @_builtins.property
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___AgentOutput]: ...
+    def __init__(
+        self,
+        *,
+        agent_id: _builtins.str = ...,
+        items: _abc.Iterable[Global___AgentOutput] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "items", b"items"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AgentOutputs: _TypeAlias = AgentOutputs  # noqa: Y015
+
+@_typing.final
+class AgentOutputResult(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REF_FIELD_NUMBER: _builtins.int
+    CODE_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    ACCEPTED_FIELD_NUMBER: _builtins.int
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    ACKNOWLEDGED_FIELD_NUMBER: _builtins.int
+    ref: _builtins.int
+    code: _builtins.int
+    """A gRPC status code, as the unary call would have ended with: 0 (OK) when the whole item
+    was applied; otherwise detail says why not.
+    """
+    detail: _builtins.str
+    accepted: _builtins.bool
+    """The envelope was published (also when its ack then failed), under this message_id."""
+    message_id: _builtins.str
+    acknowledged: _builtins.bool
+    """The acknowledgement was applied."""
+    def __init__(
+        self,
+        *,
+        ref: _builtins.int = ...,
+        code: _builtins.int = ...,
+        detail: _builtins.str = ...,
+        accepted: _builtins.bool = ...,
+        message_id: _builtins.str = ...,
+        acknowledged: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "acknowledged", b"acknowledged", "code", b"code", "detail", b"detail", "message_id", b"message_id", "ref", b"ref"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AgentOutputResult: _TypeAlias = AgentOutputResult  # noqa: Y015
+
+@_typing.final
+class AgentOutputResults(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___AgentOutputResult]: ...
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___AgentOutputResult] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AgentOutputResults: _TypeAlias = AgentOutputResults  # noqa: Y015

@@ -74,6 +74,16 @@ class AgentRegistrationServiceStub:
                 request_serializer=agentcomm_dot_generated_dot_agent__registration__service__pb2.ChatMessage.SerializeToString,
                 response_deserializer=agentcomm_dot_generated_dot_agent__registration__service__pb2.SendMessageResponse.FromString,
                 _registered_method=True)
+        self.SendOutputs = channel.stream_stream(
+                '/agent_registration.AgentRegistrationService/SendOutputs',
+                request_serializer=agentcomm_dot_generated_dot_agent__registration__service__pb2.AgentOutputs.SerializeToString,
+                response_deserializer=agentcomm_dot_generated_dot_agent__registration__service__pb2.AgentOutputResults.FromString,
+                _registered_method=True)
+        self.ReceiveMessageBatches = channel.unary_stream(
+                '/agent_registration.AgentRegistrationService/ReceiveMessageBatches',
+                request_serializer=agentcomm_dot_generated_dot_agent__registration__service__pb2.MessageStreamRequest.SerializeToString,
+                response_deserializer=agentcomm_dot_generated_dot_agent__registration__service__pb2.ChatMessages.FromString,
+                _registered_method=True)
 
 
 class AgentRegistrationServiceServicer:
@@ -131,6 +141,26 @@ class AgentRegistrationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SendOutputs(self, request_iterator, context):
+        """Addition: what SendMessage and AckMessage do, on one long-lived stream instead of a call
+        per message. Every AgentOutputs names the agent (the same one throughout a stream) and
+        carries items; an item is an envelope to publish, an acknowledgement, or both, in which
+        case the ack applies only once the envelope was accepted. Every item is answered with an
+        AgentOutputResult naming its ref; results come as soon as they are known, several to an
+        AgentOutputResults, not necessarily in the order of the items.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReceiveMessageBatches(self, request, context):
+        """Addition: ReceiveMessages with every message that is ready at the same moment in one
+        ChatMessages (one write for several messages under load); otherwise the same.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentRegistrationServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -173,6 +203,16 @@ def add_AgentRegistrationServiceServicer_to_server(servicer, server):
                     servicer.SendMessage,
                     request_deserializer=agentcomm_dot_generated_dot_agent__registration__service__pb2.ChatMessage.FromString,
                     response_serializer=agentcomm_dot_generated_dot_agent__registration__service__pb2.SendMessageResponse.SerializeToString,
+            ),
+            'SendOutputs': grpc.stream_stream_rpc_method_handler(
+                    servicer.SendOutputs,
+                    request_deserializer=agentcomm_dot_generated_dot_agent__registration__service__pb2.AgentOutputs.FromString,
+                    response_serializer=agentcomm_dot_generated_dot_agent__registration__service__pb2.AgentOutputResults.SerializeToString,
+            ),
+            'ReceiveMessageBatches': grpc.unary_stream_rpc_method_handler(
+                    servicer.ReceiveMessageBatches,
+                    request_deserializer=agentcomm_dot_generated_dot_agent__registration__service__pb2.MessageStreamRequest.FromString,
+                    response_serializer=agentcomm_dot_generated_dot_agent__registration__service__pb2.ChatMessages.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -391,6 +431,60 @@ class AgentRegistrationService:
             '/agent_registration.AgentRegistrationService/SendMessage',
             agentcomm_dot_generated_dot_agent__registration__service__pb2.ChatMessage.SerializeToString,
             agentcomm_dot_generated_dot_agent__registration__service__pb2.SendMessageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SendOutputs(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/agent_registration.AgentRegistrationService/SendOutputs',
+            agentcomm_dot_generated_dot_agent__registration__service__pb2.AgentOutputs.SerializeToString,
+            agentcomm_dot_generated_dot_agent__registration__service__pb2.AgentOutputResults.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReceiveMessageBatches(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/agent_registration.AgentRegistrationService/ReceiveMessageBatches',
+            agentcomm_dot_generated_dot_agent__registration__service__pb2.MessageStreamRequest.SerializeToString,
+            agentcomm_dot_generated_dot_agent__registration__service__pb2.ChatMessages.FromString,
             options,
             channel_credentials,
             insecure,

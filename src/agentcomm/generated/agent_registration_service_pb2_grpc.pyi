@@ -46,6 +46,18 @@ class AgentRegistrationServiceStub:
     AckMessage: _grpc.UnaryUnaryMultiCallable[_agent_registration_service_pb2.MessageAck, _agent_registration_service_pb2.MessageAckResponse]
     SendMessage: _grpc.UnaryUnaryMultiCallable[_agent_registration_service_pb2.ChatMessage, _agent_registration_service_pb2.SendMessageResponse]
     """Publishes an agent's REPLY / REPLY_CHUNK / SYSTEM / ERROR envelope to broker_input_queue."""
+    SendOutputs: _grpc.StreamStreamMultiCallable[_agent_registration_service_pb2.AgentOutputs, _agent_registration_service_pb2.AgentOutputResults]
+    """Addition: what SendMessage and AckMessage do, on one long-lived stream instead of a call
+    per message. Every AgentOutputs names the agent (the same one throughout a stream) and
+    carries items; an item is an envelope to publish, an acknowledgement, or both, in which
+    case the ack applies only once the envelope was accepted. Every item is answered with an
+    AgentOutputResult naming its ref; results come as soon as they are known, several to an
+    AgentOutputResults, not necessarily in the order of the items.
+    """
+    ReceiveMessageBatches: _grpc.UnaryStreamMultiCallable[_agent_registration_service_pb2.MessageStreamRequest, _agent_registration_service_pb2.ChatMessages]
+    """Addition: ReceiveMessages with every message that is ready at the same moment in one
+    ChatMessages (one write for several messages under load); otherwise the same.
+    """
 
 @_typing.type_check_only
 class AgentRegistrationServiceAsyncStub(AgentRegistrationServiceStub):
@@ -63,6 +75,18 @@ class AgentRegistrationServiceAsyncStub(AgentRegistrationServiceStub):
     AckMessage: _aio.UnaryUnaryMultiCallable[_agent_registration_service_pb2.MessageAck, _agent_registration_service_pb2.MessageAckResponse]  # type: ignore[assignment]
     SendMessage: _aio.UnaryUnaryMultiCallable[_agent_registration_service_pb2.ChatMessage, _agent_registration_service_pb2.SendMessageResponse]  # type: ignore[assignment]
     """Publishes an agent's REPLY / REPLY_CHUNK / SYSTEM / ERROR envelope to broker_input_queue."""
+    SendOutputs: _aio.StreamStreamMultiCallable[_agent_registration_service_pb2.AgentOutputs, _agent_registration_service_pb2.AgentOutputResults]  # type: ignore[assignment]
+    """Addition: what SendMessage and AckMessage do, on one long-lived stream instead of a call
+    per message. Every AgentOutputs names the agent (the same one throughout a stream) and
+    carries items; an item is an envelope to publish, an acknowledgement, or both, in which
+    case the ack applies only once the envelope was accepted. Every item is answered with an
+    AgentOutputResult naming its ref; results come as soon as they are known, several to an
+    AgentOutputResults, not necessarily in the order of the items.
+    """
+    ReceiveMessageBatches: _aio.UnaryStreamMultiCallable[_agent_registration_service_pb2.MessageStreamRequest, _agent_registration_service_pb2.ChatMessages]  # type: ignore[assignment]
+    """Addition: ReceiveMessages with every message that is ready at the same moment in one
+    ChatMessages (one write for several messages under load); otherwise the same.
+    """
 
 class AgentRegistrationServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -125,5 +149,29 @@ class AgentRegistrationServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_agent_registration_service_pb2.SendMessageResponse, _abc.Awaitable[_agent_registration_service_pb2.SendMessageResponse]]:
         """Publishes an agent's REPLY / REPLY_CHUNK / SYSTEM / ERROR envelope to broker_input_queue."""
+
+    @_abc_1.abstractmethod
+    def SendOutputs(
+        self,
+        request_iterator: _MaybeAsyncIterator[_agent_registration_service_pb2.AgentOutputs],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_agent_registration_service_pb2.AgentOutputResults], _abc.AsyncIterator[_agent_registration_service_pb2.AgentOutputResults]]:
+        """Addition: what SendMessage and AckMessage do, on one long-lived stream instead of a call
+        per message. Every AgentOutputs names the agent (the same one throughout a stream) and
+        carries items; an item is an envelope to publish, an acknowledgement, or both, in which
+        case the ack applies only once the envelope was accepted. Every item is answered with an
+        AgentOutputResult naming its ref; results come as soon as they are known, several to an
+        AgentOutputResults, not necessarily in the order of the items.
+        """
+
+    @_abc_1.abstractmethod
+    def ReceiveMessageBatches(
+        self,
+        request: _agent_registration_service_pb2.MessageStreamRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_agent_registration_service_pb2.ChatMessages], _abc.AsyncIterator[_agent_registration_service_pb2.ChatMessages]]:
+        """Addition: ReceiveMessages with every message that is ready at the same moment in one
+        ChatMessages (one write for several messages under load); otherwise the same.
+        """
 
 def add_AgentRegistrationServiceServicer_to_server(servicer: AgentRegistrationServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -287,6 +287,7 @@ class Agent:
             self._session,
             token=self._auth_token,
             tls=ClientTls.from_settings(self.settings),
+            max_message_bytes=self.settings.max_message_bytes,
         )
         work: WorkTransport
         if self.transport == "grpc":

@@ -7,6 +7,7 @@ substitute an in-memory HubClient.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass, field
@@ -20,31 +21,15 @@ from agentcomm.generated.agent_registration_service_pb2_grpc import AgentRegistr
 from agentcomm.grpc_channel import CLIENT_KEEPALIVE, ClientTls, open_channel
 from agentcomm.protocol import Envelope, encode_for_bus
 from agentcomm.sdk.commands import Command, CommandOutcome
-from agentcomm.sdk.errors import (
-    AgentError,
-    HubUnavailable,
-    NotRegistered,
-    RegistrationRefused,
-)
+from agentcomm.sdk.errors import AgentError, HubUnavailable, NotRegistered, RegistrationRefused
+from agentcomm.sdk.grpc_errors import HubRefused, map_rpc_error, map_status
+from agentcomm.sdk.output_stream import OutputResult, OutputStream, StreamUnsupported
 
 log = logging.getLogger(__name__)
 
 # Sent with every call, so that the server can tell this process re-registering after a
 # reconnect from another process claiming an agent id that is still live.
 SESSION_METADATA_KEY = "agentcomm-session"
-
-_UNAVAILABLE_CODES = frozenset(
-    {
-        grpc.StatusCode.UNAVAILABLE,
-        grpc.StatusCode.DEADLINE_EXCEEDED,
-        grpc.StatusCode.CANCELLED,
-        grpc.StatusCode.UNKNOWN,
-        grpc.StatusCode.INTERNAL,
-        grpc.StatusCode.ABORTED,
-        grpc.StatusCode.RESOURCE_EXHAUSTED,
-    }
-)
-
 
 # gRPC's own reconnect backoff grows to two minutes by default; an agent should find a restarted
 # server within seconds, as its own retry loop expects.
@@ -53,10 +38,6 @@ _CHANNEL_OPTIONS = (
     ("grpc.max_reconnect_backoff_ms", 5000),
     *CLIENT_KEEPALIVE,
 )
-
-
-class HubRefused(AgentError):
-    """The server refused a call as invalid or not allowed."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,20 +89,13 @@ class HubClient(Protocol):
 
     async def ack(self, agent_id: str, message_id: str, handled: bool) -> None: ...
 
-    async def send_message(self, agent_id: str, envelope: Envelope) -> None: ...
+    async def send_message(self, agent_id: str, envelope: Envelope, *, ack: str = "") -> bool:
+        """Publishes `envelope`; with `ack`, then acknowledges that message as handled.
+
+        Raises when the envelope was not accepted (and then nothing was acknowledged); returns
+        whether the acknowledgement was applied."""
 
     async def close(self) -> None: ...
-
-
-def map_rpc_error(exc: grpc.aio.AioRpcError, call: str) -> AgentError:
-    """The SDK error for a failed call: retry later, re-register, or give up."""
-    code = exc.code()
-    text = f"{call} failed: {code.name} {exc.details() or ''}".strip()
-    if code is grpc.StatusCode.NOT_FOUND:
-        return NotRegistered(text)
-    if code in _UNAVAILABLE_CODES:
-        return HubUnavailable(text)
-    return HubRefused(text)
 
 
 class GrpcHubClient:
@@ -135,6 +109,7 @@ class GrpcHubClient:
         token: str = "",
         call_timeout: float = 10.0,
         tls: ClientTls | None = None,
+        max_message_bytes: int = 65536,
     ) -> None:
         self.target = target
         self._channel = open_channel(target, options=_CHANNEL_OPTIONS, tls=tls)
@@ -145,6 +120,15 @@ class GrpcHubClient:
             metadata.append(("authorization", f"Bearer {token}"))
         self._metadata = tuple(metadata)
         self._timeout = call_timeout
+        # Replies and acks go on one SendOutputs stream while the server offers it.
+        self._use_stream = True
+        # Messages come several to a write while the server offers it.
+        self._use_batches = True
+        self._outputs: OutputStream | None = None
+        self._retired: set[asyncio.Future[None]] = set()
+        # Envelopes up to this size go on the stream, two of them at most per write, which
+        # keeps every write within the server's MAX_MESSAGE_BYTES.
+        self._item_limit = max(1024, max_message_bytes // 2 - 1024)
 
     async def register(self, request: RegistrationRequest) -> Registration:
         try:
@@ -235,10 +219,24 @@ class GrpcHubClient:
             raise map_rpc_error(exc, "SendCommandResult") from exc
 
     async def messages(self, agent_id: str, prefetch: int) -> AsyncGenerator[IncomingMessage, None]:
-        call = self._stub.ReceiveMessages(
-            pb.MessageStreamRequest(agent_id=agent_id, prefetch=prefetch),
-            metadata=self._metadata,
-        )
+        request = pb.MessageStreamRequest(agent_id=agent_id, prefetch=prefetch)
+        if self._use_batches:
+            batches = self._stub.ReceiveMessageBatches(request, metadata=self._metadata)
+            try:
+                async for batch in batches:
+                    for item in batch.messages:
+                        yield IncomingMessage(item.message_id, item.envelope_json)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() is not grpc.StatusCode.UNIMPLEMENTED:
+                    raise map_rpc_error(exc, "ReceiveMessageBatches") from exc
+                # An older server: nothing was delivered on this stream yet.
+                log.info("The server has no ReceiveMessageBatches; using ReceiveMessages")
+                self._use_batches = False
+            else:
+                return
+            finally:
+                batches.cancel()
+        call = self._stub.ReceiveMessages(request, metadata=self._metadata)
         try:
             async for item in call:
                 yield IncomingMessage(item.message_id, item.envelope_json)
@@ -248,6 +246,16 @@ class GrpcHubClient:
             call.cancel()
 
     async def ack(self, agent_id: str, message_id: str, handled: bool) -> None:
+        stream = self._output_stream(agent_id)
+        if stream is not None:
+            try:
+                result = await self._result_of(stream.submit("", message_id, handled=handled))
+            except StreamUnsupported as exc:
+                self._stream_unsupported(exc)
+            else:
+                if result.code is not grpc.StatusCode.OK:
+                    raise map_status(result.code, result.detail, "SendOutputs (ack)")
+                return
         try:
             await self._stub.AckMessage(
                 pb.MessageAck(agent_id=agent_id, message_id=message_id, handled=handled),
@@ -257,13 +265,26 @@ class GrpcHubClient:
         except grpc.aio.AioRpcError as exc:
             raise map_rpc_error(exc, "AckMessage") from exc
 
-    async def send_message(self, agent_id: str, envelope: Envelope) -> None:
+    async def send_message(self, agent_id: str, envelope: Envelope, *, ack: str = "") -> bool:
+        envelope_json = encode_for_bus(envelope).decode()
+        # A large envelope goes on its own call: on the stream, one over the server's limit
+        # would end the stream for every item on it.
+        stream = self._output_stream(agent_id) if len(envelope_json) <= self._item_limit else None
+        if stream is not None:
+            try:
+                result = await self._result_of(stream.submit(envelope_json, ack))
+            except StreamUnsupported as exc:
+                self._stream_unsupported(exc)
+            else:
+                if not result.accepted:
+                    raise map_status(result.code, result.detail, "SendOutputs")
+                if ack and not result.acknowledged:
+                    log.info("Could not ack message %s: %s", ack, result.detail)
+                return result.acknowledged
         try:
             response = await self._stub.SendMessage(
                 pb.ChatMessage(
-                    agent_id=agent_id,
-                    message_id=envelope.message_id,
-                    envelope_json=encode_for_bus(envelope).decode(),
+                    agent_id=agent_id, message_id=envelope.message_id, envelope_json=envelope_json
                 ),
                 metadata=self._metadata,
                 timeout=self._timeout,
@@ -272,6 +293,45 @@ class GrpcHubClient:
             raise map_rpc_error(exc, "SendMessage") from exc
         if not response.accepted:
             raise HubRefused(f"The server did not accept message {envelope.message_id}.")
+        if not ack:
+            return False
+        try:
+            await self.ack(agent_id, ack, True)
+        except AgentError as exc:
+            log.info("Could not ack message %s: %s", ack, exc)
+            return False
+        return True
+
+    def _output_stream(self, agent_id: str) -> OutputStream | None:
+        """The open SendOutputs stream for `agent_id` (a new one after a failure); None when
+        the server has no such stream."""
+        if not self._use_stream:
+            return None
+        stream = self._outputs
+        if stream is None or stream.failure is not None or stream.agent_id != agent_id:
+            if stream is not None:
+                self._retired.add(asyncio.ensure_future(stream.close()))
+                self._retired = {task for task in self._retired if not task.done()}
+            stream = self._outputs = OutputStream(
+                self._stub, agent_id, self._metadata, max_batch_bytes=self._item_limit * 2
+            )
+        return stream
+
+    async def _result_of(self, future: asyncio.Future[OutputResult]) -> OutputResult:
+        try:
+            async with asyncio.timeout(self._timeout):
+                return await future
+        except TimeoutError:
+            raise HubUnavailable(f"SendOutputs: no result within {self._timeout:g} s.") from None
+
+    def _stream_unsupported(self, exc: StreamUnsupported) -> None:
+        if self._use_stream:
+            log.info("%s; using SendMessage and AckMessage calls instead", exc)
+        self._use_stream = False
 
     async def close(self) -> None:
+        if self._outputs is not None:
+            await self._outputs.close()
+        if self._retired:
+            await asyncio.wait(self._retired)
         await self._channel.close()

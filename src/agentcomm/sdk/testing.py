@@ -167,9 +167,12 @@ class InMemoryHub:
         self._check_known(agent_id)
         await self.acks.put(Ack(message_id, handled))
 
-    async def send_message(self, agent_id: str, envelope: Envelope) -> None:
+    async def send_message(self, agent_id: str, envelope: Envelope, *, ack: str = "") -> bool:
         self._check_known(agent_id)
         await self.sent.put(envelope)
+        if ack:
+            await self.acks.put(Ack(ack, True))
+        return bool(ack)
 
     async def close(self) -> None:
         self.closed = True

@@ -1,8 +1,10 @@
 """The two ways work reaches an agent, behind one protocol.
 
 - `GrpcWork` ("grpc"): the server consumes agent_queue_<id> for the agent and streams each
-  message over ReceiveMessages; the agent acks with AckMessage once it is finished and publishes
-  with SendMessage. For agents that cannot reach the bus, and for the in-process bus.
+  message over ReceiveMessages; the agent publishes its answers and acks each message once it is
+  finished, on the SendOutputs stream (or with SendMessage and AckMessage calls on a server
+  without it); a final answer carries its message's ack along. For agents that cannot reach the
+  bus, and for the in-process bus.
 - `BusWork` ("amqp"): the agent consumes agent_queue_<id> itself through the Bus interface and
   publishes to broker_input_queue; works with RabbitMQ and with a shared in-memory bus.
 
@@ -16,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from agentcomm.bus import Bus, BusError, BusUnavailable, Delivery, Subscription
@@ -57,6 +60,18 @@ class WorkTransport(Protocol):
     async def close(self) -> None: ...
 
 
+_FINAL_TYPES = frozenset({MessageType.REPLY, MessageType.ERROR})
+
+
+@dataclass(eq=False, slots=True)
+class _Unacked:
+    """A message in hand, and whether its ack went out (alone or with its final answer)."""
+
+    envelope_id: str
+    sender_id: str | None
+    acked: bool = False
+
+
 class GrpcWork:
     """Work over the server's ReceiveMessages / AckMessage / SendMessage calls."""
 
@@ -69,6 +84,8 @@ class GrpcWork:
         self._agent_id = ""
         # Messages being handled; they may outlive the stream they came on (see receive).
         self._in_hand: set[asyncio.Task[None]] = set()
+        # Messages not acked yet, by message_id: a final answer to one carries its ack.
+        self._unacked: dict[str, _Unacked] = {}
 
     async def receive(self, agent_id: str, handle: Handle) -> None:
         self._agent_id = agent_id
@@ -119,6 +136,9 @@ class GrpcWork:
             await self._ack(agent_id, incoming.message_id, handled=True)
             return
         message_id = incoming.message_id or envelope.message_id
+        unacked = _Unacked(envelope.message_id, envelope.sender_id)
+        # A second copy of a message in hand (a redelivery after a reconnect) acks on its own.
+        mine = self._unacked.setdefault(message_id, unacked) is unacked
         try:
             await handle(envelope)
         except HandlingAborted as exc:
@@ -126,12 +146,22 @@ class GrpcWork:
             log.info("Agent %s leaves message %s unfinished: %s", agent_id, message_id, exc)
         except AgentError as exc:
             log.warning("Agent %s gives message %s back: %s", agent_id, message_id, exc)
-            await self._ack(agent_id, message_id, handled=False)
+            await self._ack_unless_done(agent_id, message_id, unacked, handled=False)
         except Exception:
             log.exception("Agent %s failed on message %s; giving it back", agent_id, message_id)
-            await self._ack(agent_id, message_id, handled=False)
+            await self._ack_unless_done(agent_id, message_id, unacked, handled=False)
         else:
-            await self._ack(agent_id, message_id, handled=True)
+            await self._ack_unless_done(agent_id, message_id, unacked, handled=True)
+        finally:
+            if mine:
+                del self._unacked[message_id]
+
+    async def _ack_unless_done(
+        self, agent_id: str, message_id: str, unacked: _Unacked, *, handled: bool
+    ) -> None:
+        if not unacked.acked:
+            unacked.acked = True
+            await self._ack(agent_id, message_id, handled=handled)
 
     async def _ack(self, agent_id: str, message_id: str, *, handled: bool) -> None:
         try:
@@ -142,7 +172,35 @@ class GrpcWork:
             log.info("Could not ack message %s: %s", message_id, exc)
 
     async def publish(self, envelope: Envelope) -> None:
-        await self._hub.send_message(self._agent_id or envelope.sender_id or "", envelope)
+        agent_id = self._agent_id or envelope.sender_id or ""
+        answered = self._answered_by(envelope)
+        if answered is None:
+            await self._hub.send_message(agent_id, envelope)
+            return
+        # The final answer: the message is finished once it is accepted, so the ack goes with
+        # it (the server applies it only after the answer was published).
+        message_id, unacked = answered
+        unacked.acked = True
+        try:
+            await self._hub.send_message(agent_id, envelope, ack=message_id)
+        except BaseException:
+            unacked.acked = False  # not accepted: the message is given back as usual
+            raise
+
+    def _answered_by(self, envelope: Envelope) -> tuple[str, _Unacked] | None:
+        """The unacked message in hand that `envelope` is the final answer to, if any."""
+        if envelope.message_type not in _FINAL_TYPES or not envelope.in_reply_to_message_id:
+            return None
+        message_id = envelope.in_reply_to_message_id
+        unacked = self._unacked.get(message_id)
+        if (
+            unacked is None
+            or unacked.acked
+            or unacked.envelope_id != message_id
+            or unacked.sender_id != envelope.receiver_id
+        ):
+            return None
+        return message_id, unacked
 
     async def close(self) -> None:
         await self.wait_in_hand()

@@ -15,6 +15,7 @@ from agentcomm.core.errors import (
     NotYourAgent,
     UnknownAgent,
 )
+from agentcomm.core.presence import AgentRegistry
 from agentcomm.protocol.errors import ProtocolError
 from agentcomm.protocol.ids import is_valid_id
 
@@ -48,11 +49,32 @@ def declared_session(context: Context) -> str | None:
     return None
 
 
-async def abort_for(context: Context, error: HubError | ProtocolError) -> NoReturn:
+def status_for(error: HubError | ProtocolError) -> tuple[grpc.StatusCode, str]:
+    """The status a call refused with `error` ends with."""
     if isinstance(error, ProtocolError):
-        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, error.text)
-    code = _HUB_ERROR_CODES.get(type(error), grpc.StatusCode.FAILED_PRECONDITION)
-    await context.abort(code, str(error))
+        return grpc.StatusCode.INVALID_ARGUMENT, error.text
+    return _HUB_ERROR_CODES.get(type(error), grpc.StatusCode.FAILED_PRECONDITION), str(error)
+
+
+def ownership_refusal(
+    registry: AgentRegistry, agent_id: str, session: str | None
+) -> tuple[grpc.StatusCode, str] | None:
+    """Why a caller may not act for `agent_id` now (None: it may): the agent must be
+    registered, and by the caller's session when the caller names one."""
+    try:
+        record = registry.require(agent_id)
+    except HubError as exc:
+        return status_for(exc)
+    if session is not None and record.session != session and record.online:
+        return (
+            grpc.StatusCode.PERMISSION_DENIED,
+            f"Agent {agent_id} was registered by another session.",
+        )
+    return None
+
+
+async def abort_for(context: Context, error: HubError | ProtocolError) -> NoReturn:
+    await context.abort(*status_for(error))
 
 
 async def require_id(context: Context, value: str, what: str) -> str:

@@ -2,7 +2,9 @@
 
 grpc.aio parses a request before any servicer code runs, and a parse failure surfaces as
 UNKNOWN "Unexpected DecodeError". This interceptor parses requests itself and lets a request
-that does not parse reach no servicer: the call ends with INVALID_ARGUMENT saying why.
+that does not parse reach no servicer: the call ends with INVALID_ARGUMENT saying why. On a
+stream of requests, reading one that does not parse raises MalformedRequest in the servicer;
+the call then ends the same way once the servicer lets it propagate.
 """
 
 from __future__ import annotations
@@ -17,6 +19,14 @@ Deserializer = Callable[[bytes], Any]
 
 class _Malformed:
     def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+class MalformedRequest(Exception):
+    """A request read from a client's stream did not parse."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
         self.reason = reason
 
 
@@ -57,6 +67,24 @@ def _streaming(behavior: Callable[..., Any]) -> Callable[..., AsyncIterator[Any]
     return checked
 
 
+async def _parsed(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    async for request in requests:
+        if isinstance(request, _Malformed):
+            raise MalformedRequest(request.reason)
+        yield request
+
+
+def _bidirectional(behavior: Callable[..., Any]) -> Callable[..., AsyncIterator[Any]]:
+    async def checked(requests: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        try:
+            async for response in behavior(_parsed(requests), context):
+                yield response
+        except MalformedRequest as exc:
+            await _refuse(_Malformed(exc.reason), context)
+
+    return checked
+
+
 class RejectMalformedRequests(grpc.aio.ServerInterceptor):
     def __init__(self) -> None:
         # Wrapped once per method, not per call.
@@ -85,6 +113,10 @@ class RejectMalformedRequests(grpc.aio.ServerInterceptor):
         elif handler.unary_stream is not None:
             wrapped = grpc.unary_stream_rpc_method_handler(
                 _streaming(handler.unary_stream), parse, handler.response_serializer
+            )
+        elif handler.stream_stream is not None:
+            wrapped = grpc.stream_stream_rpc_method_handler(
+                _bidirectional(handler.stream_stream), parse, handler.response_serializer
             )
         self._handlers[method] = wrapped
         return wrapped

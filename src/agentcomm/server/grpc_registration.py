@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator
 from typing import TYPE_CHECKING
 
 import grpc
@@ -12,6 +12,7 @@ from agentcomm.bus.base import BusError
 from agentcomm.core.auth import Role
 from agentcomm.core.commands import CommandOutcome
 from agentcomm.core.errors import HubError
+from agentcomm.core.inbox import AgentInbox
 from agentcomm.core.presence import parse_reported_status
 from agentcomm.generated import agent_registration_service_pb2 as pb
 from agentcomm.generated import agent_registration_service_pb2_grpc as pb_grpc
@@ -26,9 +27,11 @@ from agentcomm.server.grpc_context import (
     authorize,
     caller_session,
     declared_session,
+    ownership_refusal,
     require_id,
     require_map,
 )
+from agentcomm.server.grpc_outputs import serve_outputs
 
 if TYPE_CHECKING:
     from agentcomm.server.hub import Hub
@@ -37,6 +40,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MESSAGE_PREFETCH = 32
 MAX_MESSAGE_PREFETCH = 1000
+# How long ReceiveMessageBatches waits for more messages to share a write while the agent is
+# still busy with earlier ones (never while it has nothing else: a lone message goes at once).
+BATCH_LINGER = 0.001
 
 
 class AgentRegistrationServicer(pb_grpc.AgentRegistrationServiceServicer):
@@ -178,6 +184,38 @@ class AgentRegistrationServicer(pb_grpc.AgentRegistrationServiceServicer):
     async def ReceiveMessages(
         self, request: pb.MessageStreamRequest, context: Context
     ) -> AsyncIterator[pb.ChatMessage]:
+        inbox = await self._open_inbox(request, context)
+        try:
+            while (item := await inbox.next()) is not None:
+                yield pb.ChatMessage(
+                    agent_id=request.agent_id,
+                    message_id=item.message_id,
+                    envelope_json=item.body.decode(),
+                )
+        finally:
+            await self._close_inbox(inbox)
+
+    async def ReceiveMessageBatches(
+        self, request: pb.MessageStreamRequest, context: Context
+    ) -> AsyncIterator[pb.ChatMessages]:
+        inbox = await self._open_inbox(request, context)
+        agent_id = request.agent_id
+        try:
+            while items := await inbox.next_batch(BATCH_LINGER):
+                yield pb.ChatMessages(
+                    messages=[
+                        pb.ChatMessage(
+                            agent_id=agent_id,
+                            message_id=item.message_id,
+                            envelope_json=item.body.decode(),
+                        )
+                        for item in items
+                    ]
+                )
+        finally:
+            await self._close_inbox(inbox)
+
+    async def _open_inbox(self, request: pb.MessageStreamRequest, context: Context) -> AgentInbox:
         await require_id(context, request.agent_id, "agent_id")
         await authorize(self._hub.auth, context, Role.AGENT, request.agent_id)
         await self._require_own(request.agent_id, context)
@@ -195,16 +233,11 @@ class AgentRegistrationServicer(pb_grpc.AgentRegistrationServiceServicer):
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"Message bus unavailable: {exc}")
         self._hub.registry.stream_opened(request.agent_id)
         await context.send_initial_metadata(())
-        try:
-            while (item := await inbox.next()) is not None:
-                yield pb.ChatMessage(
-                    agent_id=request.agent_id,
-                    message_id=item.message_id,
-                    envelope_json=item.body.decode(),
-                )
-        finally:
-            await self._hub.inboxes.close(inbox)
-            self._hub.registry.stream_closed(request.agent_id)
+        return inbox
+
+    async def _close_inbox(self, inbox: AgentInbox) -> None:
+        await self._hub.inboxes.close(inbox)
+        self._hub.registry.stream_closed(inbox.agent_id)
 
     async def AckMessage(self, request: pb.MessageAck, context: Context) -> pb.MessageAckResponse:
         await require_id(context, request.agent_id, "agent_id")
@@ -243,15 +276,15 @@ class AgentRegistrationServicer(pb_grpc.AgentRegistrationServiceServicer):
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"Message bus unavailable: {exc}")
         return pb.SendMessageResponse(accepted=True, message_id=published.message_id)
 
+    async def SendOutputs(
+        self, request_iterator: AsyncIterable[pb.AgentOutputs], context: Context
+    ) -> AsyncIterator[pb.AgentOutputResults]:
+        # The token is checked before anything is read: it must at least be an agent's.
+        principal = await authorize(self._hub.auth, context, Role.AGENT)
+        async for results in serve_outputs(self._hub, request_iterator, context, principal):
+            yield results
+
     async def _require_own(self, agent_id: str, context: Context) -> None:
-        """The agent must be registered, and by the caller's session when it names one."""
-        try:
-            record = self._hub.registry.require(agent_id)
-        except HubError as exc:
-            await abort_for(context, exc)
-        session = declared_session(context)
-        if session is not None and record.session != session and record.online:
-            await context.abort(
-                grpc.StatusCode.PERMISSION_DENIED,
-                f"Agent {agent_id} was registered by another session.",
-            )
+        refusal = ownership_refusal(self._hub.registry, agent_id, declared_session(context))
+        if refusal is not None:
+            await context.abort(*refusal)
