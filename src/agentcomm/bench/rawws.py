@@ -15,6 +15,7 @@ import os
 import struct
 import time
 from collections.abc import Callable
+from typing import cast
 
 import orjson
 
@@ -62,10 +63,10 @@ class RawFrontend(asyncio.Protocol):
         self._pending_id: str | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # uvloop's transports do not derive from asyncio.Transport (the harness may run on it).
+        self._transport = cast(asyncio.Transport, transport)
         key = base64.b64encode(os.urandom(16)).decode()
-        transport.write(
+        self._transport.write(
             (
                 f"GET /ws HTTP/1.1\r\nHost: {self._host}:{self._port}\r\nUpgrade: websocket\r\n"
                 f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
