@@ -12,7 +12,7 @@ from fastapi.staticfiles import StaticFiles
 from agentcomm import __version__
 from agentcomm.server.http_api import build_api_router
 from agentcomm.server.hub import Hub
-from agentcomm.server.websocket import FrontendConnection
+from agentcomm.server.websocket import serve_frontend_socket
 
 WEB_ROOT = Path(str(files("agentcomm.web") / "static"))
 
@@ -34,12 +34,9 @@ def create_app(hub: Hub) -> FastAPI:
 
     @app.websocket("/ws")
     async def frontend_socket(websocket: WebSocket) -> None:
-        origin = websocket.headers.get("origin")
-        if origins and origin is not None and origin not in origins:
-            # Closing before accept answers the handshake with HTTP 403.
-            await websocket.close(code=1008)
-            return
-        await FrontendConnection(hub, websocket).run()
+        # Served by `ws_asgi.FrontendSocketsFirst` ahead of FastAPI; this route is for an
+        # application served without it.
+        await serve_frontend_socket(hub, websocket)
 
     if WEB_ROOT.is_dir():
         app.mount("/", StaticFiles(directory=WEB_ROOT, html=True), name="web")

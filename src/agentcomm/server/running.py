@@ -21,6 +21,7 @@ from agentcomm.core.clock import Clock
 from agentcomm.server.app import create_app
 from agentcomm.server.hub import Hub
 from agentcomm.server.websocket import CLOSE_GOING_AWAY
+from agentcomm.server.ws_asgi import FrontendSocketsFirst
 from agentcomm.server.ws_protocol import HubWebSocketProtocol
 
 log = logging.getLogger(__name__)
@@ -91,7 +92,7 @@ class RunningServer:
     async def _start_http(self) -> None:
         settings = self.settings
         config = uvicorn.Config(
-            create_app(self.hub),
+            FrontendSocketsFirst(create_app(self.hub), self.hub),
             host=settings.host,
             port=settings.port,
             lifespan="off",

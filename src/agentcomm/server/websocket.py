@@ -473,3 +473,14 @@ def _message_id_of(raw: str) -> str | None:
         return None
     message_id = data.get("message_id")
     return message_id if isinstance(message_id, str) and 0 < len(message_id) <= 128 else None
+
+
+async def serve_frontend_socket(hub: Hub, websocket: WebSocket) -> None:
+    """`/ws`: the origin check (when an allow-list is configured), then the connection."""
+    origins = hub.settings.origins
+    origin = websocket.headers.get("origin")
+    if origins and origin is not None and origin not in origins:
+        # Closing before accept answers the handshake with HTTP 403.
+        await websocket.close(code=CLOSE_POLICY)
+        return
+    await FrontendConnection(hub, websocket).run()
