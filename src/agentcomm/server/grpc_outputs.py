@@ -51,9 +51,9 @@ class StreamRefused(Exception):
         self.detail = detail
 
 
-def _refused(ref: int, refusal: Refusal, *, accepted: bool = False) -> pb.AgentOutputResult:
+def _refused(ref: int, refusal: Refusal) -> pb.AgentOutputResult:
     code, detail = refusal
-    return pb.AgentOutputResult(ref=ref, code=code.value[0], detail=detail, accepted=accepted)
+    return pb.AgentOutputResult(ref=ref, code=code.value[0], detail=detail)
 
 
 class AgentOutputStream:
@@ -217,7 +217,9 @@ class AgentOutputStream:
                 f"Message {item.ack_message_id} is not awaiting an acknowledgement.",
             )
         if refusal is not None:
-            return _refused(item.ref, refusal, accepted=result.accepted)
+            # What was published stays said: only the ack failed.
+            result.code, result.detail = refusal[0].value[0], refusal[1]
+            return result
         result.acknowledged = True
         return result
 
