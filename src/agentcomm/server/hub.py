@@ -39,6 +39,7 @@ from agentcomm.protocol.codec import encode_for_client
 from agentcomm.protocol.ids import new_server_id, server_tag
 from agentcomm.protocol.models import AgentInfo, AgentStatusUpdate
 from agentcomm.protocol.timestamps import utc_now_iso
+from agentcomm.server.collector import CollectorTuning
 from agentcomm.server.metrics import HubMetrics
 from agentcomm.server.ws_output import OutputScheduler
 
@@ -100,6 +101,7 @@ class Hub:
         self.connections: set[SocketLink] = set()
         # Writes what every socket has queued, once per turn of the event loop.
         self.output = OutputScheduler()
+        self._collector = CollectorTuning()
         self.grpc_port: int | None = None
         # Set by whoever serves HTTP (the runner), for the advertisement.
         self.http_port: int = settings.port
@@ -246,6 +248,7 @@ class Hub:
     async def _sweep(self) -> None:
         self.registry.sweep()
         self.sessions.expire()
+        self._collector.observe(len(self.connections))
         self.router.release_overdue_streams()
         await self.router.answer_abandoned()
 

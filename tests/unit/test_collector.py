@@ -1,0 +1,35 @@
+"""Connection state is frozen out of full collections after a burst of connections, and let
+back in once most of those connections have closed (so their reference cycles can be freed)."""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Iterator
+
+import pytest
+
+from agentcomm.server.collector import CollectorTuning
+
+
+@pytest.fixture(autouse=True)
+def unfrozen_afterwards() -> Iterator[None]:
+    gc.unfreeze()
+    yield
+    gc.unfreeze()
+
+
+def test_a_burst_of_connections_is_frozen_and_released_when_most_are_gone() -> None:
+    tuning = CollectorTuning(freeze_after=100)
+    tuning.observe(99)
+    assert gc.get_freeze_count() == 0
+    tuning.observe(100)
+    assert gc.get_freeze_count() > 0
+    gc.unfreeze()
+    tuning.observe(150)  # fewer than 100 new since the freeze
+    assert gc.get_freeze_count() == 0
+    tuning.observe(60)  # still more than half of the 100 frozen
+    assert gc.get_freeze_count() == 0
+    tuning.observe(250)
+    assert gc.get_freeze_count() > 0
+    tuning.observe(100)  # fewer than half of the 250 frozen: released
+    assert gc.get_freeze_count() == 0
