@@ -15,7 +15,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import orjson
 
@@ -106,7 +106,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(load_settings(message_bus="memory"))
     if os.environ.get("AGENTCOMM_BENCH_GC_LOG"):
         _log_slow_collections()
-    return asyncio.run(_serve(not args.no_broker, args.echo))
+    with asyncio.Runner(loop_factory=_uvloop_if_installed()) as runner:
+        return runner.run(_serve(not args.no_broker, args.echo))
+
+
+def _uvloop_if_installed() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The event loop `agentcomm serve` runs on (uvloop when installed), so that the hub measured
+    here is the one that is deployed."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
 
 
 if __name__ == "__main__":
