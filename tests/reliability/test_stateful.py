@@ -1,7 +1,9 @@
 """A hypothesis state machine over the in-process stack: frontends connect, send, close or lose
-their socket and come back (resuming their session, or, once, on a new one), agents restart, in
-any order hypothesis finds. A frontend does what docs/protocol.md asks of a client: after every
-reconnect it sends again, with the same `message_id`, each TEXT that has no final answer yet.
+their socket and come back resuming their session, agents restart, and the gRPC link of an
+agent in another "process" (its own gRPC channel, through a TCP proxy) is cut in the middle of
+its work, in any order hypothesis finds. A frontend does what docs/protocol.md asks of a
+client: after every reconnect it sends again, with the same `message_id`, each TEXT that has
+no final answer yet.
 
 The rule checked is the hub's promise: never two final answers (REPLY or ERROR) to one TEXT,
 and at the end every TEXT a frontend sent has exactly one."""
@@ -27,14 +29,16 @@ from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, rule
 
 from agentcomm.config import Settings
 from agentcomm.dev import DevStack
+from agentcomm.sdk.agent import Agent
 from agentcomm.sdk.demo_agents import build_demo_agent
 from agentcomm.server.testing import test_settings
+from tests.support.tcp_proxy import TcpProxy
 
 T = TypeVar("T")
 STEP_TIMEOUT = 20.0
 SETTLE_TIMEOUT = 30.0
 FINAL = frozenset({"REPLY", "ERROR"})
-RECEIVERS = (None, "echo", "typist", "nobody")
+RECEIVERS = (None, "echo", "typist", "remote", "nobody")
 
 
 class _LoopThread:
@@ -148,6 +152,20 @@ class ExactlyOneAnswer(RuleBasedStateMachine):
         self.loop = _LoopThread()
         self.stack = DevStack(self.make_settings())
         self.loop.run(self.stack.start(), timeout=60)
+        self.proxy = TcpProxy("127.0.0.1", self.stack.server.grpc_port)
+        self.loop.run(self.proxy.start())
+        # A typist (its replies take a while, streamed word by word, so a cut link often finds
+        # it mid-message) that reaches the server over gRPC only, as a separate process would.
+        self.remote: Agent = build_demo_agent(
+            "typist",
+            self.stack.settings.model_copy(
+                update={"grpc_host": "127.0.0.1", "grpc_port": self.proxy.port}
+            ),
+            name="remote",
+            agent_id="remote",
+            transport="grpc",
+        )
+        self.loop.run(self.remote.start(), timeout=60)
         self.url = f"ws://127.0.0.1:{self.stack.server.http_port}/ws"
         self.all: list[_Frontend] = []
         self.ids = itertools.count()
@@ -207,6 +225,13 @@ class ExactlyOneAnswer(RuleBasedStateMachine):
 
         self.loop.run(restart(), timeout=60)
 
+    @rule()
+    def cut_remote_agent_link(self) -> None:
+        """Every TCP connection of the remote agent is reset, as when its host vanishes for a
+        moment: what it had in hand comes back to it once it reconnects, or its sender hears
+        `agent_offline` after DELIVERY_TIMEOUT."""
+        self.proxy.reset()
+
     async def _away(self, frontend: _Frontend, leave: Any, pause: float) -> None:
         await leave()
         await asyncio.sleep(pause)
@@ -237,6 +262,8 @@ class ExactlyOneAnswer(RuleBasedStateMachine):
         finally:
             for frontend in self.all:
                 self.loop.run(frontend.close())
+            self.loop.run(self.remote.stop(), timeout=60)
+            self.loop.run(self.proxy.close())
             self.loop.run(self.stack.stop(), timeout=60)
             self.loop.close()
             self.forget_bus()
