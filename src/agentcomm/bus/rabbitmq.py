@@ -60,8 +60,10 @@ from aio_pika.exceptions import (
     PublishError,
 )
 from aiormq import spec
+from aiormq.abc import AbstractChannel
 from aiormq.exceptions import InvalidFrameError
 
+from agentcomm.bus.acks import ChannelAcks
 from agentcomm.bus.base import (
     BusClosed,
     BusError,
@@ -697,6 +699,8 @@ class _RabbitSubscription:
         self._consumer_tag: str | None = None
         self._cancel_lock = asyncio.Lock()
         self._cancelled = False
+        # Acks of the deliveries on the current channel (a reconnect brings a new one).
+        self._acks: ChannelAcks | None = None
 
     def __repr__(self) -> str:
         return f"<RabbitMQ subscription to {self.queue_name!r}>"
@@ -725,6 +729,7 @@ class _RabbitSubscription:
             running = [task for task in self._in_flight if task is not current]
             if running:
                 await asyncio.gather(*running, return_exceptions=True)
+            await self._flush_acks()
             await self._give_back_buffered()
             # Whatever is left goes back to the queue with the channel.
             await self._close_channel()
@@ -742,6 +747,7 @@ class _RabbitSubscription:
                     message = self._buffer.get_nowait()
                     if not _is_stale(message):
                         await self._bus.give_back(self.queue_name, message)
+                        self._settled(message)
         except TimeoutError:
             log.debug("Could not give back every buffered message of %s in time", self.queue_name)
 
@@ -754,7 +760,34 @@ class _RabbitSubscription:
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         # Called once per delivery, in delivery order; only buffering keeps that order. Also
         # while cancelling: what arrives until RabbitMQ confirms the cancel is given back.
+        channel = _channel_of(message)
+        if channel is not None and message.delivery_tag is not None:
+            acks = self._acks
+            if acks is None or acks.channel is not channel:
+                acks = self._acks = ChannelAcks(channel, self.queue_name, _TRANSPORT_ERRORS)
+            acks.delivered(message.delivery_tag)
         self._buffer.put_nowait(message)
+
+    def _handled(self, message: AbstractIncomingMessage) -> None:
+        acks, tag = self._acks, message.delivery_tag
+        if acks is not None and tag is not None and acks.channel is _channel_of(message):
+            acks.handled(tag)
+        # (Otherwise its channel died: RabbitMQ has it back and delivers it again.)
+
+    def _settled(self, message: AbstractIncomingMessage) -> None:
+        acks, tag = self._acks, message.delivery_tag
+        if acks is not None and tag is not None and acks.channel is _channel_of(message):
+            acks.settled(tag)
+
+    async def _flush_acks(self) -> None:
+        acks = self._acks
+        if acks is None:
+            return
+        try:
+            async with asyncio.timeout(RabbitMQBus.CLOSE_TIMEOUT):
+                await acks.flush()
+        except TimeoutError:
+            log.debug("Could not send every ack of %s in time", self.queue_name)
 
     async def _dispatch(self) -> None:
         while True:
@@ -797,6 +830,7 @@ class _RabbitSubscription:
             # Not a failure of the message: give it back as it was (it is charged an attempt
             # only if it is handled again, see _handle_suspect).
             await _settle(message.nack(requeue=True), message, self.queue_name)
+            self._settled(message)
             raise
         except NotTaken as reason:
             log.info(
@@ -806,6 +840,7 @@ class _RabbitSubscription:
                 reason,
             )
             await self._bus.give_back(self.queue_name, message)
+            self._settled(message)
         except Requeue as reason:
             log.info(
                 "Message %s on %s handed back (attempt %d of %d): %s",
@@ -818,6 +853,7 @@ class _RabbitSubscription:
             await self._bus.retry_later(
                 self.queue_name, message, attempt, self._max_deliveries, self._on_dead_letter
             )
+            self._settled(message)
         except BusUnavailable as exc:
             # The bus itself failed under the handler (an outage): not the message's fault, so
             # it goes back uncounted; it also returns by itself if the channel is gone.
@@ -828,6 +864,7 @@ class _RabbitSubscription:
                 exc,
             )
             await _settle(message.nack(requeue=True), message, self.queue_name)
+            self._settled(message)
         except Exception:
             log.exception(
                 "Handler failed for message %s on %s (attempt %d of %d)",
@@ -839,8 +876,9 @@ class _RabbitSubscription:
             await self._bus.retry_later(
                 self.queue_name, message, attempt, self._max_deliveries, self._on_dead_letter
             )
+            self._settled(message)
         else:
-            await _settle(message.ack(), message, self.queue_name)
+            self._handled(message)
 
     async def _handle_suspect(self, message: AbstractIncomingMessage, delivery: Delivery) -> None:
         async with self._suspects:
@@ -858,6 +896,7 @@ class _RabbitSubscription:
                 self._max_deliveries,
                 self._on_dead_letter,
             )
+            self._settled(message)
             if not charged:
                 return  # dead-lettered, or back with RabbitMQ to be tried again
             try:
@@ -934,6 +973,14 @@ async def _settle(operation: Awaitable[None], message: AbstractIncomingMessage, 
             queue,
             exc,
         )
+
+
+def _channel_of(message: AbstractIncomingMessage) -> AbstractChannel | None:
+    """The aiormq channel a message came on, or None once that channel has closed."""
+    try:
+        return message.channel
+    except ChannelInvalidStateError:
+        return None
 
 
 def _is_stale(message: AbstractIncomingMessage) -> bool:
