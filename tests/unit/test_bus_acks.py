@@ -1,0 +1,101 @@
+"""ChannelAcks: nothing acked before it was handled, runs acked with one multiple ack."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, cast
+
+from aiormq.abc import AbstractChannel
+from aiormq.exceptions import ChannelInvalidStateError
+
+from agentcomm.bus.acks import ChannelAcks
+
+
+class FakeChannel:
+    def __init__(self, fail: bool = False) -> None:
+        self.acks: list[tuple[int, bool]] = []
+        self.fail = fail
+
+    async def basic_ack(self, delivery_tag: int, multiple: bool = False, wait: bool = True) -> None:
+        if self.fail:
+            raise ChannelInvalidStateError("closed")
+        self.acks.append((delivery_tag, multiple))
+
+
+def _acks(channel: FakeChannel, tags: range) -> ChannelAcks:
+    acks = ChannelAcks(cast(AbstractChannel, channel), "q", (ChannelInvalidStateError,))
+    for tag in tags:
+        acks.delivered(tag)
+    return acks
+
+
+async def _settle(acks: ChannelAcks) -> None:
+    async with asyncio.timeout(5):
+        await asyncio.sleep(0)
+        await acks.flush()
+
+
+def acked(channel: FakeChannel) -> set[int]:
+    """Every tag the recorded frames ack, given which tags were delivered (1..10 here)."""
+    done: set[int] = set()
+    for tag, multiple in channel.acks:
+        done |= set(range(1, tag + 1)) if multiple else {tag}
+    return done
+
+
+async def test_a_run_handled_in_one_turn_is_acked_with_one_frame() -> None:
+    channel = FakeChannel()
+    acks = _acks(channel, range(1, 6))
+    for tag in range(1, 6):
+        acks.handled(tag)
+    await _settle(acks)
+    assert channel.acks == [(5, True)]
+
+
+async def test_handled_behind_a_running_delivery_are_acked_alone() -> None:
+    channel = FakeChannel()
+    acks = _acks(channel, range(1, 5))
+    acks.handled(2)
+    acks.handled(3)
+    await _settle(acks)
+    # 1 is still being handled: a multiple ack must not cover it.
+    assert channel.acks == [(2, False), (3, False)]
+    assert 1 not in acked(channel)
+    acks.handled(1)
+    await _settle(acks)
+    assert channel.acks[-1] == (1, True)
+    acks.handled(4)
+    await _settle(acks)
+    assert acked(channel) == {1, 2, 3, 4}
+
+
+async def test_a_multiple_ack_never_passes_an_unsettled_delivery() -> None:
+    channel = FakeChannel()
+    acks = _acks(channel, range(1, 11))
+    for tag in (1, 2, 4, 5, 7, 9, 10):
+        acks.handled(tag)
+    acks.settled(6)  # nacked by a frame of its own
+    await _settle(acks)
+    assert acked(channel).isdisjoint({3, 6, 8})
+    assert acked(channel) == {1, 2, 4, 5, 7, 9, 10}
+
+
+async def test_settled_deliveries_are_passed_over_without_a_frame() -> None:
+    channel = FakeChannel()
+    acks = _acks(channel, range(1, 4))
+    acks.settled(1)
+    acks.handled(2)
+    acks.settled(3)
+    await _settle(acks)
+    assert channel.acks == [(2, True)]
+
+
+async def test_a_closed_channel_is_logged_not_raised(caplog: Any) -> None:
+    caplog.set_level(logging.INFO, logger="agentcomm.bus.acks")
+    channel = FakeChannel(fail=True)
+    acks = _acks(channel, range(1, 3))
+    acks.handled(1)
+    await _settle(acks)
+    assert channel.acks == []
+    assert "will deliver them again" in caplog.text
