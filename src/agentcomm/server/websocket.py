@@ -55,12 +55,10 @@ class DirectOutput(Protocol):
     """The transport of one accepted socket, as `ws_protocol.HubWebSocketProtocol` lends it."""
 
     on_writable: Callable[[], None] | None
+    output_paused: bool
 
     @property
     def output_open(self) -> bool: ...
-
-    @property
-    def output_paused(self) -> bool: ...
 
     def write_output(self, data: bytes) -> None: ...
 

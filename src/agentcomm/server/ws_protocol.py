@@ -25,6 +25,9 @@ class HubWebSocketProtocol(WebSocketsSansIOProtocol):
         super().__init__(*args, **kwargs)
         # Called when the transport takes writes again after it asked to pause.
         self.on_writable: Callable[[], None] | None = None
+        # The transport's buffer is over its high-water mark: the peer reads too slowly. A plain
+        # attribute, as it is read once per socket on every fan-out.
+        self.output_paused = False
 
     def handle_connect(self, event: Request) -> None:
         super().handle_connect(event)
@@ -38,14 +41,20 @@ class HubWebSocketProtocol(WebSocketsSansIOProtocol):
         super().start_keepalive()
         del self.response
 
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        self.output_paused = True
+
     def resume_writing(self) -> None:
         super().resume_writing()
+        self.output_paused = False
         if self.on_writable is not None:
             self.on_writable()
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
         self.on_writable = None
+        self.output_paused = False  # nothing waits for a drain that will not come
 
     # -- DirectOutput ------------------------------------------------------------------------
 
@@ -58,11 +67,6 @@ class HubWebSocketProtocol(WebSocketsSansIOProtocol):
             and not self.disconnected
             and not self.transport.is_closing()
         )
-
-    @property
-    def output_paused(self) -> bool:
-        """The transport's buffer is over its high-water mark: the peer reads too slowly."""
-        return not self.writable.is_set()
 
     def write_output(self, data: bytes) -> None:
         self.transport.write(data)
