@@ -106,6 +106,8 @@ class AgentRegistry:
         self._timers = timers
         self._agents: dict[str, AgentRecord] = {}
         self._listeners: list[PresenceListener] = []
+        # Set while the server stops: the streams it closes itself say nothing about its agents.
+        self._stopping = False
 
     # -- listeners ---------------------------------------------------------------------------
 
@@ -237,13 +239,21 @@ class AgentRegistry:
             self._emit([record])
         return record
 
+    def stop_judging_streams(self) -> None:
+        """The server is stopping and closes every agent stream itself: from now on a closed
+        stream (or a grace running out) takes no agent offline. Otherwise, with a short
+        STREAM_GRACE, agents went offline in the middle of the graceful stop and the messages
+        still being handled for them were refused with agent_offline instead of waiting in
+        their queues for the next server."""
+        self._stopping = True
+
     def stream_closed(self, agent_id: str) -> None:
         record = self._agents.get(agent_id)
         if record is None:
             return
         record.open_streams = max(0, record.open_streams - 1)
         self._touch(record)
-        if record.open_streams == 0 and record.online:
+        if record.open_streams == 0 and record.online and not self._stopping:
             lost_at = self._clock.monotonic()
             record.stream_lost_at = lost_at
             if self._stream_grace <= 0:
@@ -257,7 +267,8 @@ class AgentRegistry:
         """The grace of the stream loss at `lost_at` ran out; nothing to do when the agent
         reopened a stream, heartbeat, registered again or lost a later stream since."""
         if (
-            self._agents.get(record.agent_id) is record
+            not self._stopping
+            and self._agents.get(record.agent_id) is record
             and record.online
             and record.open_streams == 0
             and record.stream_lost_at == lost_at

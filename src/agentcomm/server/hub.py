@@ -175,6 +175,7 @@ class Hub:
             return
         self._started = False
         self.draining = True
+        self.registry.stop_judging_streams()
         budget = self.settings.shutdown_timeout
         for task in self._tasks:
             task.cancel()
