@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -665,9 +666,9 @@ class RabbitMQBus:
 class _RabbitSubscription:
     """One consumer: its own channel and prefetch, a local buffer, up to `concurrency` handlers.
 
-    Deliveries are buffered in arrival order and handed to the handler by one dispatcher, which
-    starts a delivery only when a handler slot is free; with one slot that is strict queue
-    order.
+    Deliveries are buffered in arrival order and a handler task is started for the oldest one
+    whenever a handler slot is free (on arrival, or when a handler ends); with one slot that is
+    strict queue order.
     """
 
     def __init__(
@@ -691,10 +692,11 @@ class _RabbitSubscription:
         # message_id -> set when its delivery in progress is done: a second delivery with that
         # id (a counted copy, a redelivery) waits for it, so the two never run at once.
         self._handling: dict[str, asyncio.Event] = {}
-        self._buffer: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
-        self._slots = asyncio.Semaphore(concurrency)
+        # Deliveries waiting for a free handler slot, in delivery order.
+        self._buffer: deque[AbstractIncomingMessage] = deque()
+        self._free_slots = concurrency
+        self._dispatching = False
         self._in_flight: set[asyncio.Task[None]] = set()
-        self._dispatcher: asyncio.Task[None] | None = None
         self._queue: AbstractRobustQueue | None = None
         self._consumer_tag: str | None = None
         self._cancel_lock = asyncio.Lock()
@@ -707,10 +709,7 @@ class _RabbitSubscription:
 
     async def start(self, queue: AbstractRobustQueue) -> None:
         self._queue = queue
-        self._dispatcher = asyncio.create_task(
-            self._dispatch(), name=f"rabbitmq-consume-{self.queue_name}"
-        )
-        self._dispatcher.add_done_callback(self._on_dispatcher_done)
+        self._dispatching = True
         self._consumer_tag = await queue.consume(self._on_message)
 
     async def cancel(self) -> None:
@@ -719,7 +718,7 @@ class _RabbitSubscription:
             if self._cancelled:
                 return
             self._cancelled = True
-            await self._stop_dispatching()
+            self._dispatching = False
             if self._bus.is_connected:
                 await self._cancel_consumer()
             # (Without a connection the broker has dropped the consumer already, and closing
@@ -743,8 +742,8 @@ class _RabbitSubscription:
             return
         try:
             async with asyncio.timeout(RabbitMQBus.CLOSE_TIMEOUT):
-                while not self._buffer.empty():
-                    message = self._buffer.get_nowait()
+                while self._buffer:
+                    message = self._buffer.popleft()
                     if not _is_stale(message):
                         await self._bus.give_back(self.queue_name, message)
                         self._settled(message)
@@ -754,7 +753,7 @@ class _RabbitSubscription:
     async def abandon(self) -> None:
         """Undoes a start that failed half-way."""
         self._cancelled = True
-        await self._stop_dispatching()
+        self._dispatching = False
         await self._close_channel()
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
@@ -766,7 +765,8 @@ class _RabbitSubscription:
             if acks is None or acks.channel is not channel:
                 acks = self._acks = ChannelAcks(channel, self.queue_name, _TRANSPORT_ERRORS)
             acks.delivered(message.delivery_tag)
-        self._buffer.put_nowait(message)
+        self._buffer.append(message)
+        self._start_waiting()
 
     def _handled(self, message: AbstractIncomingMessage) -> None:
         acks, tag = self._acks, message.delivery_tag
@@ -789,18 +789,16 @@ class _RabbitSubscription:
         except TimeoutError:
             log.debug("Could not send every ack of %s in time", self.queue_name)
 
-    async def _dispatch(self) -> None:
-        while True:
-            await self._slots.acquire()
-            try:
-                message = await self._buffer.get()
-            except BaseException:
-                self._slots.release()
-                raise
+    def _start_waiting(self) -> None:
+        # A handler starts right from the delivery callback or from the end of the handler
+        # before it; with one slot that is strict queue order.
+        buffer = self._buffer
+        while self._dispatching and self._free_slots > 0 and buffer:
+            message = buffer.popleft()
             if _is_stale(message):
                 # Its channel died (reconnect): the broker has already put it back.
-                self._slots.release()
                 continue
+            self._free_slots -= 1
             task = asyncio.create_task(
                 self._handle(message), name=f"rabbitmq-handle-{self.queue_name}"
             )
@@ -912,19 +910,10 @@ class _RabbitSubscription:
 
     def _on_handled(self, task: asyncio.Task[None]) -> None:
         self._in_flight.discard(task)
-        self._slots.release()
+        self._free_slots += 1
         if not task.cancelled() and (exc := task.exception()) is not None:
             log.error("Settling a delivery on %s failed", self.queue_name, exc_info=exc)
-
-    def _on_dispatcher_done(self, task: asyncio.Task[None]) -> None:
-        if not task.cancelled() and (exc := task.exception()) is not None:
-            log.error("Consumer of %s stopped", self.queue_name, exc_info=exc)
-
-    async def _stop_dispatching(self) -> None:
-        dispatcher, self._dispatcher = self._dispatcher, None
-        if dispatcher is not None:
-            dispatcher.cancel()
-            await asyncio.gather(dispatcher, return_exceptions=True)
+        self._start_waiting()
 
     async def _cancel_consumer(self) -> None:
         queue, tag = self._queue, self._consumer_tag
