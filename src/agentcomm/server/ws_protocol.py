@@ -56,6 +56,14 @@ class HubWebSocketProtocol(WebSocketsSansIOProtocol):
         self.on_writable = None
         self.output_paused = False  # nothing waits for a drain that will not come
 
+    async def run_asgi(self) -> None:
+        await super().run_asgi()
+        # The scope refers to this protocol and this protocol to the scope: a reference cycle
+        # that would leave each closed connection to a full collection to find (and none is
+        # found while the hub keeps connection state frozen out of collections: `collector`).
+        extensions: dict[str, object] = self.scope["extensions"]  # type: ignore[assignment]
+        extensions.pop(DIRECT_OUTPUT, None)
+
     # -- DirectOutput ------------------------------------------------------------------------
 
     @property
