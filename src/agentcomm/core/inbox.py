@@ -89,14 +89,17 @@ class AgentInbox:
         """The next message for the agent; None once the inbox is closed."""
         return await self._outgoing.get()
 
-    async def next_batch(self, linger: float = 0.0) -> list[InboxItem]:
+    async def next_batch(self, linger: float = 0.0, *, busy: int = 1) -> list[InboxItem]:
         """The next message and every other one ready with it; empty once the inbox is
-        closed. While the agent still has earlier messages in hand, it waits `linger` seconds
-        for more to share the batch: the agent is busy anyway, and each batch costs a write."""
+        closed. While the agent still has at least `busy` earlier messages in hand, it waits
+        `linger` seconds for more to share the batch: the agent has work meanwhile, and each
+        batch costs a write."""
         first = await self._outgoing.get()
         if first is None:
             return []
-        if linger and len(self._awaiting_ack) > 1 + self._outgoing.qsize():
+        # Every message handed over awaits its ack, also those still queued here.
+        earlier = len(self._awaiting_ack) - 1 - self._outgoing.qsize()
+        if linger and earlier >= busy:
             await asyncio.sleep(linger)
         batch = [first]
         while not self._outgoing.empty():

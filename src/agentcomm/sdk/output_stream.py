@@ -29,8 +29,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# How long a write waits for more items while earlier ones are unanswered.
-LINGER = 0.001
+# How long a write waits for more items while at least LINGER_BUSY earlier ones await their
+# results (the server is busy with this agent then); with fewer, items go at once.
+LINGER = 0.002
+LINGER_BUSY = 4
 
 _STATUS_BY_NUMBER = {status.value[0]: status for status in grpc.StatusCode}
 
@@ -96,9 +98,8 @@ class OutputStream:
         try:
             while True:
                 await self._wake.wait()
-                if len(self._pending) > len(self._unsent):
-                    # Earlier items still wait for their results, so the server is busy with
-                    # this agent anyway: a moment's wait lets more items share the write.
+                if len(self._pending) - len(self._unsent) >= LINGER_BUSY:
+                    # A moment's wait lets more items share the write.
                     await asyncio.sleep(LINGER)
                 self._wake.clear()
                 while self._unsent:

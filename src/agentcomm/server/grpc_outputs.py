@@ -36,8 +36,9 @@ log = logging.getLogger(__name__)
 # so that an agent cannot make the server hold an unbounded amount of work.
 MAX_ITEMS_IN_FLIGHT = 256
 
-# How long the results wait for those of other items in flight before they are written.
-RESULTS_LINGER = 0.001
+# How long the results wait for those of other items in flight before they are written. The
+# answers those items carry are published already; only the agent's bookkeeping waits.
+RESULTS_LINGER = 0.002
 
 Refusal = tuple[grpc.StatusCode, str]
 

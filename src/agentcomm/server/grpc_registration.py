@@ -40,9 +40,11 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MESSAGE_PREFETCH = 32
 MAX_MESSAGE_PREFETCH = 1000
-# How long ReceiveMessageBatches waits for more messages to share a write while the agent is
-# still busy with earlier ones (never while it has nothing else: a lone message goes at once).
-BATCH_LINGER = 0.001
+# How long ReceiveMessageBatches waits for more messages to share a write while the agent has
+# at least BATCH_BUSY earlier ones in hand: then it is backlogged, and their wait is longer than
+# this one. An agent with less to do gets each message at once.
+BATCH_LINGER = 0.003
+BATCH_BUSY = 4
 
 
 class AgentRegistrationServicer(pb_grpc.AgentRegistrationServiceServicer):
@@ -201,7 +203,7 @@ class AgentRegistrationServicer(pb_grpc.AgentRegistrationServiceServicer):
         inbox = await self._open_inbox(request, context)
         agent_id = request.agent_id
         try:
-            while items := await inbox.next_batch(BATCH_LINGER):
+            while items := await inbox.next_batch(BATCH_LINGER, busy=BATCH_BUSY):
                 yield pb.ChatMessages(
                     messages=[
                         pb.ChatMessage(
