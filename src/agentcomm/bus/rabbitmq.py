@@ -78,6 +78,7 @@ from agentcomm.bus.base import (
     notify_dead_letter,
 )
 from agentcomm.bus.gathering import GatheringRobustConnection
+from agentcomm.bus.turns import KeyedTurns
 
 log = logging.getLogger(__name__)
 
@@ -149,9 +150,9 @@ class RabbitMQBus:
         # Options of the queues declared through this bus: consumers re-declare with them after
         # a reconnect, and dead-lettering needs to know the dead-letter queue.
         self._queue_options: dict[str, QueueOptions] = {}
-        # message_id -> set while a publish with that id waits for its confirm (see
-        # _exclusive_message_id).
-        self._publishing_ids: dict[str, asyncio.Event] = {}
+        # Held by message_id while a publish with that id waits for its confirm (see
+        # _publish_message).
+        self._publishing_ids = KeyedTurns()
         # While closing, handlers still running may publish their results; new consumers and
         # declarations are refused. Once closed, everything is refused.
         self._closing = False
@@ -550,14 +551,11 @@ class RabbitMQBus:
         message_id = properties.message_id or ""
         try:
             async with asyncio.timeout(timeout):
-                while (busy := self._publishing_ids.get(message_id)) is not None:
-                    await busy.wait()
-                done = self._publishing_ids[message_id] = asyncio.Event()
+                await self._publishing_ids.take(message_id)
                 try:
                     await self._send(channel, queue, body, properties, mandatory)
                 finally:
-                    del self._publishing_ids[message_id]
-                    done.set()
+                    self._publishing_ids.give_back(message_id)
         except PublishError as exc:
             raise Unroutable(f"No queue named {queue!r} takes this message.") from exc
         except DeliveryError as exc:
@@ -689,9 +687,9 @@ class _RabbitSubscription:
         self._on_dead_letter = on_dead_letter
         # Suspects (see the module's docstring) run one at a time.
         self._suspects = asyncio.Lock()
-        # message_id -> set when its delivery in progress is done: a second delivery with that
-        # id (a counted copy, a redelivery) waits for it, so the two never run at once.
-        self._handling: dict[str, asyncio.Event] = {}
+        # Held by message_id while its delivery is handled: a second delivery with that id (a
+        # counted copy, a redelivery) waits for it, so the two never run at once.
+        self._handling = KeyedTurns()
         # Deliveries waiting for a free handler slot, in delivery order.
         self._buffer: deque[AbstractIncomingMessage] = deque()
         self._free_slots = concurrency
@@ -807,14 +805,11 @@ class _RabbitSubscription:
 
     async def _handle(self, message: AbstractIncomingMessage) -> None:
         key = message.message_id or f"delivery-{id(message)}"
-        while (earlier := self._handling.get(key)) is not None:
-            await earlier.wait()
-        done = self._handling[key] = asyncio.Event()
+        await self._handling.take(key)
         try:
             await self._handle_one(message)
         finally:
-            del self._handling[key]
-            done.set()
+            self._handling.give_back(key)
 
     async def _handle_one(self, message: AbstractIncomingMessage) -> None:
         attempt = _attempt_of(message)
