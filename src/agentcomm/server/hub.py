@@ -45,7 +45,7 @@ from agentcomm.server.ws_output import OutputScheduler
 
 if TYPE_CHECKING:
     from agentcomm.server.bus_handlers import BusHandlers
-    from agentcomm.server.websocket import SocketLink
+    from agentcomm.server.ws_output import SocketLink
 
 log = logging.getLogger(__name__)
 

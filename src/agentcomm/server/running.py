@@ -19,8 +19,8 @@ from agentcomm.bus.base import Bus
 from agentcomm.config import Settings
 from agentcomm.core.clock import Clock
 from agentcomm.server.app import create_app
+from agentcomm.server.close_codes import CLOSE_GOING_AWAY
 from agentcomm.server.hub import Hub
-from agentcomm.server.websocket import CLOSE_GOING_AWAY
 from agentcomm.server.ws_asgi import FrontendSocketsFirst
 from agentcomm.server.ws_protocol import HubWebSocketProtocol
 

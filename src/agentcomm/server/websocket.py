@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, MutableMapping
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import MutableMapping
+from typing import TYPE_CHECKING, Any
 
 from fastapi import WebSocket, WebSocketDisconnect
 
@@ -29,7 +29,14 @@ from agentcomm.protocol.errors import ProtocolError
 from agentcomm.protocol.models import Envelope, RegisterFrontendResponse
 from agentcomm.protocol.timestamps import utc_now_iso
 from agentcomm.protocol.vocabulary import ErrorCode, MessageType, RoutingStatus
-from agentcomm.server.ws_output import OutputScheduler
+from agentcomm.server.close_codes import (
+    CLOSE_INTERNAL,
+    CLOSE_NORMAL,
+    CLOSE_POLICY,
+    CLOSE_RATE_LIMITED,
+    CLOSE_RESTARTING,
+)
+from agentcomm.server.ws_output import DirectOutput, SocketLink
 from agentcomm.server.ws_protocol import DIRECT_OUTPUT
 
 if TYPE_CHECKING:
@@ -37,122 +44,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CLOSE_NORMAL = 1000
-CLOSE_GOING_AWAY = 1001
-CLOSE_POLICY = 1008
-CLOSE_TOO_LARGE = 1009
-CLOSE_INTERNAL = 1011
-CLOSE_RESTARTING = 1012
-CLOSE_TOO_SLOW = 4008
-CLOSE_RATE_LIMITED = 4029
-
 # Frames read from a socket but not handled yet; when it is full, reading waits (and so, through
 # TCP, does the client).
 INBOUND_QUEUE_FRAMES = 256
-
-
-class DirectOutput(Protocol):
-    """The transport of one accepted socket, as `ws_protocol.HubWebSocketProtocol` lends it."""
-
-    on_writable: Callable[[], None] | None
-    output_paused: bool
-
-    @property
-    def output_open(self) -> bool: ...
-
-    def write_output(self, data: bytes) -> None: ...
-
-
-class SocketLink:
-    """The sending half of one socket, as the core sees it (a FrontendLink).
-
-    Frames are framed when queued and written by the hub's output scheduler at the next turn
-    of the loop, all of one turn in one write. While the transport is paused (the peer does not
-    read) they wait here; past `max_frames` the frontend is too slow and is closed.
-    """
-
-    __slots__ = (
-        "_closed",
-        "_closed_waiter",
-        "_max_frames",
-        "_output",
-        "_pending",
-        "_scheduler",
-        "_wake",
-        "close_code",
-    )
-
-    def __init__(self, output: DirectOutput, scheduler: OutputScheduler, max_frames: int) -> None:
-        self._output = output
-        self._scheduler = scheduler
-        self._max_frames = max_frames
-        self._pending: list[bytes] = []
-        # Wakes the connection's reader when the server decides to close (set while it reads).
-        self._wake: Callable[[], None] | None = None
-        self.close_code: int | None = None
-        self._closed = False
-        self._closed_waiter: asyncio.Future[None] | None = None
-        output.on_writable = self.flush
-
-    def send_frame(self, frame: bytes) -> None:
-        if self.close_code is not None:
-            return
-        pending = self._pending
-        if len(pending) >= self._max_frames:
-            log.warning("Closing a frontend that stopped reading (outbound queue full)")
-            self.close(CLOSE_TOO_SLOW)
-            return
-        pending.append(self._scheduler.framed(frame))
-        if len(pending) == 1:
-            self._scheduler.mark(self)
-
-    def flush(self, *, even_if_paused: bool = False) -> None:
-        """Writes every queued frame in one transport write, unless the transport is paused."""
-        pending = self._pending
-        if not pending:
-            return
-        output = self._output
-        if output.output_paused and not even_if_paused:
-            return  # resumed later through on_writable
-        if not output.output_open:
-            pending.clear()  # the socket went away; the reader notices and cleans up
-            return
-        data = pending[0] if len(pending) == 1 else b"".join(pending)
-        pending.clear()
-        try:
-            output.write_output(data)
-        except (RuntimeError, OSError) as exc:
-            log.info("A frontend socket refused a write: %s", exc)
-            self.close(CLOSE_INTERNAL)
-
-    def close(self, code: int) -> None:
-        """Asks the connection to close the socket after what is already queued."""
-        if self.close_code is not None:
-            return
-        self.close_code = code
-        if code == CLOSE_TOO_SLOW:
-            # Nothing queued will be read anyway; make room for the close itself.
-            self._pending.clear()
-        if self._wake is not None:
-            self._wake()
-
-    def waking(self, wake: Callable[[], None] | None) -> None:
-        """What close() calls to interrupt the connection (None: it is not interruptible)."""
-        self._wake = wake
-
-    def mark_closed(self) -> None:
-        """The close frame went out (or the socket was given up on)."""
-        self._closed = True
-        self._output.on_writable = None
-        if self._closed_waiter is not None and not self._closed_waiter.done():
-            self._closed_waiter.set_result(None)
-
-    async def wait_closed(self) -> None:
-        if self._closed:
-            return
-        if self._closed_waiter is None:
-            self._closed_waiter = asyncio.get_running_loop().create_future()
-        await asyncio.shield(self._closed_waiter)
 
 
 def error_frame(

@@ -11,8 +11,14 @@ callback per turn writes for every socket that has something queued — no task 
 from __future__ import annotations
 
 import asyncio
+import logging
 import struct
+from collections.abc import Callable
 from typing import Protocol
+
+from agentcomm.server.close_codes import CLOSE_INTERNAL, CLOSE_TOO_SLOW
+
+log = logging.getLogger(__name__)
 
 _FIN_TEXT = 0x81
 _TWO_BYTE_LENGTH = 126
@@ -66,3 +72,107 @@ class OutputScheduler:
         self._last_framed = b""
         for link in dirty:
             link.flush()
+
+
+class DirectOutput(Protocol):
+    """The transport of one accepted socket, as `ws_protocol.HubWebSocketProtocol` lends it."""
+
+    on_writable: Callable[[], None] | None
+    output_paused: bool
+
+    @property
+    def output_open(self) -> bool: ...
+
+    def write_output(self, data: bytes) -> None: ...
+
+
+class SocketLink:
+    """The sending half of one socket, as the core sees it (a FrontendLink).
+
+    Frames are framed when queued and written by the hub's output scheduler at the next turn
+    of the loop, all of one turn in one write. While the transport is paused (the peer does not
+    read) they wait here; past `max_frames` the frontend is too slow and is closed.
+    """
+
+    __slots__ = (
+        "_closed",
+        "_closed_waiter",
+        "_max_frames",
+        "_output",
+        "_pending",
+        "_scheduler",
+        "_wake",
+        "close_code",
+    )
+
+    def __init__(self, output: DirectOutput, scheduler: OutputScheduler, max_frames: int) -> None:
+        self._output = output
+        self._scheduler = scheduler
+        self._max_frames = max_frames
+        self._pending: list[bytes] = []
+        # Wakes the connection's reader when the server decides to close (set while it reads).
+        self._wake: Callable[[], None] | None = None
+        self.close_code: int | None = None
+        self._closed = False
+        self._closed_waiter: asyncio.Future[None] | None = None
+        output.on_writable = self.flush
+
+    def send_frame(self, frame: bytes) -> None:
+        if self.close_code is not None:
+            return
+        pending = self._pending
+        if len(pending) >= self._max_frames:
+            log.warning("Closing a frontend that stopped reading (outbound queue full)")
+            self.close(CLOSE_TOO_SLOW)
+            return
+        pending.append(self._scheduler.framed(frame))
+        if len(pending) == 1:
+            self._scheduler.mark(self)
+
+    def flush(self, *, even_if_paused: bool = False) -> None:
+        """Writes every queued frame in one transport write, unless the transport is paused."""
+        pending = self._pending
+        if not pending:
+            return
+        output = self._output
+        if output.output_paused and not even_if_paused:
+            return  # resumed later through on_writable
+        if not output.output_open:
+            pending.clear()  # the socket went away; the reader notices and cleans up
+            return
+        data = pending[0] if len(pending) == 1 else b"".join(pending)
+        pending.clear()
+        try:
+            output.write_output(data)
+        except (RuntimeError, OSError) as exc:
+            log.info("A frontend socket refused a write: %s", exc)
+            self.close(CLOSE_INTERNAL)
+
+    def close(self, code: int) -> None:
+        """Asks the connection to close the socket after what is already queued."""
+        if self.close_code is not None:
+            return
+        self.close_code = code
+        if code == CLOSE_TOO_SLOW:
+            # Nothing queued will be read anyway; make room for the close itself.
+            self._pending.clear()
+        if self._wake is not None:
+            self._wake()
+
+    def waking(self, wake: Callable[[], None] | None) -> None:
+        """What close() calls to interrupt the connection (None: it is not interruptible)."""
+        self._wake = wake
+
+    def mark_closed(self) -> None:
+        """The close frame went out (or the socket was given up on)."""
+        self._closed = True
+        self._output.on_writable = None
+        if self._closed_waiter is not None and not self._closed_waiter.done():
+            self._closed_waiter.set_result(None)
+
+    async def wait_closed(self) -> None:
+        if self._closed:
+            return
+        if self._closed_waiter is None:
+            self._closed_waiter = asyncio.get_running_loop().create_future()
+        await asyncio.shield(self._closed_waiter)
