@@ -44,6 +44,7 @@ proto-check: install
 bench: install
 	$(BIN)/pip install --quiet -e '.[dev,bench]'
 	$(BIN)/agentcomm bench all
+	$(BIN)/python -m agentcomm.bench.compare benchmarks/results/baseline benchmarks/results --out docs/benchmarks
 
 ## Regenerates docs/screenshots/*.png from the real page (needs Debian's chromium).
 screenshots: install
