@@ -4,11 +4,12 @@ back in once most of those connections have closed (so their reference cycles ca
 from __future__ import annotations
 
 import gc
+import weakref
 from collections.abc import Iterator
 
 import pytest
 
-from agentcomm.server.collector import CollectorTuning
+from agentcomm.server.collector import CollectorTuning, freeze_start_up
 
 
 @pytest.fixture(autouse=True)
@@ -33,3 +34,15 @@ def test_a_burst_of_connections_is_frozen_and_released_when_most_are_gone() -> N
     assert gc.get_freeze_count() > 0
     tuning.observe(100)  # fewer than half of the 250 frozen: released
     assert gc.get_freeze_count() == 0
+
+
+class Node:
+    def __init__(self) -> None:
+        self.itself = self
+
+
+def test_start_up_is_frozen_after_its_garbage_is_collected() -> None:
+    garbage = weakref.ref(Node())  # a reference cycle nobody holds
+    freeze_start_up()
+    assert gc.get_freeze_count() > 0
+    assert garbage() is None  # collected, not frozen for good

@@ -16,6 +16,15 @@ import logging
 
 log = logging.getLogger(__name__)
 
+
+def freeze_start_up() -> None:
+    """Call once a server process has started. What it made to start (modules, settings, the
+    HTTP and gRPC servers, the bus) lives as long as the process; frozen, it is not walked by
+    every later full collection again (tens of milliseconds each on a small machine)."""
+    gc.collect()  # what start-up left as garbage is freed, not frozen
+    gc.freeze()
+
+
 # New connections since the last freeze that make it worth another one.
 FREEZE_AFTER_NEW_CONNECTIONS = 500
 
