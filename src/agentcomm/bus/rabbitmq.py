@@ -42,7 +42,6 @@ from urllib.parse import unquote, urlsplit
 
 import aio_pika
 from aio_pika.abc import (
-    AbstractIncomingMessage,
     AbstractRobustChannel,
     AbstractRobustConnection,
     AbstractRobustQueue,
@@ -77,7 +76,7 @@ from agentcomm.bus.base import (
     Unroutable,
     notify_dead_letter,
 )
-from agentcomm.bus.gathering import GatheringRobustConnection
+from agentcomm.bus.inbound import BusConnection, InboundMessage, RawConsumer
 from agentcomm.bus.turns import KeyedTurns
 
 log = logging.getLogger(__name__)
@@ -219,7 +218,7 @@ class RabbitMQBus:
                     self._url,
                     timeout=self.CONNECT_TIMEOUT,
                     client_properties={"connection_name": self._name},
-                    connection_class=GatheringRobustConnection,
+                    connection_class=BusConnection,
                     **extra,
                 )
                 return connection
@@ -404,7 +403,7 @@ class RabbitMQBus:
     async def retry_later(
         self,
         queue: str,
-        message: AbstractIncomingMessage,
+        message: InboundMessage,
         attempt: int,
         max_deliveries: int,
         on_dead_letter: MessageHandler | None = None,
@@ -440,7 +439,7 @@ class RabbitMQBus:
         await _settle(message.ack(), message, queue)
         return True
 
-    async def give_back(self, queue: str, message: AbstractIncomingMessage) -> None:
+    async def give_back(self, queue: str, message: InboundMessage) -> None:
         """Puts a message no handler started on back as it was: an uncounted copy at the tail
         (so that it does not come back looking unsettled), then the original is acked."""
         try:
@@ -460,7 +459,7 @@ class RabbitMQBus:
     async def _dead_letter(
         self,
         queue: str,
-        message: AbstractIncomingMessage,
+        message: InboundMessage,
         attempt: int,
         on_dead_letter: MessageHandler | None,
     ) -> None:
@@ -691,7 +690,7 @@ class _RabbitSubscription:
         # counted copy, a redelivery) waits for it, so the two never run at once.
         self._handling = KeyedTurns()
         # Deliveries waiting for a free handler slot, in delivery order.
-        self._buffer: deque[AbstractIncomingMessage] = deque()
+        self._buffer: deque[InboundMessage] = deque()
         self._free_slots = concurrency
         self._dispatching = False
         self._in_flight: set[asyncio.Task[None]] = set()
@@ -708,7 +707,7 @@ class _RabbitSubscription:
     async def start(self, queue: AbstractRobustQueue) -> None:
         self._queue = queue
         self._dispatching = True
-        self._consumer_tag = await queue.consume(self._on_message)
+        self._consumer_tag = await queue.consume(RawConsumer(self._on_message))
 
     async def cancel(self) -> None:
         """Stops taking new deliveries; those being handled finish and are acked first."""
@@ -754,7 +753,7 @@ class _RabbitSubscription:
         self._dispatching = False
         await self._close_channel()
 
-    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+    async def _on_message(self, message: InboundMessage) -> None:
         # Called once per delivery, in delivery order; only buffering keeps that order. Also
         # while cancelling: what arrives until RabbitMQ confirms the cancel is given back.
         channel = _channel_of(message)
@@ -766,13 +765,13 @@ class _RabbitSubscription:
         self._buffer.append(message)
         self._start_waiting()
 
-    def _handled(self, message: AbstractIncomingMessage) -> None:
+    def _handled(self, message: InboundMessage) -> None:
         acks, tag = self._acks, message.delivery_tag
         if acks is not None and tag is not None and acks.channel is _channel_of(message):
             acks.handled(tag)
         # (Otherwise its channel died: RabbitMQ has it back and delivers it again.)
 
-    def _settled(self, message: AbstractIncomingMessage) -> None:
+    def _settled(self, message: InboundMessage) -> None:
         acks, tag = self._acks, message.delivery_tag
         if acks is not None and tag is not None and acks.channel is _channel_of(message):
             acks.settled(tag)
@@ -803,7 +802,7 @@ class _RabbitSubscription:
             self._in_flight.add(task)
             task.add_done_callback(self._on_handled)
 
-    async def _handle(self, message: AbstractIncomingMessage) -> None:
+    async def _handle(self, message: InboundMessage) -> None:
         key = message.message_id or f"delivery-{id(message)}"
         await self._handling.take(key)
         try:
@@ -811,7 +810,7 @@ class _RabbitSubscription:
         finally:
             self._handling.give_back(key)
 
-    async def _handle_one(self, message: AbstractIncomingMessage) -> None:
+    async def _handle_one(self, message: InboundMessage) -> None:
         attempt = _attempt_of(message)
         delivery = _delivery(self.queue_name, message, attempt)
         if _unsettled_before(message):
@@ -873,7 +872,7 @@ class _RabbitSubscription:
         else:
             self._handled(message)
 
-    async def _handle_suspect(self, message: AbstractIncomingMessage, delivery: Delivery) -> None:
+    async def _handle_suspect(self, message: InboundMessage, delivery: Delivery) -> None:
         async with self._suspects:
             log.info(
                 "Message %s on %s came back unsettled (attempt %d of %d); charging it first",
@@ -946,7 +945,7 @@ def _cancelled_by_caller() -> bool:
     return task is None or task.cancelling() > 0
 
 
-async def _settle(operation: Awaitable[None], message: AbstractIncomingMessage, queue: str) -> None:
+async def _settle(operation: Awaitable[None], message: InboundMessage, queue: str) -> None:
     """Sends an ack/nack/reject; a dead channel means the broker already took the message back."""
     try:
         await operation
@@ -959,7 +958,7 @@ async def _settle(operation: Awaitable[None], message: AbstractIncomingMessage, 
         )
 
 
-def _channel_of(message: AbstractIncomingMessage) -> AbstractChannel | None:
+def _channel_of(message: InboundMessage) -> AbstractChannel | None:
     """The aiormq channel a message came on, or None once that channel has closed."""
     try:
         return message.channel
@@ -967,14 +966,14 @@ def _channel_of(message: AbstractIncomingMessage) -> AbstractChannel | None:
         return None
 
 
-def _is_stale(message: AbstractIncomingMessage) -> bool:
+def _is_stale(message: InboundMessage) -> bool:
     try:
         return message.channel.is_closed
     except ChannelInvalidStateError:
         return True
 
 
-def _unsettled_before(message: AbstractIncomingMessage) -> bool:
+def _unsettled_before(message: InboundMessage) -> bool:
     """Handed out before and never settled: its consumer died with it, or gave it back.
 
     Quorum queues count such deliveries themselves (x-delivery-count); classic queues only
@@ -982,7 +981,7 @@ def _unsettled_before(message: AbstractIncomingMessage) -> bool:
     return bool(message.redelivered) and "x-delivery-count" not in (message.headers or {})
 
 
-def _delivery(queue: str, message: AbstractIncomingMessage, attempt: int) -> Delivery:
+def _delivery(queue: str, message: InboundMessage, attempt: int) -> Delivery:
     return Delivery(
         queue=queue,
         body=message.body,
@@ -992,7 +991,7 @@ def _delivery(queue: str, message: AbstractIncomingMessage, attempt: int) -> Del
     )
 
 
-def _attempt_of(message: AbstractIncomingMessage) -> int:
+def _attempt_of(message: InboundMessage) -> int:
     headers = message.headers or {}
     attempt = _as_int(headers.get(ATTEMPT_HEADER)) or 1
     # Quorum queues count deliveries themselves (including those lost to a crash).
@@ -1008,24 +1007,24 @@ def _as_int(value: FieldValue | None) -> int | None:
     return value
 
 
-def _copy(message: AbstractIncomingMessage, headers: HeadersType) -> spec.Basic.Properties:
+def _copy(message: InboundMessage, headers: HeadersType) -> spec.Basic.Properties:
     """The properties of a copy of `message` with `headers`."""
+    original = message.properties
     # user_id is left out: RabbitMQ refuses a user_id other than the publishing connection's.
-    return aio_pika.Message(
-        b"",
+    return spec.Basic.Properties(
+        content_type=original.content_type or JSON_CONTENT_TYPE,
+        content_encoding=original.content_encoding,
         headers=headers,
-        content_type=message.content_type or JSON_CONTENT_TYPE,
-        content_encoding=message.content_encoding,
-        delivery_mode=DeliveryMode.PERSISTENT,
-        priority=message.priority,
-        correlation_id=message.correlation_id,
-        reply_to=message.reply_to,
-        expiration=message.expiration,
-        message_id=message.message_id or uuid.uuid4().hex,
-        timestamp=message.timestamp,
-        type=message.type,
-        app_id=message.app_id,
-    ).properties
+        delivery_mode=_PERSISTENT,
+        priority=original.priority,
+        correlation_id=original.correlation_id,
+        reply_to=original.reply_to,
+        expiration=original.expiration,
+        message_id=original.message_id or uuid.uuid4().hex,
+        timestamp=original.timestamp,
+        message_type=original.message_type,
+        app_id=original.app_id,
+    )
 
 
 def _queue_arguments(options: QueueOptions) -> dict[str, FieldValue]:
