@@ -9,6 +9,11 @@ One robust connection carries three kinds of channel:
   the channel on PRECONDITION_FAILED) never fails the publishes in flight;
 - one channel per consumer, each with its own prefetch.
 
+The hot path stays below aio-pika's wrappers, which cost more than the work itself: the
+connection gathers the frames of one event-loop turn into one write (`gathering.py`), publishes
+go to aiormq's channel with their properties built once, deliveries arrive as aiormq hands them
+over (`inbound.py`), and acks go out in runs (`acks.py`).
+
 The connection reconnects by itself and the channels and consumers come back with it (a
 consumer re-declares the queue it consumes, so a queue this bus declared and that expired
 meanwhile is created again). Publishing while the connection is down waits for it up to the
