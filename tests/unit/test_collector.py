@@ -9,14 +9,20 @@ from collections.abc import Iterator
 
 import pytest
 
-from agentcomm.server.collector import CollectorTuning, freeze_start_up
+from agentcomm.server.collector import (
+    SERVING_THRESHOLDS,
+    CollectorTuning,
+    tune_collector_for_serving,
+)
 
 
 @pytest.fixture(autouse=True)
 def unfrozen_afterwards() -> Iterator[None]:
+    thresholds = gc.get_threshold()
     gc.unfreeze()
     yield
     gc.unfreeze()
+    gc.set_threshold(*thresholds)
 
 
 def test_a_burst_of_connections_is_frozen_and_released_when_most_are_gone() -> None:
@@ -43,6 +49,7 @@ class Node:
 
 def test_start_up_is_frozen_after_its_garbage_is_collected() -> None:
     garbage = weakref.ref(Node())  # a reference cycle nobody holds
-    freeze_start_up()
+    tune_collector_for_serving()
     assert gc.get_freeze_count() > 0
     assert garbage() is None  # collected, not frozen for good
+    assert gc.get_threshold() == SERVING_THRESHOLDS

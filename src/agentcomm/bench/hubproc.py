@@ -25,7 +25,7 @@ from agentcomm.config import load_settings
 from agentcomm.logging_setup import configure_logging
 from agentcomm.sdk.agent import Agent
 from agentcomm.sdk.demo_agents import build_demo_agent
-from agentcomm.server.collector import freeze_start_up
+from agentcomm.server.collector import tune_collector_for_serving
 from agentcomm.server.runner import wait_for_stop_signal
 from agentcomm.server.running import RunningServer
 
@@ -57,7 +57,7 @@ async def _serve(broker_wanted: bool, echo_wanted: bool) -> int:
                 bus=bus,
             )
             await agent.start()
-        freeze_start_up()  # as agentcomm serve does once it has started
+        tune_collector_for_serving()  # as agentcomm serve does once it has started
         print(
             orjson.dumps(
                 {

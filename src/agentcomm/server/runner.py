@@ -11,7 +11,7 @@ import signal
 from agentcomm.bus.base import BusError
 from agentcomm.bus.factory import create_bus
 from agentcomm.config import Settings
-from agentcomm.server.collector import freeze_start_up
+from agentcomm.server.collector import tune_collector_for_serving
 from agentcomm.server.running import RunningServer
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ async def serve(settings: Settings) -> int:
     except OSError as exc:
         log.error("Cannot start: %s", exc)
         return 1
-    freeze_start_up()
+    tune_collector_for_serving()
     # Before anyone is told the server is up: a SIGTERM from then on is a graceful stop.
     stop_requested = install_stop_signals()
     print(
