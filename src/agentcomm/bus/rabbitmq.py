@@ -42,10 +42,11 @@ import logging
 import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 from urllib.parse import unquote, urlsplit
 
 import aio_pika
+import aiormq
 from aio_pika.abc import (
     AbstractRobustChannel,
     AbstractRobustConnection,
@@ -608,9 +609,16 @@ class RabbitMQBus:
             await channel.ready()
             if not channel.is_closed:
                 try:
-                    underlay = await channel.get_underlay_channel()
+                    # (aiormq's own channel class: `wait` is not on its abstract interface.)
+                    underlay = cast(aiormq.Channel, await channel.get_underlay_channel())
+                    # wait=False: not for the frame to be written, only for the confirm, which
+                    # comes after it anyway (aiormq's bounded write queue still pushes back).
                     await underlay.basic_publish(
-                        body, routing_key=queue, properties=properties, mandatory=mandatory
+                        body,
+                        routing_key=queue,
+                        properties=properties,
+                        mandatory=mandatory,
+                        wait=False,
                     )
                     return
                 except ChannelInvalidStateError:
