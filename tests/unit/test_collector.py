@@ -53,3 +53,15 @@ def test_start_up_is_frozen_after_its_garbage_is_collected() -> None:
     assert gc.get_freeze_count() > 0
     assert garbage() is None  # collected, not frozen for good
     assert gc.get_threshold() == SERVING_THRESHOLDS
+
+
+def test_the_rest_of_a_burst_is_frozen_once_no_new_connection_came() -> None:
+    tuning = CollectorTuning(freeze_after=500, freeze_after_burst=50)
+    tuning.observe(80)
+    assert gc.get_freeze_count() == 0  # still arriving
+    tuning.observe(80)
+    assert gc.get_freeze_count() > 0
+    gc.unfreeze()
+    tuning.observe(100)
+    tuning.observe(100)  # only 20 more since the freeze: not worth one
+    assert gc.get_freeze_count() == 0

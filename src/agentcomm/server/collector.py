@@ -17,12 +17,12 @@ import logging
 log = logging.getLogger(__name__)
 
 
-# Young collections after 10,000 net allocations instead of 700, full ones after 100 of the
-# middle generation instead of 10. A hub's messages live for milliseconds: collected every 700
-# allocations they survived into the old generation, which filled with garbage of that kind and
-# was walked in full several times a second (about 40 full collections of 15-45 ms CPU each in
-# one presence benchmark; one with these thresholds).
-SERVING_THRESHOLDS = (10_000, 10, 100)
+# Full collections after 100 collections of the middle generation instead of 10. Once start-up
+# and connection state are frozen, the old generation holds little, so the collector's own
+# brake (a full collection only when the old generation grew by a quarter) hardly holds: in one
+# presence benchmark the hub made about 40 full collections of 15-45 ms CPU each. The young
+# thresholds stay: raised, each young collection walks more and becomes a pause of its own.
+SERVING_THRESHOLDS = (700, 10, 100)
 
 
 def tune_collector_for_serving() -> None:
@@ -35,19 +35,30 @@ def tune_collector_for_serving() -> None:
     gc.set_threshold(*SERVING_THRESHOLDS)
 
 
-# New connections since the last freeze that make it worth another one.
+# New connections since the last freeze that make it worth another one, during a burst; and
+# after a burst (no new connection for one observation), the fewest worth freezing.
 FREEZE_AFTER_NEW_CONNECTIONS = 500
+FREEZE_AFTER_BURST = 50
 
 
 class CollectorTuning:
     """Call `observe` now and then (the hub's sweep) with the number of open connections."""
 
-    def __init__(self, freeze_after: int = FREEZE_AFTER_NEW_CONNECTIONS) -> None:
+    def __init__(
+        self,
+        freeze_after: int = FREEZE_AFTER_NEW_CONNECTIONS,
+        freeze_after_burst: int = FREEZE_AFTER_BURST,
+    ) -> None:
         self._freeze_after = freeze_after
+        self._freeze_after_burst = freeze_after_burst
         self._frozen_at = 0  # open connections at the last freeze
+        self._last_seen = 0
 
     def observe(self, connections: int) -> None:
-        if connections - self._frozen_at >= self._freeze_after:
+        grown = connections - self._frozen_at
+        burst_over = connections == self._last_seen and grown >= self._freeze_after_burst
+        self._last_seen = connections
+        if grown >= self._freeze_after or burst_over:
             gc.freeze()
             log.debug("Froze the collector's objects at %d connections", connections)
             self._frozen_at = connections
