@@ -16,6 +16,7 @@ from agentcomm.core.auth import Role
 from agentcomm.protocol.ids import new_broker_id
 from agentcomm.sdk.agent import Agent
 from agentcomm.sdk.demo_agents import build_demo_agent
+from agentcomm.server.collector import tune_collector_for_serving
 from agentcomm.server.runner import wait_for_stop_signal
 from agentcomm.server.running import RunningServer
 
@@ -104,6 +105,8 @@ async def run_dev(settings: Settings) -> int:
     except (BusError, OSError) as exc:
         log.error("Cannot start the dev stack: %s", exc)
         return 1
+    # The same collector settings as `agentcomm serve`: the stack is a serving process too.
+    tune_collector_for_serving()
     print(
         f"\n  agentcomm is running — open {stack.web_url}\n"
         f"  agents: {', '.join(DEMO_AGENTS)} · bus: {settings.message_bus} · "
