@@ -65,3 +65,17 @@ def test_the_rest_of_a_burst_is_frozen_once_no_new_connection_came() -> None:
     tuning.observe(100)
     tuning.observe(100)  # only 20 more since the freeze: not worth one
     assert gc.get_freeze_count() == 0
+
+
+class _Node:
+    def __init__(self) -> None:
+        self.me = self
+
+
+def test_garbage_already_unreachable_is_not_frozen_with_the_connections() -> None:
+    garbage = _Node()  # a reference cycle: only the collector can free it
+    gone = weakref.ref(garbage)
+    del garbage
+    CollectorTuning(freeze_after=10).observe(10)
+    assert gc.get_freeze_count() > 0
+    assert gone() is None

@@ -59,6 +59,10 @@ class CollectorTuning:
         burst_over = connections == self._last_seen and grown >= self._freeze_after_burst
         self._last_seen = connections
         if grown >= self._freeze_after or burst_over:
+            # Garbage in the young generations would be frozen with the rest and kept until
+            # the next unfreeze; collecting them first is cheap (the old generation, where
+            # the open connections are, is not walked).
+            gc.collect(1)
             gc.freeze()
             log.debug("Froze the collector's objects at %d connections", connections)
             self._frozen_at = connections
