@@ -25,6 +25,12 @@ CLIENT_KEEPALIVE: ChannelOptions = (
     ("grpc.keepalive_permit_without_calls", 1),
 )
 
+# What a client takes in one response. gRPC's default, 4 MiB, is below what the hub may send in
+# one: a batch of messages (up to 1 MiB, core/inbox.py) or a single message of a hub configured
+# for larger ones; a response over it would fail the stream it came on, and again on every
+# redelivery.
+CLIENT_MAX_RECEIVE_BYTES = 64 * 1024 * 1024
+
 
 def _with_token(details: grpc.aio.ClientCallDetails, header: tuple[str, str]) -> Any:
     return grpc.aio.ClientCallDetails(

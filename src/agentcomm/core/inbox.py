@@ -21,6 +21,15 @@ from agentcomm.protocol.vocabulary import ErrorCode, MessageType, RoutingStatus
 
 log = logging.getLogger(__name__)
 
+# What one batch of messages may hold, in bytes. A backlog of large messages would otherwise go
+# out as one write over the agent's receive limit (gRPC's default is 4 MiB), which fails the
+# whole stream, charges every message in it an attempt, and then fails the same way again.
+MAX_BATCH_BYTES = 1024 * 1024
+
+# A message's share of a batch besides its body: its id, the agent id (at most 128 characters)
+# and the framing around them.
+_ITEM_OVERHEAD = 160
+
 
 class InboxClosed(Requeue):
     """The agent's stream ended before it acknowledged the message: it goes back to the queue."""
@@ -40,6 +49,8 @@ class AgentInbox:
         self._bus = bus
         self._prefetch = prefetch
         self._outgoing: asyncio.Queue[InboxItem | None] = asyncio.Queue()
+        # Taken from _outgoing for a batch it did not fit in: the next batch starts with it.
+        self._leftover: InboxItem | None = None
         self._awaiting_ack: dict[str, asyncio.Future[bool]] = {}
         self._subscription: Subscription | None = None
         self._closed = False
@@ -89,12 +100,16 @@ class AgentInbox:
         """The next message for the agent; None once the inbox is closed."""
         return await self._outgoing.get()
 
-    async def next_batch(self, linger: float = 0.0, *, busy: int = 1) -> list[InboxItem]:
-        """The next message and every other one ready with it; empty once the inbox is
-        closed. While the agent still has at least `busy` earlier messages in hand, it waits
-        `linger` seconds for more to share the batch: the agent has work meanwhile, and each
-        batch costs a write."""
-        first = await self._outgoing.get()
+    async def next_batch(
+        self, linger: float = 0.0, *, busy: int = 1, max_bytes: int = MAX_BATCH_BYTES
+    ) -> list[InboxItem]:
+        """The next message and every other one ready with it, up to `max_bytes` (the first
+        one always); empty once the inbox is closed. While the agent still has at least `busy`
+        earlier messages in hand, it waits `linger` seconds for more to share the batch: the
+        agent has work meanwhile, and each batch costs a write."""
+        first, self._leftover = self._leftover, None
+        if first is None:
+            first = await self._outgoing.get()
         if first is None:
             return []
         # Every message handed over awaits its ack, also those still queued here.
@@ -102,11 +117,17 @@ class AgentInbox:
         if linger and earlier >= busy:
             await asyncio.sleep(linger)
         batch = [first]
+        size = _size_of(first)
         while not self._outgoing.empty():
             item = self._outgoing.get_nowait()
             if item is None:
                 # The end comes after this batch: the next call sees it.
                 self._outgoing.put_nowait(None)
+                break
+            size += _size_of(item)
+            if size > max_bytes:
+                # It leads the next batch, ahead of what is still queued.
+                self._leftover = item
                 break
             batch.append(item)
         return batch
@@ -170,6 +191,10 @@ class AgentInbox:
                 self._changed.notify_all()
         if not handled:
             raise InboxClosed("the agent could not take it")
+
+
+def _size_of(item: InboxItem) -> int:
+    return len(item.body) + len(item.message_id) + _ITEM_OVERHEAD
 
 
 class AgentInboxes:

@@ -18,7 +18,12 @@ import grpc.aio
 
 from agentcomm.generated import agent_registration_service_pb2 as pb
 from agentcomm.generated.agent_registration_service_pb2_grpc import AgentRegistrationServiceStub
-from agentcomm.grpc_channel import CLIENT_KEEPALIVE, ClientTls, open_channel
+from agentcomm.grpc_channel import (
+    CLIENT_KEEPALIVE,
+    CLIENT_MAX_RECEIVE_BYTES,
+    ClientTls,
+    open_channel,
+)
 from agentcomm.protocol import Envelope, encode_for_bus
 from agentcomm.sdk.commands import Command, CommandOutcome
 from agentcomm.sdk.errors import AgentError, HubUnavailable, NotRegistered, RegistrationRefused
@@ -32,10 +37,12 @@ log = logging.getLogger(__name__)
 SESSION_METADATA_KEY = "agentcomm-session"
 
 # gRPC's own reconnect backoff grows to two minutes by default; an agent should find a restarted
-# server within seconds, as its own retry loop expects.
+# server within seconds, as its own retry loop expects. A batch of messages may be larger than
+# gRPC's default receive limit (see CLIENT_MAX_RECEIVE_BYTES).
 _CHANNEL_OPTIONS = (
     ("grpc.initial_reconnect_backoff_ms", 200),
     ("grpc.max_reconnect_backoff_ms", 5000),
+    ("grpc.max_receive_message_length", CLIENT_MAX_RECEIVE_BYTES),
     *CLIENT_KEEPALIVE,
 )
 

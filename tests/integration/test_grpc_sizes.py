@@ -1,0 +1,112 @@
+"""Sizes on the agent's gRPC streams: a backlog of large messages reaches the agent in batches
+it can take, and what the agent writes on SendOutputs is refused item by item, never by ending
+the stream for everything else on it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from typing import Any
+
+import grpc
+
+from agentcomm.bus.memory import InMemoryBus
+from agentcomm.core.inbox import MAX_BATCH_BYTES, AgentInbox
+from agentcomm.generated import agent_registration_service_pb2 as reg_pb
+from agentcomm.sdk.hub_client import GrpcHubClient, IncomingMessage, RegistrationRequest
+from agentcomm.server.testing import running_hub, test_settings
+from tests.support.agent import GrpcAgent, StreamReader
+from tests.support.bus import agent_queue, publish_json
+from tests.support.waiting import DEFAULT_TIMEOUT, wait_until
+
+Code = grpc.StatusCode
+KIB = 1024
+
+
+def text_for(agent_id: str, payload: str = "hello") -> dict[str, Any]:
+    return {
+        "message_type": "TEXT",
+        "message_id": uuid.uuid4().hex,
+        "sender_id": "web_" + "a" * 32,
+        "receiver_id": agent_id,
+        "text_payload": payload,
+        "routing_status": "routed",
+    }
+
+
+# -- ReceiveMessageBatches ------------------------------------------------------------------------
+
+
+async def test_a_backlog_of_large_messages_is_batched_by_bytes() -> None:
+    bus = InMemoryBus()
+    await bus.connect()
+    inbox = AgentInbox(bus, "big-backlog", prefetch=40)
+    await bus.declare_queue(agent_queue("big-backlog"))
+    await inbox.open()
+    try:
+        sent = [text_for("big-backlog", "x" * (60 * KIB)) for _ in range(40)]
+        for text in sent:
+            await publish_json(bus, agent_queue("big-backlog"), text)
+        # All of them handed over and waiting to be written: one drain could take them all.
+        await wait_until(lambda: inbox._outgoing.qsize() == len(sent), what="the backlog")
+        got: list[str] = []
+        while len(got) < len(sent):
+            async with asyncio.timeout(DEFAULT_TIMEOUT):
+                batch = await inbox.next_batch()
+            assert batch
+            assert len(batch) == 1 or sum(len(i.body) for i in batch) <= MAX_BATCH_BYTES
+            got.extend(item.message_id for item in batch)
+            for item in batch:
+                inbox.acknowledge(item.message_id, True)
+        # In order, each once.
+        assert got == [text["message_id"] for text in sent]
+    finally:
+        await inbox.close()
+        await bus.close()
+
+
+async def test_an_agent_takes_a_backlog_larger_than_grpcs_default_receive_limit() -> None:
+    async with running_hub(test_settings()) as hub:
+        sent = [text_for("backlogged", "x" * (60 * KIB)) for _ in range(100)]
+        await hub.hub.declare_agent_queue("backlogged")
+        for text in sent:
+            await publish_json(hub.bus, agent_queue("backlogged"), text)
+        async with GrpcAgent(hub.grpc_target, "backlogged", session="s") as agent:
+            await agent.register()
+            call = agent.stub.ReceiveMessageBatches(
+                reg_pb.MessageStreamRequest(agent_id="backlogged", prefetch=200),
+                metadata=agent.metadata,
+            )
+            batches: StreamReader[reg_pb.ChatMessages] = StreamReader(call)
+            try:
+                got: list[str] = []
+                while len(got) < len(sent):
+                    batch = await batches.next()
+                    # Well within gRPC's default 4 MiB, which this plain channel keeps.
+                    assert batch.ByteSize() <= 2 * MAX_BATCH_BYTES
+                    got.extend(message.message_id for message in batch.messages)
+                assert sorted(got) == sorted(text["message_id"] for text in sent)
+                assert batches.error is None
+            finally:
+                await batches.cancel()
+
+
+async def test_the_sdk_takes_a_message_larger_than_grpcs_default_receive_limit() -> None:
+    async with running_hub(test_settings(max_message_bytes=8 * KIB * KIB)) as hub:
+        client = GrpcHubClient(hub.grpc_target, "session-large")
+        try:
+            await client.register(RegistrationRequest("large-one", "large", "1"))
+            await hub.hub.declare_agent_queue("large-one")
+            text = text_for("large-one", "x" * (5 * KIB * KIB))
+            await publish_json(hub.bus, agent_queue("large-one"), text)
+            stream = client.messages("large-one", 4)
+            try:
+                async with asyncio.timeout(DEFAULT_TIMEOUT):
+                    incoming: IncomingMessage = await anext(stream)
+            finally:
+                await stream.aclose()
+            assert incoming.message_id == text["message_id"]
+            assert json.loads(incoming.envelope_json)["text_payload"] == text["text_payload"]
+        finally:
+            await client.close()
