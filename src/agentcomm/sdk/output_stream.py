@@ -12,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 import grpc
@@ -34,7 +36,9 @@ log = logging.getLogger(__name__)
 LINGER = 0.002
 LINGER_BUSY = 4
 
-_STATUS_BY_NUMBER = {status.value[0]: status for status in grpc.StatusCode}
+_STATUS_BY_NUMBER: Mapping[int, grpc.StatusCode] = MappingProxyType(
+    {status.value[0]: status for status in grpc.StatusCode}
+)
 
 
 class StreamUnsupported(AgentError):
