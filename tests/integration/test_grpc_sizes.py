@@ -14,10 +14,12 @@ import grpc
 from agentcomm.bus.memory import InMemoryBus
 from agentcomm.core.inbox import MAX_BATCH_BYTES, AgentInbox
 from agentcomm.generated import agent_registration_service_pb2 as reg_pb
+from agentcomm.protocol import Envelope, MessageType
 from agentcomm.sdk.hub_client import GrpcHubClient, IncomingMessage, RegistrationRequest
+from agentcomm.sdk.transports import GrpcWork
 from agentcomm.server.testing import running_hub, test_settings
 from tests.support.agent import GrpcAgent, StreamReader
-from tests.support.bus import agent_queue, publish_json
+from tests.support.bus import BROKER_INPUT_QUEUE, agent_queue, publish_json, tap
 from tests.support.waiting import DEFAULT_TIMEOUT, wait_until
 
 Code = grpc.StatusCode
@@ -109,4 +111,55 @@ async def test_the_sdk_takes_a_message_larger_than_grpcs_default_receive_limit()
             assert incoming.message_id == text["message_id"]
             assert json.loads(incoming.envelope_json)["text_payload"] == text["text_payload"]
         finally:
+            await client.close()
+
+
+# -- the ack that goes with a final answer --------------------------------------------------------
+
+
+class _AckLost(GrpcHubClient):
+    """Publishes every answer, but the ack that goes with a final one is not applied, as when
+    the stream it went on was being reopened."""
+
+    async def send_message(self, agent_id: str, envelope: Envelope, *, ack: str = "") -> bool:
+        await super().send_message(agent_id, envelope)
+        return False
+
+
+async def test_a_final_answer_whose_ack_was_not_applied_is_acked_on_its_own() -> None:
+    async with (
+        running_hub(test_settings()) as hub,
+        tap(hub.bus, BROKER_INPUT_QUEUE) as replies,
+    ):
+        client = _AckLost(hub.grpc_target, "session-ack")
+        work = GrpcWork(client, prefetch=4)
+
+        async def handle(message: Envelope) -> None:
+            await work.publish(
+                Envelope(
+                    message_type=MessageType.REPLY,
+                    receiver_id=message.sender_id,
+                    in_reply_to_message_id=message.message_id,
+                    text_payload="done",
+                )
+            )
+
+        try:
+            await client.register(RegistrationRequest("acker", "acker", "1"))
+            receiving = asyncio.create_task(work.receive("acker", handle))
+            try:
+                text = text_for("acker")
+                await publish_json(hub.bus, agent_queue("acker"), text)
+                reply = await replies.next()
+                assert reply["in_reply_to_message_id"] == text["message_id"]
+                # Handled, and its ack (or the attempt) is over.
+                await wait_until(lambda: not work._in_hand, what="the message to be finished")
+                inbox = hub.hub.inboxes.get("acker")
+                assert inbox is not None
+                assert text["message_id"] not in inbox._awaiting_ack
+            finally:
+                receiving.cancel()
+                await asyncio.gather(receiving, return_exceptions=True)
+        finally:
+            await work.close()
             await client.close()

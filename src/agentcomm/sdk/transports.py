@@ -182,10 +182,16 @@ class GrpcWork:
         message_id, unacked = answered
         unacked.acked = True
         try:
-            await self._hub.send_message(agent_id, envelope, ack=message_id)
+            acked = await self._hub.send_message(agent_id, envelope, ack=message_id)
         except BaseException:
             unacked.acked = False  # not accepted: the message is given back as usual
             raise
+        if not acked:
+            # The answer is out but its ack was not applied (the ack call failed, or the stream
+            # was being reopened): the ack goes out on its own once `handle` returns. Left
+            # marked, the message would stay with this agent until its stream closes, and then
+            # come back, charged an attempt, for an answer already given.
+            unacked.acked = False
 
     def _answered_by(self, envelope: Envelope) -> tuple[str, _Unacked] | None:
         """The unacked message in hand that `envelope` is the final answer to, if any."""
