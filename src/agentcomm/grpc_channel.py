@@ -25,6 +25,11 @@ CLIENT_KEEPALIVE: ChannelOptions = (
     ("grpc.keepalive_permit_without_calls", 1),
 )
 
+# Every hub accepts gRPC requests of at least this size, whatever its MAX_MESSAGE_BYTES
+# (grpc_server.py): a client that puts several items in one request keeps it within this, and
+# a request over the hub's limit ends its whole stream, not just the item that made it large.
+REQUEST_BYTES_ACCEPTED = 64 * 1024
+
 # What a client takes in one response. gRPC's default, 4 MiB, is below what the hub may send in
 # one: a batch of messages (up to 1 MiB, core/inbox.py) or a single message of a hub configured
 # for larger ones; a response over it would fail the stream it came on, and again on every

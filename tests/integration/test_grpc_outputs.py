@@ -19,6 +19,7 @@ import pytest
 from agentcomm.core.auth import Authenticator, Role
 from agentcomm.generated import agent_registration_service_pb2 as reg_pb
 from agentcomm.generated import agent_registration_service_pb2_grpc as reg_grpc
+from agentcomm.grpc_channel import REQUEST_BYTES_ACCEPTED
 from agentcomm.protocol import Envelope, MessageType
 from agentcomm.sdk.hub_client import GrpcHubClient, IncomingMessage, RegistrationRequest
 from agentcomm.server.grpc_malformed import RejectMalformedRequests
@@ -275,7 +276,9 @@ async def test_a_request_over_the_size_limit_ends_only_its_stream(hub: HubEndpoi
     ):
         outputs = OutputCall(agent)
         text = text_for("big")
-        await outputs.send(outputs.item(reply_to(text, text_payload="x" * MAX_BYTES)))
+        # Over the transport's limit (well above MAX_BYTES, which is checked per envelope).
+        too_large = "x" * (4 * MAX_BYTES + REQUEST_BYTES_ACCEPTED)
+        await outputs.send(outputs.item(reply_to(text, text_payload=too_large)))
         assert await outputs.ended_with() == Code.RESOURCE_EXHAUSTED
         text = await delivered(hub, other_messages, "small")
         theirs = OutputCall(other)

@@ -163,3 +163,66 @@ async def test_a_final_answer_whose_ack_was_not_applied_is_acked_on_its_own() ->
         finally:
             await work.close()
             await client.close()
+
+
+# -- SendOutputs ----------------------------------------------------------------------------------
+
+
+def reply_to(text: dict[str, Any], payload: str = "echo") -> str:
+    return json.dumps(
+        {
+            "message_type": "REPLY",
+            "message_id": uuid.uuid4().hex,
+            "receiver_id": text["sender_id"],
+            "in_reply_to_message_id": text["message_id"],
+            "text_payload": payload,
+        }
+    )
+
+
+async def test_an_envelope_over_the_limit_is_refused_alone_in_its_request() -> None:
+    async with (
+        running_hub(test_settings(max_message_bytes=4 * KIB)) as hub,
+        GrpcAgent(hub.grpc_target, "sizes", session="s") as agent,
+    ):
+        await agent.register()
+        call = agent.stub.SendOutputs(metadata=agent.metadata)
+        text = text_for("sizes")
+        large = reg_pb.AgentOutput(ref=1, envelope_json=reply_to(text, "x" * (5 * KIB)))
+        small = reg_pb.AgentOutput(ref=2, envelope_json=reply_to(text))
+        async with asyncio.timeout(DEFAULT_TIMEOUT):
+            await call.write(reg_pb.AgentOutputs(agent_id="sizes", items=[large, small]))
+            results: dict[int, reg_pb.AgentOutputResult] = {}
+            while len(results) < 2:
+                response = await call.read()
+                assert isinstance(response, reg_pb.AgentOutputResults)
+                results.update((result.ref, result) for result in response.results)
+            await call.done_writing()
+        assert results[1].code == Code.INVALID_ARGUMENT.value[0]
+        assert "larger than" in results[1].detail
+        assert (results[2].code, results[2].accepted) == (0, True)
+
+
+async def test_the_sdk_keeps_each_write_within_what_the_server_accepts() -> None:
+    # The agent allows itself far larger messages than the server: what it batches must still
+    # fit the server's limit.
+    async with (
+        running_hub(test_settings()) as hub,
+        tap(hub.bus, BROKER_INPUT_QUEUE) as replies,
+    ):
+        client = GrpcHubClient(hub.grpc_target, "session-sizes", max_message_bytes=4 * KIB * KIB)
+        try:
+            await client.register(RegistrationRequest("batcher", "batcher", "1"))
+            text = text_for("batcher")
+            answers = [
+                Envelope.model_validate_json(reply_to(text, "x" * (30 * KIB))) for _ in range(20)
+            ]
+            async with asyncio.timeout(DEFAULT_TIMEOUT):
+                # All submitted before the first write: they could share one.
+                await asyncio.gather(
+                    *(client.send_message("batcher", answer) for answer in answers)
+                )
+            published = {(await replies.next())["message_id"] for _ in answers}
+            assert published == {answer.message_id for answer in answers}
+        finally:
+            await client.close()

@@ -19,6 +19,7 @@ import pytest_asyncio
 from agentcomm.generated import agent_registration_service_pb2 as reg_pb
 from agentcomm.generated import agent_status_service_pb2 as status_pb
 from agentcomm.generated import broker_registration_service_pb2 as broker_pb
+from agentcomm.grpc_channel import REQUEST_BYTES_ACCEPTED
 from agentcomm.server.testing import HubEndpoints, running_hub, test_settings
 from tests.support.agent import GrpcAgent, GrpcBroker, StreamReader
 from tests.support.waiting import DEFAULT_TIMEOUT, wait_until
@@ -326,6 +327,11 @@ CASES: list[tuple[str, Case, grpc.StatusCode]] = [
     (
         "send-oversize",
         send_message("healthy", reply(text_payload="x" * (MAX_BYTES + 1))),
+        Code.INVALID_ARGUMENT,
+    ),
+    (
+        "send-over-the-transport-limit",
+        send_message("healthy", reply(text_payload="x" * (5 * MAX_BYTES + REQUEST_BYTES_ACCEPTED))),
         Code.RESOURCE_EXHAUSTED,
     ),
     # RegisterBroker

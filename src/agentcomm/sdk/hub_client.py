@@ -21,6 +21,7 @@ from agentcomm.generated.agent_registration_service_pb2_grpc import AgentRegistr
 from agentcomm.grpc_channel import (
     CLIENT_KEEPALIVE,
     CLIENT_MAX_RECEIVE_BYTES,
+    REQUEST_BYTES_ACCEPTED,
     ClientTls,
     open_channel,
 )
@@ -133,9 +134,10 @@ class GrpcHubClient:
         self._use_batches = True
         self._outputs: OutputStream | None = None
         self._retired: set[asyncio.Future[None]] = set()
-        # Envelopes up to this size go on the stream, two of them at most per write, which
-        # keeps every write within the server's MAX_MESSAGE_BYTES.
-        self._item_limit = max(1024, max_message_bytes // 2 - 1024)
+        # Envelopes up to this size go on the stream, and a write holds at most what every
+        # server accepts in one request (its MAX_MESSAGE_BYTES may differ from this agent's):
+        # a request over the server's limit would end the stream for every item on it.
+        self._item_limit = max(1024, min(max_message_bytes, REQUEST_BYTES_ACCEPTED) // 2 - 1024)
 
     async def register(self, request: RegistrationRequest) -> Registration:
         try:
@@ -273,10 +275,10 @@ class GrpcHubClient:
             raise map_rpc_error(exc, "AckMessage") from exc
 
     async def send_message(self, agent_id: str, envelope: Envelope, *, ack: str = "") -> bool:
-        envelope_json = encode_for_bus(envelope).decode()
-        # A large envelope goes on its own call: on the stream, one over the server's limit
-        # would end the stream for every item on it.
-        stream = self._output_stream(agent_id) if len(envelope_json) <= self._item_limit else None
+        encoded = encode_for_bus(envelope)
+        envelope_json = encoded.decode()
+        # A large envelope goes on its own call, where it does not hold up the items behind it.
+        stream = self._output_stream(agent_id) if len(encoded) <= self._item_limit else None
         if stream is not None:
             try:
                 result = await self._result_of(stream.submit(envelope_json, ack))
@@ -320,7 +322,7 @@ class GrpcHubClient:
                 self._retired.add(asyncio.ensure_future(stream.close()))
                 self._retired = {task for task in self._retired if not task.done()}
             stream = self._outputs = OutputStream(
-                self._stub, agent_id, self._metadata, max_batch_bytes=self._item_limit * 2
+                self._stub, agent_id, self._metadata, max_request_bytes=REQUEST_BYTES_ACCEPTED
             )
         return stream
 

@@ -40,6 +40,11 @@ _STATUS_BY_NUMBER: Mapping[int, grpc.StatusCode] = MappingProxyType(
     {status.value[0]: status for status in grpc.StatusCode}
 )
 
+# The bytes protobuf adds around a field's value (its tag and length), and around an item
+# (those of the item, its ref and handled flag, and its two strings): counted generously.
+_FIELD_OVERHEAD = 8
+_ITEM_OVERHEAD = 40
+
 
 class StreamUnsupported(AgentError):
     """The server has no SendOutputs (an older version): use SendMessage and AckMessage."""
@@ -64,11 +69,12 @@ class OutputStream:
         agent_id: str,
         metadata: tuple[tuple[str, str], ...],
         *,
-        max_batch_bytes: int,
+        max_request_bytes: int,
     ) -> None:
         self.agent_id = agent_id
         self.failure: AgentError | None = None
-        self._max_batch_bytes = max_batch_bytes
+        # Each write is one request; the server ends the stream on one over its limit.
+        self._max_request_bytes = max_request_bytes
         self._call = stub.SendOutputs(metadata=metadata)
         self._pending: dict[int, asyncio.Future[OutputResult]] = {}
         self._unsent: list[pb.AgentOutput] = []
@@ -116,11 +122,12 @@ class OutputStream:
             self._fail(HubUnavailable(f"SendOutputs ended: {exc}"))
 
     def _take_batch(self) -> list[pb.AgentOutput]:
-        size = 0
+        """As many items as fit in one request (the first one always)."""
+        size = len(self.agent_id) + _FIELD_OVERHEAD
         count = 0
         for item in self._unsent:
-            size += len(item.envelope_json) + len(item.ack_message_id) + 16
-            if count and size > self._max_batch_bytes:
+            size += _utf8_size(item.envelope_json) + len(item.ack_message_id) + _ITEM_OVERHEAD
+            if count and size > self._max_request_bytes:
                 break
             count += 1
         batch, self._unsent = self._unsent[:count], self._unsent[count:]
@@ -165,6 +172,11 @@ class OutputStream:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+
+def _utf8_size(text: str) -> int:
+    # Envelopes are mostly ASCII, whose length is their size without encoding them again.
+    return len(text) if text.isascii() else len(text.encode())
 
 
 def _stream_error(exc: grpc.aio.AioRpcError) -> AgentError:

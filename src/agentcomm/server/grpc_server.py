@@ -16,6 +16,7 @@ from agentcomm.generated import agent_status_service_pb2 as status_pb
 from agentcomm.generated import agent_status_service_pb2_grpc as status_grpc
 from agentcomm.generated import broker_registration_service_pb2 as broker_pb
 from agentcomm.generated import broker_registration_service_pb2_grpc as broker_grpc
+from agentcomm.grpc_channel import REQUEST_BYTES_ACCEPTED
 from agentcomm.server.grpc_broker import BrokerRegistrationServicer
 from agentcomm.server.grpc_malformed import RejectMalformedRequests
 from agentcomm.server.grpc_registration import AgentRegistrationServicer
@@ -49,11 +50,15 @@ def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
 
 
 async def start_grpc_server(hub: Hub) -> tuple[grpc.aio.Server, int]:
-    limit = hub.settings.max_message_bytes
+    # The transport's limit is well above MAX_MESSAGE_BYTES, which each call checks per
+    # envelope: an envelope too large then gets a clear refusal of its own (on SendOutputs, of
+    # its item alone), where a request over this limit ends its call, and with it every other
+    # item on the stream. It still bounds what one request makes the server hold.
+    request_limit = 4 * hub.settings.max_message_bytes + REQUEST_BYTES_ACCEPTED
     server = grpc.aio.server(
         interceptors=[RejectMalformedRequests()],
         options=[
-            ("grpc.max_receive_message_length", limit),
+            ("grpc.max_receive_message_length", request_limit),
             # No cap on what the server sends: the full agent list grows with the number of
             # agents, and operator commands are bounded by the HTTP API, not by this limit.
             ("grpc.max_send_message_length", -1),
