@@ -10,6 +10,7 @@ import uuid
 from typing import Any
 
 import grpc
+import pytest
 
 from agentcomm.bus.memory import InMemoryBus
 from agentcomm.core.inbox import MAX_BATCH_BYTES, AgentInbox
@@ -17,6 +18,7 @@ from agentcomm.generated import agent_registration_service_pb2 as reg_pb
 from agentcomm.protocol import Envelope, MessageType
 from agentcomm.sdk.hub_client import GrpcHubClient, IncomingMessage, RegistrationRequest
 from agentcomm.sdk.transports import GrpcWork
+from agentcomm.server import grpc_outputs
 from agentcomm.server.testing import running_hub, test_settings
 from tests.support.agent import GrpcAgent, StreamReader
 from tests.support.bus import BROKER_INPUT_QUEUE, agent_queue, publish_json, tap
@@ -226,3 +228,54 @@ async def test_the_sdk_keeps_each_write_within_what_the_server_accepts() -> None
             assert published == {answer.message_id for answer in answers}
         finally:
             await client.close()
+
+
+async def test_an_agent_that_does_not_read_its_results_stops_being_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    limit = 16
+    monkeypatch.setattr(grpc_outputs, "MAX_ITEMS_IN_FLIGHT", limit)
+    streams: list[grpc_outputs.AgentOutputStream] = []
+
+    class Recorded(grpc_outputs.AgentOutputStream):
+        def __init__(self, *args: Any) -> None:
+            super().__init__(*args)
+            streams.append(self)
+
+    monkeypatch.setattr(grpc_outputs, "AgentOutputStream", Recorded)
+    async with (
+        running_hub(test_settings()) as hub,
+        GrpcAgent(hub.grpc_target, "deaf", session="s") as agent,
+    ):
+        await agent.register()
+        inbox = agent.stub.ReceiveMessageBatches(
+            reg_pb.MessageStreamRequest(agent_id="deaf"), metadata=agent.metadata
+        )
+        deliveries: StreamReader[reg_pb.ChatMessages] = StreamReader(inbox)
+        call = agent.stub.SendOutputs(metadata=agent.metadata)
+
+        async def write() -> None:
+            # Acks of messages never delivered: each is answered at once, NOT_FOUND, with a
+            # result as large as its id.
+            refs = iter(range(1, 1_000_000))
+            for _ in range(500):
+                items = [
+                    reg_pb.AgentOutput(ref=next(refs), ack_message_id=f"{n:0128d}")
+                    for n in range(200)
+                ]
+                await call.write(reg_pb.AgentOutputs(agent_id="deaf", items=items))
+
+        writer = asyncio.create_task(write())
+        try:
+            # Until the server stops reading, or (without a bound) until everything was written.
+            await wait_until(
+                lambda: writer.done() or (bool(streams) and streams[0]._slots.locked()),
+                timeout=60,
+                what="the server to stop reading, or the writes to end",
+            )
+            assert streams[0]._results.qsize() <= limit
+        finally:
+            writer.cancel()
+            call.cancel()
+            await asyncio.gather(writer, return_exceptions=True)
+            await deliveries.cancel()

@@ -32,8 +32,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Items of one stream being published at once; the stream is not read further until one ends,
-# so that an agent cannot make the server hold an unbounded amount of work.
+# Items of one stream taken and not yet answered on it: being published, or their results
+# waiting to be written. The stream is not read further until one's result is written, so that
+# an agent cannot make the server hold an unbounded amount of work, nor of results by not
+# reading them.
 MAX_ITEMS_IN_FLIGHT = 256
 
 # How long the results wait for those of other items in flight before they are written. The
@@ -92,6 +94,10 @@ class AgentOutputStream:
                 results = [result for result in batch if result is not None]
                 if results:
                     yield pb.AgentOutputResults(results=results)
+                    # Written (or at least taken by the transport, which holds only what the
+                    # agent's flow control allows): the items' slots are free for the next.
+                    for _ in results:
+                        self._slots.release()
         finally:
             # Also when the agent went away: its items in flight end like unary calls whose
             # caller left.
@@ -147,6 +153,9 @@ class AgentOutputStream:
         return ownership_refusal(self._hub.registry, self._agent_id, self._session)
 
     async def _take(self, item: pb.AgentOutput, refusal: Refusal | None) -> None:
+        # Every item holds a slot until its result was written, also one answered at once: an
+        # agent that writes items and never reads results stops being read instead.
+        await self._slots.acquire()
         self._unanswered += 1
         if refusal is None and not item.envelope_json and not item.ack_message_id:
             refusal = (
@@ -160,14 +169,9 @@ class AgentOutputStream:
             # An ack alone needs no waiting, so it needs no task either.
             self._answer(self._acknowledge(item, pb.AgentOutputResult(ref=item.ref)))
             return
-        await self._slots.acquire()
         task = asyncio.create_task(self._publish(item), name=f"grpc-output-{item.ref}")
         self._working.add(task)
-        task.add_done_callback(self._finished)
-
-    def _finished(self, task: asyncio.Task[None]) -> None:
-        self._working.discard(task)
-        self._slots.release()
+        task.add_done_callback(self._working.discard)
 
     async def _publish(self, item: pb.AgentOutput) -> None:
         limit = self._hub.settings.max_message_bytes
