@@ -99,3 +99,53 @@ async def test_a_closed_channel_is_logged_not_raised(caplog: Any) -> None:
     await _settle(acks)
     assert channel.acks == []
     assert "will deliver them again" in caplog.text
+
+
+async def test_one_unsettled_delivery_does_not_keep_the_ones_behind_it() -> None:
+    # An agent holding one message (or a long handler) must not make the tracker grow with
+    # every delivery after it.
+    channel = FakeChannel()
+    acks = _acks(channel, range(1, 1002))
+    for tag in range(2, 1002):
+        if tag % 2:
+            acks.handled(tag)
+        else:
+            acks.settled(tag)
+    await _settle(acks)
+    assert len(acks) == 1
+    assert 1 not in acked(channel)
+    acks.handled(1)
+    await _settle(acks)
+    assert len(acks) == 0
+    assert channel.acks[-1] == (1, True)
+
+
+async def test_a_multiple_ack_after_alone_acks_still_stops_at_the_unsettled() -> None:
+    channel = FakeChannel()
+    acks = _acks(channel, range(1, 8))
+    acks.handled(2)
+    acks.handled(4)
+    await _settle(acks)
+    acks.handled(1)
+    acks.handled(5)
+    await _settle(acks)
+    # 3 is still being handled: the run at the head ends before it.
+    assert 3 not in acked(channel)
+    assert acked(channel) == {1, 2, 4, 5}
+    assert len(acks) == 3  # 3, 6 and 7
+    acks.handled(3)
+    acks.handled(6)
+    await _settle(acks)
+    assert acked(channel) == {1, 2, 3, 4, 5, 6}
+    assert channel.acks[-1] == (6, True)
+    assert len(acks) == 1
+
+
+async def test_handled_twice_is_acked_once() -> None:
+    channel = FakeChannel()
+    acks = _acks(channel, range(1, 3))
+    acks.handled(2)
+    await _settle(acks)
+    acks.handled(2)
+    await _settle(acks)
+    assert channel.acks == [(2, False)]

@@ -11,15 +11,16 @@ is acked before it was handled.
 
 Deliveries settled another way (nacked, rejected, acked on their own after a copy was
 published) are noted as settled only after their own frame was sent, so a later `multiple` ack
-can pass over them without touching them. Delivery tags belong to a channel: a channel that
-died takes its unsettled deliveries back to the queue, and its tracker is dropped with it.
+can pass over them without touching them. Only unsettled deliveries are tracked, so one that
+stays unsettled for long costs one entry, not one for each delivery behind it. Delivery tags
+belong to a channel: a channel that died takes its unsettled deliveries back to the queue, and
+its tracker is dropped with it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
 
 from aiormq.abc import AbstractChannel
 
@@ -35,27 +36,36 @@ class ChannelAcks:
         self.channel = channel
         self._queue = queue
         self._errors = errors
-        # Delivery tags not yet passed by an ack, in the order RabbitMQ delivered them.
-        self._order: deque[int] = deque()
-        # tag -> True: handled, to be acked; False: settled by its own frame already.
-        self._noted: dict[int, bool] = {}
+        # The unsettled deliveries only, in the order RabbitMQ delivered them (tags grow in that
+        # order, and a dict keeps it): tag -> handled and waiting for its ack. A delivery leaves
+        # as soon as it is acked or settled, so one that stays unsettled (a long handler, an
+        # agent holding a message) keeps one entry here, not one for every delivery after it.
+        self._unsettled: dict[int, bool] = {}
         # Tags noted as handled since the flusher last looked.
         self._fresh: list[int] = []
         self._flusher: asyncio.Task[None] | None = None
 
     def delivered(self, tag: int) -> None:
-        self._order.append(tag)
+        self._unsettled[tag] = False
 
     def handled(self, tag: int) -> None:
         """The delivery was handled: ack it (with the run it belongs to)."""
-        self._noted[tag] = True
+        if tag not in self._unsettled:
+            # Settled already (or never delivered on this channel): acking it again would
+            # make RabbitMQ close the channel.
+            return
+        self._unsettled[tag] = True
         self._fresh.append(tag)
         self._wake_flusher()
 
     def settled(self, tag: int) -> None:
         """The delivery was settled by a frame of its own that has been sent."""
-        # Nothing to send: the next run of acks passes over it.
-        self._noted[tag] = False
+        # Nothing to send: a later multiple ack passing over it touches only unsettled tags.
+        self._unsettled.pop(tag, None)
+
+    def __len__(self) -> int:
+        """How many deliveries are tracked: the unsettled ones."""
+        return len(self._unsettled)
 
     async def flush(self) -> None:
         """Returns once every ack that can be sent has been handed to the connection."""
@@ -71,13 +81,14 @@ class ChannelAcks:
             )
 
     def _take_run(self) -> int | None:
-        """Passes the noted run at the head of the order; the last tag in it to ack, if any."""
+        """Takes the handled run at the head of the order; the last tag in it, if any."""
         last: int | None = None
-        order, noted = self._order, self._noted
-        while order and order[0] in noted:
-            tag = order.popleft()
-            if noted.pop(tag):
-                last = tag
+        unsettled = self._unsettled
+        # Every tag before the head is settled, so a multiple ack up to the end of this run
+        # covers only the run itself.
+        while unsettled and unsettled[head := next(iter(unsettled))]:
+            del unsettled[head]
+            last = head
         return last
 
     async def _send_acks(self) -> None:
@@ -91,11 +102,11 @@ class ChannelAcks:
                     # the rest of this turn's frames.
                     await channel.basic_ack(last, multiple=True, wait=False)
                 for tag in fresh:
-                    if self._noted.get(tag):
-                        # Handled behind one still running: acked alone, passed over later.
+                    if self._unsettled.get(tag):
+                        # Handled behind one still running: acked alone, and gone from the
+                        # order at once, so a later multiple ack passes over it.
+                        del self._unsettled[tag]
                         await channel.basic_ack(tag, wait=False)
-                        self._noted[tag] = False
-                self._take_run()
         except self._errors as exc:
             log.info(
                 "Could not ack deliveries on %s (%r); RabbitMQ will deliver them again",
