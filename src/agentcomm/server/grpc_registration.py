@@ -226,15 +226,25 @@ class AgentRegistrationServicer(pb_grpc.AgentRegistrationServiceServicer):
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"prefetch must be between 0 and {MAX_MESSAGE_PREFETCH}.",
             )
+        # Counted open before the inbox opens: opening it ends the stream it replaces, and the
+        # agent must not look stream-less (offline, with STREAM_GRACE 0) in between.
+        registry = self._hub.registry
+        registry.stream_opened(request.agent_id)
         try:
             await self._hub.declare_agent_queue(request.agent_id)
             inbox = await self._hub.inboxes.open(
                 request.agent_id, request.prefetch or DEFAULT_MESSAGE_PREFETCH
             )
-        except BusError as exc:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, f"Message bus unavailable: {exc}")
-        self._hub.registry.stream_opened(request.agent_id)
-        await context.send_initial_metadata(())
+        except BaseException as exc:
+            registry.stream_closed(request.agent_id)
+            if isinstance(exc, BusError):
+                await context.abort(grpc.StatusCode.UNAVAILABLE, f"Message bus unavailable: {exc}")
+            raise
+        try:
+            await context.send_initial_metadata(())
+        except BaseException:
+            await self._close_inbox(inbox)  # the caller never gets it to close
+            raise
         return inbox
 
     async def _close_inbox(self, inbox: AgentInbox) -> None:
