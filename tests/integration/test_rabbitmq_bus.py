@@ -17,6 +17,7 @@ from agentcomm.bus.rabbitmq import RabbitMQBus
 from agentcomm.config import Settings, load_settings
 from tests.conftest import free_port
 from tests.contract.conftest import WAIT, Collector, amqp_url, bounded, holds_for, wait_until
+from tests.support.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.rabbitmq
 
@@ -314,3 +315,55 @@ async def test_factory_bus_connects_with_the_settings(rabbitmq_env: dict[str, st
         await bus.publish("work", b"{}", message_id="via-factory")
     finally:
         await asyncio.wait_for(bus.close(), WAIT)
+
+
+async def test_publishes_into_a_link_that_stopped_reading_wait_and_are_never_sent(
+    rabbitmq_vhost: str, raw_channel: aio_pika.abc.AbstractChannel
+) -> None:
+    """Back-pressure: while RabbitMQ reads nothing (an alarm, a stalled link), publishes wait
+    for the link instead of piling up in memory, and one that timed out waiting is never sent
+    later (so a client's re-send cannot store it twice)."""
+    body = b"x" * (512 * 1024)
+    total = 60  # 30 MiB: far more than the kernel's socket buffers hold on the way
+    async with TcpProxy("127.0.0.1", 5672) as proxy:
+        bus = RabbitMQBus(
+            f"amqp://guest:guest@127.0.0.1:{proxy.port}/{rabbitmq_vhost}",
+            connect_attempts=2,
+            name="agentcomm-test",
+        )
+        await asyncio.wait_for(bus.connect(), WAIT)
+        try:
+            await bus.declare_queue("stalled")
+            proxy.blackhole()
+            outcomes: list[str] = []
+
+            async def publish(number: int) -> None:
+                try:
+                    await bus.publish("stalled", body, message_id=f"m{number}", timeout=2.0)
+                    outcomes.append("stored")
+                except BusUnavailable:
+                    outcomes.append("unavailable")
+
+            publishes = []
+            for number in range(total):
+                # One at a time, each in turns of its own, as requests arrive at a server.
+                publishes.append(asyncio.create_task(publish(number)))
+                await asyncio.sleep(0.01)
+            await asyncio.wait_for(asyncio.gather(*publishes), WAIT)
+            assert outcomes == ["unavailable"] * total
+
+            writer = bus._connection.transport_factory.writer  # type: ignore[union-attr]
+            assert writer is not None
+            held = writer.transport.get_write_buffer_size()
+            proxy.passthrough()
+            assert held < 4 * 1024 * 1024, f"{held} bytes piled up in the transport"
+            # Behind whatever was still on its way, so once it is confirmed all of that is in.
+            await bus.publish("stalled", b"{}", message_id="after", timeout=30)
+        finally:
+            proxy.passthrough()
+            await asyncio.wait_for(bus.close(), WAIT)
+    queue = await raw_channel.declare_queue("stalled", passive=True)
+    arrived = (queue.declaration_result.message_count or 0) - 1
+    # Only what was in the socket buffers when the link stopped arrives late; the publishes
+    # that waited for the link were never sent.
+    assert arrived < total // 2, f"{arrived} of {total} timed-out publishes were stored"

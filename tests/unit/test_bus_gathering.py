@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from agentcomm.bus.gathering import GatheringWriter
+from agentcomm.bus.gathering import FlowProtocol, GatheringWriter
 
 
 class RecordingTransport(asyncio.WriteTransport):
@@ -61,3 +61,20 @@ async def test_held_frames_go_out_before_eof_and_close() -> None:
     writer.close()
     assert transport.writes[-1] == b"bye"
     assert transport.closed
+
+
+async def test_the_writer_shows_whether_its_transport_takes_more() -> None:
+    loop = asyncio.get_running_loop()
+    transport = RecordingTransport()
+    reader = asyncio.StreamReader(loop=loop)
+    protocol = FlowProtocol(reader, loop)
+    protocol.connection_made(transport)
+    writer = GatheringWriter(transport, protocol, reader, loop)
+    assert writer.writable.is_set()
+    protocol.pause_writing()  # the transport's buffer passed its high-water mark
+    assert not writer.writable.is_set()
+    protocol.resume_writing()
+    assert writer.writable.is_set()
+    protocol.pause_writing()
+    protocol.connection_lost(None)  # whoever waits must wake and find the link gone
+    assert writer.writable.is_set()

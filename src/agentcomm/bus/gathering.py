@@ -11,6 +11,12 @@ Nothing waits longer for it than that one turn: the data is on its way before th
 Flow control is the transport's as before (`drain` still waits while the transport is paused),
 and whatever is held is sent before an EOF or a close.
 
+Frames aiormq sends without waiting for them to be written (publishes and acks, `wait=False`)
+never reach `drain`, so nothing in aiormq holds them back when RabbitMQ stops reading (a
+resource alarm, a stalled link): they would pile up in the transport without bound. The
+connection therefore tells whether its transport is writable (below its high-water mark), and
+a publisher waits for that before handing over a message, inside its own timeout.
+
 It plugs in through aiormq's `transport_factory` (its documented seam for other transports) and
 aio-pika's `connection_class`, so reconnecting connections get it on every reconnect too.
 """
@@ -30,6 +36,29 @@ from yarl import URL
 _SEND_AT_ONCE_BYTES = 256 * 1024
 
 
+class FlowProtocol(asyncio.StreamReaderProtocol):
+    """A stream protocol that shows whether its transport takes more data, as an Event."""
+
+    def __init__(self, reader: asyncio.StreamReader, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(reader, loop=loop)
+        # Set while the transport's buffer is below its high-water mark, and once the
+        # connection is lost (whoever waits then finds the connection gone, not a hang).
+        self.writable = asyncio.Event()
+        self.writable.set()
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        self.writable.clear()
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self.writable.set()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        self.writable.set()
+
+
 class GatheringWriter(asyncio.StreamWriter):
     """A stream writer that sends everything written during one loop turn in one write."""
 
@@ -45,6 +74,9 @@ class GatheringWriter(asyncio.StreamWriter):
         self._held: list[bytes] = []
         self._held_bytes = 0
         self._send_scheduled = False
+        self.writable = (
+            protocol.writable if isinstance(protocol, FlowProtocol) else _always_writable()
+        )
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         self._held.append(bytes(data))
@@ -82,8 +114,18 @@ class GatheringWriter(asyncio.StreamWriter):
             self.transport.write(held)
 
 
+def _always_writable() -> asyncio.Event:
+    writable = asyncio.Event()
+    writable.set()
+    return writable
+
+
 class GatheringTransportFactory(TransportFactory):
     """Opens the TCP (or TLS, for amqps) link with a GatheringWriter on it."""
+
+    def __init__(self) -> None:
+        # The writer of the link opened last: the one the connection sends on.
+        self.writer: GatheringWriter | None = None
 
     async def create(
         self, url: URL, **kwargs: Any
@@ -94,7 +136,7 @@ class GatheringTransportFactory(TransportFactory):
             ssl = await ssl_context_provider.get_context()
         loop = asyncio.get_running_loop()
         reader = asyncio.StreamReader(loop=loop)
-        protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+        protocol = FlowProtocol(reader, loop)
         try:
             transport, _ = await loop.create_connection(
                 lambda: protocol,
@@ -105,7 +147,8 @@ class GatheringTransportFactory(TransportFactory):
             )
         except OSError as exc:
             raise AMQPConnectionError(*exc.args) from exc
-        return reader, GatheringWriter(transport, protocol, reader, loop)
+        writer = self.writer = GatheringWriter(transport, protocol, reader, loop)
+        return reader, writer
 
 
 class GatheringRobustConnection(aio_pika.RobustConnection):
@@ -115,4 +158,10 @@ class GatheringRobustConnection(aio_pika.RobustConnection):
         super().__init__(url, loop, **kwargs)
         # Handed to aiormq.connect on every (re)connect; aio-pika keeps only the arguments it
         # knows from the keywords, so it is added after.
-        self.kwargs["transport_factory"] = GatheringTransportFactory()
+        self.transport_factory = GatheringTransportFactory()
+        self.kwargs["transport_factory"] = self.transport_factory
+
+    def writable(self) -> asyncio.Event | None:
+        """Set while the current link's transport takes more data (None before a link)."""
+        writer = self.transport_factory.writer
+        return None if writer is None else writer.writable

@@ -17,7 +17,9 @@ over (`inbound.py`), and acks go out in runs (`acks.py`).
 The connection reconnects by itself and the channels and consumers come back with it (a
 consumer re-declares the queue it consumes, so a queue this bus declared and that expired
 meanwhile is created again). Publishing while the connection is down waits for it up to the
-publish's timeout, then raises BusUnavailable.
+publish's timeout, then raises BusUnavailable; so does publishing while RabbitMQ reads nothing
+(a resource alarm, a stalled link: the connection's transport is above its high-water mark),
+and a publish that timed out that way was never sent.
 
 Bounded redelivery: classic queues do not count deliveries, so when a handler raises, the bus
 publishes a copy of the message carrying an attempt counter (header `agentcomm-attempt`) to the
@@ -82,6 +84,7 @@ from agentcomm.bus.base import (
     Unroutable,
     notify_dead_letter,
 )
+from agentcomm.bus.gathering import GatheringRobustConnection
 from agentcomm.bus.inbound import BusConnection, InboundMessage, RawConsumer
 from agentcomm.bus.turns import KeyedTurns
 
@@ -572,8 +575,8 @@ class RabbitMQBus:
                 raise BusClosed("Cannot publish: the bus was closed while publishing.") from exc
             if self.is_connected:
                 raise BusUnavailable(
-                    f"RabbitMQ at {self._where} did not confirm the message for {queue!r} "
-                    f"within {timeout:g} s."
+                    f"RabbitMQ at {self._where} did not take or confirm the message for "
+                    f"{queue!r} within {timeout:g} s."
                 ) from exc
             raise BusUnavailable(
                 f"Cannot publish to {queue!r}: RabbitMQ at {self._where} is not reachable "
@@ -607,12 +610,21 @@ class RabbitMQBus:
         while True:
             # Waits while the connection is being restored; the caller's timeout bounds it.
             await channel.ready()
+            # wait=False below hands the frames over without waiting for them to be written,
+            # so nothing else holds a publisher back while RabbitMQ does not read (an alarm, a
+            # stalled link): wait until the link takes data, still inside the caller's
+            # timeout, so that a publish that times out was never sent and the memory held
+            # stays bounded. (No await at all while the link is writable.)
+            writable = self._writable()
+            if writable is not None and not writable.is_set():
+                await writable.wait()
+                continue
             if not channel.is_closed:
                 try:
                     # (aiormq's own channel class: `wait` is not on its abstract interface.)
                     underlay = cast(aiormq.Channel, await channel.get_underlay_channel())
                     # wait=False: not for the frame to be written, only for the confirm, which
-                    # comes after it anyway (aiormq's bounded write queue still pushes back).
+                    # comes after it anyway (back-pressure is the writability wait above).
                     await underlay.basic_publish(
                         body,
                         routing_key=queue,
@@ -625,6 +637,10 @@ class RabbitMQBus:
                     # Raised before anything was written, so sending again cannot duplicate.
                     pass
             await asyncio.sleep(self._RESEND_PAUSE)
+
+    def _writable(self) -> asyncio.Event | None:
+        connection = self._connection
+        return connection.writable() if isinstance(connection, GatheringRobustConnection) else None
 
     def _ensure_open(self, action: str) -> None:
         if self._closing or self._closed:
