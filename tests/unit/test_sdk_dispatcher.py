@@ -403,6 +403,35 @@ async def test_on_change_follows_messages_in_progress() -> None:
     assert counts == [1, 0]
 
 
+async def test_on_change_reports_only_turning_busy_and_idle() -> None:
+    counts: list[int] = []
+    dispatcher: Dispatcher
+    release = asyncio.Event()
+
+    def changed() -> None:
+        counts.append(dispatcher.in_flight)
+
+    started: list[str] = []
+    all_started = asyncio.Event()
+
+    async def held(message: Message) -> str:
+        started.append(message.message_id)
+        if len(started) == 3:
+            all_started.set()
+        await release.wait()
+        return message.text
+
+    outbox = Outbox()
+    dispatcher = make(held, outbox, on_change=changed)
+    handling = [asyncio.create_task(dispatcher.handle(text(f"m{n}"))) for n in range(3)]
+    await within(all_started.wait())
+    assert dispatcher.in_flight == 3
+    release.set()
+    await within(asyncio.gather(*handling))
+    # Three messages at once: one change to busy, one back to idle, none in between.
+    assert counts == [1, 0]
+
+
 async def test_other_message_types_are_acked_and_ignored() -> None:
     calls: list[str] = []
 

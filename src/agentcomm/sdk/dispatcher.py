@@ -62,7 +62,9 @@ class Dispatcher:
     """Runs the agent's handler for each TEXT, at most `concurrency` at a time.
 
     `is_paused` is asked for each new TEXT (a paused agent refuses it with an ERROR);
-    `on_change` is called whenever the number of messages in progress changes.
+    `on_change` is called whenever the agent turns busy (a first message in progress) or idle
+    (none left): that is all a status report depends on. Calling it for every message would
+    wake the heartbeat loop twice per message for nothing.
     """
 
     def __init__(
@@ -190,11 +192,12 @@ class Dispatcher:
 
     async def _run(self, key: str, envelope: Envelope) -> None:
         handling = _Handling(envelope)
-        handling.task = asyncio.create_task(
-            self._process(handling), name=f"agent-{self.agent_id}-message-{envelope.message_id}"
-        )
-        self._active[key] = handling
-        self.on_change()
+        # Unnamed: a name would be formatted for every message, and is seen only in a debugger.
+        handling.task = asyncio.create_task(self._process(handling))
+        active = self._active
+        active[key] = handling
+        if len(active) == 1:
+            self.on_change()
         try:
             await handling.task
         except asyncio.CancelledError:
@@ -205,9 +208,10 @@ class Dispatcher:
                 f"Agent {self.agent_id} stopped before message {envelope.message_id} was finished."
             ) from None
         finally:
-            if handling.task.done() and self._active.get(key) is handling:
-                del self._active[key]
-                self.on_change()
+            if handling.task.done() and active.get(key) is handling:
+                del active[key]
+                if not active:
+                    self.on_change()
 
     async def _process(self, handling: _Handling) -> None:
         envelope = handling.envelope

@@ -98,10 +98,8 @@ class GrpcWork:
                 if not taking.is_set():
                     # Left unacknowledged: the server puts it back when the stream closes.
                     continue
-                task = asyncio.create_task(
-                    self._process(agent_id, incoming, handle),
-                    name=f"agent-{agent_id}-receive-{incoming.message_id}",
-                )
+                # Unnamed: a name would be formatted for every message, for a debugger only.
+                task = asyncio.create_task(self._process(agent_id, incoming, handle))
                 self._in_hand.add(task)
                 task.add_done_callback(self._in_hand.discard)
             raise HubUnavailable("The server closed the message stream.")
