@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from agentcomm.protocol.codec import (
     decode_envelope,
     decode_register_frontend,
+    encode_envelope,
     encode_for_bus,
     encode_for_client,
     message_type_of,
@@ -275,3 +276,36 @@ def test_internal_fields_travel_on_the_bus_under_their_wire_names(envelope: Enve
     assert data.get("_client_id") == envelope.client_id
     assert data.get("_server_id") == envelope.server_id
     assert "hops" not in data
+
+
+@PROPERTY
+@given(envelopes)
+def test_encode_envelope_writes_what_pydantic_writes(envelope: Envelope) -> None:
+    assert encode_envelope(envelope, for_client=False) == encode_for_bus(envelope)
+    assert encode_envelope(envelope, for_client=True) == encode_for_client(envelope)
+
+
+@PROPERTY
+@given(
+    envelopes,
+    st.sampled_from(list(RoutingStatus)),
+    st.none() | st.sampled_from([code.value for code in ErrorCode]),
+)
+def test_encode_envelope_with_changes_is_the_changed_copy(
+    envelope: Envelope, status: RoutingStatus, code: str | None
+) -> None:
+    before = encode_for_bus(envelope)
+    changes: dict[str, Any] = {"routing_status": status, "error_code": code}
+    changed = envelope.model_copy(update=changes)
+    assert encode_envelope(envelope, for_client=True, **changes) == encode_for_client(changed)
+    assert encode_envelope(envelope, for_client=False, **changes) == encode_for_bus(changed)
+    assert encode_for_bus(envelope) == before  # the message itself is left as it was
+
+
+def test_encode_envelope_takes_metadata_orjson_cannot_write() -> None:
+    envelope = Envelope(message_type=MessageType.TEXT, metadata={"big": 2**70, "nan": float("nan")})
+    assert encode_envelope(envelope, for_client=True) == encode_for_client(envelope)
+    changed = encode_envelope(envelope, for_client=False, routing_status=RoutingStatus.ROUTED)
+    assert changed == encode_for_bus(
+        envelope.model_copy(update={"routing_status": RoutingStatus.ROUTED})
+    )

@@ -18,7 +18,7 @@ from agentcomm.core.clock import Clock, SystemClock
 from agentcomm.core.presence import AgentRegistry
 from agentcomm.core.sessions import FrontendSessions
 from agentcomm.core.streams import ReplyStreams
-from agentcomm.protocol.codec import encode_for_bus, encode_for_client
+from agentcomm.protocol.codec import encode_envelope, encode_for_client
 from agentcomm.protocol.errors import ProtocolError
 from agentcomm.protocol.ids import frontend_server_tag, is_frontend_id, server_tag
 from agentcomm.protocol.models import Envelope
@@ -162,7 +162,7 @@ class ServerRouter:
                 )
             await self._bus.publish(
                 BROKER_INPUT_QUEUE,
-                encode_for_bus(outgoing),
+                encode_envelope(outgoing, for_client=False),
                 message_id=outgoing.message_id,
                 timeout=timeout,
             )
@@ -207,7 +207,7 @@ class ServerRouter:
         )
         await self._bus.publish(
             BROKER_INPUT_QUEUE,
-            encode_for_bus(outgoing),
+            encode_envelope(outgoing, for_client=False),
             message_id=outgoing.message_id,
             timeout=self._publish_timeout,
         )
@@ -259,12 +259,11 @@ class ServerRouter:
             await self._wait_for_pending_echo(message.message_id)
             if not expected:
                 self._echo(sender, message, RoutingStatus.ROUTED)
-        delivered = message.model_copy(update={"routing_status": RoutingStatus.DELIVERED})
         try:
             await self._bus.publish(
                 agent_queue(agent_id),
                 # Internal fields stay on the server's side (PROTOCOL §0).
-                encode_for_client(delivered),
+                encode_envelope(message, for_client=True, routing_status=RoutingStatus.DELIVERED),
                 message_id=message.message_id,
                 timeout=self._publish_timeout,
             )
@@ -288,7 +287,7 @@ class ServerRouter:
             if not self._answers.is_answered(sender, message.message_id):
                 # A fast agent may have answered already; "delivered" after the answer
                 # would only confuse the sender.
-                self._echo(sender, delivered, RoutingStatus.DELIVERED)
+                self._echo(sender, message, RoutingStatus.DELIVERED)
 
     async def _to_frontend(self, frontend_id: str, message: Envelope) -> None:
         session = self._sessions.get(frontend_id)
@@ -326,7 +325,7 @@ class ServerRouter:
         ):
             log.info("Dropping a second final answer to %s", answered)
             return
-        frame = encode_for_client(message)
+        frame = encode_envelope(message, for_client=True)
         if answered and message.message_type in (MessageType.REPLY, MessageType.ERROR):
             session.keep_final(answered, frame)
         self._sessions.send(frontend_id, frame)
@@ -343,7 +342,7 @@ class ServerRouter:
             # Another server process holds this frontend's socket.
             await self._bus.publish(
                 server_queue(owner),
-                encode_for_bus(message),
+                encode_envelope(message, for_client=False),
                 message_id=message.message_id,
                 mandatory=False,
                 timeout=self._publish_timeout,
@@ -461,14 +460,14 @@ class ServerRouter:
     ) -> None:
         if self._answers.is_refused(frontend_id, message.message_id):
             return  # told it was not sent; a late copy on the bus says nothing new
-        echo = message.model_copy(
-            update={
-                "routing_status": status,
-                "error_code": code.value if code else None,
-                "message_type": MessageType.TEXT,
-            }
+        echo = encode_envelope(
+            message,
+            for_client=True,
+            routing_status=status,
+            error_code=code.value if code else None,
+            message_type=MessageType.TEXT,
         )
-        self._sessions.send(frontend_id, encode_for_client(echo))
+        self._sessions.send(frontend_id, echo)
 
     def _fail_to_frontend(
         self, frontend_id: str, message: Envelope, code: ErrorCode, text: str

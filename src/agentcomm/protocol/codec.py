@@ -33,6 +33,39 @@ def encode_for_client(model: BaseModel) -> bytes:
     )
 
 
+# Envelope fields in declaration order with their wire names (the order pydantic writes them in).
+_ENVELOPE_BUS_NAMES: tuple[tuple[str, str], ...] = tuple(
+    (name, field.alias or name) for name, field in Envelope.model_fields.items()
+)
+_ENVELOPE_CLIENT_NAMES = tuple(
+    (name, wire) for name, wire in _ENVELOPE_BUS_NAMES if name not in INTERNAL_FIELDS
+)
+
+
+def encode_envelope(message: Envelope, *, for_client: bool, **changes: Any) -> bytes:
+    """`encode_for_client` (or `encode_for_bus`) of `message` with `changes` applied to its
+    fields, the same bytes, without a copy of the model.
+
+    The server passes most messages on with a field or two changed (a status echo, the
+    "delivered" copy for an agent, an agent's reply stamped with its sender): copying the model
+    and serialising it through pydantic cost more than the message's own JSON. `changes` are
+    field names and values of the fields' types; they are not validated again.
+    """
+    values = message.__dict__
+    if changes:
+        values = {**values, **changes}
+    names = _ENVELOPE_CLIENT_NAMES if for_client else _ENVELOPE_BUS_NAMES
+    try:
+        return orjson.dumps(
+            {wire: value for name, wire in names if (value := values[name]) is not None}
+        )
+    except orjson.JSONEncodeError:
+        # metadata holding what orjson does not take (an integer beyond 64 bits): pydantic
+        # writes every value it accepted.
+        changed = message.model_copy(update=changes) if changes else message
+        return encode_for_client(changed) if for_client else encode_for_bus(changed)
+
+
 def parse_json_object(raw: bytes | str) -> dict[str, Any]:
     try:
         data = orjson.loads(raw)
