@@ -52,7 +52,9 @@ class DispatchStats:
 @dataclass(eq=False, slots=True)
 class _Handling:
     envelope: Envelope
-    task: asyncio.Task[None] | None = None
+    # The transport's task that runs the handler: no task of its own per message. It is
+    # cancelled only while the message is in `_active`, that is inside `_process`.
+    task: asyncio.Task[Any]
     # Why the task was cancelled: a CANCEL from the sender, or the agent stopping.
     cancel_requested: bool = False
     aborted: bool = False
@@ -116,7 +118,7 @@ class Dispatcher:
         return self._cancel(handling)
 
     def _cancel(self, handling: _Handling | None) -> bool:
-        if handling is None or handling.task is None or handling.task.done():
+        if handling is None or handling.task.done():
             return False
         handling.cancel_requested = True
         handling.task.cancel()
@@ -146,20 +148,20 @@ class Dispatcher:
         """Cancels every handler; their messages are given back to the queue, not answered."""
         count = 0
         for handling in self._active.values():
-            if handling.task is not None and not handling.task.done():
+            if not handling.task.done():
                 handling.aborted = True
                 handling.task.cancel()
                 count += 1
         return count
 
-    def _tasks(self) -> set[asyncio.Task[None]]:
-        return {h.task for h in self._active.values() if h.task is not None and not h.task.done()}
+    def _tasks(self) -> set[asyncio.Task[Any]]:
+        return {h.task for h in self._active.values() if not h.task.done()}
 
     async def _handle_text(self, envelope: Envelope) -> None:
         message_id = envelope.message_id
         key = _key(envelope.sender_id, message_id)
         running = self._active.get(key)
-        if running is not None and running.task is not None:
+        if running is not None:
             # A redelivery of a message still in progress: finish once, ack both.
             self.stats.duplicates += 1
             await asyncio.wait({running.task})
@@ -191,24 +193,31 @@ class Dispatcher:
         self._done.add(key)
 
     async def _run(self, key: str, envelope: Envelope) -> None:
-        handling = _Handling(envelope)
-        # Unnamed: a name would be formatted for every message, and is seen only in a debugger.
-        handling.task = asyncio.create_task(self._process(handling))
+        # The handler runs in the caller's task (the transport's, one per message already): a
+        # CANCEL or an abort cancels that task while it is inside `_process`, which turns the
+        # cancellation into the answer or the give-back, as a task of its own would.
+        task = asyncio.current_task()
+        if task is None:
+            raise RuntimeError("Dispatcher.handle must run in an asyncio task.")
+        handling = _Handling(envelope, task)
         active = self._active
         active[key] = handling
         if len(active) == 1:
             self.on_change()
         try:
-            await handling.task
+            await self._process(handling)
         except asyncio.CancelledError:
-            current = asyncio.current_task()
-            if current is not None and current.cancelling():
+            # Aborted by the agent stopping, and not cancelled from outside as well: the
+            # message is given back.
+            if not handling.aborted or task.uncancel() > 0:
                 raise
             raise HandlingAborted(
                 f"Agent {self.agent_id} stopped before message {envelope.message_id} was finished."
             ) from None
         finally:
-            if handling.task.done() and active.get(key) is handling:
+            # Removed at once, in this same step: from here on the task is the transport's
+            # again, and no CANCEL or abort may reach it.
+            if active.get(key) is handling:
                 del active[key]
                 if not active:
                     self.on_change()
