@@ -59,13 +59,42 @@ class Decision:
 
     outcome: Outcome
     source: Envelope
-    output: Envelope | None
-    # One line for the log: why this outcome.
-    note: str
+    # The ERROR to publish when the outcome is ERROR.
+    error: Envelope | None
+    # Why this outcome; `note` makes the log line of it.
+    why: str
+    # Routed: the receiver the source goes to, stamped by `routed_envelope` (or, on the bus,
+    # by `stamping.routed_body`, which spares re-encoding the whole message).
+    routed_to: str | None = None
     # The TEXT was handed to this agent: counts towards its load, pins the conversation.
     assigned_to: str | None = None
     # The message id of the TEXT this final REPLY/ERROR answers.
     answers: str | None = None
+
+    @property
+    def output(self) -> Envelope | None:
+        """The envelope to publish on server_input_queue; None when the message is dropped."""
+        if self.routed_to is not None:
+            return routed_envelope(self.source, self.routed_to)
+        return self.error
+
+    @property
+    def note(self) -> str:
+        """One line for the log: where it went, or why not. Built only when asked for."""
+        if self.routed_to is not None:
+            return f"to {self.routed_to} ({self.why})"
+        return self.why
+
+
+def routed_envelope(source: Envelope, receiver_id: str) -> Envelope:
+    """The source as routed: receiver set, status `routed`, one hop more; the rest as it was."""
+    return source.model_copy(
+        update={
+            "receiver_id": receiver_id,
+            "routing_status": RoutingStatus.ROUTED,
+            "hops": source.hops + 1,
+        }
+    )
 
 
 def sender_of(envelope: Envelope) -> str | None:
@@ -264,18 +293,13 @@ class Router:
         assign: bool = False,
         answers: str | None = None,
     ) -> Decision:
-        routed = envelope.model_copy(
-            update={
-                "receiver_id": receiver_id,
-                "routing_status": RoutingStatus.ROUTED,
-                "hops": envelope.hops + 1,
-            }
-        )
+        # The routed envelope itself is made only when it is asked for (see Decision.output).
         return Decision(
             Outcome.ROUTED,
             envelope,
-            routed,
-            f"to {receiver_id} ({why})",
+            None,
+            why,
+            routed_to=receiver_id,
             assigned_to=receiver_id if assign else None,
             answers=answers,
         )

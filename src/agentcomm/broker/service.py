@@ -22,10 +22,11 @@ import grpc.aio
 from agentcomm.broker.ledger import RoutingLedger
 from agentcomm.broker.presence import AgentTable, PresenceFollower
 from agentcomm.broker.routing import Decision, Outcome, Router, reject_undecodable
+from agentcomm.broker.stamping import decode_fields, routed_body
 from agentcomm.bus.base import Bus, Delivery, Subscription
 from agentcomm.bus.queues import BROKER_INPUT_QUEUE, SERVER_INPUT_QUEUE
 from agentcomm.grpc_channel import CLIENT_KEEPALIVE, ClientTls, open_channel
-from agentcomm.protocol.codec import decode_envelope, encode_for_bus, parse_json_object
+from agentcomm.protocol.codec import encode_for_bus, parse_json_object
 from agentcomm.protocol.errors import ProtocolError
 from agentcomm.protocol.ids import new_broker_id
 
@@ -187,7 +188,7 @@ class ReferenceBroker:
     async def handle(self, delivery: Delivery) -> None:
         """The bus handler for one message of broker_input_queue."""
         try:
-            envelope = decode_envelope(delivery.body)
+            envelope, fields = decode_fields(delivery.body)
         except ProtocolError as exc:
             await self._reject(delivery, exc)
             return
@@ -196,11 +197,16 @@ class ReferenceBroker:
         # several at once) already see this one's agent: its load, its conversation. Recording
         # is idempotent by message_id, so a redelivery after a failed publish counts once.
         self.router.commit(decision)
-        if decision.output is not None:
+        if decision.routed_to is not None:
+            body = routed_body(fields, decision.routed_to, envelope.hops + 1)
+            if body is None:
+                body = encode_for_bus(decision.output or envelope)
+            await self._bus.publish(SERVER_INPUT_QUEUE, body, message_id=envelope.message_id)
+        elif decision.error is not None:
             await self._bus.publish(
                 SERVER_INPUT_QUEUE,
-                encode_for_bus(decision.output),
-                message_id=decision.output.message_id,
+                encode_for_bus(decision.error),
+                message_id=decision.error.message_id,
             )
         self._count(decision)
 
@@ -208,7 +214,9 @@ class ReferenceBroker:
         source = decision.source
         if decision.outcome is Outcome.ROUTED:
             self.stats.routed += 1
-            log.debug("%s %s %s", source.message_type.value, source.message_id, decision.note)
+            # Checked first: the line's arguments would be worked out for every message.
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("%s %s %s", source.message_type.value, source.message_id, decision.note)
         elif decision.outcome is Outcome.ERROR:
             self.stats.errors += 1
             log.info(
