@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import MutableMapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, MutableMapping
+from typing import TYPE_CHECKING, Any, Protocol
 
 from fastapi import WebSocket, WebSocketDisconnect
 
@@ -36,8 +36,8 @@ from agentcomm.server.close_codes import (
     CLOSE_RATE_LIMITED,
     CLOSE_RESTARTING,
 )
-from agentcomm.server.ws_output import DirectOutput, SocketLink
-from agentcomm.server.ws_protocol import DIRECT_OUTPUT
+from agentcomm.server.ws_output import SocketLink
+from agentcomm.server.ws_protocol import DIRECT_OUTPUT, HubWebSocketProtocol
 
 if TYPE_CHECKING:
     from agentcomm.server.hub import Hub
@@ -47,6 +47,17 @@ log = logging.getLogger(__name__)
 # Frames read from a socket but not handled yet; when it is full, reading waits (and so, through
 # TCP, does the client).
 INBOUND_QUEUE_FRAMES = 256
+
+
+class DirectInput(Protocol):
+    """A registered socket's text messages, handed over as the protocol parses them
+    (`ws_protocol.HubWebSocketProtocol`)."""
+
+    on_text: Callable[[str], None] | None
+
+    def pause_input(self) -> None: ...
+
+    def resume_input(self) -> None: ...
 
 
 def error_frame(
@@ -74,6 +85,13 @@ class FrontendConnection:
         self._websocket = websocket
         self._session: FrontendSession | None = None
         self._link: SocketLink  # made once the socket is accepted
+        self._input: DirectInput  # the same protocol object as the link's output
+        # Frames of the registered frontend (see _take_frame); made at its first frame.
+        self._bucket: TokenBucket | None = None
+        self._refused_in_a_row = 0
+        self._inbound: asyncio.Queue[tuple[float, str] | None] | None = None
+        self._handler: asyncio.Task[None] | None = None
+        self._input_paused = False
 
     async def run(self) -> None:
         hub = self._hub
@@ -84,7 +102,9 @@ class FrontendConnection:
             await websocket.accept()
             await websocket.close(CLOSE_RESTARTING)
             return
-        output: DirectOutput | None = websocket.scope.get("extensions", {}).get(DIRECT_OUTPUT)
+        output: HubWebSocketProtocol | None = websocket.scope.get("extensions", {}).get(
+            DIRECT_OUTPUT
+        )
         await websocket.accept()
         if output is None:
             log.error("The frontend socket needs agentcomm's uvicorn WebSocket protocol")
@@ -92,6 +112,7 @@ class FrontendConnection:
             return
         link = SocketLink(output, hub.output, hub.settings.outbound_queue_frames)
         self._link = link
+        self._input = output
         hub.connections.add(link)
         try:
             await self._converse_until_closed(link)
@@ -152,8 +173,12 @@ class FrontendConnection:
         # One deadline for the whole wait: refused binary frames must not extend it.
         deadline = None if within is None else asyncio.get_running_loop().time() + within
         while True:
-            async with asyncio.timeout_at(deadline):
-                event: MutableMapping[str, Any] = await self._websocket.receive()
+            event: MutableMapping[str, Any]
+            if deadline is None:
+                event = await self._websocket.receive()
+            else:
+                async with asyncio.timeout_at(deadline):
+                    event = await self._websocket.receive()
             if event["type"] == "websocket.disconnect":
                 raise WebSocketDisconnect(event.get("code", CLOSE_NORMAL))
             text = event.get("text")
@@ -250,55 +275,73 @@ class FrontendConnection:
     async def _read_frames(self) -> None:
         assert self._session is not None
         frontend_id = self._session.frontend_id
-        settings = self._hub.settings
-        refused_in_a_row = 0
-        # Made at the first frame: most sockets mostly listen, and an idle one should cost
-        # little more than its connection.
-        bucket: TokenBucket | None = None
-        # Frames are handled in order by their own task, so that reading goes on while one
-        # waits for the bus: each is then answered within its deadline from arrival, not
-        # after those queued before it have each used up theirs.
-        inbound: asyncio.Queue[tuple[float, str] | None] | None = None
-        handler: asyncio.Task[None] | None = None
+        # Text messages now come straight from the protocol (`DirectInput`); this task reads
+        # only what uvicorn still queues: frames that came with the registration, binary frames
+        # and the disconnect.
+        self._input.on_text = self._take_frame
         try:
             while self._link.close_code is None:
                 raw = await self._receive()
-                if raw is None:
-                    continue
-                if bucket is None:
-                    bucket = TokenBucket(
-                        self._hub.clock,
-                        rate=settings.rate_limit_per_second,
-                        burst=settings.rate_limit_burst,
-                    )
-                if not bucket.take():
-                    # Told once per refused frame; a client that keeps flooding is cut off.
-                    refused_in_a_row += 1
-                    if refused_in_a_row > settings.rate_limit_burst:
-                        log.warning("Closing frontend %s: it keeps flooding", frontend_id)
-                        self._link.close(CLOSE_RATE_LIMITED)
-                        return
-                    self._refuse_flood(frontend_id, raw)
-                    continue
-                refused_in_a_row = 0
-                if inbound is None or handler is None:
-                    inbound = asyncio.Queue(INBOUND_QUEUE_FRAMES)
-                    handler = asyncio.create_task(
-                        self._handle_frames(frontend_id, inbound), name="ws-handler"
-                    )
-                await inbound.put((asyncio.get_running_loop().time(), raw))
+                if raw is not None:
+                    self._take_frame(raw)
         except WebSocketDisconnect:
             # From now on what is addressed to the frontend waits for its resume; what it sent
             # before it left is still handled.
+            self._input.on_text = None
             self._hub.sessions.detach(frontend_id, self._link)
-            if inbound is not None and handler is not None:
-                await inbound.put(None)
-                await handler
+            if self._inbound is not None and self._handler is not None:
+                self._inbound.put_nowait(None)
+                await self._handler
             raise
         finally:
-            if handler is not None:
-                handler.cancel()
-                await asyncio.gather(handler, return_exceptions=True)
+            self._input.on_text = None
+            if self._handler is not None:
+                self._handler.cancel()
+                await asyncio.gather(self._handler, return_exceptions=True)
+
+    def _take_frame(self, raw: str) -> None:
+        """A text frame of the registered frontend, in arrival order: the rate limit, then the
+        queue of the task that handles frames."""
+        link = self._link
+        session = self._session
+        if link.close_code is not None or session is None:
+            return  # closing: what is still read is not answered
+        frontend_id = session.frontend_id
+        settings = self._hub.settings
+        if self._bucket is None:
+            # Made at the first frame: most sockets mostly listen, and an idle one should cost
+            # little more than its connection.
+            self._bucket = TokenBucket(
+                self._hub.clock,
+                rate=settings.rate_limit_per_second,
+                burst=settings.rate_limit_burst,
+            )
+        if not self._bucket.take():
+            # Told once per refused frame; a client that keeps flooding is cut off.
+            self._refused_in_a_row += 1
+            if self._refused_in_a_row > settings.rate_limit_burst:
+                log.warning("Closing frontend %s: it keeps flooding", frontend_id)
+                link.close(CLOSE_RATE_LIMITED)
+                return
+            self._refuse_flood(frontend_id, raw)
+            return
+        self._refused_in_a_row = 0
+        inbound = self._inbound
+        if inbound is None or self._handler is None:
+            # Frames are handled in order by their own task, so that reading goes on while one
+            # waits for the bus: each is then answered within its deadline from arrival, not
+            # after those queued before it have each used up theirs.
+            inbound = self._inbound = asyncio.Queue()
+            self._handler = asyncio.create_task(
+                self._handle_frames(frontend_id, inbound), name="ws-handler"
+            )
+        inbound.put_nowait((asyncio.get_running_loop().time(), raw))
+        if inbound.qsize() >= INBOUND_QUEUE_FRAMES:
+            # Reading waits (and so, through TCP, does the client) until the handler caught up.
+            # Asked again on every frame past the mark: uvicorn resumes reading on its own when
+            # its queue empties.
+            self._input_paused = True
+            self._input.pause_input()
 
     def _refuse_flood(self, frontend_id: str, raw: str) -> None:
         settings = self._hub.settings
@@ -317,6 +360,9 @@ class FrontendConnection:
         self, frontend_id: str, inbound: asyncio.Queue[tuple[float, str] | None]
     ) -> None:
         while (item := await inbound.get()) is not None:
+            if self._input_paused and inbound.qsize() <= INBOUND_QUEUE_FRAMES // 2:
+                self._input_paused = False
+                self._input.resume_input()
             received_at, raw = item
             try:
                 await self._handle(frontend_id, raw, received_at)

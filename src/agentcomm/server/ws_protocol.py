@@ -28,6 +28,10 @@ class HubWebSocketProtocol(WebSocketsSansIOProtocol):
         # The transport's buffer is over its high-water mark: the peer reads too slowly. A plain
         # attribute, as it is read once per socket on every fan-out.
         self.output_paused = False
+        # Takes each text message as it is parsed, once the hub has registered the socket
+        # (`DirectInput`); until then, and for everything else, uvicorn's ASGI queue.
+        self.on_text: Callable[[str], None] | None = None
+        self._input_paused = False
 
     def handle_connect(self, event: Request) -> None:
         super().handle_connect(event)
@@ -54,6 +58,7 @@ class HubWebSocketProtocol(WebSocketsSansIOProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
         self.on_writable = None
+        self.on_text = None
         self.output_paused = False  # nothing waits for a drain that will not come
 
     async def run_asgi(self) -> None:
@@ -63,6 +68,39 @@ class HubWebSocketProtocol(WebSocketsSansIOProtocol):
         # found while the hub keeps connection state frozen out of collections: `collector`).
         extensions: dict[str, object] = self.scope["extensions"]  # type: ignore[assignment]
         extensions.pop(DIRECT_OUTPUT, None)
+
+    # -- DirectInput -------------------------------------------------------------------------
+
+    def send_receive_event_to_app(self) -> None:
+        # uvicorn queues each message for the application's `receive` and stops reading the
+        # socket until the application took it: per frame a queue hand-over, a wake-up of the
+        # reading task and two changes of the socket's polling. A registered frontend's text goes
+        # straight to the hub, which stops reading only when it falls behind (pause_input).
+        on_text = self.on_text
+        if on_text is None or self.curr_msg_data_type != "text" or self.close_sent:
+            super().send_receive_event_to_app()
+            return
+        frames = self.frames
+        data = frames[0] if len(frames) == 1 else b"".join(frames)
+        try:
+            text = data.decode()
+        except UnicodeDecodeError:
+            super().send_receive_event_to_app()  # refused there, with close code 1007
+            return
+        self.frames = []
+        on_text(text)
+
+    def pause_input(self) -> None:
+        """Stops reading the socket until resume_input (the hub has enough of its frames)."""
+        self._input_paused = True
+        if not self.transport.is_closing():
+            self.transport.pause_reading()
+
+    def resume_input(self) -> None:
+        if self._input_paused:
+            self._input_paused = False
+            if not self.read_paused:  # uvicorn's own pause stays until its queue is read
+                self.transport.resume_reading()
 
     # -- DirectOutput ------------------------------------------------------------------------
 
