@@ -14,6 +14,7 @@ from agentcomm.protocol.codec import encode_for_bus
 from agentcomm.protocol.models import Envelope
 from agentcomm.protocol.vocabulary import MessageType, RoutingStatus
 from agentcomm.server.testing import running_hub, test_settings
+from agentcomm.server.websocket import INBOUND_QUEUE_FRAMES
 from tests.support.agent import GrpcAgent
 from tests.support.frontend import Frontend, of_type
 from tests.support.waiting import wait_until
@@ -145,3 +146,23 @@ async def test_wrong_resume_token_gets_a_new_session() -> None:
         response = await other.next(timeout=TIMEOUT)
         assert response["frontend_id"] != first.frontend_id
         await other.close()
+
+
+async def test_frames_past_the_inbound_queue_wait_and_are_all_handled_in_order() -> None:
+    # Far more frames in one burst than the hub queues per socket: reading pauses while they
+    # wait and resumes as they are handled, so none is lost and none is answered out of turn.
+    burst = 3 * INBOUND_QUEUE_FRAMES
+    settings = test_settings(rate_limit_per_second=100_000, rate_limit_burst=10 * burst)
+    async with (
+        running_hub(settings) as hub,
+        await Frontend.registered(hub.ws_url, "burst") as frontend,
+    ):
+        frontend.take_buffered()
+        for index in range(burst):
+            await frontend.send({"message_type": "TEXT", "message_id": f"b{index}"})
+        refused = [await frontend.next(of_type("ERROR"), timeout=TIMEOUT) for _ in range(burst)]
+        # A TEXT without text is refused by the router: one refusal per frame, in order.
+        assert [error["in_reply_to_message_id"] for error in refused] == [
+            f"b{index}" for index in range(burst)
+        ]
+        assert await frontend.barrier(timeout=TIMEOUT) is not None
