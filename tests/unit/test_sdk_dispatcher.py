@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
@@ -430,6 +431,35 @@ async def test_on_change_reports_only_turning_busy_and_idle() -> None:
     await within(asyncio.gather(*handling))
     # Three messages at once: one change to busy, one back to idle, none in between.
     assert counts == [1, 0]
+
+
+async def test_a_handler_that_swallows_its_cancellation_leaves_the_caller_uncancelled() -> None:
+    started = asyncio.Event()
+
+    async def stubborn(message: Message) -> str:
+        started.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(WAIT)
+        return "done anyway"
+
+    outbox = Outbox()
+    dispatcher = make(stubborn, outbox)
+    cancelling_after: list[int] = []
+
+    async def transport() -> None:
+        # Stands for the transport's task for this message, which goes on to ack it.
+        await dispatcher.handle(text())
+        task = asyncio.current_task()
+        assert task is not None
+        cancelling_after.append(task.cancelling())
+        await asyncio.sleep(0)
+
+    handling = asyncio.create_task(transport())
+    await within(started.wait())
+    await dispatcher.handle(cancel("m1"))
+    await within(handling)
+    assert cancelling_after == [0]
+    assert [e.text_payload for e in outbox.drained()] == ["done anyway"]
 
 
 async def test_other_message_types_are_acked_and_ignored() -> None:

@@ -58,6 +58,9 @@ class _Handling:
     # Why the task was cancelled: a CANCEL from the sender, or the agent stopping.
     cancel_requested: bool = False
     aborted: bool = False
+    # Cancellations of `task` made here and not yet taken back: a handler may swallow one,
+    # and the task must not go on to the transport's own work still marked as cancelled.
+    cancels: int = 0
 
 
 class Dispatcher:
@@ -121,7 +124,8 @@ class Dispatcher:
         if handling is None or handling.task.done():
             return False
         handling.cancel_requested = True
-        handling.task.cancel()
+        if handling.task.cancel():
+            handling.cancels += 1
         return True
 
     def close_intake(self) -> None:
@@ -150,7 +154,8 @@ class Dispatcher:
         for handling in self._active.values():
             if not handling.task.done():
                 handling.aborted = True
-                handling.task.cancel()
+                if handling.task.cancel():
+                    handling.cancels += 1
                 count += 1
         return count
 
@@ -207,9 +212,9 @@ class Dispatcher:
         try:
             await self._process(handling)
         except asyncio.CancelledError:
-            # Aborted by the agent stopping, and not cancelled from outside as well: the
-            # message is given back.
-            if not handling.aborted or task.uncancel() > 0:
+            # Cancelled from outside: that goes on. Cancelled here (the agent stopping, or a
+            # second CANCEL cutting off the first one's answer): the message is given back.
+            if self._take_back_cancels(handling) > 0:
                 raise
             raise HandlingAborted(
                 f"Agent {self.agent_id} stopped before message {envelope.message_id} was finished."
@@ -221,6 +226,16 @@ class Dispatcher:
                 del active[key]
                 if not active:
                     self.on_change()
+            self._take_back_cancels(handling)
+
+    @staticmethod
+    def _take_back_cancels(handling: _Handling) -> int:
+        """Undoes this dispatcher's cancellations of the task; returns those left (from outside)."""
+        task = handling.task
+        while handling.cancels:
+            handling.cancels -= 1
+            task.uncancel()
+        return task.cancelling()
 
     async def _process(self, handling: _Handling) -> None:
         envelope = handling.envelope
@@ -229,11 +244,11 @@ class Dispatcher:
                 await self._produce(envelope)
             self.stats.handled += 1
         except asyncio.CancelledError:
-            if not handling.cancel_requested or handling.aborted:
+            if not handling.cancel_requested or handling.aborted or not handling.cancels:
                 raise
-            task = asyncio.current_task()
-            if task is not None:
-                task.uncancel()
+            # Taken as the answer `cancelled`, not as a cancellation of the task.
+            handling.cancels -= 1
+            handling.task.uncancel()
             await self._send(self._cancelled(envelope))
             self.stats.cancelled += 1
         except PublishFailed:
