@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 
+import grpc
 import orjson
 import pytest
 
@@ -15,6 +17,9 @@ from agentcomm.sdk.agent import choose_transport, grpc_target
 from agentcomm.sdk.backoff import Backoff
 from agentcomm.sdk.dedup import RecentIds
 from agentcomm.sdk.demo_agents import build_demo_agent, typist_answer
+from agentcomm.sdk.errors import HubUnavailable
+from agentcomm.sdk.hub_client import GrpcHubClient
+from agentcomm.sdk.output_stream import OutputResult
 
 
 def test_backoff_doubles_up_to_the_cap_and_starts_over_after_reset() -> None:
@@ -120,3 +125,17 @@ def test_the_public_names_are_all_there() -> None:
     assert sdk.__all__ == sorted(sdk.__all__)
     for name in sdk.__all__:
         assert getattr(sdk, name) is not None, name
+
+
+async def test_an_output_without_a_result_in_time_fails_as_hub_unavailable() -> None:
+    client = GrpcHubClient("127.0.0.1:1", "session-timeout", call_timeout=0.01)
+    try:
+        never: asyncio.Future[OutputResult] = asyncio.get_running_loop().create_future()
+        with pytest.raises(HubUnavailable, match="no result within"):
+            await asyncio.wait_for(client._result_of(never), 5.0)
+        answered: asyncio.Future[OutputResult] = asyncio.get_running_loop().create_future()
+        result = OutputResult(grpc.StatusCode.OK, "", accepted=True, acknowledged=True)
+        answered.set_result(result)
+        assert await client._result_of(answered) is result
+    finally:
+        await client.close()

@@ -327,11 +327,15 @@ class GrpcHubClient:
         return stream
 
     async def _result_of(self, future: asyncio.Future[OutputResult]) -> OutputResult:
+        # A plain timer that fails the item's own future: asyncio.timeout would cancel and
+        # uncancel the waiting task, several times the work, for each reply and ack.
+        timer = asyncio.get_running_loop().call_later(
+            self._timeout, _time_out, future, self._timeout
+        )
         try:
-            async with asyncio.timeout(self._timeout):
-                return await future
-        except TimeoutError:
-            raise HubUnavailable(f"SendOutputs: no result within {self._timeout:g} s.") from None
+            return await future
+        finally:
+            timer.cancel()
 
     def _stream_unsupported(self, exc: StreamUnsupported) -> None:
         if self._use_stream:
@@ -344,3 +348,8 @@ class GrpcHubClient:
         if self._retired:
             await asyncio.wait(self._retired)
         await self._channel.close()
+
+
+def _time_out(future: asyncio.Future[OutputResult], timeout: float) -> None:
+    if not future.done():
+        future.set_exception(HubUnavailable(f"SendOutputs: no result within {timeout:g} s."))
