@@ -68,8 +68,10 @@ class ServerRouter:
         self._publish_timeout = publish_timeout
         self._clock = clock or SystemClock()
         self._expect_agents_until = self._clock.monotonic() + expect_agents_for
-        # message_id -> set once the sender was told "pending".
-        self._pending_echoed: dict[str, asyncio.Event] = {}
+        # message_id of a frontend's message on its way to the bus -> who waits for its
+        # "pending" echo (a broker answer that overtook the publish confirm). The entry goes as
+        # soon as the echo went out: a message not found here needs no waiting.
+        self._unechoed: dict[str, list[asyncio.Future[None]]] = {}
         self._observers: list[RouteObserver] = []
 
     def observe(self, observer: RouteObserver) -> None:
@@ -150,8 +152,9 @@ class ServerRouter:
                 self._echo(frontend_id, outgoing, RoutingStatus.PENDING)
                 await self._to_frontend(frontend_id, kept)
                 return
-        echoed = asyncio.Event()
-        self._pending_echoed[outgoing.message_id] = echoed
+        # Made per message, but waited on only when the broker is faster than the confirm.
+        waiters: list[asyncio.Future[None]] = []
+        self._unechoed[outgoing.message_id] = waiters
         timeout = self._publish_timeout
         if received_at is not None:
             timeout += received_at - asyncio.get_running_loop().time()
@@ -166,8 +169,11 @@ class ServerRouter:
                 message_id=outgoing.message_id,
                 timeout=timeout,
             )
+        except asyncio.CancelledError:
+            self._echo_done(outgoing.message_id, waiters)
+            raise
         except BusError as exc:
-            self._pending_echoed.pop(outgoing.message_id, None)
+            self._echo_done(outgoing.message_id, waiters)
             log.warning("Could not hand %s to the broker: %s", outgoing.message_id, exc)
             self._fail_to_frontend(
                 frontend_id,
@@ -180,12 +186,17 @@ class ServerRouter:
             return
         if is_text:
             self._echo(frontend_id, outgoing, RoutingStatus.PENDING)
-        echoed.set()
+        self._echo_done(outgoing.message_id, waiters)
         self._notify(outgoing)
-        # Keep the event only as long as a broker answer might race it.
-        asyncio.get_running_loop().call_later(
-            _PENDING_ECHO_WAIT_SECONDS * 2, self._pending_echoed.pop, outgoing.message_id, None
-        )
+
+    def _echo_done(self, message_id: str, waiters: list[asyncio.Future[None]]) -> None:
+        """The "pending" echo of `message_id` went out (or never will): whoever waits for it
+        goes on."""
+        if self._unechoed.get(message_id) is waiters:
+            del self._unechoed[message_id]
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
     # -- from agents over gRPC ---------------------------------------------------------------
 
@@ -430,7 +441,9 @@ class ServerRouter:
         if is_frontend_id(target):
             in_reply_to = error.in_reply_to_message_id
             if in_reply_to and error.message_type is MessageType.ERROR:
-                self._pending_echoed.pop(in_reply_to, None)
+                # Later routing of the failed message need not wait for its echo; what waits
+                # already is let go when the echo goes out.
+                self._unechoed.pop(in_reply_to, None)
             await self._to_frontend(target, error)
             return
         if self._registry.get(target) is None:
@@ -488,12 +501,14 @@ class ServerRouter:
         self._sessions.send(frontend_id, encode_for_client(error))
 
     async def _wait_for_pending_echo(self, message_id: str) -> None:
-        echoed = self._pending_echoed.get(message_id)
-        if echoed is None or echoed.is_set():
+        waiters = self._unechoed.get(message_id)
+        if waiters is None:
             return
+        echoed = asyncio.get_running_loop().create_future()
+        waiters.append(echoed)
         try:
             async with asyncio.timeout(_PENDING_ECHO_WAIT_SECONDS):
-                await echoed.wait()
+                await echoed
         except TimeoutError:
             log.warning("Pending echo of %s never came; routing on", message_id)
 
