@@ -90,9 +90,9 @@ class Hub:
         self.metrics = HubMetrics()
         self.metrics.track(self.sessions.live_count, self.registry.online_count)
         self.router.observe(
-            lambda message: self.metrics.messages.labels(
+            lambda message: self.metrics.count_message(
                 message.message_type.value, message.routing_status or "none"
-            ).inc()
+            )
         )
         self.registry.subscribe(self._push_presence_to_frontends)
         self.registry.subscribe(self._follow_presence_for_answers)

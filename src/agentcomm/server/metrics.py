@@ -28,6 +28,16 @@ class HubMetrics:
         self.agents_online = Gauge(
             "agentcomm_agents_online", "Agents currently online", registry=self.registry
         )
+        # One labelled child per (type, source), looked up once: `labels()` validates its
+        # arguments and takes a lock on every call, and every chat turn counts four messages.
+        self._message_counts: dict[tuple[str, str], Counter] = {}
+
+    def count_message(self, message_type: str, source: str) -> None:
+        key = (message_type, source)
+        counter = self._message_counts.get(key)
+        if counter is None:
+            counter = self._message_counts[key] = self.messages.labels(message_type, source)
+        counter.inc()
 
     def track(self, frontends: Callable[[], int], agents_online: Callable[[], int]) -> None:
         self.frontends.set_function(frontends)
