@@ -59,6 +59,7 @@ class DevStack:
                 broker_id=broker_id,
                 broker_name="dev-broker",
                 concurrency=self.settings.consumer_concurrency,
+                returning_grace=self.settings.agent_timeout,
                 token=auth.mint(Role.BROKER, broker_id, TOKEN_TTL_SECONDS) if auth.enabled else "",
             )
             await self.broker.start()

@@ -63,3 +63,52 @@ def test_proto_agent_from_a_server_without_status() -> None:
     assert offline.status is AgentState.OFFLINE
     odd = agent_from_proto(pb.AgentInfo(agent_id="a", is_online=True, status="dancing"))
     assert odd.status is AgentState.ONLINE
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_agents_a_restarted_server_does_not_know_yet_are_routed_to_for_a_grace() -> None:
+    clock = _Clock()
+    table = AgentTable(returning_grace=4.0, clock=clock)
+    table.apply([info("a"), info("b"), info("gone", online=False)], full=True)
+    table.mark_stale()  # the stream is lost: the server restarts
+    # The new server's first list knows only "b" so far.
+    assert table.apply([info("b")], full=True) == []
+    assert table.returning == {"a"}
+    assert table.agents["a"].is_online
+    assert "gone" not in table.agents  # only who was online is expected back
+    clock.now += 3.9
+    assert table.prune() == []
+    # "a" registers again: the server's delta settles it.
+    table.apply([info("a")], full=False)
+    assert table.returning == frozenset()
+    clock.now += 10
+    assert table.prune() == []
+    assert table.agents["a"].is_online
+
+
+def test_a_returning_agent_that_does_not_come_back_is_dropped_after_the_grace() -> None:
+    clock = _Clock()
+    table = AgentTable(returning_grace=4.0, clock=clock)
+    table.apply([info("a")], full=True)
+    table.mark_stale()
+    table.apply([], full=True)
+    assert set(table.agents) == {"a"}
+    clock.now += 4.0
+    assert table.prune() == ["a"]
+    assert table.agents == {}
+    assert table.returning == frozenset()
+
+
+def test_a_full_list_without_a_loss_keeps_nobody() -> None:
+    table = AgentTable(returning_grace=4.0)
+    table.apply([info("a")], full=True)
+    assert table.apply([], full=True) == ["a"]
+    assert table.agents == {}
+    assert table.returning == frozenset()

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 from collections.abc import Callable, Iterable, Mapping
 
 import grpc
@@ -50,28 +51,67 @@ def agent_from_proto(message: agent_status_service_pb2.AgentInfo) -> AgentInfo:
 
 
 class AgentTable:
-    """The last known state of every agent, and whether it may be out of date."""
+    """The last known state of every agent, and whether it may be out of date.
 
-    def __init__(self) -> None:
+    A server that restarted knows no agent until each registers again, a second or two later.
+    So when the stream comes back with a full list that lacks agents that were online before
+    the loss, those agents are kept as *returning* for `returning_grace` seconds (or until the
+    server says anything of them): messages for them are routed on, to wait in their queues,
+    and the server answers `agent_offline` for any that is not back within DELIVERY_TIMEOUT,
+    instead of the broker refusing everything sent to them in that moment.
+    """
+
+    def __init__(
+        self, *, returning_grace: float = 30.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._agents: dict[str, AgentInfo] = {}
         # Nothing is known before the first full list, which is as good as out of date.
         self.stale = True
+        self._returning_grace = returning_grace
+        self._clock = clock
+        self._returning_until: dict[str, float] = {}
 
     @property
     def agents(self) -> Mapping[str, AgentInfo]:
         return self._agents
 
+    @property
+    def returning(self) -> frozenset[str]:
+        return frozenset(self._returning_until)
+
     def apply(self, agents: Iterable[AgentInfo], *, full: bool) -> list[str]:
         """Applies a full list or a delta; returns the ids of agents that stopped being online."""
         before = {agent_id for agent_id, agent in self._agents.items() if agent.is_online}
         if full:
-            self._agents = {agent.agent_id: agent for agent in agents}
+            fresh = {agent.agent_id: agent for agent in agents}
+            if self.stale and self._agents:
+                # Back after a loss: keep who was online and is missing, for a while.
+                until = self._clock() + self._returning_grace
+                for agent_id in before - fresh.keys():
+                    fresh[agent_id] = self._agents[agent_id]
+                    self._returning_until[agent_id] = until
+            for agent_id in list(self._returning_until):
+                if agent_id not in fresh:
+                    del self._returning_until[agent_id]
+            self._agents = fresh
             self.stale = False
         else:
             for agent in agents:
                 self._agents[agent.agent_id] = agent
+                self._returning_until.pop(agent.agent_id, None)
         after = {agent_id for agent_id, agent in self._agents.items() if agent.is_online}
         return sorted(before - after)
+
+    def prune(self) -> list[str]:
+        """Drops the returning agents whose grace ran out; returns their ids."""
+        if not self._returning_until:
+            return []
+        now = self._clock()
+        expired = [a for a, until in self._returning_until.items() if until <= now]
+        for agent_id in expired:
+            del self._returning_until[agent_id]
+            self._agents.pop(agent_id, None)
+        return expired
 
     def mark_stale(self) -> None:
         self.stale = True

@@ -70,6 +70,7 @@ async def run_broker(settings: Settings, broker_id: str | None, broker_name: str
         prefetch=settings.rabbitmq_prefetch,
         concurrency=min(settings.rabbitmq_prefetch, settings.consumer_concurrency),
         stop_timeout=settings.shutdown_timeout,
+        returning_grace=settings.agent_timeout,
         token=settings.auth_token,
         tls=ClientTls.from_settings(settings),
     )

@@ -78,11 +78,14 @@ class ReferenceBroker:
         ledger: RoutingLedger | None = None,
         token: str = "",
         tls: ClientTls | None = None,
+        returning_grace: float = 30.0,
     ) -> None:
         self.broker_id = broker_id or new_broker_id()
         self.broker_name = broker_name
         self.grpc_target = grpc_target
-        self.table = AgentTable()
+        # returning_grace: how long agents a restarted server does not know yet are still
+        # routed to (see AgentTable); the server's AGENT_TIMEOUT, which bounds their return.
+        self.table = AgentTable(returning_grace=returning_grace)
         self.router = Router(self.broker_id, ledger)
         self.stats = BrokerStats()
         self._bus = bus
@@ -192,6 +195,8 @@ class ReferenceBroker:
         except ProtocolError as exc:
             await self._reject(delivery, exc)
             return
+        for agent_id in self.table.prune():
+            self.router.agent_went_offline(agent_id)
         decision = self.router.decide(envelope, self.table.agents, stale=self.table.stale)
         # Recorded before the publish, so that messages handled meanwhile (the broker handles
         # several at once) already see this one's agent: its load, its conversation. Recording
