@@ -15,11 +15,9 @@ import contextlib
 import itertools
 import json
 import subprocess
-import threading
 import uuid
 from collections import defaultdict
-from collections.abc import Coroutine
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 import websockets
@@ -32,30 +30,13 @@ from agentcomm.dev import DevStack
 from agentcomm.sdk.agent import Agent
 from agentcomm.sdk.demo_agents import build_demo_agent
 from agentcomm.server.testing import test_settings
+from tests.support.loop_thread import LoopThread
 from tests.support.tcp_proxy import TcpProxy
 
-T = TypeVar("T")
 STEP_TIMEOUT = 20.0
 SETTLE_TIMEOUT = 30.0
 FINAL = frozenset({"REPLY", "ERROR"})
 RECEIVERS = (None, "echo", "typist", "remote", "nobody")
-
-
-class _LoopThread:
-    """The event loop the machine's steps run on (hypothesis calls rules synchronously)."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self._thread.start()
-
-    def run(self, coroutine: Coroutine[Any, Any, T], timeout: float = STEP_TIMEOUT) -> T:
-        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(timeout=5)
-        self.loop.close()
 
 
 class _Frontend:
@@ -149,7 +130,7 @@ class ExactlyOneAnswer(RuleBasedStateMachine):
 
     def __init__(self) -> None:
         super().__init__()
-        self.loop = _LoopThread()
+        self.loop = LoopThread(STEP_TIMEOUT)
         self.stack = DevStack(self.make_settings())
         self.loop.run(self.stack.start(), timeout=60)
         self.proxy = TcpProxy("127.0.0.1", self.stack.server.grpc_port)

@@ -10,9 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import threading
-from collections.abc import Coroutine, Iterator
-from typing import Any, TypeVar
+from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -22,8 +20,8 @@ from hypothesis import strategies as st
 
 from agentcomm.server.running import RunningServer
 from agentcomm.server.testing import test_settings
+from tests.support.loop_thread import LoopThread
 
-T = TypeVar("T")
 STEP_TIMEOUT = 10.0
 # What the server may close a fuzzed socket with (docs/protocol.md): policy (not registered,
 # refused registration), too large, rate limited.
@@ -89,25 +87,8 @@ frames = st.lists(
 )
 
 
-class _LoopThread:
-    """An event loop of its own: hypothesis calls the test body synchronously."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self._thread.start()
-
-    def run(self, coroutine: Coroutine[Any, Any, T], timeout: float = STEP_TIMEOUT) -> T:
-        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(timeout=5)
-        self.loop.close()
-
-
 class Hub:
-    def __init__(self, loop: _LoopThread, server: RunningServer) -> None:
+    def __init__(self, loop: LoopThread, server: RunningServer) -> None:
         self.loop = loop
         self.server = server
 
@@ -120,7 +101,7 @@ class Hub:
 def hub() -> Iterator[Hub]:
     from agentcomm.bus.memory import InMemoryBus
 
-    loop = _LoopThread()
+    loop = LoopThread(STEP_TIMEOUT)
     # A small frame limit so that "too large" is reachable; a generous rate limit so that the
     # fuzzer's bursts are parsed, not just throttled.
     server = RunningServer(
