@@ -227,7 +227,8 @@ def plot_comparison(
         axis.set_xscale("log")
         axis.set_xlabel("share of the target (1 = met; right of the line is better)")
         axis.set_title("Headline numbers against their targets, before and after")
-        axis.legend(loc="lower right")
+        # Below the axes: the bars reach both sides, so inside it would hide some of them.
+        axis.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=3)
         fig.tight_layout()
         path = folder / "before-after-targets.png"
         fig.savefig(path, dpi=90)
