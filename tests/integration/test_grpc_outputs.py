@@ -369,18 +369,22 @@ def stream_payloads(seed: int) -> list[list[bytes]]:
     return streams
 
 
-async def _stream_status(channel: grpc.aio.Channel, requests: list[bytes]) -> Code:
+async def _stream_status(channel: grpc.aio.Channel, requests: list[bytes]) -> Code | None:
+    """The status the server ends a stream of `requests` with; None when the server ended the
+    call while this client was still writing, which grpc reports as the client's own INTERNAL
+    ("Internal error from Core", a failed SendMessageOperation) in place of the server's."""
     call = channel.stream_stream("/agent_registration.AgentRegistrationService/SendOutputs")(
-        timeout=DEFAULT_TIMEOUT
+        iter(requests), timeout=DEFAULT_TIMEOUT
     )
     try:
         async with asyncio.timeout(DEFAULT_TIMEOUT):
-            for body in requests:
-                await call.write(body)
-            await call.done_writing()
-            while await call.read() is not grpc.aio.EOF:
+            async for _ in call:
                 pass
     except grpc.aio.AioRpcError as error:
+        if error.code() is Code.INTERNAL and "SendMessageOperation" in (
+            error.debug_error_string() or ""
+        ):
+            return None
         return error.code()
     return Code.OK
 
