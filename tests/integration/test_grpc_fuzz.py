@@ -14,6 +14,7 @@ from agentcomm.generated import agent_registration_service_pb2_grpc as reg_grpc
 from agentcomm.generated import agent_status_service_pb2 as status_pb
 from agentcomm.generated import broker_registration_service_pb2 as broker_pb
 from agentcomm.server.testing import running_hub
+from tests.support.fuzzing import mutated
 
 CALL_TIMEOUT = 5.0
 PAYLOADS_PER_METHOD = 60
@@ -42,19 +43,7 @@ def payloads(seed: int) -> list[bytes]:
     ]
     out: list[bytes] = [b"", b"\x00", b"\xff" * 16]
     while len(out) < PAYLOADS_PER_METHOD:
-        kind = rng.randrange(4)
-        if kind == 0:
-            out.append(rng.randbytes(rng.randrange(1, 200)))
-        else:
-            data = bytearray(rng.choice(valid))
-            if kind == 1 and data:
-                for _ in range(rng.randrange(1, 4)):
-                    data[rng.randrange(len(data))] = rng.randrange(256)
-            elif kind == 2:
-                data = data[: rng.randrange(len(data) + 1)]
-            else:
-                data += rng.randbytes(rng.randrange(1, 20))
-            out.append(bytes(data))
+        out.append(mutated(rng, rng.choice(valid), random_size=200))
     return out
 
 

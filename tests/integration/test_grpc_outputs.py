@@ -27,6 +27,7 @@ from agentcomm.server.grpc_registration import AgentRegistrationServicer
 from agentcomm.server.testing import HubEndpoints, running_hub, test_settings
 from tests.support.agent import GrpcAgent, StreamReader
 from tests.support.bus import BROKER_INPUT_QUEUE, QueueTap, agent_queue, publish_json, tap
+from tests.support.fuzzing import mutated
 from tests.support.waiting import DEFAULT_TIMEOUT
 
 Code = grpc.StatusCode
@@ -353,18 +354,7 @@ def stream_payloads(seed: int) -> list[list[bytes]]:
     while len(streams) < 40:
         stream = []
         for _ in range(rng.randrange(1, 4)):
-            data = bytearray(valid)
-            kind = rng.randrange(4)
-            if kind == 0:
-                data = bytearray(rng.randbytes(rng.randrange(1, 120)))
-            elif kind == 1:
-                for _ in range(rng.randrange(1, 4)):
-                    data[rng.randrange(len(data))] = rng.randrange(256)
-            elif kind == 2:
-                data = data[: rng.randrange(len(data) + 1)]
-            else:
-                data += rng.randbytes(rng.randrange(1, 20))
-            stream.append(bytes(data))
+            stream.append(mutated(rng, valid, random_size=120))
         streams.append(stream)
     return streams
 
