@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agentcomm.bench.plots import label_load_axes, save
+
 Result = dict[str, Any]
 
 
@@ -194,20 +196,14 @@ def plot_comparison(
                 offered, [p[side]["p99_ms"] for p in points], marker="x", color=colour, label=label
             )
         left.plot([0, top], [0, top], color="black", linewidth=0.6, label="offered")
-        left.set_xlabel("offered round trips/s")
-        left.set_ylabel("achieved round trips/s")
-        left.set_title(f"{scenario}: throughput, before and after")
-        left.legend()
-        right.set_xlabel("offered round trips/s")
-        right.set_ylabel("p99 latency (ms)")
-        right.set_yscale("log")
-        right.set_title(f"{scenario}: p99 latency, before and after")
-        right.legend()
-        fig.tight_layout()
-        path = folder / f"before-after-{scenario}.png"
-        fig.savefig(path, dpi=90)
-        plt.close(fig)
-        written.append(path)
+        label_load_axes(
+            left,
+            right,
+            f"{scenario}: throughput, before and after",
+            f"{scenario}: p99 latency, before and after",
+            "p99 latency (ms)",
+        )
+        written.append(save(plt, fig, folder / f"before-after-{scenario}.png"))
 
     rows = [
         (headline, old, new)
@@ -229,11 +225,7 @@ def plot_comparison(
         axis.set_title("Headline numbers against their targets, before and after")
         # Below the axes: the bars reach both sides, so inside it would hide some of them.
         axis.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=3)
-        fig.tight_layout()
-        path = folder / "before-after-targets.png"
-        fig.savefig(path, dpi=90)
-        plt.close(fig)
-        written.append(path)
+        written.append(save(plt, fig, folder / "before-after-targets.png"))
     return written
 
 

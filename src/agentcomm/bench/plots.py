@@ -41,18 +41,28 @@ def plot_results(results: dict[str, Result], folder: Path) -> list[Path]:
             right.plot(offered, p99, marker="x", linestyle="--", color=colour, label=f"{side} p99")
         top = max(p["offered_per_s"] for p in sweep)
         left.plot([0, top], [0, top], color="grey", linewidth=0.8, label="offered")
-        left.set_xlabel("offered round trips/s")
-        left.set_ylabel("achieved round trips/s")
-        left.set_title(f"{name}: throughput")
-        left.legend()
-        right.set_xlabel("offered round trips/s")
-        right.set_ylabel("latency (ms)")
-        right.set_yscale("log")
-        right.set_title(f"{name}: latency")
-        right.legend()
-        fig.tight_layout()
-        path = folder / f"{name}.png"
-        fig.savefig(path, dpi=90)
-        plt.close(fig)
-        written.append(path)
+        label_load_axes(left, right, f"{name}: throughput", f"{name}: latency", "latency (ms)")
+        written.append(save(plt, fig, folder / f"{name}.png"))
     return written
+
+
+def label_load_axes(
+    left: Any, right: Any, left_title: str, right_title: str, latency_label: str
+) -> None:
+    """Throughput (left) and log-scale latency (right) against offered load."""
+    left.set_xlabel("offered round trips/s")
+    left.set_ylabel("achieved round trips/s")
+    left.set_title(left_title)
+    left.legend()
+    right.set_xlabel("offered round trips/s")
+    right.set_ylabel(latency_label)
+    right.set_yscale("log")
+    right.set_title(right_title)
+    right.legend()
+
+
+def save(plt: Any, fig: Any, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
