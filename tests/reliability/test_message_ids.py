@@ -12,6 +12,7 @@ from agentcomm.dev import DevStack
 from agentcomm.sdk.demo_agents import build_demo_agent
 from agentcomm.server.testing import test_settings
 from tests.support.frontend import Frontend, of_type
+from tests.support.waiting import wait_until
 
 TIMEOUT = 10.0
 AGENTS = ("echo", "echo-grpc")
@@ -31,6 +32,16 @@ async def stack() -> AsyncIterator[DevStack]:
     )
     await grpc_echo.start()
     try:
+        # start() returns once the server has the registration; the broker hears of it a
+        # moment later, and routes to the agent only from then on.
+        broker = stack.broker
+        assert broker is not None
+
+        def routable() -> bool:
+            info = broker.table.agents.get("echo-grpc")
+            return info is not None and info.is_online
+
+        await wait_until(routable, timeout=TIMEOUT, what="the broker to see echo-grpc")
         yield stack
     finally:
         await grpc_echo.stop()
