@@ -367,3 +367,33 @@ async def test_publishes_into_a_link_that_stopped_reading_wait_and_are_never_sen
     # Only what was in the socket buffers when the link stopped arrives late; the publishes
     # that waited for the link were never sent.
     assert arrived < total // 2, f"{arrived} of {total} timed-out publishes were stored"
+
+
+@bounded
+async def test_a_busy_link_stays_up_across_heartbeat_intervals(
+    rabbitmq_vhost: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # While traffic flows RabbitMQ sends no heartbeats, and the bus's fast path takes every
+    # frame it does send (deliveries, confirms); aiormq, which takes a link that shows it no
+    # frame for (heartbeat + 1) * 3 s for dead, must still hear enough to keep it.
+    caplog.set_level(logging.INFO)
+    bus = RabbitMQBus(amqp_url(rabbitmq_vhost), connect_attempts=2, heartbeat=1)
+    await asyncio.wait_for(bus.connect(), WAIT)
+    try:
+        await bus.declare_queue("busy")
+        got = Collector()
+        await bus.consume("busy", got.handle)
+        loop = asyncio.get_running_loop()
+        until = loop.time() + 9.0
+        sent = 0
+        while loop.time() < until:
+            await asyncio.wait_for(bus.publish("busy", b"{}", message_id=f"m{sent}"), WAIT)
+            sent += 1
+            await asyncio.sleep(0.01)
+        await got.wait_for(sent)
+        assert got.ids == [f"m{n}" for n in range(sent)]
+        assert bus.is_connected
+        assert "stuck" not in caplog.text
+        assert "Reconnecting after" not in caplog.text
+    finally:
+        await asyncio.wait_for(bus.close(), WAIT)

@@ -6,16 +6,20 @@ import asyncio
 import logging
 from typing import Any, cast
 
+import pamqp.frame
 from aiormq.abc import AbstractChannel
 from aiormq.exceptions import ChannelInvalidStateError
 
 from agentcomm.bus.acks import ChannelAcks
+from agentcomm.bus.fastpath import FastPath
 
 
 class FakeChannel:
     def __init__(self, fail: bool = False) -> None:
         self.acks: list[tuple[int, bool]] = []
         self.fail = fail
+        self.number = 1
+        self.is_closed = False
 
     async def basic_ack(self, delivery_tag: int, multiple: bool = False, wait: bool = True) -> None:
         if self.fail:
@@ -149,3 +153,29 @@ async def test_handled_twice_is_acked_once() -> None:
     acks.handled(2)
     await _settle(acks)
     assert channel.acks == [(2, False)]
+
+
+async def test_on_a_fast_path_the_acks_are_written_as_frames() -> None:
+    written: list[bytes] = []
+    fast_path = FastPath(written.append, lambda data: None)
+    channel = FakeChannel()
+    channel.number = 5
+    acks = ChannelAcks(cast(AbstractChannel, channel), "q", (ChannelInvalidStateError,), fast_path)
+    for tag in range(1, 5):
+        acks.delivered(tag)
+    for tag in (1, 2, 4):
+        acks.handled(tag)
+    await _settle(acks)
+    assert channel.acks == []  # nothing through aiormq
+    frames = []
+    data = b"".join(written)
+    while data:
+        consumed, number, frame = pamqp.frame.unmarshal(data)
+        frames.append((number, frame.delivery_tag, frame.multiple))
+        data = data[consumed:]
+    assert frames == [(5, 2, True), (5, 4, False)]
+
+    channel.is_closed = True
+    acks.handled(3)
+    await _settle(acks)
+    assert len(written) == 2  # a closed channel gets no ack (RabbitMQ has the delivery back)

@@ -15,6 +15,8 @@ can pass over them without touching them. Only unsettled deliveries are tracked,
 stays unsettled for long costs one entry, not one for each delivery behind it. Delivery tags
 belong to a channel: a channel that died takes its unsettled deliveries back to the queue, and
 its tracker is dropped with it.
+
+On a link with a fast path (see `fastpath`) the ack frames are written by it directly.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ import logging
 
 from aiormq.abc import AbstractChannel
 
+from agentcomm.bus.fastpath import FastPath
+
 log = logging.getLogger(__name__)
 
 
@@ -31,9 +35,14 @@ class ChannelAcks:
     """The settlement state of one channel's deliveries, in delivery order."""
 
     def __init__(
-        self, channel: AbstractChannel, queue: str, errors: tuple[type[BaseException], ...]
+        self,
+        channel: AbstractChannel,
+        queue: str,
+        errors: tuple[type[BaseException], ...],
+        fast_path: FastPath | None = None,
     ):
         self.channel = channel
+        self._fast_path = fast_path
         self._queue = queue
         self._errors = errors
         # The unsettled deliveries only, in the order RabbitMQ delivered them (tags grow in that
@@ -98,18 +107,25 @@ class ChannelAcks:
                 fresh, self._fresh = self._fresh, []
                 last = self._take_run()
                 if last is not None:
-                    # wait=False: queued behind what this channel sent before, written with
-                    # the rest of this turn's frames.
-                    await channel.basic_ack(last, multiple=True, wait=False)
+                    await self._ack(channel, last, multiple=True)
                 for tag in fresh:
                     if self._unsettled.get(tag):
                         # Handled behind one still running: acked alone, and gone from the
                         # order at once, so a later multiple ack passes over it.
                         del self._unsettled[tag]
-                        await channel.basic_ack(tag, wait=False)
+                        await self._ack(channel, tag, multiple=False)
         except self._errors as exc:
             log.info(
                 "Could not ack deliveries on %s (%r); RabbitMQ will deliver them again",
                 self._queue,
                 exc,
             )
+
+    async def _ack(self, channel: AbstractChannel, tag: int, *, multiple: bool) -> None:
+        fast_path = self._fast_path
+        if fast_path is None:
+            # wait=False: queued behind what this channel sent before, written with the rest
+            # of this turn's frames.
+            await channel.basic_ack(tag, multiple=multiple, wait=False)
+            return
+        fast_path.ack(channel, tag, multiple)

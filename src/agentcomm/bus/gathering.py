@@ -19,6 +19,9 @@ a publisher waits for that before handing over a message, inside its own timeout
 
 It plugs in through aiormq's `transport_factory` (its documented seam for other transports) and
 aio-pika's `connection_class`, so reconnecting connections get it on every reconnect too.
+
+Every link also gets a `FastPath` (see `fastpath`), which reads what arrives before aiormq does
+and writes the publishes and acks of the bus's hot path on the same gathering writer.
 """
 
 from __future__ import annotations
@@ -27,9 +30,12 @@ import asyncio
 from typing import Any
 
 import aio_pika
+from aiormq.abc import AbstractChannel
 from aiormq.connection import TransportFactory
 from aiormq.exceptions import AMQPConnectionError
 from yarl import URL
+
+from agentcomm.bus.fastpath import FastPath
 
 # Held bytes beyond which `drain` sends at once rather than at the end of the turn, so that a
 # burst of large messages does not pile up in memory before the transport sees it.
@@ -37,7 +43,10 @@ _SEND_AT_ONCE_BYTES = 256 * 1024
 
 
 class FlowProtocol(asyncio.StreamReaderProtocol):
-    """A stream protocol that shows whether its transport takes more data, as an Event."""
+    """A stream protocol that shows whether its transport takes more data, as an Event.
+
+    With a `fast_path`, what arrives goes through it first; it passes on to the stream reader
+    (aiormq's) whatever it does not take itself."""
 
     def __init__(self, reader: asyncio.StreamReader, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__(reader, loop=loop)
@@ -45,6 +54,18 @@ class FlowProtocol(asyncio.StreamReaderProtocol):
         # connection is lost (whoever waits then finds the connection gone, not a hang).
         self.writable = asyncio.Event()
         self.writable.set()
+        self.fast_path: FastPath | None = None
+
+    def data_received(self, data: bytes) -> None:
+        fast_path = self.fast_path
+        if fast_path is None:
+            super().data_received(data)
+        else:
+            fast_path.received(data)
+
+    def pass_on(self, data: bytes) -> None:
+        """Hands bytes the fast path did not take to the stream reader."""
+        super().data_received(data)
 
     def pause_writing(self) -> None:
         super().pause_writing()
@@ -55,6 +76,8 @@ class FlowProtocol(asyncio.StreamReaderProtocol):
         self.writable.set()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.fast_path is not None:
+            self.fast_path.lost()
         super().connection_lost(exc)
         self.writable.set()
 
@@ -124,8 +147,9 @@ class GatheringTransportFactory(TransportFactory):
     """Opens the TCP (or TLS, for amqps) link with a GatheringWriter on it."""
 
     def __init__(self) -> None:
-        # The writer of the link opened last: the one the connection sends on.
+        # The writer and fast path of the link opened last: the ones the connection uses.
         self.writer: GatheringWriter | None = None
+        self.fast_path: FastPath | None = None
 
     async def create(
         self, url: URL, **kwargs: Any
@@ -148,6 +172,7 @@ class GatheringTransportFactory(TransportFactory):
         except OSError as exc:
             raise AMQPConnectionError(*exc.args) from exc
         writer = self.writer = GatheringWriter(transport, protocol, reader, loop)
+        protocol.fast_path = self.fast_path = FastPath(writer.write, protocol.pass_on)
         return reader, writer
 
 
@@ -160,6 +185,22 @@ class GatheringRobustConnection(aio_pika.RobustConnection):
         # knows from the keywords, so it is added after.
         self.transport_factory = GatheringTransportFactory()
         self.kwargs["transport_factory"] = self.transport_factory
+        # The aiormq connection of the current link, and that link's fast path.
+        self._linked: tuple[object, FastPath] | None = None
+
+    async def _on_connected(self) -> None:
+        # Before aio-pika restores channels and consumers on the new link, which need it.
+        transport, fast_path = self.transport, self.transport_factory.fast_path
+        if transport is not None and fast_path is not None:
+            self._linked = (transport.connection, fast_path)
+        await super()._on_connected()
+
+    def fast_path_for(self, channel: AbstractChannel) -> FastPath | None:
+        """The fast path of `channel`'s link; None if that link is not the current one."""
+        linked = self._linked
+        if linked is None or channel.connection is not linked[0]:
+            return None
+        return linked[1]
 
     def writable(self) -> asyncio.Event | None:
         """Set while the current link's transport takes more data (None before a link)."""

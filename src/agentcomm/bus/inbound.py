@@ -1,10 +1,12 @@
-"""Deliveries straight from aiormq, without aio-pika's per-delivery wrappers.
+"""Deliveries straight from the link, without aio-pika's per-delivery wrappers.
 
 aio-pika hands each delivery to a consumer as an IncomingMessage (which copies every property
 into a new object) from a task of its own, on top of the task aiormq already runs the consumer
 callback in. A bus process does nothing with a delivery but read its body and a few properties
-and ack it later, so the RabbitMQ bus consumes through `DirectRobustQueue`, which passes aiormq's
-delivery to a `RawConsumer` as it is, wrapped in the slim `InboundMessage`.
+and ack it later, so the RabbitMQ bus consumes through `DirectRobustQueue`: its consumers'
+deliveries are decoded by the link's fast path (see `fastpath`) and handed to a `RawConsumer`
+as the slim `InboundMessage`, synchronously and in delivery order. (Should a delivery reach
+aiormq after all, its consumer callback takes it the same way.)
 
 Everything that makes the consumer robust stays aio-pika's: the consumer is registered with
 the queue like any other, so a reconnect re-declares the queue and consumes it again, and a
@@ -13,6 +15,7 @@ consumer RabbitMQ cancels makes the connection recover.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -21,8 +24,10 @@ from aio_pika.robust_channel import RobustChannel
 from aio_pika.robust_queue import RobustQueue
 from aiormq.abc import AbstractChannel, DeliveredMessage
 from aiormq.exceptions import ChannelInvalidStateError
+from pamqp.commands import Basic
 from pamqp.common import Arguments, FieldTable
 
+from agentcomm.bus.fastpath import FastPath
 from agentcomm.bus.gathering import GatheringRobustConnection
 
 
@@ -31,12 +36,19 @@ class InboundMessage:
 
     __slots__ = ("_channel", "body", "delivery_tag", "properties", "redelivered")
 
-    def __init__(self, delivered: DeliveredMessage) -> None:
-        self.body = delivered.body
-        self.delivery_tag = delivered.delivery_tag
-        self.redelivered = bool(delivered.redelivered)
-        self.properties = delivered.header.properties
-        self._channel = delivered.channel
+    def __init__(
+        self,
+        channel: AbstractChannel,
+        delivery_tag: int | None,
+        redelivered: bool,
+        properties: Basic.Properties,
+        body: bytes,
+    ) -> None:
+        self.body = body
+        self.delivery_tag = delivery_tag
+        self.redelivered = redelivered
+        self.properties = properties
+        self._channel = channel
 
     @property
     def message_id(self) -> str | None:
@@ -69,13 +81,35 @@ class InboundMessage:
 
 
 class RawConsumer:
-    """A consumer callback that takes InboundMessages (see DirectRobustQueue)."""
+    """A consumer callback that takes InboundMessages (see DirectRobustQueue).
 
-    def __init__(self, on_message: Callable[[InboundMessage], Awaitable[None]]) -> None:
+    `on_message` is called synchronously, once per delivery, in delivery order."""
+
+    def __init__(self, on_message: Callable[[InboundMessage], None]) -> None:
         self._on_message = on_message
 
+    def deliver(
+        self,
+        channel: AbstractChannel,
+        delivery_tag: int,
+        redelivered: bool,
+        properties: Basic.Properties,
+        body: bytes,
+    ) -> None:
+        """A delivery decoded by the link's fast path."""
+        self._on_message(InboundMessage(channel, delivery_tag, redelivered, properties, body))
+
     async def on_delivery(self, delivered: DeliveredMessage) -> None:
-        await self._on_message(InboundMessage(delivered))
+        """A delivery aiormq decoded (its task runs this)."""
+        self._on_message(
+            InboundMessage(
+                delivered.channel,
+                delivered.delivery_tag,
+                bool(delivered.redelivered),
+                delivered.header.properties,
+                delivered.body,
+            )
+        )
 
     def __call__(self, message: AbstractIncomingMessage) -> Awaitable[None]:
         # Only so that it can stand where aio-pika expects a callback; DirectRobustQueue never
@@ -101,15 +135,31 @@ class DirectRobustQueue(RobustQueue):
                 callback, no_ack, exclusive, arguments, consumer_tag, timeout, robust
             )
         channel = await self.channel.get_underlay_channel()
-        result = await channel.basic_consume(
-            queue=self.name,
-            consumer_callback=callback.on_delivery,
-            exclusive=exclusive,
-            no_ack=no_ack,
-            arguments=arguments,
-            consumer_tag=consumer_tag,
-            timeout=timeout,
+        tag = consumer_tag or f"ctag{channel.number}.{uuid.uuid4().hex}"
+        robust_channel = self.channel
+        fast_path = (
+            robust_channel.fast_path_for(channel)
+            if isinstance(robust_channel, DirectRobustChannel)
+            else None
         )
+        # Registered before RabbitMQ hears of the consumer, so that its first delivery is
+        # already the fast path's.
+        if fast_path is not None:
+            fast_path.consume(channel, tag, callback.deliver)
+        try:
+            result = await channel.basic_consume(
+                queue=self.name,
+                consumer_callback=callback.on_delivery,
+                exclusive=exclusive,
+                no_ack=no_ack,
+                arguments=arguments,
+                consumer_tag=tag,
+                timeout=timeout,
+            )
+        except BaseException:
+            if fast_path is not None:
+                fast_path.forget_consumer(channel, tag)
+            raise
         if result.consumer_tag is None:
             raise RuntimeError("RabbitMQ gave the consumer no tag.")
         if robust:
@@ -126,6 +176,13 @@ class DirectRobustQueue(RobustQueue):
 
 class DirectRobustChannel(RobustChannel):
     QUEUE_CLASS = DirectRobustQueue
+
+    def fast_path_for(self, channel: AbstractChannel) -> FastPath | None:
+        """The fast path of the link `channel` (this channel's aiormq channel) is on."""
+        connection = self._connection
+        if isinstance(connection, GatheringRobustConnection):
+            return connection.fast_path_for(channel)
+        return None
 
 
 class BusConnection(GatheringRobustConnection):

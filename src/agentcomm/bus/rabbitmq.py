@@ -44,11 +44,10 @@ import logging
 import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Any, cast
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import aio_pika
-import aiormq
 from aio_pika.abc import (
     AbstractRobustChannel,
     AbstractRobustConnection,
@@ -63,9 +62,7 @@ from aio_pika.exceptions import (
     ChannelInvalidStateError,
     ChannelNotFoundEntity,
     ChannelPreconditionFailed,
-    DeliveryError,
     ProbableAuthenticationError,
-    PublishError,
 )
 from aiormq import spec
 from aiormq.abc import AbstractChannel
@@ -84,8 +81,9 @@ from agentcomm.bus.base import (
     Unroutable,
     notify_dead_letter,
 )
+from agentcomm.bus.fastpath import Publisher, Refused, Returned, frame_max_of
 from agentcomm.bus.gathering import GatheringRobustConnection
-from agentcomm.bus.inbound import BusConnection, InboundMessage, RawConsumer
+from agentcomm.bus.inbound import BusConnection, DirectRobustChannel, InboundMessage, RawConsumer
 from agentcomm.bus.turns import KeyedTurns
 
 log = logging.getLogger(__name__)
@@ -149,6 +147,8 @@ class RabbitMQBus:
         self._name = name
         self._connection: AbstractRobustConnection | None = None
         self._publish_channel: AbstractRobustChannel | None = None
+        # Publishes on the publish channel's current aiormq channel (a new one after a reconnect).
+        self._publisher: Publisher | None = None
         self._admin_channel: AbstractRobustChannel | None = None
         self._connect_lock = asyncio.Lock()
         # Declarations share one channel; a refused one closes it, so they take turns rather
@@ -301,8 +301,8 @@ class RabbitMQBus:
         properties = spec.Basic.Properties(
             content_type=JSON_CONTENT_TYPE,
             delivery_mode=_PERSISTENT,
-            # aiormq would invent one anyway (it matches returned messages by id); inventing
-            # it here keeps the id the consumer sees under our control.
+            # Every publish carries an id: the fast path matches a returned message to its
+            # publish by it.
             message_id=message_id or uuid.uuid4().hex,
         )
         await self._publish_message(queue, body, properties, mandatory=mandatory, timeout=timeout)
@@ -553,7 +553,7 @@ class RabbitMQBus:
         channel = self._publish_channel
         if channel is None or self._closed:
             raise BusClosed("Cannot publish: the bus is closed.")
-        # aiormq matches a returned (unroutable) message to its publish by message_id, so two
+        # A returned (unroutable) message is matched to its publish by message_id, so two
         # publishes with the same id in flight at once could swap their outcomes: one would be
         # reported stored while it was returned. Such publishes take turns; others never wait.
         message_id = properties.message_id or ""
@@ -564,9 +564,9 @@ class RabbitMQBus:
                     await self._send(channel, queue, body, properties, mandatory)
                 finally:
                     self._publishing_ids.give_back(message_id)
-        except PublishError as exc:
+        except Returned as exc:
             raise Unroutable(f"No queue named {queue!r} takes this message.") from exc
-        except DeliveryError as exc:
+        except Refused as exc:
             raise BusUnavailable(
                 f"RabbitMQ at {self._where} refused to store the message for {queue!r}."
             ) from exc
@@ -605,12 +605,12 @@ class RabbitMQBus:
         properties: spec.Basic.Properties,
         mandatory: bool,
     ) -> None:
-        # Straight to aiormq's channel: aio-pika's Message and Exchange wrappers only rebuild
-        # these same properties, at a cost that showed in every publish.
+        # Through the link's fast path (see `fastpath`), not aio-pika's Message and Exchange
+        # wrappers or aiormq's publish, whose machinery showed in every publish.
         while True:
             # Waits while the connection is being restored; the caller's timeout bounds it.
             await channel.ready()
-            # wait=False below hands the frames over without waiting for them to be written,
+            # The publish below hands the frames over without waiting for them to be written,
             # so nothing else holds a publisher back while RabbitMQ does not read (an alarm, a
             # stalled link): wait until the link takes data, still inside the caller's
             # timeout, so that a publish that times out was never sent and the memory held
@@ -619,24 +619,32 @@ class RabbitMQBus:
             if writable is not None and not writable.is_set():
                 await writable.wait()
                 continue
-            if not channel.is_closed:
+            publisher = self._publisher
+            if publisher is None or publisher.closed or publisher.channel.is_closed:
+                publisher = self._publisher = await self._open_publisher(channel)
+            if publisher is not None:
                 try:
-                    # (aiormq's own channel class: `wait` is not on its abstract interface.)
-                    underlay = cast(aiormq.Channel, await channel.get_underlay_channel())
-                    # wait=False: not for the frame to be written, only for the confirm, which
-                    # comes after it anyway (back-pressure is the writability wait above).
-                    await underlay.basic_publish(
-                        body,
-                        routing_key=queue,
-                        properties=properties,
-                        mandatory=mandatory,
-                        wait=False,
-                    )
-                    return
+                    confirmed = publisher.publish(queue, body, properties, mandatory)
                 except ChannelInvalidStateError:
                     # Raised before anything was written, so sending again cannot duplicate.
                     pass
+                else:
+                    await confirmed
+                    return
             await asyncio.sleep(self._RESEND_PAUSE)
+
+    async def _open_publisher(self, channel: AbstractRobustChannel) -> Publisher | None:
+        """A publisher on the publish channel's current aiormq channel; None while it is down."""
+        underlay = await channel.get_underlay_channel()
+        if underlay.is_closed or not isinstance(channel, DirectRobustChannel):
+            return None
+        fast_path = channel.fast_path_for(underlay)
+        if fast_path is None:
+            return None  # a channel of a link that has just been replaced
+        try:
+            return fast_path.publisher(underlay, frame_max_of(underlay))
+        except ChannelInvalidStateError:
+            return None
 
     def _writable(self) -> asyncio.Event | None:
         connection = self._connection
@@ -782,14 +790,22 @@ class _RabbitSubscription:
         self._dispatching = False
         await self._close_channel()
 
-    async def _on_message(self, message: InboundMessage) -> None:
+    def _on_message(self, message: InboundMessage) -> None:
         # Called once per delivery, in delivery order; only buffering keeps that order. Also
         # while cancelling: what arrives until RabbitMQ confirms the cancel is given back.
         channel = _channel_of(message)
         if channel is not None and message.delivery_tag is not None:
             acks = self._acks
             if acks is None or acks.channel is not channel:
-                acks = self._acks = ChannelAcks(channel, self.queue_name, _TRANSPORT_ERRORS)
+                robust = self._channel
+                fast_path = (
+                    robust.fast_path_for(channel)
+                    if isinstance(robust, DirectRobustChannel)
+                    else None
+                )
+                acks = self._acks = ChannelAcks(
+                    channel, self.queue_name, _TRANSPORT_ERRORS, fast_path
+                )
             acks.delivered(message.delivery_tag)
         self._buffer.append(message)
         self._start_waiting()
