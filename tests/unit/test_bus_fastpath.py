@@ -343,3 +343,49 @@ async def test_no_ack_is_written_for_a_channel_that_was_closed() -> None:
     with pytest.raises(ChannelInvalidStateError):
         link.path.ack(cast(AbstractChannel, closed_by_aiormq), 1, multiple=False)
     assert link.written == []
+
+
+async def test_an_empty_body_on_a_link_without_a_frame_limit_is_a_header_alone() -> None:
+    link = Link()
+    publisher, _ = _publisher(link, frame_max=0)
+    publisher.publish("q", b"", commands.Basic.Properties(message_id="m1"), False)
+    kinds = [type(frame).__name__ for _, frame in _unmarshal_all(b"".join(link.written))]
+    assert kinds == ["Publish", "ContentHeader"]
+
+
+async def test_a_mandatory_publish_without_an_id_is_refused_before_writing() -> None:
+    # Its return could not be matched to it: it would pass for stored.
+    link = Link()
+    publisher, _ = _publisher(link)
+    with pytest.raises(ValueError, match="message_id"):
+        publisher.publish("q", b"x", commands.Basic.Properties(), True)
+    assert link.written == []
+
+
+async def test_asked_twice_for_one_channel_the_publisher_keeps_its_count() -> None:
+    link = Link()
+    publisher, channel = _publisher(link)
+    first = publisher.publish("q", b"x", commands.Basic.Properties(message_id="a"), False)
+    again = link.path.publisher(cast(AbstractChannel, channel), 131072)
+    assert again is publisher
+    second = again.publish("q", b"y", commands.Basic.Properties(message_id="b"), False)
+    link.feed(_confirm(commands.Basic.Ack(delivery_tag=2)))
+    # Tag 2 is the second publish: the first one is still waiting for its confirm.
+    assert second.done()
+    assert second.exception() is None
+    assert not first.done()
+
+
+async def test_forgetting_a_consumer_of_an_old_channel_leaves_the_new_ones() -> None:
+    link = Link()
+    old = link.consume()
+    link.feed(
+        _method(
+            commands.Channel.Close(reply_code=406, reply_text="x", class_id=0, method_id=0),
+            CONSUME_CHANNEL,
+        )
+    )
+    link.consume()  # a new channel with the same number, and the same tag
+    link.path.forget_consumer(cast(AbstractChannel, old), "ctag-1")
+    link.feed(_delivery(1, b"a"))
+    assert [d.body for d in link.delivered] == [b"a"]

@@ -115,13 +115,18 @@ class Publisher:
         """Writes the message to the default exchange; the future settles with its confirm."""
         if self.closed or self.channel.is_closed:
             raise ChannelInvalidStateError(f"Channel {self.number} is closed.")
+        if mandatory and not properties.message_id:
+            # A Basic.Return names its message only by its properties: without an id, a
+            # returned message could not be told apart and would pass for stored.
+            raise ValueError("A mandatory publish needs a message_id.")
         method = self._method_frames.get((routing_key, mandatory))
         if method is None:
             method = self._method_frame(routing_key, mandatory)
         header = _CONTENT_HEAD.pack(_BASIC, 0, len(body)) + properties.marshal()
         number = self.number
         parts = [method, _frame(_FRAME_HEADER, number, header)]
-        step = self._body_max or len(body)
+        # (An empty body has no body frame; `range` needs a step above zero all the same.)
+        step = self._body_max or max(len(body), 1)
         for start in range(0, len(body), step):
             parts.append(_frame(_FRAME_BODY, number, body[start : start + step]))
         self._last_tag += 1
@@ -236,11 +241,16 @@ class FastPath:
     # -- registration -------------------------------------------------------------------------
 
     def publisher(self, channel: AbstractChannel, frame_max: int) -> Publisher:
-        """A publisher on `channel` (open, in confirm mode, used for nothing else)."""
+        """The publisher on `channel` (open, in confirm mode, used for nothing else).
+
+        Asked again for the same channel, it is the same publisher: RabbitMQ numbers the
+        channel's confirms from one, once, so a second count would settle the wrong publishes."""
         if self._lost or channel in self._gone:
             raise ChannelInvalidStateError("The link to RabbitMQ is closed.")
+        old = self._publishers.get(channel.number)
+        if old is not None and old.channel is channel and not old.closed:
+            return old
         publisher = Publisher(self, channel, frame_max)
-        old = self._publishers.get(publisher.number)
         if old is not None:
             old.close("The channel was replaced.")
         else:
@@ -261,7 +271,12 @@ class FastPath:
         self._consumers[key] = (channel, on)
 
     def forget_consumer(self, channel: AbstractChannel, consumer_tag: str) -> None:
-        if self._consumers.pop((channel.number, consumer_tag), None) is not None:
+        """Ends the registration of `consumer_tag` on `channel` (not one made for another
+        channel that has the same number since)."""
+        key = (channel.number, consumer_tag)
+        registered = self._consumers.get(key)
+        if registered is not None and registered[0] is channel:
+            del self._consumers[key]
             self._unwatch(channel.number)
 
     def ack(self, channel: AbstractChannel, delivery_tag: int, multiple: bool) -> None:

@@ -111,10 +111,20 @@ class RawConsumer:
             )
         )
 
-    def __call__(self, message: AbstractIncomingMessage) -> Awaitable[None]:
-        # Only so that it can stand where aio-pika expects a callback; DirectRobustQueue never
-        # calls it this way.
-        raise TypeError("A RawConsumer takes deliveries through DirectRobustQueue only.")
+    async def __call__(self, message: AbstractIncomingMessage) -> None:
+        """A delivery aio-pika wrapped. DirectRobustQueue never consumes this way, but aio-pika
+        restores a consumer RabbitMQ cancelled through its own `Queue.consume`, with this as
+        the callback; the consumer's deliveries then normally still reach the fast path (its
+        tag stays registered there), and any that do not are taken here."""
+        self._on_message(
+            InboundMessage(
+                message.channel,
+                message.delivery_tag,
+                bool(message.redelivered),
+                message.properties,
+                message.body,
+            )
+        )
 
 
 class DirectRobustQueue(RobustQueue):
