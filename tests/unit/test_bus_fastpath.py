@@ -69,6 +69,11 @@ def _method(frame: Any, channel: int) -> bytes:
     return pamqp.frame.marshal(frame, channel)
 
 
+def _channel_close(channel: int) -> bytes:
+    """RabbitMQ closing a channel, as for a refused Basic.Publish."""
+    return _method(commands.Channel.Close(406, "PRECONDITION_FAILED", 60, 40), channel)
+
+
 def _content(body: bytes, channel: int, frame_max: int = 0, **properties: Any) -> bytes:
     header = ContentHeader(0, len(body), commands.Basic.Properties(**properties))
     frames = [pamqp.frame.marshal(header, channel)]
@@ -164,7 +169,7 @@ async def test_a_forgotten_consumer_and_a_closed_channel_pass_deliveries_on() ->
 
     link = Link()
     link.consume()
-    close = _method(commands.Channel.Close(406, "PRECONDITION_FAILED", 60, 40), CONSUME_CHANNEL)
+    close = _channel_close(CONSUME_CHANNEL)
     link.feed(close + _delivery(2, b"b"))
     assert link.delivered == []
     assert b"".join(link.passed) == close + _delivery(2, b"b")
@@ -283,7 +288,7 @@ async def test_a_closed_channel_or_link_fails_what_was_not_confirmed() -> None:
     link = Link()
     publisher, _ = _publisher(link)
     waiting = publisher.publish("q", b"x", commands.Basic.Properties(), False)
-    close = _confirm(commands.Channel.Close(406, "PRECONDITION_FAILED", 60, 40))
+    close = _channel_close(PUBLISH_CHANNEL)
     link.feed(close)
     with pytest.raises(LinkLost):
         waiting.result()
@@ -330,12 +335,7 @@ async def test_no_ack_is_written_for_a_channel_that_was_closed() -> None:
     channel = link.consume()
     # RabbitMQ closed the channel; aiormq has not marked it closed yet, and the number may
     # soon belong to a new channel, on which this tag would be wrong.
-    link.feed(
-        _method(
-            commands.Channel.Close(reply_code=406, reply_text="x", class_id=0, method_id=0),
-            CONSUME_CHANNEL,
-        )
-    )
+    link.feed(_channel_close(CONSUME_CHANNEL))
     with pytest.raises(ChannelInvalidStateError):
         link.path.ack(cast(AbstractChannel, channel), 41, multiple=False)
     closed_by_aiormq = link.consume(number=OTHER_CHANNEL)
@@ -379,12 +379,7 @@ async def test_asked_twice_for_one_channel_the_publisher_keeps_its_count() -> No
 async def test_forgetting_a_consumer_of_an_old_channel_leaves_the_new_ones() -> None:
     link = Link()
     old = link.consume()
-    link.feed(
-        _method(
-            commands.Channel.Close(reply_code=406, reply_text="x", class_id=0, method_id=0),
-            CONSUME_CHANNEL,
-        )
-    )
+    link.feed(_channel_close(CONSUME_CHANNEL))
     link.consume()  # a new channel with the same number, and the same tag
     link.path.forget_consumer(cast(AbstractChannel, old), "ctag-1")
     link.feed(_delivery(1, b"a"))
