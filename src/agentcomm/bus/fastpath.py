@@ -109,11 +109,16 @@ class Publisher:
         self._method_frames: dict[tuple[str, bool], bytes] = {}
         self.closed = False
 
+    @property
+    def is_closed(self) -> bool:
+        """Closed here (its channel or link is gone) or by aiormq."""
+        return self.closed or self.channel.is_closed
+
     def publish(
         self, routing_key: str, body: bytes, properties: Basic.Properties, mandatory: bool
     ) -> asyncio.Future[None]:
         """Writes the message to the default exchange; the future settles with its confirm."""
-        if self.closed or self.channel.is_closed:
+        if self.is_closed:
             raise ChannelInvalidStateError(f"Channel {self.number} is closed.")
         if mandatory and not properties.message_id:
             # A Basic.Return names its message only by its properties: without an id, a

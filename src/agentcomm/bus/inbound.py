@@ -91,24 +91,23 @@ class RawConsumer:
     def deliver(
         self,
         channel: AbstractChannel,
-        delivery_tag: int,
+        delivery_tag: int | None,
         redelivered: bool,
         properties: Basic.Properties,
         body: bytes,
     ) -> None:
-        """A delivery decoded by the link's fast path."""
+        """A delivery decoded by the link's fast path (and, through the two below, by aiormq
+        or aio-pika)."""
         self._on_message(InboundMessage(channel, delivery_tag, redelivered, properties, body))
 
     async def on_delivery(self, delivered: DeliveredMessage) -> None:
         """A delivery aiormq decoded (its task runs this)."""
-        self._on_message(
-            InboundMessage(
-                delivered.channel,
-                delivered.delivery_tag,
-                bool(delivered.redelivered),
-                delivered.header.properties,
-                delivered.body,
-            )
+        self.deliver(
+            delivered.channel,
+            delivered.delivery_tag,
+            bool(delivered.redelivered),
+            delivered.header.properties,
+            delivered.body,
         )
 
     async def __call__(self, message: AbstractIncomingMessage) -> None:
@@ -116,14 +115,12 @@ class RawConsumer:
         restores a consumer RabbitMQ cancelled through its own `Queue.consume`, with this as
         the callback; the consumer's deliveries then normally still reach the fast path (its
         tag stays registered there), and any that do not are taken here."""
-        self._on_message(
-            InboundMessage(
-                message.channel,
-                message.delivery_tag,
-                bool(message.redelivered),
-                message.properties,
-                message.body,
-            )
+        self.deliver(
+            message.channel,
+            message.delivery_tag,
+            bool(message.redelivered),
+            message.properties,
+            message.body,
         )
 
 
@@ -146,12 +143,7 @@ class DirectRobustQueue(RobustQueue):
             )
         channel = await self.channel.get_underlay_channel()
         tag = consumer_tag or f"ctag{channel.number}.{uuid.uuid4().hex}"
-        robust_channel = self.channel
-        fast_path = (
-            robust_channel.fast_path_for(channel)
-            if isinstance(robust_channel, DirectRobustChannel)
-            else None
-        )
+        fast_path = fast_path_of(self.channel, channel)
         # Registered before RabbitMQ hears of the consumer, so that its first delivery is
         # already the fast path's.
         if fast_path is not None:
@@ -193,6 +185,12 @@ class DirectRobustChannel(RobustChannel):
         if isinstance(connection, GatheringRobustConnection):
             return connection.fast_path_for(channel)
         return None
+
+
+def fast_path_of(robust: object, channel: AbstractChannel) -> FastPath | None:
+    """The fast path that reads and writes for `channel`, the current aiormq channel of the
+    aio-pika channel `robust`; None unless `robust` is one of the bus's direct channels."""
+    return robust.fast_path_for(channel) if isinstance(robust, DirectRobustChannel) else None
 
 
 class BusConnection(GatheringRobustConnection):

@@ -83,7 +83,7 @@ from agentcomm.bus.base import (
 )
 from agentcomm.bus.fastpath import Publisher, Refused, Returned, frame_max_of
 from agentcomm.bus.gathering import GatheringRobustConnection
-from agentcomm.bus.inbound import BusConnection, DirectRobustChannel, InboundMessage, RawConsumer
+from agentcomm.bus.inbound import BusConnection, InboundMessage, RawConsumer, fast_path_of
 from agentcomm.bus.turns import KeyedTurns
 
 log = logging.getLogger(__name__)
@@ -620,7 +620,7 @@ class RabbitMQBus:
                 await writable.wait()
                 continue
             publisher = self._publisher
-            if publisher is None or publisher.closed or publisher.channel.is_closed:
+            if publisher is None or publisher.is_closed:
                 publisher = self._publisher = await self._open_publisher(channel)
             if publisher is not None:
                 try:
@@ -636,9 +636,9 @@ class RabbitMQBus:
     async def _open_publisher(self, channel: AbstractRobustChannel) -> Publisher | None:
         """A publisher on the publish channel's current aiormq channel; None while it is down."""
         underlay = await channel.get_underlay_channel()
-        if underlay.is_closed or not isinstance(channel, DirectRobustChannel):
+        if underlay.is_closed:
             return None
-        fast_path = channel.fast_path_for(underlay)
+        fast_path = fast_path_of(channel, underlay)
         if fast_path is None:
             return None  # a channel of a link that has just been replaced
         try:
@@ -797,14 +797,11 @@ class _RabbitSubscription:
         if channel is not None and message.delivery_tag is not None:
             acks = self._acks
             if acks is None or acks.channel is not channel:
-                robust = self._channel
-                fast_path = (
-                    robust.fast_path_for(channel)
-                    if isinstance(robust, DirectRobustChannel)
-                    else None
-                )
                 acks = self._acks = ChannelAcks(
-                    channel, self.queue_name, _TRANSPORT_ERRORS, fast_path
+                    channel,
+                    self.queue_name,
+                    _TRANSPORT_ERRORS,
+                    fast_path_of(self._channel, channel),
                 )
             acks.delivered(message.delivery_tag)
         self._buffer.append(message)
