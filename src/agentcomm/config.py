@@ -48,6 +48,11 @@ class Settings(BaseSettings):
         description="seconds between AMQP heartbeats; a link silent for about three of them "
         "is taken for dead and reconnected (0: off)",
     )
+    rabbitmq_fast_path: bool = Field(
+        True,
+        description="frame publishes, confirms, deliveries and acks in the bus itself (0: plain "
+        "aio-pika publishes and consumers)",
+    )
     consumer_concurrency: int = Field(
         32,
         ge=1,

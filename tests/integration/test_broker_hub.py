@@ -24,11 +24,11 @@ from agentcomm.broker.presence import AgentTable
 from agentcomm.broker.service import BrokerStartError, ReferenceBroker
 from agentcomm.bus.base import Bus, Delivery, Subscription
 from agentcomm.bus.memory import InMemoryBus
-from agentcomm.bus.queues import BROKER_INPUT_QUEUE, agent_queue
 from agentcomm.generated import agent_registration_service_pb2 as reg_pb
 from agentcomm.generated import agent_registration_service_pb2_grpc as reg_grpc
 from agentcomm.protocol.codec import decode_envelope, encode_for_bus
 from agentcomm.protocol.models import Envelope
+from agentcomm.protocol.queues import BROKER_INPUT_QUEUE, agent_queue
 from agentcomm.protocol.vocabulary import MAX_HOPS, MessageType, RoutingStatus
 from agentcomm.server.testing import HubEndpoints, running_hub
 from tests.conftest import free_port

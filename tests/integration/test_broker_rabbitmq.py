@@ -15,10 +15,10 @@ from agentcomm.broker.presence import AgentTable
 from agentcomm.broker.service import ReferenceBroker
 from agentcomm.bus.base import Delivery
 from agentcomm.bus.factory import create_bus
-from agentcomm.bus.queues import BROKER_INPUT_QUEUE
 from agentcomm.config import Settings
 from agentcomm.protocol.codec import encode_for_bus
 from agentcomm.protocol.models import Envelope
+from agentcomm.protocol.queues import BROKER_INPUT_QUEUE
 from agentcomm.protocol.vocabulary import MessageType
 from agentcomm.server.testing import HubEndpoints, running_hub, test_settings
 from tests.conftest import free_port

@@ -9,9 +9,9 @@ import json
 
 import websockets
 
-from agentcomm.bus.queues import SERVER_INPUT_QUEUE
 from agentcomm.protocol.codec import encode_for_bus
 from agentcomm.protocol.models import Envelope
+from agentcomm.protocol.queues import SERVER_INPUT_QUEUE
 from agentcomm.protocol.vocabulary import MessageType, RoutingStatus
 from agentcomm.server.testing import running_hub, test_settings
 from agentcomm.server.websocket import INBOUND_QUEUE_FRAMES

@@ -11,9 +11,9 @@ import pytest
 from agentcomm.broker.service import ReferenceBroker
 from agentcomm.bus.base import BusUnavailable, Delivery
 from agentcomm.bus.memory import InMemoryBus
-from agentcomm.bus.queues import BROKER_INPUT_QUEUE, SERVER_INPUT_QUEUE
 from agentcomm.protocol.codec import decode_envelope, encode_for_bus
 from agentcomm.protocol.models import AgentInfo, Envelope
+from agentcomm.protocol.queues import BROKER_INPUT_QUEUE, SERVER_INPUT_QUEUE
 from agentcomm.protocol.vocabulary import AgentState, ErrorCode, MessageType, RoutingStatus
 
 WEB = "web_00112233445566778899aabbccddeeff"

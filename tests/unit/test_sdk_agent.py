@@ -12,7 +12,6 @@ import pytest
 
 from agentcomm.bus import Delivery
 from agentcomm.bus.memory import InMemoryBus
-from agentcomm.bus.queues import BROKER_INPUT_QUEUE, agent_queue
 from agentcomm.config import Settings
 from agentcomm.protocol import (
     Envelope,
@@ -21,6 +20,7 @@ from agentcomm.protocol import (
     decode_envelope,
     encode_for_bus,
 )
+from agentcomm.protocol.queues import BROKER_INPUT_QUEUE, agent_queue
 from agentcomm.sdk import (
     Agent,
     Command,

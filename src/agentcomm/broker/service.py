@@ -24,11 +24,11 @@ from agentcomm.broker.presence import AgentTable, PresenceFollower
 from agentcomm.broker.routing import Decision, Outcome, Router, reject_undecodable
 from agentcomm.broker.stamping import decode_fields, routed_body
 from agentcomm.bus.base import Bus, Delivery, Subscription
-from agentcomm.bus.queues import BROKER_INPUT_QUEUE, SERVER_INPUT_QUEUE
 from agentcomm.grpc_channel import CLIENT_KEEPALIVE, ClientTls, open_channel
 from agentcomm.protocol.codec import encode_for_bus, parse_json_object
 from agentcomm.protocol.errors import ProtocolError
 from agentcomm.protocol.ids import new_broker_id
+from agentcomm.protocol.queues import BROKER_INPUT_QUEUE, SERVER_INPUT_QUEUE
 
 log = logging.getLogger(__name__)
 

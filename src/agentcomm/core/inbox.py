@@ -12,10 +12,10 @@ import logging
 from dataclasses import dataclass
 
 from agentcomm.bus.base import Bus, Delivery, NotTaken, Requeue, Subscription
-from agentcomm.bus.queues import BROKER_INPUT_QUEUE, agent_queue
 from agentcomm.protocol.codec import decode_envelope, encode_for_bus
 from agentcomm.protocol.errors import ProtocolError
 from agentcomm.protocol.models import Envelope
+from agentcomm.protocol.queues import BROKER_INPUT_QUEUE, agent_queue
 from agentcomm.protocol.timestamps import utc_now_iso
 from agentcomm.protocol.vocabulary import ErrorCode, MessageType, RoutingStatus
 

@@ -12,7 +12,6 @@ import logging
 from collections.abc import Callable
 
 from agentcomm.bus.base import Bus, BusError, BusUnavailable, Unroutable
-from agentcomm.bus.queues import BROKER_INPUT_QUEUE, agent_queue, server_queue
 from agentcomm.core.answers import AnswerLedger
 from agentcomm.core.clock import Clock, SystemClock
 from agentcomm.core.presence import AgentRegistry
@@ -22,6 +21,7 @@ from agentcomm.protocol.codec import encode_envelope, encode_for_client
 from agentcomm.protocol.errors import ProtocolError
 from agentcomm.protocol.ids import frontend_server_tag, is_frontend_id, server_tag
 from agentcomm.protocol.models import Envelope
+from agentcomm.protocol.queues import BROKER_INPUT_QUEUE, agent_queue, server_queue
 from agentcomm.protocol.timestamps import utc_now_iso
 from agentcomm.protocol.vocabulary import (
     AGENT_SENDABLE,

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from agentcomm.bus import Bus, BusError, BusUnavailable, Delivery, Subscription
-from agentcomm.bus.queues import BROKER_INPUT_QUEUE, agent_queue
 from agentcomm.protocol import (
     Envelope,
     ErrorCode,
@@ -31,6 +30,7 @@ from agentcomm.protocol import (
     decode_envelope,
     encode_for_bus,
 )
+from agentcomm.protocol.queues import BROKER_INPUT_QUEUE, agent_queue
 from agentcomm.sdk import envelopes
 from agentcomm.sdk.errors import AgentError, HandlingAborted, HubUnavailable, PublishFailed
 from agentcomm.sdk.hub_client import HubClient, IncomingMessage

@@ -6,7 +6,6 @@ import logging
 from typing import TYPE_CHECKING
 
 from agentcomm.bus.base import Delivery
-from agentcomm.bus.queues import SERVER_ADVERTISEMENT_QUEUE
 from agentcomm.core.errors import HubError
 from agentcomm.protocol.codec import (
     decode_envelope,
@@ -21,6 +20,7 @@ from agentcomm.protocol.models import (
     RegisterBrokerNotice,
     ServerAdvertisement,
 )
+from agentcomm.protocol.queues import SERVER_ADVERTISEMENT_QUEUE
 from agentcomm.protocol.timestamps import utc_now_iso
 from agentcomm.protocol.vocabulary import ClientType, MessageType
 

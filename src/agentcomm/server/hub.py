@@ -15,14 +15,6 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from agentcomm.bus.base import Bus, BusError, QueueOptions, Subscription
-from agentcomm.bus.queues import (
-    AGENT_METADATA_QUEUE,
-    BROKER_INPUT_QUEUE,
-    SERVER_ADVERTISEMENT_QUEUE,
-    SERVER_INPUT_QUEUE,
-    agent_queue,
-    server_queue,
-)
 from agentcomm.config import Settings
 from agentcomm.core.answers import AnswerLedger
 from agentcomm.core.auth import Authenticator
@@ -38,6 +30,14 @@ from agentcomm.core.timers import LoopTimers
 from agentcomm.protocol.codec import encode_for_client
 from agentcomm.protocol.ids import new_server_id, server_tag
 from agentcomm.protocol.models import AgentInfo, AgentStatusUpdate
+from agentcomm.protocol.queues import (
+    AGENT_METADATA_QUEUE,
+    BROKER_INPUT_QUEUE,
+    SERVER_ADVERTISEMENT_QUEUE,
+    SERVER_INPUT_QUEUE,
+    agent_queue,
+    server_queue,
+)
 from agentcomm.protocol.timestamps import utc_now_iso
 from agentcomm.server.collector import CollectorTuning
 from agentcomm.server.metrics import HubMetrics
