@@ -27,20 +27,24 @@ from pydantic import ValidationError
 
 from agentcomm.broker import strategies
 from agentcomm.broker.ledger import RoutingLedger
+from agentcomm.protocol.errors import ProtocolError
 from agentcomm.protocol.ids import is_frontend_id
 from agentcomm.protocol.models import AgentInfo, Envelope
-from agentcomm.protocol.timestamps import utc_now_iso
+from agentcomm.protocol.rules import (
+    check_frontend_chat_type,
+    check_frontend_receiver,
+    error_envelope,
+    receiver_of,
+    sender_of,
+)
 from agentcomm.protocol.vocabulary import (
     CHAT_TYPES,
     FINAL_ANSWER_TYPES,
     MAX_HOPS,
-    SERVER_RECEIVER,
     ErrorCode,
     MessageType,
     RoutingStatus,
 )
-
-FRONTEND_TYPES = frozenset({MessageType.TEXT, MessageType.CANCEL})
 
 _STALE_NOTE = (
     " The broker has lost contact with the server, so its list of agents may be out of date."
@@ -97,15 +101,6 @@ def routed_envelope(source: Envelope, receiver_id: str) -> Envelope:
     )
 
 
-def sender_of(envelope: Envelope) -> str | None:
-    """Who sent it: `sender_id`, or the frontend connection the server recorded."""
-    return envelope.sender_id or envelope.client_id or None
-
-
-def names_no_receiver(receiver_id: str | None) -> bool:
-    return not receiver_id or receiver_id.strip().lower() == SERVER_RECEIVER
-
-
 class Router:
     """Decides where each message goes; keeps what it learns in a `RoutingLedger`."""
 
@@ -160,27 +155,19 @@ class Router:
     def _from_frontend(
         self, envelope: Envelope, sender: str, agents: Mapping[str, AgentInfo], stale: bool
     ) -> Decision:
-        if envelope.message_type not in FRONTEND_TYPES:
-            return self._error(
-                envelope,
-                ErrorCode.UNSUPPORTED_TYPE,
-                f"A frontend may send TEXT or CANCEL, not {envelope.message_type.value}.",
-            )
-        receiver = envelope.receiver_id
-        if names_no_receiver(receiver):
+        receiver = receiver_of(envelope)
+        try:
+            check_frontend_chat_type(envelope)
+            if receiver != sender:
+                check_frontend_receiver(receiver, envelope.message_id)
+        except ProtocolError as exc:
+            return self._error(envelope, exc.code, exc.text)
+        if receiver is None:
             if envelope.message_type is MessageType.CANCEL:
                 return self._cancel_without_receiver(envelope, agents, stale)
             return self._choose(envelope, sender, agents, stale)
-        assert receiver is not None
         if receiver == sender:
             return self._to_self(envelope)
-        if is_frontend_id(receiver):
-            return self._error(
-                envelope,
-                ErrorCode.UNKNOWN_RECEIVER,
-                "Frontends cannot send messages to other frontends; name an agent, "
-                "or leave receiver_id empty to let the broker choose one.",
-            )
         return self._to_named_agent(envelope, receiver, agents, stale)
 
     def _choose(
@@ -227,8 +214,8 @@ class Router:
         stale: bool,
         answers: str | None,
     ) -> Decision:
-        receiver = envelope.receiver_id
-        if names_no_receiver(receiver):
+        receiver = receiver_of(envelope)
+        if receiver is None:
             return self._error(
                 envelope,
                 ErrorCode.UNKNOWN_RECEIVER,
@@ -236,7 +223,6 @@ class Router:
                 "the frontend or agent it is for.",
                 answers=answers,
             )
-        assert receiver is not None
         if receiver == sender:
             return self._to_self(envelope, answers)
         if is_frontend_id(receiver):
@@ -313,7 +299,7 @@ class Router:
         answers: str | None = None,
     ) -> Decision:
         error = error_envelope(
-            broker_id=self.broker_id,
+            sender_id=self.broker_id,
             receiver_id=sender_of(envelope),
             code=code,
             text=text,
@@ -327,35 +313,6 @@ class Router:
 
     def _drop(self, envelope: Envelope, why: str) -> Decision:
         return Decision(Outcome.DROP, envelope, None, f"dropped: {why}")
-
-
-def error_envelope(
-    *,
-    broker_id: str,
-    receiver_id: str | None,
-    code: ErrorCode,
-    text: str,
-    in_reply_to: str | None,
-    conversation_id: str | None = None,
-    client_id: str | None = None,
-    server_id: str | None = None,
-    hops: int = 0,
-) -> Envelope:
-    """A broker ERROR for server_input_queue, addressed to whoever sent the failed message."""
-    return Envelope(
-        message_type=MessageType.ERROR,
-        sender_id=broker_id,
-        receiver_id=receiver_id,
-        text_payload=text,
-        send_timestamp=utc_now_iso(),
-        in_reply_to_message_id=in_reply_to,
-        conversation_id=conversation_id,
-        routing_status=RoutingStatus.ERROR,
-        error_code=code.value,
-        client_id=client_id,
-        server_id=server_id,
-        hops=hops,
-    )
 
 
 def reject_undecodable(
@@ -376,7 +333,7 @@ def reject_undecodable(
         return None
     try:
         return error_envelope(
-            broker_id=broker_id,
+            sender_id=broker_id,
             receiver_id=receiver,
             code=code,
             text=text,

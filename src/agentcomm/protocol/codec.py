@@ -80,7 +80,7 @@ def message_type_of(data: dict[str, Any]) -> MessageType:
     raw_type = data.get("message_type")
     if not isinstance(raw_type, str) or not raw_type:
         raise ProtocolError(
-            ErrorCode.INVALID_MESSAGE, "The field message_type is missing.", _reply_id(data)
+            ErrorCode.INVALID_MESSAGE, "The field message_type is missing.", reply_id(data)
         )
     try:
         return MessageType(raw_type)
@@ -88,7 +88,7 @@ def message_type_of(data: dict[str, Any]) -> MessageType:
         raise ProtocolError(
             ErrorCode.UNSUPPORTED_TYPE,
             f"Unknown message_type {raw_type[:64]!r}.",
-            _reply_id(data),
+            reply_id(data),
         ) from None
 
 
@@ -96,7 +96,7 @@ def validate_model(model: type[ModelT], data: dict[str, Any]) -> ModelT:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise ProtocolError(ErrorCode.INVALID_MESSAGE, _describe(exc), _reply_id(data)) from None
+        raise ProtocolError(ErrorCode.INVALID_MESSAGE, _describe(exc), reply_id(data)) from None
 
 
 def decode_envelope(raw: bytes | str) -> Envelope:
@@ -116,7 +116,8 @@ def decode_register_frontend(data: dict[str, Any]) -> RegisterFrontend:
     return validate_model(RegisterFrontend, data)
 
 
-def _reply_id(data: dict[str, Any]) -> str | None:
+def reply_id(data: dict[str, Any]) -> str | None:
+    """The message_id an answer to `data` can name, when it has a usable one."""
     message_id = data.get("message_id")
     if isinstance(message_id, str) and 0 < len(message_id) <= 128:
         return message_id

@@ -7,6 +7,7 @@ from typing import Any
 from agentcomm.protocol import Envelope, ErrorCode, MessageType, RoutingStatus
 from agentcomm.protocol.ids import new_message_id
 from agentcomm.protocol.models import CHUNK_COUNT_KEY
+from agentcomm.protocol.rules import error_envelope
 from agentcomm.protocol.timestamps import utc_now_iso
 
 
@@ -61,11 +62,16 @@ def chunk(incoming: Envelope, agent_id: str, message_id: str, seq: int, delta: s
 
 def error(incoming: Envelope, agent_id: str, code: ErrorCode, text: str) -> Envelope:
     """An ERROR about the incoming message, for its sender."""
-    return _answer(
-        incoming,
-        agent_id,
-        MessageType.ERROR,
-        new_message_id(),
-        error_code=code.value,
-        text_payload=text,
+    return error_envelope(
+        sender_id=agent_id,
+        receiver_id=incoming.sender_id,
+        code=code,
+        text=text,
+        in_reply_to=incoming.message_id,
+        conversation_id=incoming.conversation_id,
+        client_id=incoming.client_id,
+        server_id=incoming.server_id,
+        hops=incoming.hops,
+        # Published for the broker to route, like any answer.
+        routing_status=RoutingStatus.PENDING,
     )
