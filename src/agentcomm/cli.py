@@ -120,7 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(settings)
 
     if args.command == "serve":
-        from agentcomm.server.runner import serve
+        from agentcomm.server.lifecycle.serve import serve
 
         return _run(lambda: serve(settings))
     if args.command == "broker":

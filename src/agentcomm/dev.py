@@ -6,6 +6,7 @@ bus by default, RabbitMQ with `--bus rabbitmq`. Ctrl+C stops everything in rever
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from agentcomm.broker.service import ReferenceBroker
@@ -17,8 +18,8 @@ from agentcomm.protocol.ids import new_broker_id
 from agentcomm.sdk.agent import Agent
 from agentcomm.sdk.demo_agents import build_demo_agent
 from agentcomm.server.collector import tune_collector_for_serving
-from agentcomm.server.runner import wait_for_stop_signal
-from agentcomm.server.running import RunningServer
+from agentcomm.server.lifecycle.running import RunningServer
+from agentcomm.signals import stop_on_signals
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +115,8 @@ async def run_dev(settings: Settings) -> int:
         f"gRPC: {settings.grpc_host}:{stack.server.grpc_port}\n  Ctrl+C stops everything.\n",
         flush=True,
     )
-    await wait_for_stop_signal()
-    await stack.stop()
+    stop = asyncio.Event()
+    with stop_on_signals(stop.set):
+        await stop.wait()
+        await stack.stop()
     return 0

@@ -17,7 +17,7 @@ ChannelOptions = Sequence[tuple[str, Any]]
 # A connection that stops answering is closed, and its calls and streams fail, within about
 # 15 s: a ping after 10 s without traffic, 5 s for its answer. (This gRPC applies its generic
 # ping timeout, 60 s by default, to keepalive pings too, so it is set as well.) The server
-# accepts pings this often (grpc_server.py).
+# accepts pings this often (server/grpc/server.py).
 CLIENT_KEEPALIVE: ChannelOptions = (
     ("grpc.keepalive_time_ms", 10_000),
     ("grpc.keepalive_timeout_ms", 5_000),
@@ -26,14 +26,14 @@ CLIENT_KEEPALIVE: ChannelOptions = (
 )
 
 # Every hub accepts gRPC requests of at least this size, whatever its MAX_MESSAGE_BYTES
-# (grpc_server.py): a client that puts several items in one request keeps it within this, and
+# (server/grpc/server.py): a client that puts several items in one request keeps it within this, and
 # a request over the hub's limit ends its whole stream, not just the item that made it large.
 REQUEST_BYTES_ACCEPTED = 64 * 1024
 
 # What a client takes in one response. gRPC's default, 4 MiB, is below what the hub may send in
-# one: a batch of messages (up to 1 MiB, core/inbox.py) or a single message of a hub configured
-# for larger ones; a response over it would fail the stream it came on, and again on every
-# redelivery.
+# one: a batch of messages (up to 1 MiB, server/grpc/inboxes.py) or a single message of a hub
+# configured for larger ones; a response over it would fail the stream it came on, and again on
+# every redelivery.
 CLIENT_MAX_RECEIVE_BYTES = 64 * 1024 * 1024
 
 

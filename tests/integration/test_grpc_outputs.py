@@ -22,8 +22,8 @@ from agentcomm.generated import agent_registration_service_pb2_grpc as reg_grpc
 from agentcomm.grpc_channel import REQUEST_BYTES_ACCEPTED
 from agentcomm.protocol import Envelope, MessageType
 from agentcomm.sdk.hub_client import GrpcHubClient, IncomingMessage, RegistrationRequest
-from agentcomm.server.grpc_malformed import RejectMalformedRequests
-from agentcomm.server.grpc_registration import AgentRegistrationServicer
+from agentcomm.server.grpc.agents import AgentRegistrationServicer
+from agentcomm.server.grpc.malformed import RejectMalformedRequests
 from agentcomm.server.testing import HubEndpoints, running_hub, test_settings
 from tests.support.agent import GrpcAgent, StreamReader
 from tests.support.bus import BROKER_INPUT_QUEUE, QueueTap, agent_queue, publish_json, tap
@@ -465,7 +465,7 @@ async def second_port(hub: HubEndpoints, *, older: bool) -> AsyncIterator[tuple[
     """Another gRPC port on the same hub, recording the methods called on it."""
     recorder = _Recorder()
     server = grpc.aio.server(interceptors=[recorder, RejectMalformedRequests()])
-    servicer = (_OlderServicer if older else AgentRegistrationServicer)(hub.hub)
+    servicer = (_OlderServicer if older else AgentRegistrationServicer)(hub.hub.grpc_parts())
     reg_grpc.add_AgentRegistrationServiceServicer_to_server(servicer, server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()

@@ -13,12 +13,12 @@ import grpc
 import pytest
 
 from agentcomm.bus.memory import InMemoryBus
-from agentcomm.core.inbox import MAX_BATCH_BYTES, AgentInbox
 from agentcomm.generated import agent_registration_service_pb2 as reg_pb
 from agentcomm.protocol import Envelope, MessageType
 from agentcomm.sdk.hub_client import GrpcHubClient, IncomingMessage, RegistrationRequest
 from agentcomm.sdk.transports import GrpcWork
-from agentcomm.server import grpc_outputs
+from agentcomm.server.grpc import outputs as grpc_outputs
+from agentcomm.server.grpc.inboxes import MAX_BATCH_BYTES, AgentInbox
 from agentcomm.server.testing import running_hub, test_settings
 from tests.support.agent import GrpcAgent, StreamReader
 from tests.support.bus import BROKER_INPUT_QUEUE, agent_queue, publish_json, tap

@@ -14,7 +14,7 @@ from agentcomm.protocol.models import Envelope
 from agentcomm.protocol.queues import SERVER_INPUT_QUEUE
 from agentcomm.protocol.vocabulary import MessageType, RoutingStatus
 from agentcomm.server.testing import running_hub, test_settings
-from agentcomm.server.websocket import INBOUND_QUEUE_FRAMES
+from agentcomm.server.ws.connection import INBOUND_QUEUE_FRAMES
 from tests.support.agent import GrpcAgent
 from tests.support.frontend import Frontend, of_type
 from tests.support.waiting import wait_until

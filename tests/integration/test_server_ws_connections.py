@@ -17,8 +17,8 @@ TIMEOUT = 15.0
 async def test_a_closed_frontend_connection_is_freed_without_the_garbage_collector() -> None:
     async with running_hub() as hub:
         frontend = await Frontend.registered(hub.ws_url, "short-lived")
-        await wait_until(lambda: len(hub.hub.connections) == 1, timeout=TIMEOUT)
-        (link,) = hub.hub.connections
+        await wait_until(lambda: len(hub.hub.state.connections) == 1, timeout=TIMEOUT)
+        (link,) = hub.hub.state.connections
         protocol_ref = weakref.ref(link._output)  # the uvicorn protocol lending its transport
         del link
         gc.collect()

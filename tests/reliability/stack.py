@@ -38,7 +38,7 @@ RABBITMQ_START_TIMEOUT = 60.0
 # redelivered): expected here, where links are cut on purpose.
 EXPECTED_TRACEBACKS = (
     "aiormq.exceptions.",
-    "agentcomm.core.inbox.InboxClosed",
+    "agentcomm.server.grpc.inboxes.InboxClosed",
     "agentcomm.bus.base.BusUnavailable",
 )
 

@@ -151,8 +151,8 @@ async def test_links_cut_or_stalled_mid_stream_lose_and_duplicate_nothing(
         assert not report.refusals, report
 
 
-# The server's gRPC keepalive (grpc_server.py): a ping every 10 s, 5 s for the answer; then the
-# agent's streams are gone and STREAM_GRACE (1 s here) later the agent is offline.
+# The server's gRPC keepalive (server/grpc/server.py): a ping every 10 s, 5 s for the answer; then
+# the agent's streams are gone and STREAM_GRACE (1 s here) later the agent is offline.
 GRPC_DEAD_LINK_BOUND = 10 + 5 + 1 + 3.0
 
 

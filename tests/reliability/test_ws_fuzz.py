@@ -18,7 +18,7 @@ import websockets
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agentcomm.server.running import RunningServer
+from agentcomm.server.lifecycle.running import RunningServer
 from agentcomm.server.testing import test_settings
 from tests.support.loop_thread import LoopThread
 

@@ -1,4 +1,5 @@
-"""The server's routing decisions (core/routing.py), on the in-process bus with fake sockets."""
+"""The server's routing decisions (core/routing/), carried out on the in-process bus with fake
+sockets (server/routing.py)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from agentcomm.core.streams import ReplyStreams
 from agentcomm.protocol.errors import ProtocolError
 from agentcomm.protocol.models import Envelope
 from agentcomm.protocol.vocabulary import ErrorCode
+from agentcomm.server.routing import RouteRunner
 
 # Everything here runs on the in-process bus and completes at once; this bounds each test
 # should a wait ever hang.
@@ -49,7 +51,7 @@ class World:
     registry: AgentRegistry
     sessions: FrontendSessions
     answers: AnswerLedger
-    router: ServerRouter
+    router: RouteRunner
     alice: str
     alice_link: Link
     bob: str
@@ -77,13 +79,16 @@ async def world() -> AsyncIterator[World]:
     registry = AgentRegistry(clock, agent_timeout=30, stream_grace=3)
     sessions = FrontendSessions(clock, resume_window=60)
     answers = AnswerLedger(clock, delivery_timeout=300)
-    router = ServerRouter(
-        server_id=SERVER_ID,
-        bus=bus,
-        registry=registry,
-        sessions=sessions,
-        answers=answers,
-        streams=ReplyStreams(clock),
+    router = RouteRunner(
+        ServerRouter(
+            server_id=SERVER_ID,
+            registry=registry,
+            sessions=sessions,
+            answers=answers,
+            streams=ReplyStreams(clock),
+        ),
+        bus,
+        sessions,
     )
     alice_link, bob_link = Link(), Link()
     alice, _ = sessions.register(alice_link, "Alice", {})
@@ -617,11 +622,10 @@ async def test_messages_of_an_agent_that_stays_offline_are_answered_for_it(world
     assert await world.router.answer_abandoned() == 0
 
 
-def just_started(world: World, expect_agents_for: float) -> ServerRouter:
+def just_started(world: World, expect_agents_for: float) -> RouteRunner:
     """A router of a server that has just started, on the world's parts."""
-    return ServerRouter(
+    decisions = ServerRouter(
         server_id=SERVER_ID,
-        bus=world.bus,
         registry=world.registry,
         sessions=world.sessions,
         answers=world.answers,
@@ -629,6 +633,7 @@ def just_started(world: World, expect_agents_for: float) -> ServerRouter:
         clock=world.clock,
         expect_agents_for=expect_agents_for,
     )
+    return RouteRunner(decisions, world.bus, world.sessions)
 
 
 async def test_a_new_server_lets_messages_wait_for_agents_of_the_server_before_it(

@@ -9,8 +9,8 @@ from collections.abc import Callable
 
 import pytest
 
-from agentcomm.server.close_codes import CLOSE_NORMAL, CLOSE_TOO_SLOW
-from agentcomm.server.ws_output import OutputScheduler, SocketLink, text_frame
+from agentcomm.server.ws.close_codes import CLOSE_NORMAL, CLOSE_TOO_SLOW
+from agentcomm.server.ws.output import OutputScheduler, SocketLink, text_frame
 
 
 class FakeOutput:

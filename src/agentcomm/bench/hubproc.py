@@ -26,8 +26,8 @@ from agentcomm.logging_setup import configure_logging
 from agentcomm.sdk.agent import Agent
 from agentcomm.sdk.demo_agents import build_demo_agent
 from agentcomm.server.collector import tune_collector_for_serving
-from agentcomm.server.runner import wait_for_stop_signal
-from agentcomm.server.running import RunningServer
+from agentcomm.server.lifecycle.running import RunningServer
+from agentcomm.signals import wait_for_stop_signal
 
 log = logging.getLogger(__name__)
 

@@ -3,52 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import signal
-from collections.abc import Iterator
 
 from agentcomm.broker.service import BrokerStartError, ReferenceBroker
 from agentcomm.bus.base import BusError
 from agentcomm.config import Settings
 from agentcomm.core.auth import token_subject
 from agentcomm.grpc_channel import ClientTls
+from agentcomm.signals import stop_on_signals
 
 log = logging.getLogger(__name__)
-
-_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-
-@contextlib.contextmanager
-def _stop_on_signals() -> Iterator[asyncio.Event]:
-    """An event set by the first SIGINT/SIGTERM.
-
-    The handlers are removed on the first signal, so a second Ctrl+C falls through to
-    Python's default and interrupts a shutdown that hangs.
-    """
-    loop = asyncio.get_running_loop()
-    stopping = asyncio.Event()
-    installed: list[signal.Signals] = []
-
-    def on_signal(received: signal.Signals) -> None:
-        log.info("Received %s, stopping (again to force)", received.name)
-        stopping.set()
-        for sig in installed:
-            loop.remove_signal_handler(sig)
-        installed.clear()
-
-    for sig in _STOP_SIGNALS:
-        try:
-            loop.add_signal_handler(sig, on_signal, sig)
-        except (NotImplementedError, RuntimeError):
-            # No loop signal handlers here (e.g. Windows): Ctrl+C still raises KeyboardInterrupt.
-            continue
-        installed.append(sig)
-    try:
-        yield stopping
-    finally:
-        for sig in installed:
-            loop.remove_signal_handler(sig)
 
 
 async def run_broker(settings: Settings, broker_id: str | None, broker_name: str) -> int:
@@ -75,7 +39,8 @@ async def run_broker(settings: Settings, broker_id: str | None, broker_name: str
         tls=ClientTls.from_settings(settings),
     )
     try:
-        with _stop_on_signals() as stopping:
+        stopping = asyncio.Event()
+        with stop_on_signals(stopping.set):
             if not await _start_unless_stopped(broker, stopping):
                 return 1
             await stopping.wait()

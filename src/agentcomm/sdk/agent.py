@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import platform
-import signal
 import socket
 import time
 import uuid
@@ -29,6 +28,7 @@ from agentcomm.sdk.hub_client import GrpcHubClient, HubClient, RegistrationReque
 from agentcomm.sdk.message import AgentStatus, CommandHandler, MessageHandler
 from agentcomm.sdk.runtime import AgentRuntime
 from agentcomm.sdk.transports import BusWork, GrpcWork, TransportName, WorkTransport
+from agentcomm.signals import stop_on_signals
 
 HandlerT = TypeVar("HandlerT", bound=MessageHandler)
 CommandT = TypeVar("CommandT", bound=CommandHandler)
@@ -252,15 +252,12 @@ class Agent:
 
     async def serve(self, *, handle_signals: bool = True) -> None:
         """start(), then run until stopped; SIGINT/SIGTERM stop it (a second one kills)."""
-        loop = asyncio.get_running_loop()
-        installed = _install_stop_signals(loop, self.request_stop) if handle_signals else []
-        try:
-            await self.start()
-            await self.wait_stopped()
-        finally:
-            for signum in installed:
-                loop.remove_signal_handler(signum)
-            await self.stop()
+        with stop_on_signals(self.request_stop) if handle_signals else contextlib.nullcontext():
+            try:
+                await self.start()
+                await self.wait_stopped()
+            finally:
+                await self.stop()
 
     def run(self) -> None:
         """Blocking: serve() in a new event loop until SIGINT/SIGTERM or a shutdown command."""
@@ -331,25 +328,3 @@ class Agent:
             hostname=socket.gethostname(),
             platform=platform.platform(),
         )
-
-
-def _install_stop_signals(
-    loop: asyncio.AbstractEventLoop, request_stop: Callable[[], None]
-) -> list[signal.Signals]:
-    """SIGINT/SIGTERM ask for a graceful stop; the handlers then step aside, so that a second
-    Ctrl+C interrupts at once."""
-    signums = [signal.SIGINT, signal.SIGTERM]
-
-    def on_signal() -> None:
-        for signum in signums:
-            loop.remove_signal_handler(signum)
-        request_stop()
-
-    installed: list[signal.Signals] = []
-    for signum in signums:
-        try:
-            loop.add_signal_handler(signum, on_signal)
-        except (NotImplementedError, RuntimeError, ValueError):
-            break  # not the main thread, or a platform without signal handlers in the loop
-        installed.append(signum)
-    return installed

@@ -11,8 +11,8 @@ from agentcomm.bus.base import Bus
 from agentcomm.bus.memory import InMemoryBus
 from agentcomm.config import Settings
 from agentcomm.core.clock import Clock
-from agentcomm.server.hub import Hub
-from agentcomm.server.running import RunningServer
+from agentcomm.server.lifecycle.hub import Hub
+from agentcomm.server.lifecycle.running import RunningServer
 
 
 @dataclass

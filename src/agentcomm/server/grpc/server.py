@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -17,13 +16,11 @@ from agentcomm.generated import agent_status_service_pb2_grpc as status_grpc
 from agentcomm.generated import broker_registration_service_pb2 as broker_pb
 from agentcomm.generated import broker_registration_service_pb2_grpc as broker_grpc
 from agentcomm.grpc_channel import REQUEST_BYTES_ACCEPTED
-from agentcomm.server.grpc_broker import BrokerRegistrationServicer
-from agentcomm.server.grpc_malformed import RejectMalformedRequests
-from agentcomm.server.grpc_registration import AgentRegistrationServicer
-from agentcomm.server.grpc_status import AgentStatusServicer
-
-if TYPE_CHECKING:
-    from agentcomm.server.hub import Hub
+from agentcomm.server.grpc.agents import AgentRegistrationServicer
+from agentcomm.server.grpc.brokers import BrokerRegistrationServicer
+from agentcomm.server.grpc.malformed import RejectMalformedRequests
+from agentcomm.server.grpc.parts import GrpcParts
+from agentcomm.server.grpc.status import AgentStatusServicer
 
 SERVICE_NAMES = (
     registration_pb.DESCRIPTOR.services_by_name["AgentRegistrationService"].full_name,
@@ -49,12 +46,12 @@ def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
     )
 
 
-async def start_grpc_server(hub: Hub) -> tuple[grpc.aio.Server, int]:
+async def start_grpc_server(parts: GrpcParts) -> tuple[grpc.aio.Server, int]:
     # The transport's limit is well above MAX_MESSAGE_BYTES, which each call checks per
     # envelope: an envelope too large then gets a clear refusal of its own (on SendOutputs, of
     # its item alone), where a request over this limit ends its call, and with it every other
     # item on the stream. It still bounds what one request makes the server hold.
-    request_limit = 4 * hub.settings.max_message_bytes + REQUEST_BYTES_ACCEPTED
+    request_limit = 4 * parts.settings.max_message_bytes + REQUEST_BYTES_ACCEPTED
     server = grpc.aio.server(
         interceptors=[RejectMalformedRequests()],
         options=[
@@ -75,26 +72,28 @@ async def start_grpc_server(hub: Hub) -> tuple[grpc.aio.Server, int]:
         ],
     )
     registration_grpc.add_AgentRegistrationServiceServicer_to_server(
-        AgentRegistrationServicer(hub), server
+        AgentRegistrationServicer(parts), server
     )
-    status_grpc.add_AgentStatusServiceServicer_to_server(AgentStatusServicer(hub), server)
+    status_grpc.add_AgentStatusServiceServicer_to_server(
+        AgentStatusServicer(parts.auth, parts.registry, parts.brokers), server
+    )
     broker_grpc.add_BrokerRegistrationServiceServicer_to_server(
-        BrokerRegistrationServicer(hub), server
+        BrokerRegistrationServicer(parts.auth, parts.brokers), server
     )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
-    address = f"{hub.settings.grpc_host}:{hub.settings.grpc_port}"
-    credentials = server_credentials(hub.settings)
+    address = f"{parts.settings.grpc_host}:{parts.settings.grpc_port}"
+    credentials = server_credentials(parts.settings)
     if credentials is None:
         port = server.add_insecure_port(address)
     else:
         port = server.add_secure_port(address, credentials)
     if port == 0:
         raise OSError(
-            f"Cannot listen for gRPC on {hub.settings.grpc_host}:{hub.settings.grpc_port}."
+            f"Cannot listen for gRPC on {parts.settings.grpc_host}:{parts.settings.grpc_port}."
         )
     await server.start()
     for name in ("", *SERVICE_NAMES):

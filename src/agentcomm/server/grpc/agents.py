@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterable, AsyncIterator
-from typing import TYPE_CHECKING
 
 import grpc
 
@@ -12,16 +11,15 @@ from agentcomm.bus.base import BusError
 from agentcomm.core.auth import Role
 from agentcomm.core.commands import CommandOutcome
 from agentcomm.core.errors import HubError
-from agentcomm.core.inbox import AgentInbox
 from agentcomm.core.presence import parse_reported_status
 from agentcomm.generated import agent_registration_service_pb2 as pb
 from agentcomm.generated import agent_registration_service_pb2_grpc as pb_grpc
 from agentcomm.protocol.codec import decode_envelope
 from agentcomm.protocol.errors import ProtocolError
-from agentcomm.protocol.ids import FRONTEND_PREFIX, is_frontend_id, new_agent_id
+from agentcomm.protocol.ids import new_agent_id
 from agentcomm.protocol.models import MAX_NAME_CHARS
-from agentcomm.protocol.vocabulary import SERVER_RECEIVER
-from agentcomm.server.grpc_context import (
+from agentcomm.protocol.rules import reserved_agent_id_refusal
+from agentcomm.server.grpc.context import (
     Context,
     abort_for,
     authorize,
@@ -31,10 +29,9 @@ from agentcomm.server.grpc_context import (
     require_id,
     require_map,
 )
-from agentcomm.server.grpc_outputs import serve_outputs
-
-if TYPE_CHECKING:
-    from agentcomm.server.hub import Hub
+from agentcomm.server.grpc.inboxes import AgentInbox
+from agentcomm.server.grpc.outputs import serve_outputs
+from agentcomm.server.grpc.parts import GrpcParts
 
 log = logging.getLogger(__name__)
 
@@ -48,13 +45,13 @@ BATCH_BUSY = 4
 
 
 class AgentRegistrationServicer(pb_grpc.AgentRegistrationServiceServicer):
-    def __init__(self, hub: Hub) -> None:
-        self._hub = hub
+    def __init__(self, parts: GrpcParts) -> None:
+        self._parts = parts
 
     async def RegisterAgent(
         self, request: pb.AgentRegistrationRequest, context: Context
     ) -> pb.AgentRegistrationResponse:
-        principal = await authorize(self._hub.auth, context, Role.AGENT, request.agent_id or None)
+        principal = await authorize(self._parts.auth, context, Role.AGENT, request.agent_id or None)
         if request.agent_id:
             agent_id = request.agent_id
         elif principal is not None and principal.role is Role.AGENT:
@@ -62,14 +59,9 @@ class AgentRegistrationServicer(pb_grpc.AgentRegistrationServiceServicer):
         else:
             agent_id = new_agent_id()
         await require_id(context, agent_id, "agent_id")
-        if agent_id.lower() == SERVER_RECEIVER or is_frontend_id(agent_id):
-            # Routing reads these as "no receiver" or as a frontend: the agent would be listed
-            # online and never be reachable.
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"agent_id {agent_id!r} is reserved: 'server' and ids starting with "
-                f"'{FRONTEND_PREFIX}' name the server and frontends.",
-            )
+        reserved = reserved_agent_id_refusal(agent_id)
+        if reserved is not None:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, reserved)
         if len(request.agent_name) > MAX_NAME_CHARS:
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT,
@@ -77,11 +69,11 @@ class AgentRegistrationServicer(pb_grpc.AgentRegistrationServiceServicer):
             )
         capabilities = await require_map(context, dict(request.capabilities), "capabilities")
         try:
-            await self._hub.declare_agent_queue(agent_id)
+            await self._parts.declare_agent_queue(agent_id)
         except BusError as exc:
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"Message bus unavailable: {exc}")
         try:
-            record = self._hub.registry.register(
+            record = self._parts.registry.register(
                 agent_id,
                 request.agent_name,
                 caller_session(context),
@@ -96,22 +88,22 @@ class AgentRegistrationServicer(pb_grpc.AgentRegistrationServiceServicer):
             success=True,
             message=f"Agent {record.agent_id} registered.",
             server_assigned_id=record.agent_id,
-            heartbeat_interval=self._hub.settings.heartbeat_interval,
-            server_id=self._hub.server_id,
+            heartbeat_interval=self._parts.settings.heartbeat_interval,
+            server_id=self._parts.server_id,
         )
 
     async def UnregisterAgent(
         self, request: pb.AgentUnregistrationRequest, context: Context
     ) -> pb.AgentUnregistrationResponse:
         await require_id(context, request.agent_id, "agent_id")
-        await authorize(self._hub.auth, context, Role.AGENT, request.agent_id)
+        await authorize(self._parts.auth, context, Role.AGENT, request.agent_id)
         try:
-            self._hub.registry.unregister(request.agent_id, declared_session(context))
+            self._parts.registry.unregister(request.agent_id, declared_session(context))
         except HubError as exc:
             await abort_for(context, exc)
-        inbox = self._hub.inboxes.get(request.agent_id)
+        inbox = self._parts.inboxes.get(request.agent_id)
         if inbox is not None:
-            await self._hub.inboxes.close(inbox)
+            await self._parts.inboxes.close(inbox)
         return pb.AgentUnregistrationResponse(
             success=True, message=f"Agent {request.agent_id} unregistered."
         )
@@ -120,7 +112,7 @@ class AgentRegistrationServicer(pb_grpc.AgentRegistrationServiceServicer):
         self, request: pb.HeartbeatRequest, context: Context
     ) -> pb.HeartbeatResponse:
         await require_id(context, request.agent_id, "agent_id")
-        await authorize(self._hub.auth, context, Role.AGENT, request.agent_id)
+        await authorize(self._parts.auth, context, Role.AGENT, request.agent_id)
         status = parse_reported_status(request.status)
         if status is None:
             await context.abort(
@@ -129,20 +121,20 @@ class AgentRegistrationServicer(pb_grpc.AgentRegistrationServiceServicer):
             )
         metrics = await require_map(context, dict(request.metrics), "metrics")
         try:
-            self._hub.registry.heartbeat(
+            self._parts.registry.heartbeat(
                 request.agent_id, declared_session(context), status, metrics
             )
         except HubError as exc:
             await abort_for(context, exc)
-        return pb.HeartbeatResponse(success=True, interval=self._hub.settings.heartbeat_interval)
+        return pb.HeartbeatResponse(success=True, interval=self._parts.settings.heartbeat_interval)
 
     async def ReceiveCommands(
         self, request: pb.CommandStreamRequest, context: Context
     ) -> AsyncIterator[pb.Command]:
         await require_id(context, request.agent_id, "agent_id")
-        await authorize(self._hub.auth, context, Role.AGENT, request.agent_id)
+        await authorize(self._parts.auth, context, Role.AGENT, request.agent_id)
         await self._require_own(request.agent_id, context)
-        registry, commands = self._hub.registry, self._hub.commands
+        registry, commands = self._parts.registry, self._parts.commands
         stream = commands.open_stream(request.agent_id)
         registry.stream_opened(request.agent_id)
         # Tells the agent its stream is registered: commands sent from now on reach it.
@@ -166,7 +158,7 @@ class AgentRegistrationServicer(pb_grpc.AgentRegistrationServiceServicer):
     ) -> pb.CommandResultResponse:
         await require_id(context, request.command_id, "command_id")
         await require_id(context, request.agent_id, "agent_id")
-        await authorize(self._hub.auth, context, Role.AGENT, request.agent_id)
+        await authorize(self._parts.auth, context, Role.AGENT, request.agent_id)
         outcome = CommandOutcome(
             command_id=request.command_id,
             agent_id=request.agent_id,
@@ -176,7 +168,7 @@ class AgentRegistrationServicer(pb_grpc.AgentRegistrationServiceServicer):
             exit_code=request.exit_code,
             execution_time_ms=request.execution_time_ms,
         )
-        if not self._hub.commands.complete(outcome):
+        if not self._parts.commands.complete(outcome):
             await context.abort(
                 grpc.StatusCode.NOT_FOUND,
                 f"No command {request.command_id} is waiting for agent {request.agent_id}.",
@@ -219,7 +211,7 @@ class AgentRegistrationServicer(pb_grpc.AgentRegistrationServiceServicer):
 
     async def _open_inbox(self, request: pb.MessageStreamRequest, context: Context) -> AgentInbox:
         await require_id(context, request.agent_id, "agent_id")
-        await authorize(self._hub.auth, context, Role.AGENT, request.agent_id)
+        await authorize(self._parts.auth, context, Role.AGENT, request.agent_id)
         await self._require_own(request.agent_id, context)
         if request.prefetch < 0 or request.prefetch > MAX_MESSAGE_PREFETCH:
             await context.abort(
@@ -228,11 +220,11 @@ class AgentRegistrationServicer(pb_grpc.AgentRegistrationServiceServicer):
             )
         # Counted open before the inbox opens: opening it ends the stream it replaces, and the
         # agent must not look stream-less (offline, with STREAM_GRACE 0) in between.
-        registry = self._hub.registry
+        registry = self._parts.registry
         registry.stream_opened(request.agent_id)
         try:
-            await self._hub.declare_agent_queue(request.agent_id)
-            inbox = await self._hub.inboxes.open(
+            await self._parts.declare_agent_queue(request.agent_id)
+            inbox = await self._parts.inboxes.open(
                 request.agent_id, request.prefetch or DEFAULT_MESSAGE_PREFETCH
             )
         except BaseException as exc:
@@ -248,14 +240,14 @@ class AgentRegistrationServicer(pb_grpc.AgentRegistrationServiceServicer):
         return inbox
 
     async def _close_inbox(self, inbox: AgentInbox) -> None:
-        await self._hub.inboxes.close(inbox)
-        self._hub.registry.stream_closed(inbox.agent_id)
+        await self._parts.inboxes.close(inbox)
+        self._parts.registry.stream_closed(inbox.agent_id)
 
     async def AckMessage(self, request: pb.MessageAck, context: Context) -> pb.MessageAckResponse:
         await require_id(context, request.agent_id, "agent_id")
-        await authorize(self._hub.auth, context, Role.AGENT, request.agent_id)
+        await authorize(self._parts.auth, context, Role.AGENT, request.agent_id)
         await require_id(context, request.message_id, "message_id")
-        inbox = self._hub.inboxes.get(request.agent_id)
+        inbox = self._parts.inboxes.get(request.agent_id)
         if inbox is None:
             await context.abort(
                 grpc.StatusCode.FAILED_PRECONDITION,
@@ -272,16 +264,16 @@ class AgentRegistrationServicer(pb_grpc.AgentRegistrationServiceServicer):
         self, request: pb.ChatMessage, context: Context
     ) -> pb.SendMessageResponse:
         await require_id(context, request.agent_id, "agent_id")
-        await authorize(self._hub.auth, context, Role.AGENT, request.agent_id)
-        if len(request.envelope_json) > self._hub.settings.max_message_bytes:
+        await authorize(self._parts.auth, context, Role.AGENT, request.agent_id)
+        if len(request.envelope_json) > self._parts.settings.max_message_bytes:
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT,
-                f"The message is larger than {self._hub.settings.max_message_bytes} bytes.",
+                f"The message is larger than {self._parts.settings.max_message_bytes} bytes.",
             )
         await self._require_own(request.agent_id, context)
         try:
             message = decode_envelope(request.envelope_json)
-            published = await self._hub.router.accept_from_agent(request.agent_id, message)
+            published = await self._parts.router.accept_from_agent(request.agent_id, message)
         except ProtocolError as exc:
             await abort_for(context, exc)
         except BusError as exc:
@@ -292,11 +284,11 @@ class AgentRegistrationServicer(pb_grpc.AgentRegistrationServiceServicer):
         self, request_iterator: AsyncIterable[pb.AgentOutputs], context: Context
     ) -> AsyncIterator[pb.AgentOutputResults]:
         # The token is checked before anything is read: it must at least be an agent's.
-        principal = await authorize(self._hub.auth, context, Role.AGENT)
-        async for results in serve_outputs(self._hub, request_iterator, context, principal):
+        principal = await authorize(self._parts.auth, context, Role.AGENT)
+        async for results in serve_outputs(self._parts, request_iterator, context, principal):
             yield results
 
     async def _require_own(self, agent_id: str, context: Context) -> None:
-        refusal = ownership_refusal(self._hub.registry, agent_id, declared_session(context))
+        refusal = ownership_refusal(self._parts.registry, agent_id, declared_session(context))
         if refusal is not None:
             await context.abort(*refusal)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from pydantic import BaseModel, Field
@@ -12,9 +12,7 @@ from agentcomm.core.errors import AgentOffline, CommandTimedOut, UnknownAgent
 from agentcomm.protocol.ids import is_valid_id
 from agentcomm.protocol.models import MAX_MAP_ENTRIES, AgentInfo
 from agentcomm.protocol.vocabulary import AgentState
-
-if TYPE_CHECKING:
-    from agentcomm.server.hub import Hub
+from agentcomm.server.http.parts import HttpParts
 
 MAX_COMMAND_TIMEOUT_SECONDS = 600.0
 
@@ -39,14 +37,14 @@ class CommandResultBody(BaseModel):
     execution_time_ms: int
 
 
-def hub_of(request: Request) -> Hub:
-    hub: Hub = request.app.state.hub
-    return hub
+def parts_of(request: Request) -> HttpParts:
+    parts: HttpParts = request.app.state.parts
+    return parts
 
 
 async def require_admin(request: Request) -> None:
     """With AUTH_SECRET set, the API takes only `Authorization: Bearer <admin token>`."""
-    auth = hub_of(request).auth
+    auth = parts_of(request).auth
     if not auth.enabled:
         return
     try:
@@ -67,43 +65,39 @@ def build_api_router() -> APIRouter:
 
     @router.get("/readyz")
     async def readyz(request: Request, response: Response) -> dict[str, Any]:
-        hub = hub_of(request)
-        checks = {
-            "bus": hub.bus.is_connected,
-            "grpc": hub.grpc_server is not None and not hub.draining,
-            "accepting": not hub.draining,
-        }
-        ready = all(checks.values()) and hub.ready
+        parts = parts_of(request)
+        checks = parts.readiness()
+        ready = all(checks.values()) and parts.is_ready()
         if not ready:
             response.status_code = 503
         return {"status": "ready" if ready else "not ready", **checks}
 
     @router.get("/metrics")
     async def metrics(request: Request) -> Response:
-        return Response(hub_of(request).metrics.render(), media_type="text/plain; version=0.0.4")
+        return Response(parts_of(request).metrics.render(), media_type="text/plain; version=0.0.4")
 
     @api.get("/agents")
     async def list_agents(request: Request) -> list[AgentInfo]:
-        return hub_of(request).registry.snapshot()
+        return parts_of(request).registry.snapshot()
 
     @api.get("/brokers")
     async def list_brokers(request: Request) -> list[dict[str, object]]:
-        return [record.as_json() for record in hub_of(request).brokers.all()]
+        return [record.as_json() for record in parts_of(request).brokers.all()]
 
     @api.post("/agents/{agent_id}/commands")
     async def send_command(
         agent_id: str, body: CommandRequest, request: Request
     ) -> CommandResultBody:
-        hub = hub_of(request)
+        parts = parts_of(request)
         if not is_valid_id(agent_id):
             raise HTTPException(422, "agent_id must be 1-128 characters from [A-Za-z0-9_.:-].")
         try:
-            outcome = await hub.commands.execute(
+            outcome = await parts.commands.execute(
                 agent_id,
                 body.type,
                 body.content,
                 body.parameters,
-                timeout=body.timeout_s or hub.settings.command_timeout,
+                timeout=body.timeout_s or parts.settings.command_timeout,
             )
         except UnknownAgent as exc:
             raise HTTPException(404, str(exc)) from None
@@ -112,8 +106,8 @@ def build_api_router() -> APIRouter:
         except CommandTimedOut as exc:
             raise HTTPException(504, str(exc)) from None
         state = _STATE_AFTER_COMMAND.get(body.type.lower())
-        if outcome.success and state is not None and hub.registry.is_online(agent_id):
-            hub.registry.set_reported_state(agent_id, state)
+        if outcome.success and state is not None and parts.registry.is_online(agent_id):
+            parts.registry.set_reported_state(agent_id, state)
         return CommandResultBody(
             command_id=outcome.command_id,
             agent_id=outcome.agent_id,

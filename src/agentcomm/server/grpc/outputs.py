@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterable, AsyncIterator
-from typing import TYPE_CHECKING
 
 import grpc
 
@@ -25,10 +24,8 @@ from agentcomm.generated import agent_registration_service_pb2 as pb
 from agentcomm.protocol.codec import decode_envelope
 from agentcomm.protocol.errors import ProtocolError
 from agentcomm.protocol.ids import is_valid_id
-from agentcomm.server.grpc_context import Context, declared_session, ownership_refusal
-
-if TYPE_CHECKING:
-    from agentcomm.server.hub import Hub
+from agentcomm.server.grpc.context import Context, declared_session, ownership_refusal
+from agentcomm.server.grpc.parts import GrpcParts
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +59,8 @@ def _refused(ref: int, refusal: Refusal) -> pb.AgentOutputResult:
 class AgentOutputStream:
     """One SendOutputs call: items in, results out (batched as they become known)."""
 
-    def __init__(self, hub: Hub, context: Context, principal: Principal | None) -> None:
-        self._hub = hub
+    def __init__(self, parts: GrpcParts, context: Context, principal: Principal | None) -> None:
+        self._parts = parts
         self._principal = principal
         self._session = declared_session(context)
         self._agent_id = ""
@@ -150,7 +147,7 @@ class AgentOutputStream:
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"This stream speaks for agent {self._agent_id}; open another for {agent_id}.",
             )
-        return ownership_refusal(self._hub.registry, self._agent_id, self._session)
+        return ownership_refusal(self._parts.registry, self._agent_id, self._session)
 
     async def _take(self, item: pb.AgentOutput, refusal: Refusal | None) -> None:
         # Every item holds a slot until its result was written, also one answered at once: an
@@ -174,7 +171,7 @@ class AgentOutputStream:
         task.add_done_callback(self._working.discard)
 
     async def _publish(self, item: pb.AgentOutput) -> None:
-        limit = self._hub.settings.max_message_bytes
+        limit = self._parts.settings.max_message_bytes
         if len(item.envelope_json) > limit:
             refusal = (
                 grpc.StatusCode.INVALID_ARGUMENT,
@@ -184,7 +181,7 @@ class AgentOutputStream:
             return
         try:
             message = decode_envelope(item.envelope_json)
-            published = await self._hub.router.accept_from_agent(self._agent_id, message)
+            published = await self._parts.router.accept_from_agent(self._agent_id, message)
         except ProtocolError as exc:
             self._answer(_refused(item.ref, (grpc.StatusCode.INVALID_ARGUMENT, exc.text)))
             return
@@ -205,7 +202,7 @@ class AgentOutputStream:
         self, item: pb.AgentOutput, result: pb.AgentOutputResult
     ) -> pb.AgentOutputResult:
         refusal: Refusal | None = None
-        inbox = self._hub.inboxes.get(self._agent_id)
+        inbox = self._parts.inboxes.get(self._agent_id)
         if not is_valid_id(item.ack_message_id):
             refusal = (
                 grpc.StatusCode.INVALID_ARGUMENT,
@@ -244,13 +241,13 @@ class AgentOutputStream:
 
 
 async def serve_outputs(
-    hub: Hub,
+    parts: GrpcParts,
     requests: AsyncIterable[pb.AgentOutputs],
     context: Context,
     principal: Principal | None,
 ) -> AsyncIterator[pb.AgentOutputResults]:
     """The SendOutputs call: `principal` was authorized to act as an agent."""
-    stream = AgentOutputStream(hub, context, principal)
+    stream = AgentOutputStream(parts, context, principal)
     try:
         async for results in stream.serve(requests):
             yield results

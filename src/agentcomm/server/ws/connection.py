@@ -1,6 +1,6 @@
 """The frontend WebSocket `/ws` (PROTOCOL §3): frames in, core calls, frames out.
 
-Frames out are queued per socket and written by the hub's output scheduler (`ws_output`), with
+Frames out are queued per socket and written by the hub's output scheduler (`ws/output.py`), with
 no task per socket; while a peer does not read, its frames wait, and once more than
 OUTBOUND_QUEUE_FRAMES wait it is closed with 4008, so one slow client never holds memory or
 delays anyone else. An idle registered socket has one task: uvicorn's, reading.
@@ -11,36 +11,29 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, MutableMapping
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from fastapi import WebSocket, WebSocketDisconnect
 
-from agentcomm.core.auth import AuthError, Role
 from agentcomm.core.ratelimit import TokenBucket
 from agentcomm.core.sessions import FrontendSession
-from agentcomm.protocol.codec import (
-    decode_register_frontend,
-    encode_for_client,
-    message_type_of,
-    parse_json_object,
-    validate_model,
-)
+from agentcomm.protocol.codec import message_type_of, parse_json_object, reply_id, validate_model
 from agentcomm.protocol.errors import ProtocolError
-from agentcomm.protocol.models import Envelope, RegisterFrontendResponse
-from agentcomm.protocol.timestamps import utc_now_iso
-from agentcomm.protocol.vocabulary import ErrorCode, MessageType, RoutingStatus
-from agentcomm.server.close_codes import (
+from agentcomm.protocol.models import Envelope
+from agentcomm.protocol.rules import FrontendFrame, frontend_frame_kind
+from agentcomm.protocol.vocabulary import ErrorCode
+from agentcomm.server.ws.close_codes import (
     CLOSE_INTERNAL,
     CLOSE_NORMAL,
     CLOSE_POLICY,
     CLOSE_RATE_LIMITED,
     CLOSE_RESTARTING,
 )
-from agentcomm.server.ws_output import SocketLink
-from agentcomm.server.ws_protocol import DIRECT_OUTPUT, HubWebSocketProtocol
-
-if TYPE_CHECKING:
-    from agentcomm.server.hub import Hub
+from agentcomm.server.ws.frames import error_frame, message_id_of, refusal_frame
+from agentcomm.server.ws.output import SocketLink
+from agentcomm.server.ws.parts import FrontendParts
+from agentcomm.server.ws.protocol import DIRECT_OUTPUT, HubWebSocketProtocol
+from agentcomm.server.ws.registration import register_frontend
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +44,7 @@ INBOUND_QUEUE_FRAMES = 256
 
 class DirectInput(Protocol):
     """A registered socket's text messages, handed over as the protocol parses them
-    (`ws_protocol.HubWebSocketProtocol`)."""
+    (`server.ws.protocol.HubWebSocketProtocol`)."""
 
     on_text: Callable[[str], None] | None
 
@@ -60,28 +53,11 @@ class DirectInput(Protocol):
     def resume_input(self) -> None: ...
 
 
-def error_frame(
-    code: ErrorCode, text: str, in_reply_to: str | None = None, receiver_id: str | None = None
-) -> bytes:
-    return encode_for_client(
-        Envelope(
-            message_type=MessageType.ERROR,
-            sender_id="server",
-            receiver_id=receiver_id,
-            error_code=code.value,
-            text_payload=text,
-            in_reply_to_message_id=in_reply_to,
-            routing_status=RoutingStatus.ERROR,
-            send_timestamp=utc_now_iso(),
-        )
-    )
-
-
 class FrontendConnection:
     """One frontend socket from handshake to close."""
 
-    def __init__(self, hub: Hub, websocket: WebSocket) -> None:
-        self._hub = hub
+    def __init__(self, parts: FrontendParts, websocket: WebSocket) -> None:
+        self._parts = parts
         self._websocket = websocket
         self._session: FrontendSession | None = None
         self._link: SocketLink  # made once the socket is accepted
@@ -94,9 +70,9 @@ class FrontendConnection:
         self._input_paused = False
 
     async def run(self) -> None:
-        hub = self._hub
+        parts = self._parts
         websocket = self._websocket
-        if hub.draining:
+        if parts.state.draining:
             # Accepted first: a close before the handshake is an HTTP 403, which a client takes
             # for "forbidden" rather than "the server is going away, come back later".
             await websocket.accept()
@@ -110,16 +86,16 @@ class FrontendConnection:
             log.error("The frontend socket needs agentcomm's uvicorn WebSocket protocol")
             await websocket.close(CLOSE_INTERNAL)
             return
-        link = SocketLink(output, hub.output, hub.settings.outbound_queue_frames)
+        link = SocketLink(output, parts.output, parts.settings.outbound_queue_frames)
         self._link = link
         self._input = output
-        hub.connections.add(link)
+        parts.state.connections.add(link)
         try:
             await self._converse_until_closed(link)
         finally:
-            hub.connections.discard(link)
+            parts.state.connections.discard(link)
             if self._session is not None:
-                hub.sessions.detach(self._session.frontend_id, link)
+                parts.sessions.detach(self._session.frontend_id, link)
             code = link.close_code or CLOSE_NORMAL
             link.close(code)
             link.flush(even_if_paused=True)
@@ -160,7 +136,11 @@ class FrontendConnection:
 
     async def _converse(self) -> None:
         try:
-            if await self._register():
+            session = await register_frontend(
+                self._parts, self._link, self._receive, self._websocket.query_params.get("token")
+            )
+            if session is not None:
+                self._session = session
                 await self._read_frames()
         except WebSocketDisconnect:
             pass
@@ -188,90 +168,6 @@ class FrontendConnection:
                 error_frame(ErrorCode.INVALID_MESSAGE, "Frames must be JSON text, not binary.")
             )
 
-    async def _register(self) -> bool:
-        hub = self._hub
-        deadline = asyncio.get_running_loop().time() + hub.settings.registration_timeout
-        while True:
-            remaining = deadline - asyncio.get_running_loop().time()
-            try:
-                raw = await self._receive(within=max(0.0, remaining))
-            except TimeoutError:
-                self._link.send_frame(
-                    error_frame(
-                        ErrorCode.NOT_REGISTERED,
-                        "No REGISTER_FRONTEND within the registration timeout.",
-                    )
-                )
-                self._link.close(CLOSE_POLICY)
-                return False
-            if raw is None:
-                continue
-            try:
-                data = parse_json_object(raw)
-                message_type = message_type_of(data)
-                if message_type is not MessageType.REGISTER_FRONTEND:
-                    raise ProtocolError(
-                        ErrorCode.NOT_REGISTERED,
-                        "Register first: the first frame must be REGISTER_FRONTEND.",
-                        data.get("message_id") if isinstance(data.get("message_id"), str) else None,
-                    )
-            except ProtocolError as exc:
-                # Not a registration attempt at all (PROTOCOL §3): refused and closed.
-                log.info("Refused frame before registration: %s", exc.text)
-                self._link.send_frame(error_frame(exc.code, exc.text, exc.in_reply_to))
-                self._link.close(CLOSE_POLICY)
-                return False
-            try:
-                request = decode_register_frontend(data)
-                self._authenticate(request.token or self._websocket.query_params.get("token"))
-            except ProtocolError as exc:
-                log.info("Refused frame before registration: %s", exc.text)
-                self._link.send_frame(error_frame(exc.code, exc.text, exc.in_reply_to))
-                if exc.code is ErrorCode.INVALID_MESSAGE:
-                    continue  # a malformed REGISTER_FRONTEND may be corrected
-                self._link.close(CLOSE_POLICY)
-                return False
-            session, resumed = hub.sessions.register(
-                self._link,
-                request.frontend_name,
-                request.capabilities,
-                frontend_id=request.frontend_id,
-                resume_token=request.resume_token,
-            )
-            self._session = session
-            response = RegisterFrontendResponse(
-                frontend_id=session.frontend_id,
-                frontend_name=session.frontend_name,
-                message="Session resumed." if resumed else "Registered.",
-                resume_token=session.resume_token,
-                send_timestamp=utc_now_iso(),
-            )
-            self._link.send_frame(encode_for_client(response))
-            self._link.send_frame(hub.status_frame(hub.registry.snapshot(), full=True))
-            if resumed:
-                hub.sessions.flush_backlog(session)
-            log.info(
-                "Frontend %s (%s) %s",
-                session.frontend_id,
-                session.frontend_name,
-                "resumed" if resumed else "registered",
-            )
-            return True
-
-    def _authenticate(self, token: str | None) -> None:
-        auth = self._hub.auth
-        if not auth.enabled:
-            return
-        try:
-            principal = auth.verify(token)
-        except AuthError as exc:
-            raise ProtocolError(ErrorCode.UNAUTHORIZED, str(exc)) from None
-        if principal.role not in (Role.FRONTEND, Role.ADMIN):
-            raise ProtocolError(
-                ErrorCode.UNAUTHORIZED,
-                f"A {principal.role.value} token cannot open a frontend session.",
-            )
-
     async def _read_frames(self) -> None:
         assert self._session is not None
         frontend_id = self._session.frontend_id
@@ -288,7 +184,7 @@ class FrontendConnection:
             # From now on what is addressed to the frontend waits for its resume; what it sent
             # before it left is still handled.
             self._input.on_text = None
-            self._hub.sessions.detach(frontend_id, self._link)
+            self._parts.sessions.detach(frontend_id, self._link)
             if self._inbound is not None and self._handler is not None:
                 self._inbound.put_nowait(None)
                 await self._handler
@@ -307,12 +203,12 @@ class FrontendConnection:
         if link.close_code is not None or session is None:
             return  # closing: what is still read is not answered
         frontend_id = session.frontend_id
-        settings = self._hub.settings
+        settings = self._parts.settings
         if self._bucket is None:
             # Made at the first frame: most sockets mostly listen, and an idle one should cost
             # little more than its connection.
             self._bucket = TokenBucket(
-                self._hub.clock,
+                self._parts.clock,
                 rate=settings.rate_limit_per_second,
                 burst=settings.rate_limit_burst,
             )
@@ -344,14 +240,14 @@ class FrontendConnection:
             self._input.pause_input()
 
     def _refuse_flood(self, frontend_id: str, raw: str) -> None:
-        settings = self._hub.settings
-        self._hub.metrics.errors.labels(ErrorCode.RATE_LIMITED.value).inc()
+        settings = self._parts.settings
+        self._parts.metrics.errors.labels(ErrorCode.RATE_LIMITED.value).inc()
         self._link.send_frame(
             error_frame(
                 ErrorCode.RATE_LIMITED,
                 f"Too many frames: at most {settings.rate_limit_per_second:g} per second. "
                 "This frame was dropped.",
-                _message_id_of(raw),
+                message_id_of(raw),
                 receiver_id=frontend_id,
             )
         )
@@ -368,10 +264,8 @@ class FrontendConnection:
                 await self._handle(frontend_id, raw, received_at)
             except ProtocolError as exc:
                 log.info("Bad frame from %s: %s", frontend_id, exc.text)
-                self._hub.metrics.errors.labels(exc.code.value).inc()
-                self._link.send_frame(
-                    error_frame(exc.code, exc.text, exc.in_reply_to, receiver_id=frontend_id)
-                )
+                self._parts.metrics.errors.labels(exc.code.value).inc()
+                self._link.send_frame(refusal_frame(exc, receiver_id=frontend_id))
             except Exception:
                 log.exception("Frontend connection failed")
                 self._link.close(CLOSE_INTERNAL)
@@ -379,46 +273,27 @@ class FrontendConnection:
 
     async def _handle(self, frontend_id: str, raw: str, received_at: float) -> None:
         data = parse_json_object(raw)
-        message_type = message_type_of(data)
-        if message_type in (MessageType.TEXT, MessageType.CANCEL):
+        kind = frontend_frame_kind(message_type_of(data), reply_id(data))
+        if kind is FrontendFrame.CHAT:
             message = validate_model(Envelope, data)
-            await self._hub.router.accept_from_frontend(
+            await self._parts.router.accept_from_frontend(
                 frontend_id, message, received_at=received_at
             )
-        elif message_type is MessageType.REQUEST_AGENT_STATUS:
+        elif kind is FrontendFrame.STATUS_REQUEST:
             validate_model(Envelope, data)  # a bad message_id is refused like on any frame
-            hub = self._hub
-            self._link.send_frame(hub.status_frame(hub.registry.snapshot(), full=True))
-        elif message_type is MessageType.REGISTER_FRONTEND:
-            raise ProtocolError(
-                ErrorCode.ALREADY_REGISTERED,
-                "This socket is already registered.",
-                data.get("message_id") if isinstance(data.get("message_id"), str) else None,
-            )
+            self._link.send_frame(self._parts.presence.full_frame())
         else:
             raise ProtocolError(
-                ErrorCode.UNSUPPORTED_TYPE,
-                f"Frontends cannot send {message_type.value}.",
-                data.get("message_id") if isinstance(data.get("message_id"), str) else None,
+                ErrorCode.ALREADY_REGISTERED, "This socket is already registered.", reply_id(data)
             )
 
 
-def _message_id_of(raw: str) -> str | None:
-    """The message_id of a frame, when it has a usable one, without validating the rest."""
-    try:
-        data = parse_json_object(raw)
-    except ProtocolError:
-        return None
-    message_id = data.get("message_id")
-    return message_id if isinstance(message_id, str) and 0 < len(message_id) <= 128 else None
-
-
-async def serve_frontend_socket(hub: Hub, websocket: WebSocket) -> None:
+async def serve_frontend_socket(parts: FrontendParts, websocket: WebSocket) -> None:
     """`/ws`: the origin check (when an allow-list is configured), then the connection."""
-    origins = hub.settings.origins
+    origins = parts.settings.origins
     origin = websocket.headers.get("origin")
     if origins and origin is not None and origin not in origins:
         # Closing before accept answers the handshake with HTTP 403.
         await websocket.close(code=CLOSE_POLICY)
         return
-    await FrontendConnection(hub, websocket).run()
+    await FrontendConnection(parts, websocket).run()

@@ -5,43 +5,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import signal
 
 from agentcomm.bus.base import BusError
 from agentcomm.bus.factory import create_bus
 from agentcomm.config import Settings
 from agentcomm.server.collector import tune_collector_for_serving
-from agentcomm.server.running import RunningServer
+from agentcomm.server.lifecycle.running import RunningServer
+from agentcomm.signals import stop_on_signals
 
 log = logging.getLogger(__name__)
 
 # Seconds of SHUTDOWN_TIMEOUT kept for closing connections after a stop that ran out of time.
 _LETTING_GO = 2.5
-
-
-async def wait_for_stop_signal() -> None:
-    """Returns on the first SIGINT/SIGTERM; a second one ends the process at once."""
-    await install_stop_signals().wait()
-
-
-def install_stop_signals() -> asyncio.Event:
-    """Handles SIGINT/SIGTERM from now on: the first sets the returned event, a second one
-    ends the process at once."""
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-
-    def on_signal(signum: int) -> None:
-        if stop.is_set():
-            log.warning("Second %s: exiting without waiting", signal.Signals(signum).name)
-            os._exit(130)
-        log.info("%s received: shutting down", signal.Signals(signum).name)
-        stop.set()
-
-    # The handlers stay: a second signal during shutdown must still force the exit.
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, on_signal, signum)
-    return stop
 
 
 async def serve(settings: Settings) -> int:
@@ -55,8 +30,16 @@ async def serve(settings: Settings) -> int:
         log.error("Cannot start: %s", exc)
         return 1
     tune_collector_for_serving()
-    # Before anyone is told the server is up: a SIGTERM from then on is a graceful stop.
-    stop_requested = install_stop_signals()
+    stop_requested = asyncio.Event()
+    # Before anyone is told the server is up: a SIGTERM from then on is a graceful stop, and a
+    # second one during that stop ends the process at once.
+    with stop_on_signals(stop_requested.set):
+        return await _serve_until_stopped(settings, running, stop_requested)
+
+
+async def _serve_until_stopped(
+    settings: Settings, running: RunningServer, stop_requested: asyncio.Event
+) -> int:
     print(
         f"agentcomm serving on http://{_display(settings.host)}:{running.http_port} "
         f"(WebSocket /ws), gRPC on {settings.grpc_host}:{running.grpc_port}, "

@@ -1,5 +1,8 @@
 """The composition root: builds every part of the server from Settings and runs its lifecycle.
 
+The hub owns the parts (registries, sessions, routing, inboxes, metrics) and lends each adapter
+only those it uses (`frontend_parts`, `grpc_parts`, `http_parts`); no adapter sees the hub.
+
 Start order: bus → queues → consumers → gRPC → periodic tasks → advertisement. Stop runs the
 same steps in reverse, each bounded, so nothing is acked that was not handled.
 """
@@ -9,8 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Coroutine
-from typing import TYPE_CHECKING, Any
 
 import grpc
 
@@ -21,15 +22,13 @@ from agentcomm.core.auth import Authenticator
 from agentcomm.core.brokers import BrokerRegistry
 from agentcomm.core.clock import Clock, SystemClock
 from agentcomm.core.commands import CommandCenter
-from agentcomm.core.inbox import AgentInboxes
 from agentcomm.core.presence import AgentRegistry
 from agentcomm.core.routing import ServerRouter
 from agentcomm.core.sessions import FrontendSessions
 from agentcomm.core.streams import ReplyStreams
 from agentcomm.core.timers import LoopTimers
-from agentcomm.protocol.codec import encode_for_client
 from agentcomm.protocol.ids import new_server_id, server_tag
-from agentcomm.protocol.models import AgentInfo, AgentStatusUpdate
+from agentcomm.protocol.models import AgentInfo
 from agentcomm.protocol.queues import (
     AGENT_METADATA_QUEUE,
     BROKER_INPUT_QUEUE,
@@ -38,14 +37,19 @@ from agentcomm.protocol.queues import (
     agent_queue,
     server_queue,
 )
-from agentcomm.protocol.timestamps import utc_now_iso
+from agentcomm.server.bus_input import Advertiser, BusInput
 from agentcomm.server.collector import CollectorTuning
+from agentcomm.server.grpc.inboxes import AgentInboxes
+from agentcomm.server.grpc.parts import GrpcParts
+from agentcomm.server.grpc.server import start_grpc_server
+from agentcomm.server.http.parts import HttpParts
+from agentcomm.server.lifecycle.tasks import OwnedTasks
 from agentcomm.server.metrics import HubMetrics
-from agentcomm.server.ws_output import OutputScheduler
-
-if TYPE_CHECKING:
-    from agentcomm.server.bus_handlers import BusHandlers
-    from agentcomm.server.ws_output import SocketLink
+from agentcomm.server.presence_feed import PresenceFeed
+from agentcomm.server.routing import RouteRunner
+from agentcomm.server.state import ServerState
+from agentcomm.server.ws.output import OutputScheduler
+from agentcomm.server.ws.parts import FrontendParts
 
 log = logging.getLogger(__name__)
 
@@ -61,22 +65,22 @@ class Hub:
         self.bus = bus
         self.clock = clock or SystemClock()
         self.server_id = new_server_id()
+        self.server_tag = server_tag(self.server_id)
+        self.state = ServerState()
+        self.auth = Authenticator(settings.auth_secret)
         self.registry = AgentRegistry(
             self.clock,
             agent_timeout=settings.agent_timeout,
             stream_grace=settings.stream_grace,
             timers=LoopTimers(),
         )
-        self.auth = Authenticator(settings.auth_secret)
         self.brokers = BrokerRegistry(self.clock)
-        self.server_tag = server_tag(self.server_id)
         self.sessions = FrontendSessions(
             self.clock, resume_window=settings.resume_window, server_tag=self.server_tag
         )
         self.answers = AnswerLedger(self.clock, delivery_timeout=settings.delivery_timeout)
-        self.router = ServerRouter(
+        decisions = ServerRouter(
             server_id=self.server_id,
-            bus=bus,
             registry=self.registry,
             sessions=self.sessions,
             answers=self.answers,
@@ -85,20 +89,18 @@ class Hub:
             # Agents of a server before this one reconnect within their heartbeat and backoff.
             expect_agents_for=settings.agent_timeout,
         )
+        self.router = RouteRunner(decisions, bus, self.sessions)
         self.commands = CommandCenter(self.registry)
         self.inboxes = AgentInboxes(bus)
         self.metrics = HubMetrics()
         self.metrics.track(self.sessions.live_count, self.registry.online_count)
-        self.router.observe(
+        decisions.observe(
             lambda message: self.metrics.count_message(
                 message.message_type.value, message.routing_status or "none"
             )
         )
-        self.registry.subscribe(self._push_presence_to_frontends)
+        self.presence = PresenceFeed(self.registry, self.sessions)
         self.registry.subscribe(self._follow_presence_for_answers)
-        self.draining = False
-        # Every open frontend socket, registered or not, so shutdown can close them all.
-        self.connections: set[SocketLink] = set()
         # Writes what every socket has queued, once per turn of the event loop.
         self.output = OutputScheduler()
         self._collector = CollectorTuning()
@@ -106,16 +108,60 @@ class Hub:
         # Set by whoever serves HTTP (the runner), for the advertisement.
         self.http_port: int = settings.port
         self.grpc_server: grpc.aio.Server | None = None
+        self._bus_input = BusInput(self.router, self.registry, self.brokers)
+        self._advertiser = Advertiser(
+            bus,
+            self.server_id,
+            lambda: self.public_websocket_url,
+            lambda: f"{settings.grpc_host}:{self.grpc_port}",
+        )
         self._subscriptions: list[Subscription] = []
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks = OwnedTasks()
         self._started = False
+
+    # -- what each adapter is lent -------------------------------------------------------------
+
+    def frontend_parts(self) -> FrontendParts:
+        return FrontendParts(
+            settings=self.settings,
+            state=self.state,
+            sessions=self.sessions,
+            router=self.router,
+            presence=self.presence,
+            auth=self.auth,
+            output=self.output,
+            metrics=self.metrics,
+            clock=self.clock,
+        )
+
+    def grpc_parts(self) -> GrpcParts:
+        return GrpcParts(
+            settings=self.settings,
+            server_id=self.server_id,
+            auth=self.auth,
+            registry=self.registry,
+            brokers=self.brokers,
+            commands=self.commands,
+            inboxes=self.inboxes,
+            router=self.router,
+            declare_agent_queue=self.declare_agent_queue,
+        )
+
+    def http_parts(self) -> HttpParts:
+        return HttpParts(
+            settings=self.settings,
+            auth=self.auth,
+            registry=self.registry,
+            brokers=self.brokers,
+            commands=self.commands,
+            metrics=self.metrics,
+            readiness=self.readiness,
+            is_ready=lambda: self.ready,
+        )
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
-        from agentcomm.server.bus_handlers import BusHandlers
-        from agentcomm.server.grpc_server import start_grpc_server
-
         if not self.auth.enabled:
             log.warning(
                 "AUTH_SECRET is not set: the hub is OPEN — anyone who can reach its ports may "
@@ -132,31 +178,36 @@ class Hub:
         await self.bus.declare_queue(
             server_queue(self.server_tag), QueueOptions(expires_ms=SERVER_QUEUE_EXPIRES_MS)
         )
-        handlers = BusHandlers(self)
+        bus_input = self._bus_input
         prefetch = self.settings.rabbitmq_prefetch
         # Broker output is handled many at a time, so that publish confirms overlap; the
         # order a frontend sees within one reply stream is restored by the router.
         concurrency = min(prefetch, self.settings.consumer_concurrency)
         for queue, handler, parallel in (
-            (SERVER_INPUT_QUEUE, handlers.on_server_input, concurrency),
-            (server_queue(self.server_tag), handlers.on_server_input, concurrency),
-            (AGENT_METADATA_QUEUE, handlers.on_metadata, 1),
+            (SERVER_INPUT_QUEUE, bus_input.on_server_input, concurrency),
+            (server_queue(self.server_tag), bus_input.on_server_input, concurrency),
+            (AGENT_METADATA_QUEUE, bus_input.on_metadata, 1),
         ):
             self._subscriptions.append(
                 await self.bus.consume(queue, handler, prefetch=prefetch, concurrency=parallel)
             )
-        self.grpc_server, self.grpc_port = await start_grpc_server(self)
-        self._spawn(self._every(self._sweep_interval(), self._sweep), "presence-sweep")
-        self._spawn(
-            self._every(self.settings.periodic_status_interval, self._periodic_status),
+        self.grpc_server, self.grpc_port = await start_grpc_server(self.grpc_parts())
+        self._tasks.every(self._sweep_interval(), self._sweep, "presence-sweep")
+        self._tasks.every(
+            self.settings.periodic_status_interval,
+            self.presence.broadcast_full,
             "periodic-status",
         )
-        self._spawn(
-            self._every(self.settings.periodic_status_interval, handlers.advertise_available),
+        self._tasks.every(
+            self.settings.periodic_status_interval,
+            self._advertiser.advertise_available,
             "advertise",
         )
         self._started = True
-        await self._announce(handlers)
+        try:
+            await self._advertiser.advertise_available()
+        except BusError as exc:
+            log.warning("Could not advertise this server: %s", exc)
         log.info(
             "Server %s ready: gRPC on %s:%s, bus %s",
             self.server_id,
@@ -167,20 +218,15 @@ class Hub:
 
     async def stop(self) -> None:
         """Reverse of start, each step bounded by the shutdown timeout."""
-        from agentcomm.server.bus_handlers import BusHandlers
-
         if not self._started:
             with contextlib.suppress(BusError):
                 await self.bus.close()
             return
         self._started = False
-        self.draining = True
+        self.state.draining = True
         self.registry.stop_judging_streams()
         budget = self.settings.shutdown_timeout
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks.clear()
+        await self._tasks.cancel_all()
         if self.grpc_server is not None:
             # Streams end with the grace period; unary calls in progress may finish.
             await self.grpc_server.stop(grace=min(2.0, budget / 3))
@@ -195,19 +241,26 @@ class Hub:
         self._subscriptions.clear()
         with contextlib.suppress(BusError, TimeoutError):
             async with asyncio.timeout(2.0):
-                await BusHandlers(self).advertise_unavailable()
+                await self._advertiser.advertise_unavailable()
         await self.bus.close()
         log.info("Server %s stopped", self.server_id)
 
-    async def _announce(self, handlers: BusHandlers) -> None:
-        try:
-            await handlers.advertise_available()
-        except BusError as exc:
-            log.warning("Could not advertise this server: %s", exc)
+    @property
+    def draining(self) -> bool:
+        return self.state.draining
 
     @property
     def ready(self) -> bool:
-        return self._started and not self.draining and self.bus.is_connected
+        return self._started and not self.state.draining and self.bus.is_connected
+
+    def readiness(self) -> dict[str, bool]:
+        """The checks `/readyz` shows; the hub is ready when all hold and it has started."""
+        draining = self.state.draining
+        return {
+            "bus": self.bus.is_connected,
+            "grpc": self.grpc_server is not None and not draining,
+            "accepting": not draining,
+        }
 
     # -- agents ------------------------------------------------------------------------------
 
@@ -226,18 +279,7 @@ class Hub:
             host = "localhost"
         return f"ws://{host}:{self.http_port}/ws"
 
-    # -- presence fan-out --------------------------------------------------------------------
-
-    def status_frame(self, agents: list[AgentInfo], *, full: bool) -> bytes:
-        update = AgentStatusUpdate(agents=agents, is_full_update=full, send_timestamp=utc_now_iso())
-        return encode_for_client(update)
-
-    def _push_presence_to_frontends(self, delta: list[AgentInfo]) -> None:
-        # Encoded once, the same bytes go to every socket.
-        self.sessions.broadcast(self.status_frame(delta, full=False))
-
-    async def _periodic_status(self) -> None:
-        self.sessions.broadcast(self.status_frame(self.registry.snapshot(), full=True))
+    # -- periodic work -----------------------------------------------------------------------
 
     def _follow_presence_for_answers(self, delta: list[AgentInfo]) -> None:
         for info in delta:
@@ -249,28 +291,11 @@ class Hub:
     async def _sweep(self) -> None:
         self.registry.sweep()
         self.sessions.expire()
-        self._collector.observe(len(self.connections))
-        self.router.release_overdue_streams()
+        self._collector.observe(len(self.state.connections))
+        await self.router.release_overdue_streams()
         await self.router.answer_abandoned()
 
     def _sweep_interval(self) -> float:
         # A lost stream has its own timer (or none, with no grace), so only the silence timeout
         # sets the pace: sweeping every agent and session every 50 ms took CPU from fan-out.
         return max(0.05, min(1.0, self.settings.agent_timeout / 4))
-
-    # -- owned background tasks ----------------------------------------------------------------
-
-    def _spawn(self, coroutine: Coroutine[Any, Any, None], name: str) -> None:
-        # Owned: cancelled and awaited by stop(); _every logs every failure itself.
-        self._tasks.append(asyncio.create_task(coroutine, name=name))
-
-    @staticmethod
-    async def _every(interval: float, action: Callable[[], Awaitable[None]]) -> None:
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                await action()
-            except BusError as exc:
-                log.warning("Periodic task %s: bus unavailable (%s)", action.__name__, exc)
-            except Exception:
-                log.exception("Periodic task %s failed; it runs again next interval", action)

@@ -5,19 +5,17 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
 
 import grpc
 
-from agentcomm.core.auth import Role
+from agentcomm.core.auth import Authenticator, Role
+from agentcomm.core.brokers import BrokerRegistry
+from agentcomm.core.presence import AgentRegistry
 from agentcomm.generated import agent_status_service_pb2 as pb
 from agentcomm.generated import agent_status_service_pb2_grpc as pb_grpc
 from agentcomm.protocol.ids import is_valid_id
 from agentcomm.protocol.models import AgentInfo
-from agentcomm.server.grpc_context import Context, authorize
-
-if TYPE_CHECKING:
-    from agentcomm.server.hub import Hub
+from agentcomm.server.grpc.context import Context, authorize
 
 log = logging.getLogger(__name__)
 
@@ -63,18 +61,22 @@ async def _check_broker_id(broker_id: str, context: Context) -> None:
 
 
 class AgentStatusServicer(pb_grpc.AgentStatusServiceServicer):
-    def __init__(self, hub: Hub) -> None:
-        self._hub = hub
+    def __init__(
+        self, auth: Authenticator, registry: AgentRegistry, brokers: BrokerRegistry
+    ) -> None:
+        self._auth = auth
+        self._registry = registry
+        self._brokers = brokers
 
     async def SubscribeToAgentStatus(
         self, request: pb.AgentStatusRequest, context: Context
     ) -> AsyncIterator[pb.AgentStatusResponse]:
-        await authorize(self._hub.auth, context, Role.BROKER)
+        await authorize(self._auth, context, Role.BROKER)
         await _check_broker_id(request.broker_id, context)
         broker_id = request.broker_id or context.peer()
         subscriber = _Subscriber()
-        unsubscribe = self._hub.registry.subscribe(subscriber.push)
-        self._hub.brokers.stream_opened(broker_id)
+        unsubscribe = self._registry.subscribe(subscriber.push)
+        self._brokers.stream_opened(broker_id)
         try:
             yield self._full()
             while True:
@@ -93,16 +95,16 @@ class AgentStatusServicer(pb_grpc.AgentStatusServiceServicer):
                     )
         finally:
             unsubscribe()
-            self._hub.brokers.stream_closed(broker_id)
+            self._brokers.stream_closed(broker_id)
 
     async def GetAgentStatus(
         self, request: pb.AgentStatusRequest, context: Context
     ) -> pb.AgentStatusResponse:
-        await authorize(self._hub.auth, context, Role.BROKER)
+        await authorize(self._auth, context, Role.BROKER)
         await _check_broker_id(request.broker_id, context)
         return self._full()
 
     def _full(self) -> pb.AgentStatusResponse:
         return pb.AgentStatusResponse(
-            agents=[to_proto(info) for info in self._hub.registry.snapshot()], is_full_update=True
+            agents=[to_proto(info) for info in self._registry.snapshot()], is_full_update=True
         )

@@ -8,26 +8,22 @@ kilobytes per idle frontend, for nothing the socket uses.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
-from agentcomm.server.websocket import serve_frontend_socket
-
-if TYPE_CHECKING:
-    from agentcomm.server.hub import Hub
+from agentcomm.server.ws.connection import serve_frontend_socket
+from agentcomm.server.ws.parts import FrontendParts
 
 FRONTEND_SOCKET_PATH = "/ws"
 
 
 class FrontendSocketsFirst:
-    def __init__(self, app: ASGIApp, hub: Hub) -> None:
+    def __init__(self, app: ASGIApp, parts: FrontendParts) -> None:
         self._app = app
-        self._hub = hub
+        self._parts = parts
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket" and scope["path"] == FRONTEND_SOCKET_PATH:
-            await serve_frontend_socket(self._hub, WebSocket(scope, receive, send))
+            await serve_frontend_socket(self._parts, WebSocket(scope, receive, send))
         else:
             await self._app(scope, receive, send)

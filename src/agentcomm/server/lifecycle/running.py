@@ -18,11 +18,11 @@ import uvicorn
 from agentcomm.bus.base import Bus
 from agentcomm.config import Settings
 from agentcomm.core.clock import Clock
-from agentcomm.server.app import create_app
-from agentcomm.server.close_codes import CLOSE_GOING_AWAY
-from agentcomm.server.hub import Hub
-from agentcomm.server.ws_asgi import FrontendSocketsFirst
-from agentcomm.server.ws_protocol import HubWebSocketProtocol
+from agentcomm.server.http.app import create_app
+from agentcomm.server.lifecycle.hub import Hub
+from agentcomm.server.ws.asgi import FrontendSocketsFirst
+from agentcomm.server.ws.close_codes import CLOSE_GOING_AWAY
+from agentcomm.server.ws.protocol import HubWebSocketProtocol
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,10 @@ class RunningServer:
     async def _start_http(self) -> None:
         settings = self.settings
         config = uvicorn.Config(
-            FrontendSocketsFirst(create_app(self.hub), self.hub),
+            FrontendSocketsFirst(
+                create_app(self.hub.http_parts(), self.hub.frontend_parts()),
+                self.hub.frontend_parts(),
+            ),
             host=settings.host,
             port=settings.port,
             lifespan="off",
@@ -131,10 +134,10 @@ class RunningServer:
 
     async def stop(self, close_code: int = CLOSE_GOING_AWAY) -> None:
         hub = self.hub
-        hub.draining = True
-        for link in list(hub.connections):
+        hub.state.draining = True
+        for link in list(hub.state.connections):
             link.close(close_code)
-        links = [link.wait_closed() for link in list(hub.connections)]
+        links = [link.wait_closed() for link in list(hub.state.connections)]
         if links:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(min(2.0, self.settings.shutdown_timeout / 4)):

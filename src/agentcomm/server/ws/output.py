@@ -16,7 +16,7 @@ import struct
 from collections.abc import Callable
 from typing import Protocol
 
-from agentcomm.server.close_codes import CLOSE_INTERNAL, CLOSE_TOO_SLOW
+from agentcomm.server.ws.close_codes import CLOSE_INTERNAL, CLOSE_TOO_SLOW
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,8 @@ class OutputScheduler:
 
 
 class DirectOutput(Protocol):
-    """The transport of one accepted socket, as `ws_protocol.HubWebSocketProtocol` lends it."""
+    """The transport of one accepted socket, as `HubWebSocketProtocol` (`server/ws/protocol.py`)
+    lends it."""
 
     on_writable: Callable[[], None] | None
     output_paused: bool

@@ -10,17 +10,18 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
 
 from agentcomm import __version__
-from agentcomm.server.http_api import build_api_router
-from agentcomm.server.hub import Hub
-from agentcomm.server.websocket import serve_frontend_socket
+from agentcomm.server.http.api import build_api_router
+from agentcomm.server.http.parts import HttpParts
+from agentcomm.server.ws.connection import serve_frontend_socket
+from agentcomm.server.ws.parts import FrontendParts
 
 WEB_ROOT = Path(str(files("agentcomm.web") / "static"))
 
 
-def create_app(hub: Hub) -> FastAPI:
+def create_app(parts: HttpParts, frontends: FrontendParts) -> FastAPI:
     app = FastAPI(title="agentcomm", version=__version__, docs_url="/api/docs", redoc_url=None)
-    app.state.hub = hub
-    origins = hub.settings.origins
+    app.state.parts = parts
+    origins = parts.settings.origins
     if origins:
         # An explicit allow-list only: never "*" together with credentials.
         app.add_middleware(
@@ -34,9 +35,9 @@ def create_app(hub: Hub) -> FastAPI:
 
     @app.websocket("/ws")
     async def frontend_socket(websocket: WebSocket) -> None:
-        # Served by `ws_asgi.FrontendSocketsFirst` ahead of FastAPI; this route is for an
+        # Served by `server.ws.asgi.FrontendSocketsFirst` ahead of FastAPI; this route is for an
         # application served without it.
-        await serve_frontend_socket(hub, websocket)
+        await serve_frontend_socket(frontends, websocket)
 
     if WEB_ROOT.is_dir():
         app.mount("/", StaticFiles(directory=WEB_ROOT, html=True), name="web")

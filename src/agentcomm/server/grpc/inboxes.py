@@ -14,9 +14,8 @@ from dataclasses import dataclass
 from agentcomm.bus.base import Bus, Delivery, NotTaken, Requeue, Subscription
 from agentcomm.protocol.codec import decode_envelope, encode_for_bus
 from agentcomm.protocol.errors import ProtocolError
-from agentcomm.protocol.models import Envelope
 from agentcomm.protocol.queues import BROKER_INPUT_QUEUE, agent_queue
-from agentcomm.protocol.timestamps import utc_now_iso
+from agentcomm.protocol.rules import error_envelope
 from agentcomm.protocol.vocabulary import ErrorCode, MessageType, RoutingStatus
 
 log = logging.getLogger(__name__)
@@ -77,20 +76,19 @@ class AgentInbox:
             return
         if message.message_type is not MessageType.TEXT or not message.sender_id:
             return
-        error = Envelope(
-            message_type=MessageType.ERROR,
+        error = error_envelope(
             sender_id=self.agent_id,
             receiver_id=message.sender_id,
-            in_reply_to_message_id=message.message_id,
-            conversation_id=message.conversation_id,
-            routing_status=RoutingStatus.PENDING,
-            error_code=ErrorCode.INTERNAL.value,
-            text_payload=f"Agent {self.agent_id} could not handle this message: it was tried "
+            code=ErrorCode.INTERNAL,
+            text=f"Agent {self.agent_id} could not handle this message: it was tried "
             f"{delivery.attempt} times and given up.",
-            send_timestamp=utc_now_iso(),
-            _client_id=message.client_id,
-            _server_id=message.server_id,
-            _hops=message.hops,
+            in_reply_to=message.message_id,
+            conversation_id=message.conversation_id,
+            client_id=message.client_id,
+            server_id=message.server_id,
+            hops=message.hops,
+            # Published for the broker to route, like an answer of the agent's own.
+            routing_status=RoutingStatus.PENDING,
         )
         await self._bus.publish(
             BROKER_INPUT_QUEUE, encode_for_bus(error), message_id=error.message_id

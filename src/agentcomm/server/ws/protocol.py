@@ -1,6 +1,6 @@
 """uvicorn's WebSocket protocol (websockets, sans-I/O), lending the hub its transport.
 
-The hub writes frames it has framed itself (`ws_output`) straight to the transport of an
+The hub writes frames it has framed itself (`server/ws/output.py`) straight to the transport of an
 accepted socket, in order with everything uvicorn writes there (pings, the close frame). The
 protocol puts itself into the ASGI scope under `DIRECT_OUTPUT`; reading, the handshake,
 keepalive and the close handshake stay uvicorn's.

@@ -1,0 +1,26 @@
+"""The server's routing: decisions in `router`, the effects they ask for in `effects`."""
+
+from agentcomm.core.routing.effects import (
+    BusDown,
+    Effect,
+    Plan,
+    Publish,
+    PublishFailed,
+    QueueMissing,
+    SendFrame,
+    WaitFor,
+)
+from agentcomm.core.routing.router import RouteObserver, ServerRouter
+
+__all__ = [
+    "BusDown",
+    "Effect",
+    "Plan",
+    "Publish",
+    "PublishFailed",
+    "QueueMissing",
+    "RouteObserver",
+    "SendFrame",
+    "ServerRouter",
+    "WaitFor",
+]

@@ -1,0 +1,141 @@
+"""What reaches a frontend: replies in stream order, one final answer per TEXT, status echoes.
+
+A message for a frontend whose socket another server process holds is forwarded to that
+server's queue; the frontend id says which (its server tag).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from agentcomm.core.answers import AnswerLedger
+from agentcomm.core.routing.effects import Plan, Publish, SendFrame
+from agentcomm.core.sessions import FrontendSessions
+from agentcomm.core.streams import ReplyStreams
+from agentcomm.protocol.codec import encode_envelope, encode_for_client
+from agentcomm.protocol.ids import frontend_server_tag
+from agentcomm.protocol.models import Envelope
+from agentcomm.protocol.queues import server_queue
+from agentcomm.protocol.rules import SERVER_SENDER, error_envelope, status_echo
+from agentcomm.protocol.vocabulary import ErrorCode, MessageType, RoutingStatus
+
+log = logging.getLogger(__name__)
+
+_FINAL_TYPES = (MessageType.REPLY, MessageType.ERROR)
+_STREAMED_TYPES = (MessageType.REPLY, MessageType.REPLY_CHUNK)
+
+
+class FrontendDelivery:
+    """Frames for the frontends of one server process."""
+
+    def __init__(
+        self,
+        *,
+        server_tag: str,
+        sessions: FrontendSessions,
+        answers: AnswerLedger,
+        streams: ReplyStreams,
+        publish_timeout: float,
+    ) -> None:
+        self._server_tag = server_tag
+        self._sessions = sessions
+        self._answers = answers
+        self._streams = streams
+        self._publish_timeout = publish_timeout
+
+    def deliver(self, frontend_id: str, message: Envelope) -> Plan[None]:
+        """A chat message for a frontend: to its socket, in stream order, or on to the server
+        that holds it."""
+        session = self._sessions.get(frontend_id)
+        if session is None:
+            yield from self._forward_to_owner(frontend_id, message)
+            return
+        if self._answers.hold_if_refused(frontend_id, message):
+            return  # the sender was told this message was not sent
+        if message.message_type in _STREAMED_TYPES:
+            for ready in self._streams.accept(frontend_id, message):
+                yield from self._to_session(frontend_id, ready)
+        else:
+            yield from self._to_session(frontend_id, message)
+
+    def release_overdue_streams(self) -> Plan[None]:
+        """Finals held for chunks that never came go out now, with what did come."""
+        for frontend_id, messages in self._streams.overdue():
+            for message in messages:
+                yield from self._to_session(frontend_id, message)
+
+    def _to_session(self, frontend_id: str, message: Envelope) -> Plan[None]:
+        session = self._sessions.get(frontend_id)
+        if session is None:
+            return
+        answered = message.in_reply_to_message_id
+        if message.message_type is MessageType.REPLY_CHUNK:
+            if not session.wants_stream or (
+                answered and self._answers.is_answered(frontend_id, answered)
+            ):
+                return  # this frontend asked for whole replies only, or the answer is final
+        elif (
+            answered
+            and message.message_type in _FINAL_TYPES
+            and not self._answers.answer(frontend_id, answered)
+        ):
+            log.info("Dropping a second final answer to %s", answered)
+            return
+        frame = encode_envelope(message, for_client=True)
+        if answered and message.message_type in _FINAL_TYPES:
+            session.keep_final(answered, frame)
+        yield SendFrame(frontend_id, frame)
+
+    def kept_final(self, frontend_id: str, message_id: str) -> bytes | None:
+        """The final answer to `message_id` when it went out on a connection that broke since."""
+        session = self._sessions.get(frontend_id)
+        if session is None:
+            return None
+        return session.final_lost_with_a_connection(message_id)
+
+    def _forward_to_owner(self, frontend_id: str, message: Envelope) -> Plan[None]:
+        owner = frontend_server_tag(frontend_id)
+        if owner and owner != self._server_tag:
+            # Another server process holds this frontend's socket.
+            yield Publish(
+                server_queue(owner),
+                encode_envelope(message, for_client=False),
+                message.message_id,
+                mandatory=False,
+                timeout=self._publish_timeout,
+            )
+            return
+        log.info(
+            "Dropping %s %s for %s: the frontend is gone",
+            message.message_type.value,
+            message.message_id,
+            frontend_id,
+        )
+
+    # -- status echoes -----------------------------------------------------------------------
+
+    def echo(
+        self,
+        frontend_id: str,
+        message: Envelope,
+        status: RoutingStatus,
+        code: ErrorCode | None = None,
+    ) -> Plan[None]:
+        """Tells the sender of `message` where it stands."""
+        if self._answers.is_refused(frontend_id, message.message_id):
+            return  # told it was not sent; a late copy on the bus says nothing new
+        yield SendFrame(frontend_id, status_echo(message, status, code))
+
+    def refuse(self, frontend_id: str, message: Envelope, code: ErrorCode, text: str) -> Plan[None]:
+        """`message` was not sent: its echo says so (for a TEXT) and an ERROR says why."""
+        if message.message_type is MessageType.TEXT:
+            yield from self.echo(frontend_id, message, RoutingStatus.ERROR, code)
+        error = error_envelope(
+            sender_id=SERVER_SENDER,
+            receiver_id=frontend_id,
+            code=code,
+            text=text,
+            in_reply_to=message.message_id,
+            conversation_id=message.conversation_id,
+        )
+        yield SendFrame(frontend_id, encode_for_client(error))

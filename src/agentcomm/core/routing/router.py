@@ -1,0 +1,368 @@
+"""The server's routing decisions (PROTOCOL §4), written once for every transport.
+
+Inputs: a frontend's frame (WebSocket), an agent's message (gRPC), and the broker's output on
+`server_input_queue`. Each entry point is a `Plan`: it decides, yields the effects — publishes
+on the bus, frames to frontend sessions, status echoes of a sender's own message (`pending` →
+`routed` → `delivered`, or `error`) — and decides again on what each publish came to. The
+server carries the effects out (`server/routing.py`); nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from agentcomm.core.answers import AnswerLedger
+from agentcomm.core.clock import Clock, SystemClock
+from agentcomm.core.presence import AgentRegistry
+from agentcomm.core.routing.echoes import EchoOrder
+from agentcomm.core.routing.effects import (
+    BusDown,
+    Plan,
+    Publish,
+    PublishFailed,
+    QueueMissing,
+    SendFrame,
+)
+from agentcomm.core.routing.frontends import FrontendDelivery
+from agentcomm.core.sessions import FrontendSessions
+from agentcomm.core.streams import ReplyStreams
+from agentcomm.protocol.codec import encode_envelope, encode_for_client
+from agentcomm.protocol.ids import is_frontend_id, server_tag
+from agentcomm.protocol.models import Envelope
+from agentcomm.protocol.queues import BROKER_INPUT_QUEUE, agent_queue
+from agentcomm.protocol.rules import (
+    SERVER_SENDER,
+    check_from_agent,
+    check_from_frontend,
+    check_frontend_receiver,
+    error_envelope,
+    receiver_of,
+    sender_of,
+    status_echo,
+)
+from agentcomm.protocol.timestamps import utc_now_iso
+from agentcomm.protocol.vocabulary import ErrorCode, MessageType, RoutingStatus
+
+log = logging.getLogger(__name__)
+
+RouteObserver = Callable[[Envelope], None]
+
+
+class ServerRouter:
+    """Where each message goes, and what its sender is told about it."""
+
+    def __init__(
+        self,
+        *,
+        server_id: str,
+        registry: AgentRegistry,
+        sessions: FrontendSessions,
+        answers: AnswerLedger,
+        streams: ReplyStreams,
+        publish_timeout: float = 5.0,
+        clock: Clock | None = None,
+        expect_agents_for: float = 0.0,
+    ) -> None:
+        """`expect_agents_for`: seconds after this router is made during which an agent it does
+        not know yet, but whose queue exists, counts as one coming back (see _to_agent)."""
+        self._server_id = server_id
+        self._registry = registry
+        self._answers = answers
+        self._publish_timeout = publish_timeout
+        self._clock = clock or SystemClock()
+        self._expect_agents_until = self._clock.monotonic() + expect_agents_for
+        self._echoes = EchoOrder()
+        self.frontends = FrontendDelivery(
+            server_tag=server_tag(server_id),
+            sessions=sessions,
+            answers=answers,
+            streams=streams,
+            publish_timeout=publish_timeout,
+        )
+        self._observers: list[RouteObserver] = []
+
+    def observe(self, observer: RouteObserver) -> None:
+        """Calls `observer` with every message the router handles (metrics, tests)."""
+        self._observers.append(observer)
+
+    # -- from frontends ----------------------------------------------------------------------
+
+    @property
+    def publish_timeout(self) -> float:
+        return self._publish_timeout
+
+    def accept_from_frontend(
+        self, frontend_id: str, message: Envelope, *, time_left: float | None = None
+    ) -> Plan[None]:
+        """A TEXT or CANCEL from a registered frontend. Raises ProtocolError on bad input.
+
+        `time_left`: seconds the sender may still wait for an answer about the publish (its
+        frame may have queued up behind others while the bus was slow); by default the
+        publish timeout.
+        """
+        check_from_frontend(message)
+        receiver = receiver_of(message) or ""
+        if not receiver and message.message_type is MessageType.CANCEL:
+            # Name the agent working on it, so that any broker can route the CANCEL.
+            receiver = (
+                self._answers.agent_for(frontend_id, message.in_reply_to_message_id or "") or ""
+            )
+        check_frontend_receiver(receiver, message.message_id)
+        outgoing = message.model_copy(
+            update={
+                "sender_id": frontend_id,
+                "receiver_id": receiver or None,
+                "client_id": frontend_id,
+                "server_id": self._server_id,
+                "routing_status": RoutingStatus.PENDING,
+                "send_timestamp": message.send_timestamp or utc_now_iso(),
+                "hops": 0,
+                "error_code": None,
+            }
+        )
+        frontends = self.frontends
+        is_text = outgoing.message_type is MessageType.TEXT
+        if is_text and not self._answers.first_time_accepted(frontend_id, outgoing.message_id):
+            # A re-sent copy (the frontend lost its connection before our echo): it is on the
+            # bus already, so only say so again.
+            if not self._answers.is_answered(frontend_id, outgoing.message_id):
+                yield from frontends.echo(frontend_id, outgoing, RoutingStatus.PENDING)
+            elif (final := frontends.kept_final(frontend_id, outgoing.message_id)) is not None:
+                # Answered, but the answer went out on a connection that broke under it.
+                yield SendFrame(frontend_id, final)
+            return
+        if is_text:
+            kept = self._answers.resent_after_refusal(frontend_id, outgoing.message_id)
+            if kept is not None:
+                # The refused copy reached the bus after all, and its answer came meanwhile.
+                yield from frontends.echo(frontend_id, outgoing, RoutingStatus.PENDING)
+                yield from frontends.deliver(frontend_id, kept)
+                return
+        waiters = self._echoes.expect(outgoing.message_id)
+        timeout = self._publish_timeout if time_left is None else time_left
+        try:
+            if timeout <= 0:
+                raise BusDown("Earlier messages used up this one's time waiting for the bus.")
+            yield Publish(
+                BROKER_INPUT_QUEUE,
+                encode_envelope(outgoing, for_client=False),
+                outgoing.message_id,
+                timeout=timeout,
+            )
+        except PublishFailed as exc:
+            self._echoes.echoed(outgoing.message_id, waiters)
+            log.warning("Could not hand %s to the broker: %s", outgoing.message_id, exc)
+            yield from frontends.refuse(
+                frontend_id,
+                outgoing,
+                ErrorCode.BUS_UNAVAILABLE,
+                "The message bus is unavailable; the message was not sent. Try again shortly.",
+            )
+            if is_text:
+                self._answers.refused(frontend_id, outgoing.message_id)
+            return
+        except BaseException:
+            # Cancelled while publishing: whoever waits for the echo goes on.
+            self._echoes.echoed(outgoing.message_id, waiters)
+            raise
+        if is_text:
+            yield from frontends.echo(frontend_id, outgoing, RoutingStatus.PENDING)
+        self._echoes.echoed(outgoing.message_id, waiters)
+        self._notify(outgoing)
+
+    # -- from agents over gRPC ---------------------------------------------------------------
+
+    def accept_from_agent(self, agent_id: str, message: Envelope) -> Plan[Envelope]:
+        """An agent's REPLY / REPLY_CHUNK / SYSTEM / ERROR, published towards the broker."""
+        check_from_agent(message)
+        outgoing = message.model_copy(
+            update={
+                "sender_id": agent_id,
+                "routing_status": RoutingStatus.PENDING,
+                "send_timestamp": message.send_timestamp or utc_now_iso(),
+            }
+        )
+        yield Publish(
+            BROKER_INPUT_QUEUE,
+            encode_envelope(outgoing, for_client=False),
+            outgoing.message_id,
+            timeout=self._publish_timeout,
+        )
+        self._notify(outgoing)
+        return outgoing
+
+    # -- from the broker ---------------------------------------------------------------------
+
+    def handle_broker_output(self, message: Envelope) -> Plan[None]:
+        """A message from `server_input_queue`: deliver it, or tell its sender why not.
+
+        A publish it needs that fails is let through (the bus message is then not acked and
+        comes back once the bus is healthy again).
+        """
+        self._notify(message)
+        if message.routing_status is RoutingStatus.ERROR or (
+            message.message_type is MessageType.ERROR and message.routing_status is None
+        ):
+            yield from self._deliver_error(message)
+            return
+        receiver = receiver_of(message)
+        if receiver is None:
+            yield from self._reject(
+                message, ErrorCode.UNKNOWN_RECEIVER, "The broker routed the message to no one."
+            )
+            return
+        if is_frontend_id(receiver):
+            yield from self.frontends.deliver(receiver, message)
+            return
+        yield from self._to_agent(receiver, message)
+
+    def _to_agent(self, agent_id: str, message: Envelope) -> Plan[None]:
+        record = self._registry.get(agent_id)
+        # A server that has just started knows no agent yet: those of the server before it (a
+        # restart) are on their way back. Their messages wait in their queues, and their
+        # senders get ERROR agent_offline if they are not back within DELIVERY_TIMEOUT.
+        expected = record is None and self._clock.monotonic() < self._expect_agents_until
+        if record is None and not expected:
+            yield from self._reject(
+                message, ErrorCode.UNKNOWN_RECEIVER, f"No agent is registered as {agent_id!r}."
+            )
+            return
+        if record is not None and not record.online:
+            yield from self._reject(
+                message, ErrorCode.AGENT_OFFLINE, f"Agent {agent_id!r} is offline."
+            )
+            return
+        sender = sender_of(message) or ""
+        from_frontend = is_frontend_id(sender) and message.message_type is MessageType.TEXT
+        frontends = self.frontends
+        if from_frontend:
+            yield from self._echoes.wait(message.message_id)
+            if not expected:
+                yield from frontends.echo(sender, message, RoutingStatus.ROUTED)
+        try:
+            yield Publish(
+                agent_queue(agent_id),
+                # Internal fields stay on the server's side (PROTOCOL §0).
+                encode_envelope(message, for_client=True, routing_status=RoutingStatus.DELIVERED),
+                message.message_id,
+                timeout=self._publish_timeout,
+            )
+        except QueueMissing:
+            if expected:
+                yield from self._reject(
+                    message, ErrorCode.UNKNOWN_RECEIVER, f"No agent is registered as {agent_id!r}."
+                )
+                return
+            yield from self._reject(
+                message, ErrorCode.AGENT_OFFLINE, f"Agent {agent_id!r} has no queue on the bus."
+            )
+            return
+        if from_frontend:
+            if expected:
+                # Only now: without a queue it was an unknown receiver after all.
+                yield from frontends.echo(sender, message, RoutingStatus.ROUTED)
+            self._answers.delivered(sender, message, agent_id)
+            if expected and self._registry.get(agent_id) is None:
+                self._answers.agent_offline(agent_id)
+            if not self._answers.is_answered(sender, message.message_id):
+                # A fast agent may have answered already; "delivered" after the answer
+                # would only confuse the sender.
+                yield from frontends.echo(sender, message, RoutingStatus.DELIVERED)
+
+    def release_overdue_streams(self) -> Plan[None]:
+        """Finals held for chunks that never came go out now, with what did come."""
+        yield from self.frontends.release_overdue_streams()
+
+    def answer_abandoned(self) -> Plan[int]:
+        """Answers messages whose agent stayed offline past DELIVERY_TIMEOUT; returns how many."""
+        expired = self._answers.expired()
+        for entry in expired:
+            yield from self._reject(
+                entry.message,
+                ErrorCode.AGENT_OFFLINE,
+                f"Agent {entry.agent_id!r} went offline before answering and did not come back.",
+            )
+        return len(expired)
+
+    # -- errors ------------------------------------------------------------------------------
+
+    def _deliver_error(self, message: Envelope) -> Plan[None]:
+        target = receiver_of(message) or sender_of(message) or ""
+        error = message.model_copy(
+            update={
+                "message_type": MessageType.ERROR,
+                "routing_status": RoutingStatus.ERROR,
+                "receiver_id": target,
+                "error_code": message.error_code or ErrorCode.INTERNAL.value,
+            }
+        )
+        failed = error.in_reply_to_message_id
+        if (
+            failed
+            and is_frontend_id(target)
+            and not self._answers.is_answered(target, failed)
+            and not self._answers.is_refused(target, failed)
+        ):
+            # The sender's own message failed: its status echo says so too (PROTOCOL §3).
+            yield from self._echoes.wait(failed)
+            echo = Envelope(
+                message_type=MessageType.TEXT,
+                message_id=failed,
+                sender_id=target,
+                conversation_id=error.conversation_id,
+            )
+            yield SendFrame(target, status_echo(echo, RoutingStatus.ERROR, error.error_code))
+        yield from self._send_error_to(target, error)
+
+    def _reject(self, message: Envelope, code: ErrorCode, text: str) -> Plan[None]:
+        """The message cannot be delivered: its sender gets an ERROR saying why."""
+        sender = sender_of(message) or ""
+        log.info("Message %s not delivered: %s", message.message_id, text)
+        error = error_envelope(
+            sender_id=SERVER_SENDER,
+            receiver_id=sender,
+            code=code,
+            text=text,
+            in_reply_to=message.message_id,
+            conversation_id=message.conversation_id,
+            client_id=message.client_id,
+            server_id=message.server_id,
+        )
+        if is_frontend_id(sender) and message.message_type in (
+            MessageType.TEXT,
+            MessageType.CANCEL,
+        ):
+            yield from self._echoes.wait(message.message_id)
+            yield from self.frontends.echo(sender, message, RoutingStatus.ERROR, code)
+        yield from self._send_error_to(sender, error)
+
+    def _send_error_to(self, target: str, error: Envelope) -> Plan[None]:
+        if not target:
+            log.warning("Error %s has no one to go to; dropped", error.message_id)
+            return
+        if is_frontend_id(target):
+            in_reply_to = error.in_reply_to_message_id
+            if in_reply_to and error.message_type is MessageType.ERROR:
+                self._echoes.stop_waiting(in_reply_to)
+            yield from self.frontends.deliver(target, error)
+            return
+        if self._registry.get(target) is None:
+            log.info("Error %s for unknown %r dropped", error.message_id, target)
+            return
+        try:
+            yield Publish(
+                agent_queue(target),
+                encode_for_client(error),
+                error.message_id,
+                mandatory=False,
+                timeout=self._publish_timeout,
+            )
+        except BusDown:
+            raise
+        except PublishFailed as exc:
+            log.warning("Error for agent %s could not be queued: %s", target, exc)
+
+    def _notify(self, message: Envelope) -> None:
+        for observer in self._observers:
+            observer(message)
