@@ -111,6 +111,8 @@ class CommandLine(NamedTuple):
 
 def build_command_line() -> CommandLine:
     """The parsers of `agentcomm` and of each command, settings flags included."""
+    from agentcomm.bench.scenarios import SCENARIO_NAMES
+
     parser = argparse.ArgumentParser(prog="agentcomm", description=__doc__.splitlines()[0])
     subparsers = parser.add_subparsers(dest="command", required=True)
     commands: dict[str, argparse.ArgumentParser] = {}
@@ -155,7 +157,9 @@ def build_command_line() -> CommandLine:
     token.add_argument("--ttl", type=float, default=3600.0, help="seconds until it expires")
 
     bench = command("bench", "run a benchmark scenario")
-    bench.add_argument("scenario", help="scenario name, or 'all'")
+    bench.add_argument(
+        "scenario", help=f"scenario name: {', '.join(SCENARIO_NAMES)}, or 'all' for each of them"
+    )
     bench.add_argument("--duration", type=float, default=10.0, help="seconds per measurement")
     bench.add_argument("--json", action="store_true", help="one JSON object per scenario")
     for name, sub in commands.items():
