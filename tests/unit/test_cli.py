@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from agentcomm.cli import (
@@ -147,3 +149,20 @@ def test_the_environment_still_reaches_every_setting(monkeypatch: pytest.MonkeyP
     settings = _settings_from(parse_arguments(["agent", "echo", "--grpc-port", "50099"]))
     assert settings.rate_limit_per_second == 7
     assert settings.grpc_port == 50099
+
+
+def test_the_operations_guide_lists_each_commands_groups_and_each_groups_settings() -> None:
+    guide = Path(__file__).parents[2] / "docs" / "operations.md"
+    section = guide.read_text().split("## Settings of each command", 1)[1].split("\n## ", 1)[0]
+    # The first two cells of each row of its two tables: command -> groups, group -> settings.
+    listed = {
+        cells[0].strip("` ").removeprefix("agentcomm "): cells[1].strip()
+        for cells in (line.strip("|").split("|") for line in section.splitlines())
+        if cells[0].startswith(" `")
+    }
+    for command, groups in COMMAND_GROUPS.items():
+        keys = [group.key for group in SettingsGroup if group in groups]
+        assert listed[command] == ", ".join(f"`{key}`" for key in keys), command
+    for group in SettingsGroup:
+        names = [name.upper() for name in fields_in(group)]
+        assert listed[group.key] == ", ".join(f"`{name}`" for name in names), group.key
