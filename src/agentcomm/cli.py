@@ -1,7 +1,8 @@
 """The `agentcomm` command: serve | broker | agent | dev | token | bench.
 
-Every setting of `agentcomm.config.Settings` is also a flag (`--grpc-port 50052` mirrors
-`GRPC_PORT=50052`); flags win over the environment.
+A command takes a flag for each setting it reads (`--grpc-port 50052` mirrors `GRPC_PORT=50052`),
+grouped in its `--help` as `agentcomm.config.Settings` groups them; flags win over the
+environment. The environment applies to every setting in every command.
 """
 
 from __future__ import annotations
@@ -9,25 +10,86 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from collections.abc import Callable, Coroutine, Sequence
-from typing import Any
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from types import MappingProxyType
+from typing import Any, NamedTuple
 
-from agentcomm.config import Settings, SettingsError, load_settings
+from agentcomm.config import (
+    Settings,
+    SettingsError,
+    SettingsGroup,
+    fields_in,
+    group_of,
+    load_settings,
+)
 from agentcomm.logging_setup import configure_logging
 
 SETTINGS_DEST = "settings__"
 
+_G = SettingsGroup
+# The settings groups each command reads: its flags are exactly their fields. Every command
+# logs (logging_setup.configure_logging). Where the reads are, to check these lists against:
+#   serve  - server/ and bus/factory.py: everything but the client side (auth_token, tls_client)
+#   broker - broker/runner.py: hub, bus (create_bus), consumer_concurrency and agent_timeout,
+#            shutdown_timeout, auth_token, tls_client (grpc_channel.ClientTls.from_settings)
+#   agent  - sdk/agent.py: hub (grpc_target), bus (choose_transport, create_bus), auth_token,
+#            tls_client, max_message_bytes; sdk/runtime.py: heartbeat_interval, shutdown_timeout
+#   dev    - dev.py: what serve reads, and tls_client for its in-process agents' gRPC clients
+#            (their tokens are minted by the stack, not read from AUTH_TOKEN)
+#   token  - auth_secret
+#   bench  - bench/: the bus (its floor, its vhost) and the log level; the processes it starts
+#            are handed its whole Settings through their environment (bench/procs.settings_env)
+_SERVER_GROUPS = frozenset(
+    {
+        _G.HUB,
+        _G.BUS,
+        _G.SERVER,
+        _G.LIMITS,
+        _G.AGENT_LINK,
+        _G.ROUTING,
+        _G.LIFECYCLE,
+        _G.AUTH,
+        _G.TLS_SERVER,
+        _G.LOGGING,
+    }
+)
+_CLIENT_GROUPS = frozenset(
+    {_G.HUB, _G.BUS, _G.LIFECYCLE, _G.AUTH_CLIENT, _G.TLS_CLIENT, _G.LOGGING}
+)
+COMMAND_GROUPS: Mapping[str, frozenset[SettingsGroup]] = MappingProxyType(
+    {
+        "serve": _SERVER_GROUPS,
+        "broker": _CLIENT_GROUPS | {_G.ROUTING},
+        "agent": _CLIENT_GROUPS | {_G.AGENT_LINK},
+        "dev": _SERVER_GROUPS | {_G.TLS_CLIENT},
+        "token": frozenset({_G.AUTH, _G.LOGGING}),
+        "bench": frozenset({_G.BUS, _G.LOGGING}),
+    }
+)
 
-def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("settings (each also read from the environment)")
-    for name, field in Settings.model_fields.items():
-        group.add_argument(
-            "--" + name.replace("_", "-"),
-            dest=SETTINGS_DEST + name,
-            metavar=name.upper(),
-            default=None,
-            help=field.description,
-        )
+
+def flag_of(name: str) -> str:
+    """The command-line flag of the setting `name` (`grpc_port` -> `--grpc-port`)."""
+    return "--" + name.replace("_", "-")
+
+
+def _add_settings_flags(parser: argparse.ArgumentParser, groups: frozenset[SettingsGroup]) -> None:
+    # The usage line shows the command's own arguments; its settings follow, one titled section
+    # per group, in the same order for every command.
+    own_usage = " ".join(parser.format_usage().removeprefix("usage: ").split())
+    parser.usage = f"{own_usage} [settings]"
+    for group in SettingsGroup:
+        if group not in groups:
+            continue
+        section = parser.add_argument_group(f"{group.key} settings", group.summary)
+        for name in fields_in(group):
+            section.add_argument(
+                flag_of(name),
+                dest=SETTINGS_DEST + name,
+                metavar=name.upper(),
+                default=None,
+                help=Settings.model_fields[name].description,
+            )
 
 
 def _settings_from(args: argparse.Namespace, **forced: Any) -> Settings:
@@ -40,19 +102,38 @@ def _settings_from(args: argparse.Namespace, **forced: Any) -> Settings:
     return load_settings(**overrides)
 
 
-def build_parser() -> argparse.ArgumentParser:
+class CommandLine(NamedTuple):
+    """The `agentcomm` parser and, by command name, the parser of each command."""
+
+    parser: argparse.ArgumentParser
+    commands: Mapping[str, argparse.ArgumentParser]
+
+
+def build_command_line() -> CommandLine:
+    """The parsers of `agentcomm` and of each command, settings flags included."""
+    from agentcomm.bench.scenarios import SCENARIO_NAMES
+
     parser = argparse.ArgumentParser(prog="agentcomm", description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", required=True)
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    commands: dict[str, argparse.ArgumentParser] = {}
 
-    serve = commands.add_parser("serve", help="run the hub: WebSocket, HTTP and gRPC")
-    _add_settings_flags(serve)
+    def command(name: str, summary: str) -> argparse.ArgumentParser:
+        sub = subparsers.add_parser(
+            name,
+            help=summary,
+            description=f"{summary}. Its settings, below, are also read from the environment "
+            "(--grpc-port from GRPC_PORT); a flag wins.",
+        )
+        commands[name] = sub
+        return sub
 
-    broker = commands.add_parser("broker", help="run the reference routing broker")
+    command("serve", "run the hub: WebSocket, HTTP and gRPC")
+
+    broker = command("broker", "run the reference routing broker")
     broker.add_argument("--broker-id", default=None, help="broker id (default: broker_<hex>)")
     broker.add_argument("--broker-name", default="reference-broker", help="display name")
-    _add_settings_flags(broker)
 
-    agent = commands.add_parser("agent", help="run a demo agent built on the SDK")
+    agent = command("agent", "run a demo agent built on the SDK")
     agent.add_argument("kind", choices=["echo", "typist"], help="which demo agent")
     agent.add_argument("--name", default=None, help="agent name (default: the kind)")
     agent.add_argument("--id", dest="agent_id", default=None, help="agent id (default: the name)")
@@ -62,28 +143,58 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="how work arrives (default: amqp on RabbitMQ, grpc otherwise)",
     )
-    _add_settings_flags(agent)
 
-    dev = commands.add_parser("dev", help="server, broker, demo agents and web UI in one process")
+    dev = command("dev", "server, broker, demo agents and web UI in one process")
     dev.add_argument(
         "--bus", choices=["memory", "rabbitmq"], default="memory", help="message bus to run on"
     )
-    _add_settings_flags(dev)
 
-    token = commands.add_parser("token", help="mint a JWT for a frontend, agent, broker or admin")
+    token = command("token", "mint a JWT for a frontend, agent, broker or admin")
     token.add_argument("--role", required=True, choices=["frontend", "agent", "broker", "admin"])
     token.add_argument(
         "--sub", required=True, help="who the token names (for agents: the agent id)"
     )
     token.add_argument("--ttl", type=float, default=3600.0, help="seconds until it expires")
-    _add_settings_flags(token)
 
-    bench = commands.add_parser("bench", help="run a benchmark scenario")
-    bench.add_argument("scenario", help="scenario name, or 'all'")
+    bench = command("bench", "run a benchmark scenario")
+    bench.add_argument(
+        "scenario", help=f"scenario name: {', '.join(SCENARIO_NAMES)}, or 'all' for each of them"
+    )
     bench.add_argument("--duration", type=float, default=10.0, help="seconds per measurement")
     bench.add_argument("--json", action="store_true", help="one JSON object per scenario")
-    _add_settings_flags(bench)
-    return parser
+    for name, sub in commands.items():
+        _add_settings_flags(sub, COMMAND_GROUPS[name])
+    return CommandLine(parser, MappingProxyType(commands))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `agentcomm` argument parser."""
+    return build_command_line().parser
+
+
+def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parses `agentcomm` arguments; exits with status 2 and a usage line on a bad one.
+
+    A flag of a setting the command does not read is refused by the command's own parser,
+    with the commands that do read it.
+    """
+    parser, commands = build_command_line()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        commands[args.command].error(_unrecognized(args.command, unknown))
+    return args
+
+
+def _unrecognized(command: str, unknown: Sequence[str]) -> str:
+    lines = [f"unrecognized arguments: {' '.join(unknown)}"]
+    for word in unknown:
+        flag = word.partition("=")[0]
+        name = flag.removeprefix("--").replace("-", "_")
+        if not flag.startswith("--") or name not in Settings.model_fields:
+            continue
+        readers = [other for other, groups in COMMAND_GROUPS.items() if group_of(name) in groups]
+        lines.append(f"{flag} is a setting of {', '.join(readers)}; '{command}' does not read it")
+    return "\n".join(lines)
 
 
 def _run(coroutine_factory: Callable[[], Coroutine[Any, Any, int | None]]) -> int:
@@ -108,7 +219,7 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_arguments(argv)
     try:
         if args.command == "dev":
             settings = _settings_from(args, message_bus=args.bus)

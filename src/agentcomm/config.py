@@ -3,120 +3,202 @@
 Every name here is an environment variable of the same name in upper case; the seed's names
 (`RABBITMQ_HOST`, `PORT`, ...) are honoured exactly. A bad value stops the start with one line
 naming the variable and what it accepts.
+
+Settings are one validated model, read as flat attributes (`settings.grpc_port`) everywhere.
+Each field also names the group it belongs to (`Annotated[int, SettingsGroup.HUB]`): the part
+of the system it configures. A command offers flags only for the groups it reads (see
+`agentcomm.cli`); the environment applies to every field in every process, so processes that
+share one environment each take what they need from it.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from enum import Enum
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
+class SettingsGroup(Enum):
+    """The part of the system a setting configures (its `key`), and a line that says so."""
+
+    HUB = ("hub", "the gRPC address: the server listens on it, brokers and agents dial it")
+    BUS = ("bus", "which message bus carries chat traffic, and how to reach RabbitMQ")
+    SERVER = ("server", "the server's HTTP/WebSocket listener, its sessions and its deadlines")
+    LIMITS = ("limits", "what one frontend may cost the server")
+    AGENT_LINK = (
+        "agent_link",
+        "what the server and its agents both apply: the largest message, the heartbeat pace",
+    )
+    ROUTING = (
+        "routing",
+        "what the server and the brokers both apply: when an agent counts as gone, how many "
+        "bus messages are handled at once",
+    )
+    LIFECYCLE = ("lifecycle", "how long a graceful stop may take")
+    AUTH = ("auth", "the secret that signs and checks tokens")
+    AUTH_CLIENT = ("auth_client", "the token this process presents to the server")
+    TLS_SERVER = ("tls_server", "gRPC over TLS, the server's side")
+    TLS_CLIENT = ("tls_client", "gRPC over TLS, the side of brokers and agents")
+    LOGGING = ("logging", "what this process logs, and how")
+
+    def __init__(self, key: str, summary: str) -> None:
+        self.key = key
+        self.summary = summary
+
+
 class Settings(BaseSettings):
-    """Configuration of every agentcomm process (server, broker, agents, bench)."""
+    """Configuration of every agentcomm process (server, broker, agents, bench), group by group.
+
+    The seed's names: RABBITMQ_HOST, RABBITMQ_PORT, HOST, PORT, GRPC_HOST, GRPC_PORT and
+    PERIODIC_STATUS_INTERVAL; the rest are additions.
+    """
 
     model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", frozen=True)
 
-    # The seed's names.
-    rabbitmq_host: str = Field("localhost", description="RabbitMQ host name")
-    rabbitmq_port: int = Field(5672, ge=1, le=65535, description="RabbitMQ port")
-    host: str = Field("0.0.0.0", description="HTTP/WebSocket listen address")
-    port: int = Field(8765, ge=0, le=65535, description="HTTP/WebSocket port (0: any free)")
-    grpc_host: str = Field("localhost", description="gRPC listen address")
-    grpc_port: int = Field(50051, ge=0, le=65535, description="gRPC port (0: any free)")
-    periodic_status_interval: float = Field(
-        60.0, gt=0, description="seconds between full status refreshes and advertisements"
+    grpc_host: Annotated[str, SettingsGroup.HUB] = Field(
+        "localhost",
+        description="gRPC address the server listens on and brokers and agents dial (a "
+        "wildcard is dialled as loopback)",
     )
-    # Additions.
-    message_bus: Literal["rabbitmq", "memory"] = Field(
+    grpc_port: Annotated[int, SettingsGroup.HUB] = Field(
+        50051, ge=0, le=65535, description="gRPC port (0: any free)"
+    )
+
+    message_bus: Annotated[Literal["rabbitmq", "memory"], SettingsGroup.BUS] = Field(
         "rabbitmq", description="which message bus carries chat traffic"
     )
-    rabbitmq_user: str = Field("guest", description="RabbitMQ user")
-    rabbitmq_password: str = Field("guest", description="RabbitMQ password")
-    rabbitmq_vhost: str = Field("/", description="RabbitMQ virtual host")
-    rabbitmq_prefetch: int = Field(
+    rabbitmq_host: Annotated[str, SettingsGroup.BUS] = Field(
+        "localhost", description="RabbitMQ host name"
+    )
+    rabbitmq_port: Annotated[int, SettingsGroup.BUS] = Field(
+        5672, ge=1, le=65535, description="RabbitMQ port"
+    )
+    rabbitmq_user: Annotated[str, SettingsGroup.BUS] = Field("guest", description="RabbitMQ user")
+    rabbitmq_password: Annotated[str, SettingsGroup.BUS] = Field(
+        "guest", description="RabbitMQ password"
+    )
+    rabbitmq_vhost: Annotated[str, SettingsGroup.BUS] = Field(
+        "/", description="RabbitMQ virtual host"
+    )
+    rabbitmq_prefetch: Annotated[int, SettingsGroup.BUS] = Field(
         200, ge=1, le=65535, description="unacked deliveries per consumer"
     )
-    rabbitmq_connect_attempts: int = Field(
+    rabbitmq_connect_attempts: Annotated[int, SettingsGroup.BUS] = Field(
         10, ge=1, description="attempts to reach RabbitMQ at start before giving up"
     )
-    rabbitmq_heartbeat: int = Field(
+    rabbitmq_heartbeat: Annotated[int, SettingsGroup.BUS] = Field(
         10,
         ge=0,
         le=600,
         description="seconds between AMQP heartbeats; a link silent for about three of them "
         "is taken for dead and reconnected (0: off)",
     )
-    rabbitmq_fast_path: bool = Field(
+    rabbitmq_fast_path: Annotated[bool, SettingsGroup.BUS] = Field(
         True,
         description="frame publishes, confirms, deliveries and acks in the bus itself (0: plain "
         "aio-pika publishes and consumers)",
     )
-    consumer_concurrency: int = Field(
+
+    host: Annotated[str, SettingsGroup.SERVER] = Field(
+        "0.0.0.0", description="HTTP/WebSocket listen address"
+    )
+    port: Annotated[int, SettingsGroup.SERVER] = Field(
+        8765, ge=0, le=65535, description="HTTP/WebSocket port (0: any free)"
+    )
+    public_url: Annotated[str, SettingsGroup.SERVER] = Field(
+        "", description="address advertised to others (default: from HOST/PORT)"
+    )
+    allowed_origins: Annotated[str, SettingsGroup.SERVER] = Field(
+        "", description="comma-separated WebSocket/CORS origins; empty allows any"
+    )
+    periodic_status_interval: Annotated[float, SettingsGroup.SERVER] = Field(
+        60.0, gt=0, description="seconds between full status refreshes and advertisements"
+    )
+    stream_grace: Annotated[float, SettingsGroup.SERVER] = Field(
+        3.0, ge=0, description="seconds a broken ReceiveCommands stream may take to be reopened"
+    )
+    registration_timeout: Annotated[float, SettingsGroup.SERVER] = Field(
+        10.0, gt=0, description="seconds a socket has to register"
+    )
+    delivery_timeout: Annotated[float, SettingsGroup.SERVER] = Field(
+        300.0,
+        gt=0,
+        description="seconds an offline agent may take to come back before its senders "
+        "get ERROR agent_offline",
+    )
+    resume_window: Annotated[float, SettingsGroup.SERVER] = Field(
+        60.0, ge=0, description="seconds a disconnected frontend's session waits for a resume"
+    )
+    command_timeout: Annotated[float, SettingsGroup.SERVER] = Field(
+        30.0, gt=0, description="default wait for a command result"
+    )
+
+    rate_limit_per_second: Annotated[float, SettingsGroup.LIMITS] = Field(
+        20.0, gt=0, description="frames per second a frontend may send, sustained"
+    )
+    rate_limit_burst: Annotated[int, SettingsGroup.LIMITS] = Field(
+        40, ge=1, description="frames a frontend may send in a burst"
+    )
+    outbound_queue_frames: Annotated[int, SettingsGroup.LIMITS] = Field(
+        1024, ge=16, description="frames queued for a slow frontend before it is closed (4008)"
+    )
+
+    max_message_bytes: Annotated[int, SettingsGroup.AGENT_LINK] = Field(
+        65536, ge=1024, le=16 * 1024 * 1024, description="largest frame accepted"
+    )
+    heartbeat_interval: Annotated[int, SettingsGroup.AGENT_LINK] = Field(
+        10, ge=1, le=3600, description="seconds between agent heartbeats"
+    )
+
+    agent_timeout: Annotated[float, SettingsGroup.ROUTING] = Field(
+        30.0, gt=0, description="seconds without a sign of life before an agent is offline"
+    )
+    consumer_concurrency: Annotated[int, SettingsGroup.ROUTING] = Field(
         32,
         ge=1,
         le=1024,
         description="bus messages a server or broker handles at once (a reply stream's order "
         "is restored by the server)",
     )
-    agent_timeout: float = Field(
-        30.0, gt=0, description="seconds without a sign of life before an agent is offline"
+
+    shutdown_timeout: Annotated[float, SettingsGroup.LIFECYCLE] = Field(
+        10.0, gt=0, description="seconds a graceful shutdown may take"
     )
-    stream_grace: float = Field(
-        3.0, ge=0, description="seconds a broken ReceiveCommands stream may take to be reopened"
-    )
-    heartbeat_interval: int = Field(
-        10, ge=1, le=3600, description="seconds between agent heartbeats"
-    )
-    registration_timeout: float = Field(10.0, gt=0, description="seconds a socket has to register")
-    max_message_bytes: int = Field(
-        65536, ge=1024, le=16 * 1024 * 1024, description="largest frame accepted"
-    )
-    outbound_queue_frames: int = Field(
-        1024, ge=16, description="frames queued for a slow frontend before it is closed (4008)"
-    )
-    delivery_timeout: float = Field(
-        300.0,
-        gt=0,
-        description="seconds an offline agent may take to come back before its senders "
-        "get ERROR agent_offline",
-    )
-    resume_window: float = Field(
-        60.0, ge=0, description="seconds a disconnected frontend's session waits for a resume"
-    )
-    rate_limit_per_second: float = Field(
-        20.0, gt=0, description="frames per second a frontend may send, sustained"
-    )
-    rate_limit_burst: int = Field(40, ge=1, description="frames a frontend may send in a burst")
-    command_timeout: float = Field(30.0, gt=0, description="default wait for a command result")
-    shutdown_timeout: float = Field(10.0, gt=0, description="seconds a graceful shutdown may take")
-    allowed_origins: str = Field(
-        "", description="comma-separated WebSocket/CORS origins; empty allows any"
-    )
-    auth_secret: str = Field(
+
+    auth_secret: Annotated[str, SettingsGroup.AUTH] = Field(
         "", description="HS256 secret; when set, every connection must present a valid JWT"
     )
-    auth_token: str = Field(
+    auth_token: Annotated[str, SettingsGroup.AUTH_CLIENT] = Field(
         "", description="the JWT this process presents when it connects (brokers, agents)"
     )
-    grpc_tls_cert: str = Field("", description="PEM certificate file: serve gRPC over TLS")
-    grpc_tls_key: str = Field("", description="PEM private key file for GRPC_TLS_CERT")
-    grpc_tls_client_ca: str = Field(
+
+    grpc_tls_cert: Annotated[str, SettingsGroup.TLS_SERVER] = Field(
+        "", description="PEM certificate file: serve gRPC over TLS"
+    )
+    grpc_tls_key: Annotated[str, SettingsGroup.TLS_SERVER] = Field(
+        "", description="PEM private key file for GRPC_TLS_CERT"
+    )
+    grpc_tls_client_ca: Annotated[str, SettingsGroup.TLS_SERVER] = Field(
         "", description="PEM CA file: require client certificates signed by it (mTLS)"
     )
-    grpc_tls_ca: str = Field(
+    grpc_tls_ca: Annotated[str, SettingsGroup.TLS_CLIENT] = Field(
         "", description="PEM CA file clients use to verify the server (enables TLS for clients)"
     )
-    grpc_tls_client_cert: str = Field("", description="PEM client certificate for mTLS")
-    grpc_tls_client_key: str = Field("", description="PEM private key for GRPC_TLS_CLIENT_CERT")
-    public_url: str = Field(
-        "", description="address advertised to others (default: from HOST/PORT)"
+    grpc_tls_client_cert: Annotated[str, SettingsGroup.TLS_CLIENT] = Field(
+        "", description="PEM client certificate for mTLS"
     )
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
-        "INFO", description="log level"
+    grpc_tls_client_key: Annotated[str, SettingsGroup.TLS_CLIENT] = Field(
+        "", description="PEM private key for GRPC_TLS_CLIENT_CERT"
     )
-    log_format: Literal["text", "json"] = Field("text", description="log line format")
+
+    log_level: Annotated[
+        Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], SettingsGroup.LOGGING
+    ] = Field("INFO", description="log level")
+    log_format: Annotated[Literal["text", "json"], SettingsGroup.LOGGING] = Field(
+        "text", description="log line format"
+    )
 
     @property
     def rabbitmq_url(self) -> str:
@@ -130,6 +212,21 @@ class Settings(BaseSettings):
     @property
     def origins(self) -> list[str]:
         return [origin.strip() for origin in self.allowed_origins.split(",") if origin.strip()]
+
+
+def group_of(name: str) -> SettingsGroup:
+    """The group the field `name` declares in its annotation."""
+    groups = [
+        item for item in Settings.model_fields[name].metadata if isinstance(item, SettingsGroup)
+    ]
+    if len(groups) != 1:
+        raise LookupError(f"Setting {name!r} must declare exactly one group, not {len(groups)}.")
+    return groups[0]
+
+
+def fields_in(group: SettingsGroup) -> tuple[str, ...]:
+    """The names of the fields in `group`, in the model's order."""
+    return tuple(name for name in Settings.model_fields if group_of(name) is group)
 
 
 _SECRET_SETTINGS = frozenset({"RABBITMQ_PASSWORD", "AUTH_SECRET", "AUTH_TOKEN"})

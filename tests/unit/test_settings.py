@@ -6,7 +6,14 @@ from __future__ import annotations
 
 import pytest
 
-from agentcomm.config import Settings, SettingsError, load_settings
+from agentcomm.config import (
+    Settings,
+    SettingsError,
+    SettingsGroup,
+    fields_in,
+    group_of,
+    load_settings,
+)
 
 # Every variable a test might inherit from the shell that runs it.
 VARIABLES = [name.upper() for name in Settings.model_fields]
@@ -145,3 +152,16 @@ def test_settings_are_frozen() -> None:
     settings = Settings()
     with pytest.raises(ValueError, match="frozen"):
         settings.port = 1
+
+
+@pytest.mark.parametrize("name", list(Settings.model_fields))
+def test_every_setting_declares_exactly_one_group(name: str) -> None:
+    metadata = Settings.model_fields[name].metadata
+    assert [item for item in metadata if isinstance(item, SettingsGroup)] == [group_of(name)]
+
+
+def test_the_groups_partition_the_settings() -> None:
+    grouped = [name for group in SettingsGroup for name in fields_in(group)]
+    assert sorted(grouped) == sorted(Settings.model_fields)
+    assert all(fields_in(group) for group in SettingsGroup), "a group without settings"
+    assert len({group.key for group in SettingsGroup}) == len(SettingsGroup)

@@ -10,16 +10,14 @@ import sys
 from collections.abc import Sequence
 
 from agentcomm.bench.options import BenchOptions, options_from_env, parse_option
+from agentcomm.bench.scenarios import SCENARIO_NAMES
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m agentcomm.bench", description="agentcomm benchmarks"
     )
-    parser.add_argument(
-        "scenario",
-        help="roundtrip, roundtrip-memory, fanout, idle, presence, peer or all",
-    )
+    parser.add_argument("scenario", help=f"{', '.join(SCENARIO_NAMES)} or all")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per measurement")
     parser.add_argument("--json", action="store_true", help="one JSON object per scenario")
     defaults = BenchOptions()

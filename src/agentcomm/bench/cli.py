@@ -9,7 +9,6 @@ import shutil
 import signal
 import sys
 import tempfile
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from agentcomm.bench.context import BenchContext, Result
@@ -17,9 +16,8 @@ from agentcomm.bench.options import BenchOptions, options_from_env
 from agentcomm.bench.procs import BenchError, raise_fd_limit
 from agentcomm.bench.progress import Progress
 from agentcomm.bench.report import format_result, json_line
+from agentcomm.bench.scenarios import SCENARIO_NAMES, SCENARIOS, load_scenario
 from agentcomm.config import Settings
-
-Scenario = Callable[[BenchContext], Awaitable[Result]]
 
 log = logging.getLogger(__name__)
 
@@ -38,23 +36,6 @@ HEADLINE_KEYS: dict[str, tuple[str, ...]] = {
     "roundtrip-memory": _ROUNDTRIP_KEYS,
     "peer": ("roundtrips_per_s", "p50_ms", "p99_ms", "p999_ms"),
 }
-
-# `all` runs them in this order; peer before roundtrip-memory so that the latter can be
-# compared with it.
-ORDER = ("roundtrip", "peer", "roundtrip-memory", "fanout", "idle", "presence")
-
-
-def scenarios() -> dict[str, Scenario]:
-    from agentcomm.bench.scenarios import fanout, idle, peer, presence, roundtrip
-
-    return {
-        "roundtrip": roundtrip.run_rabbitmq,
-        "roundtrip-memory": roundtrip.run_memory,
-        "fanout": fanout.run,
-        "idle": idle.run,
-        "presence": presence.run,
-        "peer": peer.run,
-    }
 
 
 async def run_bench(settings: Settings, scenario: str, duration: float, as_json: bool) -> int:
@@ -93,15 +74,14 @@ async def run_with_options(settings: Settings, scenario: str, options: BenchOpti
 
 
 async def _run_scenarios(settings: Settings, scenario: str, options: BenchOptions) -> int:
-    available = scenarios()
     if scenario == "all":
-        names = list(ORDER)
-    elif scenario in available:
+        names = list(SCENARIO_NAMES)
+    elif scenario in SCENARIOS:
         names = [scenario]
     else:
         print(
             f"agentcomm bench: unknown scenario {scenario!r}; choose one of "
-            f"{', '.join(ORDER)} or all",
+            f"{', '.join(SCENARIO_NAMES)} or all",
             file=sys.stderr,
         )
         return 2
@@ -122,7 +102,8 @@ async def _run_scenarios(settings: Settings, scenario: str, options: BenchOption
             progress.scenario = name
             context = BenchContext(settings, options, progress, log_dir)
             try:
-                result = await available[name](context)
+                # Imported only now: a scenario's heavy parts load only when it runs.
+                result = await load_scenario(name)(context)
             except BenchError as exc:
                 failed = True
                 result = {"scenario": name, "error": str(exc)}

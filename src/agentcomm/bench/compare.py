@@ -23,8 +23,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agentcomm.bench.plots import label_load_axes, save
-
 Result = dict[str, Any]
 
 
@@ -163,6 +161,8 @@ def plot_comparison(
         import matplotlib.pyplot as plt
     except ImportError:
         return []
+    from agentcomm.bench.plots import label_load_axes, save
+
     folder.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     for scenario, reference in (("roundtrip", "floor"), ("roundtrip-memory", "peer")):
