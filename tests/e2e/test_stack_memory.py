@@ -94,14 +94,6 @@ async def chat(stack: Stack) -> AsyncIterator[Chat]:
         yield chat
 
 
-async def exactly_one_final_each(chat: Chat, text_ids: list[str]) -> None:
-    """Every TEXT ends in exactly one final REPLY or ERROR, also after the stragglers."""
-    await chat.all_finals(text_ids, timeout=20)
-    await chat.settle()
-    counts = {text_id: len(chat.finals(text_id)) for text_id in text_ids}
-    assert all(count == 1 for count in counts.values()), (counts, chat.describe())
-
-
 async def test_the_remote_agent_joins_the_dev_stack(stack: Stack) -> None:
     agents = await asyncio.to_thread(stack.server.agents)
     assert all(agents[agent_id]["is_online"] for agent_id in AGENTS), agents
@@ -115,7 +107,7 @@ async def test_chat_by_name_with_remote_and_in_process_agents(chat: Chat) -> Non
         for agent_id in (REMOTE_ECHO, "echo")
     }
     typed = await chat.send_text("type this back to me", receiver_id="typist")
-    await exactly_one_final_each(chat, [*echoes.values(), typed])
+    await chat.exactly_one_final_each([*echoes.values(), typed])
 
     for agent_id, text_id in echoes.items():
         assert [e["routing_status"] for e in chat.echoes(text_id)] == [
@@ -141,7 +133,7 @@ async def test_unaddressed_messages_spread_and_conversations_stick(
 ) -> None:
     await asyncio.to_thread(stack.server.wait_idle, AGENTS)
     spread = [await chat.send_text(f"anyone {n}") for n in range(12)]
-    await exactly_one_final_each(chat, spread)
+    await chat.exactly_one_final_each(spread)
     receivers = Counter(chat.routed_to(text_id) for text_id in spread)
     assert set(receivers) == set(AGENTS), receivers
     for text_id in spread:
@@ -156,7 +148,7 @@ async def test_unaddressed_messages_spread_and_conversations_stick(
                 await chat.send_text(f"turn {turn}", conversation_id=conversation)
             )
         await chat.all_finals([ids[-1] for ids in sent.values()])
-    await exactly_one_final_each(chat, [i for ids in sent.values() for i in ids])
+    await chat.exactly_one_final_each([i for ids in sent.values() for i in ids])
     owners = {c: {chat.routed_to(i) for i in ids} for c, ids in sent.items()}
     assert all(len(agents) == 1 for agents in owners.values()), owners
 
@@ -175,7 +167,7 @@ async def test_routing_by_capability(chat: Chat) -> None:
     missing = await chat.send_text(
         "needs a painter", metadata={"required_capabilities": {"kind": "painter"}}
     )
-    await exactly_one_final_each(chat, [*to_typist, *to_echoes, missing])
+    await chat.exactly_one_final_each([*to_typist, *to_echoes, missing])
 
     assert {chat.routed_to(i) for i in to_typist} == {"typist"}
     assert {chat.routed_to(i) for i in to_echoes} <= {"echo", REMOTE_ECHO}
@@ -193,7 +185,7 @@ async def test_cancel_stops_the_typist(stack: Stack, chat: Chat) -> None:
         text_id = await chat.send_text(" ".join(f"w{n}" for n in range(30)), receiver_id="typist")
         await chat.until(lambda: bool(chat.chunks(text_id)), timeout=10, what="the first chunk")
         await chat.cancel(text_id)
-        await exactly_one_final_each(chat, [text_id])
+        await chat.exactly_one_final_each([text_id])
     finally:
         default_ms = str(round(TYPIST_SECONDS_PER_WORD * 1000))
         await asyncio.to_thread(stack.server.command, "typist", "pace", default_ms)
@@ -238,7 +230,7 @@ async def test_remote_agent_killed_mid_message_goes_offline_and_every_message_is
     await chat.all_finals(
         [*text_ids, late, still], timeout=DELIVERY_TIMEOUT + AGENT_TIMEOUT + 2 * SLACK
     )
-    await exactly_one_final_each(chat, [*text_ids, late, still])
+    await chat.exactly_one_final_each([*text_ids, late, still])
     for text_id in [*text_ids, late]:
         final = chat.finals(text_id)[0]
         assert final["message_type"] == "ERROR", final

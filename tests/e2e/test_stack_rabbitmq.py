@@ -156,14 +156,6 @@ def replier(reply: dict[str, object]) -> str:
     return text.split(" heard: ", 1)[0]
 
 
-async def exactly_one_final_each(chat: Chat, text_ids: list[str]) -> None:
-    """Every TEXT ends in exactly one final REPLY or ERROR, also after the stragglers."""
-    await chat.all_finals(text_ids, timeout=20)
-    await chat.settle()
-    counts = {text_id: len(chat.finals(text_id)) for text_id in text_ids}
-    assert all(count == 1 for count in counts.values()), (counts, chat.describe())
-
-
 # -- the stack ---------------------------------------------------------------------------------
 
 
@@ -189,7 +181,7 @@ async def test_least_busy_spreads_messages_over_every_agent(stack: Stack, chat: 
     text_ids = [
         await chat.send_text(f"spread {n}", metadata={"ms_per_word": "60"}) for n in range(24)
     ]
-    await exactly_one_final_each(chat, text_ids)
+    await chat.exactly_one_final_each(text_ids)
 
     receivers = Counter(chat.routed_to(text_id) for text_id in text_ids)
     assert set(receivers) == set(WORKERS), receivers
@@ -209,7 +201,7 @@ async def test_routing_by_name(chat: Chat) -> None:
     }
     unknown = await chat.send_text("anyone there?", receiver_id="worker-nobody")
     all_ids = [text_id for ids in sent.values() for text_id in ids]
-    await exactly_one_final_each(chat, [*all_ids, unknown])
+    await chat.exactly_one_final_each([*all_ids, unknown])
 
     for agent_id, text_ids in sent.items():
         for text_id in text_ids:
@@ -247,7 +239,7 @@ async def test_routing_by_capability(chat: Chat) -> None:
         "needs a skill nobody has", metadata={"required_capabilities": {"skill": "delta"}}
     )
     all_ids = [*(i for ids in sent.values() for i in ids), *python_only, missing]
-    await exactly_one_final_each(chat, all_ids)
+    await chat.exactly_one_final_each(all_ids)
 
     for agent_id, text_ids in sent.items():
         assert {chat.routed_to(i) for i in text_ids} == {agent_id}, chat.describe()
@@ -266,7 +258,7 @@ async def test_two_brokers_compete_and_route_each_message_once(stack: Stack, cha
         )
         for n in range(30)
     ]
-    await exactly_one_final_each(chat, text_ids)
+    await chat.exactly_one_final_each(text_ids)
 
     def routing_logged() -> bool:
         counts = stack.routed_by(set(text_ids))
@@ -302,7 +294,7 @@ async def test_a_conversation_stays_with_its_agent(
         # Each turn after the answers of the one before.
         await chat.all_finals([ids[-1] for ids in sent.values()])
     all_ids = [i for ids in sent.values() for i in ids]
-    await exactly_one_final_each(chat, all_ids)
+    await chat.exactly_one_final_each(all_ids)
 
     owners = {c: {chat.routed_to(i) for i in ids} for c, ids in sent.items()}
     assert all(len(agents) == 1 for agents in owners.values()), owners
@@ -328,7 +320,7 @@ async def test_streamed_replies_arrive_in_order_and_complete(
             (agent_id, pace) for pace in (0, 10) for agent_id in WORKERS
         )
     ]
-    await exactly_one_final_each(chat, text_ids)
+    await chat.exactly_one_final_each(text_ids)
     for text_id in text_ids:
         text = chat.stream_text(text_id)
         assert len(chat.chunks(text_id)) == len(text.split(" "))
@@ -352,7 +344,7 @@ async def test_streamed_replies_are_complete_with_two_brokers(chat: Chat) -> Non
         )
         for n in range(10)
     ]
-    await exactly_one_final_each(chat, text_ids)
+    await chat.exactly_one_final_each(text_ids)
     for text_id in text_ids:
         # What holds whatever the order: the final REPLY is whole and unique.
         assert chat.finals(text_id)[0]["text_payload"].endswith(" word11")
@@ -379,7 +371,7 @@ async def test_cancel_stops_a_reply_in_progress(chat: Chat) -> None:
     # Without receiver_id the server names the agent working on it; with it, it goes there.
     cancels = [await chat.cancel(by_server), await chat.cancel(named, receiver_id="worker-gamma")]
     after = await chat.send_text("still there?", receiver_id="worker-alpha")
-    await exactly_one_final_each(chat, [by_server, named, after])
+    await chat.exactly_one_final_each([by_server, named, after])
 
     for text_id in (by_server, named):
         final = chat.finals(text_id)[0]
@@ -429,7 +421,7 @@ async def test_agent_killed_mid_message_goes_offline_and_every_message_is_answer
     await chat.all_finals(
         [*text_ids, late, anyone], timeout=DELIVERY_TIMEOUT + AGENT_TIMEOUT + 2 * SLACK
     )
-    await exactly_one_final_each(chat, [*text_ids, late, anyone])
+    await chat.exactly_one_final_each([*text_ids, late, anyone])
 
     for text_id in [*text_ids, late]:
         final = chat.finals(text_id)[0]
