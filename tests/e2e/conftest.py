@@ -14,7 +14,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -27,6 +26,7 @@ import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
 from tests.conftest import ON_CI, free_port
+from tests.e2e.processes import agentcomm_command, listen_flags
 from tests.e2e.stack_chat import Chat
 from tests.e2e.stacks import BUSES, Bus, Stack, running_stack
 
@@ -43,14 +43,6 @@ CHROMIUM_ARGS = [
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 20.0
 UI_TIMEOUT_MS = 15_000
-
-
-def agentcomm_command() -> list[str]:
-    """The installed `agentcomm` entry point of this interpreter's environment."""
-    script = Path(sys.executable).with_name("agentcomm")
-    if script.exists():
-        return [str(script)]
-    return [sys.executable, "-m", "agentcomm"]
 
 
 def _get_json(url: str) -> tuple[int, Any]:
@@ -159,14 +151,7 @@ def dev_server(
     grpc_port = grpc_port or free_port()
     args = [
         "dev",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(http_port),
-        "--grpc-host",
-        "127.0.0.1",
-        "--grpc-port",
-        str(grpc_port),
+        *listen_flags(http_port, grpc_port),
         "--periodic-status-interval",
         "5",
         "--shutdown-timeout",
