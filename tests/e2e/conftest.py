@@ -1,6 +1,11 @@
-"""Browser tests: a real `agentcomm dev` process and Debian's Chromium driven by Playwright.
+"""Fixtures of the end-to-end tests.
 
-Under CI (CI=true) a missing Chromium is a failure, never a skip.
+- The stack scenarios (test_stack.py) run on both buses: `bus` is parametrised over the
+  in-process bus and RabbitMQ, per module, and `stack` starts the processes for it (stacks.py).
+  A scenario marked `only_on(...)` runs on those buses only. Under CI (CI=true) a missing
+  RabbitMQ is a failure, never a skip.
+- Browser tests: a real `agentcomm dev` process and Debian's Chromium driven by Playwright.
+  Under CI (CI=true) a missing Chromium is a failure, never a skip.
 """
 
 from __future__ import annotations
@@ -9,11 +14,10 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -22,6 +26,9 @@ import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
 from tests.conftest import ON_CI, free_port
+from tests.e2e.processes import agentcomm_command, listen_flags
+from tests.e2e.stack_chat import Chat
+from tests.e2e.stacks import BUSES, Bus, Stack, running_stack
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -36,14 +43,6 @@ CHROMIUM_ARGS = [
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 20.0
 UI_TIMEOUT_MS = 15_000
-
-
-def agentcomm_command() -> list[str]:
-    """The installed `agentcomm` entry point of this interpreter's environment."""
-    script = Path(sys.executable).with_name("agentcomm")
-    if script.exists():
-        return [str(script)]
-    return [sys.executable, "-m", "agentcomm"]
 
 
 def _get_json(url: str) -> tuple[int, Any]:
@@ -152,14 +151,7 @@ def dev_server(
     grpc_port = grpc_port or free_port()
     args = [
         "dev",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(http_port),
-        "--grpc-host",
-        "127.0.0.1",
-        "--grpc-port",
-        str(grpc_port),
+        *listen_flags(http_port, grpc_port),
         "--periodic-status-interval",
         "5",
         "--shutdown-timeout",
@@ -265,3 +257,65 @@ def processes(chromium_path: Path) -> Iterator[list[AgentcommProcess]]:
             except AssertionError as exc:
                 problems.append(str(exc))
         assert not problems, "\n\n".join(problems)
+
+
+# -- the stack scenarios, on each bus ----------------------------------------------------------
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "only_on(*buses): a stack scenario that needs what only these buses have"
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "bus" not in metafunc.fixturenames:
+        return
+    marker = metafunc.definition.get_closest_marker("only_on")
+    buses = marker.args if marker is not None else BUSES
+    assert set(buses) <= set(BUSES), f"unknown buses in {marker}"
+    metafunc.parametrize(
+        "bus",
+        [
+            pytest.param(bus, marks=[pytest.mark.rabbitmq] if bus == "rabbitmq" else [])
+            for bus in buses
+        ],
+        scope="module",
+    )
+
+
+@pytest.fixture(scope="module")
+def stack(
+    bus: Bus, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
+    """The stack on `bus`, started once per module and bus."""
+    if bus == "rabbitmq":
+        request.getfixturevalue("rabbitmq_available")
+    with running_stack(bus, tmp_path_factory.mktemp(f"e2e-{bus}")) as stack:
+        yield stack
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """A failed stack scenario reports the tail of every process's log with it."""
+    report = yield
+    stack = getattr(item, "funcargs", {}).get("stack")
+    if report.failed and isinstance(stack, Stack):
+        report.sections.append(("logs of the stack's processes", stack.processes.tails()))
+    return report
+
+
+@pytest.fixture
+async def chat(stack: Stack) -> AsyncIterator[Chat]:
+    async with await Chat.open(stack.server.ws_url, f"e2e-{stack.bus}") as chat:
+        yield chat
+
+
+@pytest.fixture
+def one_broker(stack: Stack) -> Iterator[str]:
+    """Only one broker routes during the test (conversation stickiness and chunk order are
+    kept per broker, see docs/broker.md); yields its id."""
+    with stack.one_broker() as broker_id:
+        yield broker_id

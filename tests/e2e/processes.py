@@ -387,6 +387,20 @@ class Server:
         return dict(body)
 
 
+def listen_flags(http_port: int, grpc_port: int) -> list[str]:
+    """The flags that make a hub listen on these ports, on the loopback address only."""
+    return [
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(http_port),
+        "--grpc-host",
+        "127.0.0.1",
+        "--grpc-port",
+        str(grpc_port),
+    ]
+
+
 def start_server(
     processes: Processes,
     name: str,
@@ -400,19 +414,7 @@ def start_server(
     retried with new ports."""
     for attempt in range(1, attempts + 1):
         http_port, grpc_port = free_port(), free_port()
-        process = processes.agentcomm(
-            name,
-            command,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(http_port),
-            "--grpc-host",
-            "127.0.0.1",
-            "--grpc-port",
-            str(grpc_port),
-            *flags,
-        )
+        process = processes.agentcomm(name, command, *listen_flags(http_port, grpc_port), *flags)
         server = Server(process, http_port, grpc_port)
         try:
             poll(server.is_ready, timeout=START_TIMEOUT, what=f"{name} ready", alive=[process])

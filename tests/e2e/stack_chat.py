@@ -193,6 +193,14 @@ class Chat:
             what=f"answers to all of {ids}",
         )
 
+    async def exactly_one_final_each(self, text_ids: Iterable[str]) -> None:
+        """Every TEXT ends in exactly one final REPLY or ERROR, also after the stragglers."""
+        ids = list(text_ids)
+        await self.all_finals(ids, timeout=20)
+        await self.settle()
+        counts = {text_id: len(self.finals(text_id)) for text_id in ids}
+        assert all(count == 1 for count in counts.values()), (counts, self.describe())
+
     def stream_text(self, text_id: str) -> str:
         """Checks the reply chunks of `text_id` against its final REPLY and returns the text.
 
