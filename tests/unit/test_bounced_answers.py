@@ -271,9 +271,28 @@ def test_an_answer_nothing_matches_goes_to_its_sender_logged_and_counted(
     [publish] = [effect for effect in effects if isinstance(effect, Publish)]
     assert publish.queue == "agent_queue_echo"  # as before: an error goes to its sender
     assert scene.events == [AnswerEvent.BOUNCE_UNMATCHED]
-    [line] = [r.getMessage() for r in caplog.records if "no TEXT waiting here" in r.getMessage()]
+    [line] = [r.getMessage() for r in caplog.records if "no TEXT" in r.getMessage()]
     assert "f00d" * 8 in line
     assert "echo" in line
+
+
+def test_an_answer_to_an_unknown_id_that_matches_nothing_is_refused_to_its_sender_as_before(
+    scene: Scene,
+) -> None:
+    effects = scene.from_broker(
+        message_type="REPLY",
+        message_id="r-agent",
+        sender_id="echo",
+        receiver_id="gone-agent",
+        in_reply_to_message_id="t-of-gone-agent",
+        text_payload="for an agent that is gone",
+        routing_status="routed",
+    )
+    [publish] = effects
+    assert isinstance(publish, Publish)
+    refusal = json.loads(publish.body)
+    assert (publish.queue, refusal["error_code"]) == ("agent_queue_echo", "unknown_receiver")
+    assert scene.events == []  # an agent's message, not an answer sent back
 
 
 def test_two_frontends_with_the_same_message_id_are_never_guessed_between(

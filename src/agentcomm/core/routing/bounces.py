@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from enum import StrEnum
+from enum import Enum, StrEnum
 
 from agentcomm.core.answers import AnswerLedger
 from agentcomm.core.presence import AgentRegistry
@@ -50,6 +50,11 @@ class AnswerEvent(StrEnum):
 
 
 AnswerEventObserver = Callable[[AnswerEvent], None]
+
+
+class _Placed(Enum):
+    NOWHERE = "nowhere"
+    UNKNOWN = "unknown"
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,21 +107,24 @@ class BouncedAnswers:
         """True when `message` (broker output) was an agent's answer sent back instead of on,
         and it was handled here: delivered to the frontend that asked, handed to the server
         that holds that frontend, or dropped as a chunk whose text did not survive."""
-        if not self._looks_bounced(message):
+        placed = self._out_of_place(message)
+        if placed is None:
             return False
         match = self._match(message)
         if match is None:
-            log.warning(
-                "A broker sent back %s %s from %s (in reply to %s, receiver %r: %s); no TEXT "
-                "waiting here matches it, so it goes to its sender",
-                message.message_type.value,
-                message.message_id,
-                sender_of(message),
-                message.in_reply_to_message_id,
-                message.receiver_id,
-                message.routing_status_message or "no reason given",
-            )
-            self._on_event(AnswerEvent.BOUNCE_UNMATCHED)
+            if placed is _Placed.NOWHERE:
+                # Addressed to an unknown id instead, it is refused to its sender as always.
+                log.warning(
+                    "%s %s from %s came back addressed to %r (in reply to %s; %s) and no TEXT "
+                    "waiting here matches it: it goes back to its sender",
+                    message.message_type.value,
+                    message.message_id,
+                    sender_of(message),
+                    message.receiver_id,
+                    message.in_reply_to_message_id,
+                    message.routing_status_message or "no reason given",
+                )
+                self._on_event(AnswerEvent.BOUNCE_UNMATCHED)
             return False
         if isinstance(match, _Elsewhere):
             yield from self._frontends.forward_to_owner(match.frontend_id, message)
@@ -144,24 +152,23 @@ class BouncedAnswers:
         yield from self._frontends.deliver(match.frontend_id, restored)
         return True
 
-    def _looks_bounced(self, message: Envelope) -> bool:
-        """An agent's answer whose receiver is not where an answer goes: no one (or "Server"),
-        its own sender, or an id that is neither a frontend nor a known agent."""
+    def _out_of_place(self, message: Envelope) -> _Placed | None:
+        """Where an agent's answer is addressed when that is not where an answer goes: to no
+        one (or "Server") or back to its own sender (NOWHERE), or to an id that is neither a
+        frontend nor a known agent (UNKNOWN); None for anything else."""
         if message.message_type not in _ANSWER_TYPES:
-            return False
+            return None
         sender = sender_of(message)
         if sender is None or is_frontend_id(sender) or names_no_receiver(sender):
-            return False
+            return None
+        if self._registry.get(sender) is None and parse_answer_id(message.message_id) is None:
+            return None  # not from an agent: a broker's own error, say
         receiver = receiver_of(message)
-        if receiver is not None and (
-            is_frontend_id(receiver)
-            or (receiver != sender and self._registry.get(receiver) is not None)
-        ):
-            return False
-        return (
-            self._registry.get(sender) is not None
-            or parse_answer_id(message.message_id) is not None
-        )
+        if receiver is None or receiver == sender:
+            return _Placed.NOWHERE
+        if is_frontend_id(receiver) or self._registry.get(receiver) is not None:
+            return None
+        return _Placed.UNKNOWN
 
     def _match(self, message: Envelope) -> _Match | _Elsewhere | None:
         answers = self._answers
