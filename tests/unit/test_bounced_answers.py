@@ -65,9 +65,9 @@ class Scene:
             )
         )
 
-    def hand_to(self, agent_id: str, frontend_id: str, message_id: str = "m1") -> None:
+    def hand_to(self, agent_id: str, frontend_id: str, message_id: str = "m1") -> list[Effect]:
         """The broker routed the frontend's TEXT to `agent_id`, and the server passed it on."""
-        self.run(
+        return self.run(
             self.router.handle_broker_output(
                 envelope(
                     message_type="TEXT",
@@ -106,12 +106,40 @@ def bounced(answer_id: str, text: str | None, sender: str = "echo", **fields: An
     return out
 
 
-@pytest.fixture
-def scene() -> Scene:
+def answer(receiver: str, to: str = "m1", text: str = "echo: hi", **fields: Any) -> Frame:
+    """An agent's REPLY as a broker routes it, to `receiver` (wherever that is)."""
+    return {
+        "message_type": "REPLY",
+        "sender_id": "echo",
+        "receiver_id": receiver,
+        "in_reply_to_message_id": to,
+        "text_payload": text,
+        "routing_status": "routed",
+        **fields,
+    }
+
+
+def refused_itself(frontend_id: str, words: str | None) -> Frame:
+    """The described system's broker refusing a frontend's TEXT "m1": the message itself,
+    sent back, the reason only in routing_status_message."""
+    out: Frame = {
+        "message_type": "ERROR",
+        "message_id": "m1",
+        "sender_id": frontend_id,
+        "receiver_id": "Server",
+        "routing_status": "error",
+        "text_payload": "hi",
+    }
+    if words is not None:
+        out["routing_status_message"] = words
+    return out
+
+
+def make_scene(alice_capabilities: dict[str, Any] | None = None) -> Scene:
     clock = ManualClock()
     registry = AgentRegistry(clock, agent_timeout=30, stream_grace=3)
     sessions = FrontendSessions(clock, resume_window=60, server_tag=TAG)
-    alice, _ = sessions.register(Link(), "Alice", {})
+    alice, _ = sessions.register(Link(), "Alice", alice_capabilities or {})
     bob, _ = sessions.register(Link(), "Bob", {})
     answers = AnswerLedger(clock, delivery_timeout=300, answer_timeout=ANSWER_TIMEOUT)
     router = ServerRouter(
@@ -127,6 +155,11 @@ def scene() -> Scene:
     made = Scene(router, registry, answers, clock, alice.frontend_id, bob.frontend_id)
     router.observe_answer_events(made.events.append)
     return made
+
+
+@pytest.fixture
+def scene() -> Scene:
+    return make_scene()
 
 
 def finals(frames: list[Frame]) -> list[Frame]:
@@ -194,15 +227,7 @@ def test_an_answer_addressed_wrongly_is_matched_by_the_text_it_answers(
 ) -> None:
     scene.accept(scene.alice)
     scene.hand_to("echo", scene.alice)
-    effects = scene.from_broker(
-        message_type="REPLY",
-        message_id="r-plain",
-        sender_id="echo",
-        receiver_id=receiver,
-        in_reply_to_message_id="m1",
-        text_payload="echo: hi",
-        routing_status="routed",
-    )
+    effects = scene.from_broker(**answer(receiver, message_id="r-plain"))
     [reply] = scene.to(scene.alice, effects)
     assert (reply["message_type"], reply["message_id"], reply["in_reply_to_message_id"]) == (
         "REPLY",
@@ -214,14 +239,7 @@ def test_an_answer_addressed_wrongly_is_matched_by_the_text_it_answers(
 def test_only_the_agent_that_got_the_text_answers_it(scene: Scene) -> None:
     scene.accept(scene.alice)
     scene.hand_to("echo", scene.alice)
-    effects = scene.from_broker(
-        message_type="REPLY",
-        sender_id="other",
-        receiver_id="server",
-        in_reply_to_message_id="m1",
-        text_payload="not mine to answer",
-        routing_status="routed",
-    )
+    effects = scene.from_broker(**answer("server", sender_id="other"))
     assert scene.to(scene.alice, effects) == []
     assert scene.events == [AnswerEvent.BOUNCE_UNMATCHED]
 
@@ -279,15 +297,7 @@ def test_an_answer_nothing_matches_goes_to_its_sender_logged_and_counted(
 def test_an_answer_to_an_unknown_id_that_matches_nothing_is_refused_to_its_sender_as_before(
     scene: Scene,
 ) -> None:
-    effects = scene.from_broker(
-        message_type="REPLY",
-        message_id="r-agent",
-        sender_id="echo",
-        receiver_id="gone-agent",
-        in_reply_to_message_id="t-of-gone-agent",
-        text_payload="for an agent that is gone",
-        routing_status="routed",
-    )
+    effects = scene.from_broker(**answer("gone-agent", to="t-of-gone-agent"))
     [publish] = effects
     assert isinstance(publish, Publish)
     refusal = json.loads(publish.body)
@@ -302,13 +312,7 @@ def test_two_frontends_with_the_same_message_id_are_never_guessed_between(
     several frontends used is not delivered to either."""
     scene.accept(scene.alice, "1")
     scene.accept(scene.bob, "1")
-    effects = scene.from_broker(
-        message_type="REPLY",
-        sender_id="echo",
-        receiver_id="server",
-        in_reply_to_message_id="1",
-        text_payload="for whom?",
-    )
+    effects = scene.from_broker(**answer("server", to="1"))
     assert scene.to(scene.alice, effects) == scene.to(scene.bob, effects) == []
     assert scene.events == [AnswerEvent.BOUNCE_UNMATCHED]
 
@@ -324,26 +328,6 @@ def test_a_bounced_answer_for_a_frontend_of_another_server_goes_to_that_server(
     assert json.loads(publish.body)["message_id"] == answer_id
 
 
-def test_an_error_from_the_broker_about_an_agents_message_still_goes_to_the_agent(
-    scene: Scene,
-) -> None:
-    effects = scene.from_broker(
-        message_type="ERROR",
-        sender_id="broker_1",
-        receiver_id="echo",
-        in_reply_to_message_id="r1",
-        routing_status="error",
-        error_code="unknown_receiver",
-    )
-    [publish] = effects
-    assert isinstance(publish, Publish)
-    assert publish.queue == "agent_queue_echo"
-    sent = json.loads(publish.body)
-    assert (sent["error_code"], sent["receiver_id"]) == ("unknown_receiver", "echo")
-    assert "send_timestamp" in sent
-    assert scene.events == []
-
-
 # -- refusals in the broker's words ----------------------------------------------------------
 
 
@@ -351,15 +335,7 @@ def test_the_described_brokers_no_agent_refusal_keeps_its_words(scene: Scene) ->
     """That broker sends the refused TEXT itself back, saying why only in
     routing_status_message."""
     scene.accept(scene.alice)
-    effects = scene.from_broker(
-        message_type="ERROR",
-        message_id="m1",
-        sender_id=scene.alice,
-        receiver_id="Server",
-        routing_status="error",
-        text_payload="hi",
-        routing_status_message=NO_AGENT,
-    )
+    effects = scene.from_broker(**refused_itself(scene.alice, NO_AGENT))
     echo, error = scene.to(scene.alice, effects)
     assert (echo["message_type"], echo["message_id"], echo["routing_status"]) == (
         "TEXT",
@@ -384,13 +360,7 @@ def test_a_refusal_in_words_the_server_does_not_know_keeps_them_with_code_intern
 ) -> None:
     scene.accept(scene.alice)
     effects = scene.from_broker(
-        message_type="ERROR",
-        message_id="m1",
-        sender_id=scene.alice,
-        receiver_id="Server",
-        routing_status="error",
-        text_payload="hi",
-        routing_status_message="Routing is switched off for maintenance.",
+        **refused_itself(scene.alice, "Routing is switched off for maintenance.")
     )
     echo, error = scene.to(scene.alice, effects)
     assert echo["error_code"] == error["error_code"] == "internal"
@@ -399,13 +369,7 @@ def test_a_refusal_in_words_the_server_does_not_know_keeps_them_with_code_intern
 
 def test_a_refusal_without_any_words_says_the_broker_could_not_route_it(scene: Scene) -> None:
     scene.accept(scene.alice)
-    effects = scene.from_broker(
-        message_type="ERROR",
-        message_id="m1",
-        sender_id=scene.alice,
-        receiver_id="server",
-        text_payload="hi",
-    )
+    effects = scene.from_broker(**refused_itself(scene.alice, None))
     _, error = scene.to(scene.alice, effects)
     assert error["text_payload"] == "The broker could not route the message."
     assert "hi" not in error["text_payload"]
@@ -451,14 +415,7 @@ def test_a_text_without_any_answer_ends_in_answer_timeout(scene: Scene) -> None:
     assert "600 s" in error["text_payload"]
     assert scene.events == [AnswerEvent.ANSWER_TIMEOUT]
     # The agent's late answer is a second final answer.
-    late = scene.from_broker(
-        message_type="REPLY",
-        sender_id="echo",
-        receiver_id=scene.alice,
-        in_reply_to_message_id="m1",
-        text_payload="sorry, late",
-        routing_status="routed",
-    )
+    late = scene.from_broker(**answer(scene.alice, text="sorry, late"))
     assert scene.to(scene.alice, late) == []
     assert scene.run(scene.router.answer_overdue()) == []
 
@@ -467,14 +424,7 @@ def test_a_chunk_or_a_notice_moves_the_deadline(scene: Scene) -> None:
     scene.accept(scene.alice)
     scene.hand_to("echo", scene.alice)
     scene.clock.advance(ANSWER_TIMEOUT - 1)
-    scene.from_broker(
-        message_type="SYSTEM",
-        sender_id="echo",
-        receiver_id=scene.alice,
-        in_reply_to_message_id="m1",
-        text_payload="thinking hard",
-        routing_status="routed",
-    )
+    scene.from_broker(**answer(scene.alice, text="thinking hard", message_type="SYSTEM"))
     scene.clock.advance(ANSWER_TIMEOUT - 1)
     assert scene.run(scene.router.answer_overdue()) == []
     scene.clock.advance(1)
@@ -483,14 +433,7 @@ def test_a_chunk_or_a_notice_moves_the_deadline(scene: Scene) -> None:
 
 def test_an_answered_text_has_no_deadline(scene: Scene) -> None:
     scene.accept(scene.alice)
-    scene.from_broker(
-        message_type="REPLY",
-        sender_id="echo",
-        receiver_id=scene.alice,
-        in_reply_to_message_id="m1",
-        text_payload="done",
-        routing_status="routed",
-    )
+    scene.from_broker(**answer(scene.alice, text="done"))
     scene.clock.advance(ANSWER_TIMEOUT * 2)
     assert scene.run(scene.router.answer_overdue()) == []
     assert scene.answers.awaiting_count() == 0
@@ -501,32 +444,11 @@ def test_an_answered_text_has_no_deadline(scene: Scene) -> None:
 
 @pytest.mark.parametrize("off", [False, "false", "0", 0, "off"])
 def test_a_frontend_can_register_without_the_delivered_echo(off: object) -> None:
-    clock = ManualClock()
-    registry = AgentRegistry(clock, agent_timeout=30, stream_grace=3)
-    sessions = FrontendSessions(clock, resume_window=60, server_tag=TAG)
-    plain, _ = sessions.register(Link(), "seed UI", {"delivered_echo": off})
-    answers = AnswerLedger(clock, delivery_timeout=300)
-    router = ServerRouter(
-        server_id=SERVER_ID,
-        registry=registry,
-        sessions=sessions,
-        answers=answers,
-        streams=ReplyStreams(clock),
-        clock=clock,
-    )
-    registry.register("echo", "echo", "session-echo")
-    made = Scene(router, registry, answers, clock, plain.frontend_id, "")
-    made.accept(plain.frontend_id)
-    effects = drive(
-        router.handle_broker_output(
-            envelope(
-                message_type="TEXT",
-                message_id="m1",
-                sender_id=plain.frontend_id,
-                receiver_id="echo",
-                text_payload="hi",
-                routing_status="routed",
-            )
-        )
-    )
-    assert [frame["routing_status"] for frame in made.to(plain.frontend_id, effects)] == ["routed"]
+    scene = make_scene({"delivered_echo": off})
+    for frontend_id in (scene.alice, scene.bob):
+        scene.accept(frontend_id)
+    alices = scene.to(scene.alice, scene.hand_to("echo", scene.alice))
+    assert [frame["routing_status"] for frame in alices] == ["routed"]
+    # Bob registered without it and gets every echo.
+    bobs = scene.to(scene.bob, scene.hand_to("echo", scene.bob))
+    assert [frame["routing_status"] for frame in bobs] == ["routed", "delivered"]
