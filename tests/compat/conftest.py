@@ -121,8 +121,8 @@ async def open_stack(flavour_env: tuple[Flavour, dict[str, str]]) -> AsyncIterat
 
         async def open_(**overrides: Any) -> SeedStack:
             settings = test_settings(**{**env, **overrides})
-            hub = await exits.enter_async_context(running_hub(settings))
-            bus = await exits.enter_async_context(side_bus(settings, hub.bus))
+            hub = await within(exits.enter_async_context(running_hub(settings)))
+            bus = await within(exits.enter_async_context(side_bus(settings, hub.bus)))
             broker = await within(SeedBroker(bus, hub.grpc_target).start())
             exits.push_async_callback(lambda: within(broker.stop()))
             return SeedStack(hub, bus, broker, flavour, exits)
