@@ -128,6 +128,12 @@ class Settings(BaseSettings):
         description="seconds an offline agent may take to come back before its senders "
         "get ERROR agent_offline",
     )
+    answer_timeout: Annotated[float, SettingsGroup.SERVER] = Field(
+        600.0,
+        gt=0,
+        description="seconds an accepted TEXT may go without any answer (not even a chunk) "
+        "before its sender gets ERROR answer_timeout",
+    )
     resume_window: Annotated[float, SettingsGroup.SERVER] = Field(
         60.0, ge=0, description="seconds a disconnected frontend's session waits for a resume"
     )

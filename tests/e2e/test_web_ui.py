@@ -240,6 +240,61 @@ def test_reply_with_html_is_shown_as_text(page: Page, shared_dev: DevServer) -> 
     expect(message).to_contain_text(XSS_PAYLOAD)
 
 
+def test_a_message_in_its_agents_hands_shows_delivered(page: Page, shared_dev: DevServer) -> None:
+    """The hub echoes `delivered` once the message is in the agent's queue; with the answer
+    kept from the page, the message stays there and says so."""
+
+    def route(ws: WebSocketRoute) -> None:
+        server = ws.connect_to_server()
+
+        def from_server(message: str | bytes) -> None:
+            if json.loads(message).get("message_type") not in ("REPLY", "REPLY_CHUNK"):
+                ws.send(message)
+
+        server.on_message(from_server)
+        ws.on_message(server.send)
+
+    page.route_web_socket(re.compile(r"/ws$"), route)
+    open_chat(page, shared_dev)
+    message = send(page, "hold on", receiver="echo")
+    expect(message).to_have_attribute("data-state", "delivered")
+    expect(message.get_by_test_id("message-status")).to_have_text("Delivered to echo")
+
+
+def test_a_refused_message_shows_the_reason_its_echo_gives(
+    page: Page, shared_dev: DevServer
+) -> None:
+    """An `error` echo says why in `routing_status_message` (a broker's refusal keeps the
+    broker's sentence there): the page shows it, even before any ERROR frame. The hub's
+    frames for this one message are played by the test."""
+    sentence = "No other online agents available to handle the message."
+
+    def route(ws: WebSocketRoute) -> None:
+        server = ws.connect_to_server()
+
+        def from_page(message: str | bytes) -> None:
+            frame = json.loads(message)
+            if frame.get("text_payload") != "refuse me":
+                server.send(message)
+                return
+            refused = {
+                "error_code": "no_agent_available",
+                "routing_status_message": sentence,
+            }
+            ws.send(json.dumps({**frame, "routing_status": "pending"}))
+            ws.send(json.dumps({**frame, "routing_status": "error", **refused}))
+
+        server.on_message(ws.send)
+        ws.on_message(from_page)
+
+    page.route_web_socket(re.compile(r"/ws$"), route)
+    open_chat(page, shared_dev)
+    message = send(page, "refuse me")
+    expect(message).to_have_attribute("data-state", "error")
+    expect(message.get_by_test_id("message-status")).to_have_text(f"Failed: {sentence}")
+    expect(message.get_by_test_id("retry-button")).to_be_visible()
+
+
 # ---- scenarios with their own processes ----------------------------------------------------
 
 

@@ -566,6 +566,7 @@ async def test_broker_error_for_an_agent_goes_to_its_queue(world: World) -> None
     )
     [queued] = await world.queue("agent_queue_agent-1")
     assert (queued["message_type"], queued["error_code"]) == ("ERROR", "unknown_receiver")
+    assert queued["send_timestamp"]  # the broker gave none; every ERROR says when
 
 
 async def test_error_with_no_one_to_tell_is_dropped_quietly(world: World) -> None:

@@ -12,6 +12,13 @@ confirm it may hold the message after all, and its answer would be a second fina
 answer is held back instead: dropped if the frontend never sends the message again, handed over
 as the answer when it re-sends it (with the same message_id).
 
+Every TEXT the server accepted awaits its answer from then on: if none comes at all (not even
+a chunk or a notice about it) within ANSWER_TIMEOUT, its sender is answered `ERROR
+answer_timeout`. While it waits, an answer that a broker sent back to the server bare (without
+its receiver or the id it answers) can still be matched to it: by the TEXT's id and the agent
+it went to, by an answer id that names it (`protocol.ids.answer_message_id`), or by the id of
+an answer that passed through this server on its way out.
+
 A message_id is unique per sender, not across senders (two frontends may both number their
 messages from 1), so everything here is keyed by (frontend_id, message_id).
 """
@@ -22,8 +29,12 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from agentcomm.core.clock import Clock
+from agentcomm.protocol.ids import text_ref
 from agentcomm.protocol.models import Envelope
 from agentcomm.protocol.vocabulary import MessageType
+
+# Generous: an agent may think (or run tools) for minutes before its first word.
+DEFAULT_ANSWER_TIMEOUT = 600.0
 
 # Answered message ids remembered to drop late duplicates; bounded so memory stays flat.
 ANSWERED_MEMORY = 100_000
@@ -40,11 +51,50 @@ class Outstanding:
     agent_offline_since: float | None = None
 
 
+@dataclass(slots=True)
+class Awaiting:
+    """An accepted TEXT with no final answer yet (only what answering it for its sender
+    needs: its text may be large, and it waits for minutes)."""
+
+    frontend_id: str
+    message_id: str
+    conversation_id: str | None
+    deadline: float
+    ref: str
+    # Ids of answers to it that passed through this server (see `answer_passed`).
+    answer_ids: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class PassedAnswer:
+    """An answer that went out through this server: to which TEXT, and what it was."""
+
+    frontend_id: str
+    message_id: str  # of the TEXT it answers
+    message_type: MessageType  # REPLY (for chunks too) or ERROR
+    error_code: str | None
+
+
 class AnswerLedger:
-    def __init__(self, clock: Clock, *, delivery_timeout: float) -> None:
+    def __init__(
+        self,
+        clock: Clock,
+        *,
+        delivery_timeout: float,
+        answer_timeout: float = DEFAULT_ANSWER_TIMEOUT,
+    ) -> None:
         self._clock = clock
         self._delivery_timeout = delivery_timeout
+        self._answer_timeout = answer_timeout
         self._outstanding: dict[tuple[str, str], Outstanding] = {}
+        # Oldest deadline first: the timeout is the same for all, and a TEXT heard of again
+        # moves to the end.
+        self._awaiting: OrderedDict[tuple[str, str], Awaiting] = OrderedDict()
+        # (frontend_id, text_ref) -> message_id of an awaiting TEXT.
+        self._by_ref: dict[tuple[str, str], str] = {}
+        # message_id -> the frontends awaiting an answer to a TEXT of theirs with that id.
+        self._askers: dict[str, tuple[str, ...]] = {}
+        self._passed: dict[str, PassedAnswer] = {}
         self._answered: OrderedDict[tuple[str, str], None] = OrderedDict()
         self._accepted: OrderedDict[tuple[str, str], None] = OrderedDict()
         # (frontend_id, message_id) of refused TEXTs -> the answer that came for one anyway.
@@ -116,6 +166,7 @@ class AnswerLedger:
         if key in self._answered:
             return False
         self._outstanding.pop(key, None)
+        self._stop_awaiting(key)
         self._answered[key] = None
         if len(self._answered) > ANSWERED_MEMORY:
             self._answered.popitem(last=False)
@@ -145,3 +196,110 @@ class AnswerLedger:
 
     def outstanding_count(self) -> int:
         return len(self._outstanding)
+
+    # -- answers still to come ---------------------------------------------------------------
+
+    @property
+    def answer_timeout(self) -> float:
+        return self._answer_timeout
+
+    def await_answer(self, frontend_id: str, message: Envelope) -> None:
+        """The TEXT `message` of `frontend_id` was accepted: its answer is awaited from now."""
+        key = (frontend_id, message.message_id)
+        if key in self._answered or key in self._awaiting:
+            return
+        ref = text_ref(message.message_id)
+        self._awaiting[key] = Awaiting(
+            frontend_id,
+            message.message_id,
+            message.conversation_id,
+            self._clock.monotonic() + self._answer_timeout,
+            ref,
+        )
+        self._by_ref[(frontend_id, ref)] = message.message_id
+        self._askers[message.message_id] = (*self._askers.get(message.message_id, ()), frontend_id)
+
+    def is_awaiting(self, frontend_id: str, message_id: str) -> bool:
+        return (frontend_id, message_id) in self._awaiting
+
+    def heard_of(self, frontend_id: str, message_id: str) -> None:
+        """Something about the TEXT reached its sender (a chunk, a notice): its answer is on
+        its way, and the deadline starts again."""
+        key = (frontend_id, message_id)
+        entry = self._awaiting.get(key)
+        if entry is not None:
+            entry.deadline = self._clock.monotonic() + self._answer_timeout
+            self._awaiting.move_to_end(key)
+
+    def overdue(self) -> list[Awaiting]:
+        """TEXTs past ANSWER_TIMEOUT without a word; they are no longer awaited."""
+        now = self._clock.monotonic()
+        late: list[Awaiting] = []
+        for entry in self._awaiting.values():
+            if entry.deadline > now:
+                break
+            late.append(entry)
+        for entry in late:
+            self._stop_awaiting((entry.frontend_id, entry.message_id))
+        return late
+
+    def awaiting_count(self) -> int:
+        return len(self._awaiting)
+
+    def _stop_awaiting(self, key: tuple[str, str]) -> None:
+        entry = self._awaiting.pop(key, None)
+        if entry is None:
+            return
+        frontend_id, message_id = key
+        self._by_ref.pop((frontend_id, entry.ref), None)
+        askers = tuple(f for f in self._askers.get(message_id, ()) if f != frontend_id)
+        if askers:
+            self._askers[message_id] = askers
+        else:
+            self._askers.pop(message_id, None)
+        for answer_id in entry.answer_ids:
+            self._passed.pop(answer_id, None)
+
+    # -- whom a bare answer answers ----------------------------------------------------------
+
+    def asker_of(
+        self, message_id: str, *, agent_id: str | None, frontend_id: str | None = None
+    ) -> str | None:
+        """The one frontend awaiting an answer to its TEXT `message_id` (`frontend_id`, when
+        the answer still names it); None when none is, or several are. A TEXT this server
+        handed to an agent is answered by that agent only."""
+        candidates = (frontend_id,) if frontend_id else self._askers.get(message_id, ())
+        found = [
+            asker
+            for asker in candidates
+            if (asker, message_id) in self._awaiting
+            and self._may_answer(asker, message_id, agent_id)
+        ]
+        return found[0] if len(found) == 1 else None
+
+    def _may_answer(self, frontend_id: str, message_id: str, agent_id: str | None) -> bool:
+        entry = self._outstanding.get((frontend_id, message_id))
+        return entry is None or agent_id is None or entry.agent_id == agent_id
+
+    def text_by_ref(self, frontend_id: str, ref: str) -> str | None:
+        """The awaiting TEXT of `frontend_id` whose id has the digest `ref`."""
+        return self._by_ref.get((frontend_id, ref))
+
+    def answer_passed(self, frontend_id: str, answer: Envelope) -> None:
+        """An agent's answer to a TEXT of `frontend_id` went out through this server: its id is
+        remembered, with what it was, until the TEXT has its final answer."""
+        text_id = answer.in_reply_to_message_id or ""
+        entry = self._awaiting.get((frontend_id, text_id))
+        if entry is None or answer.message_id in self._passed:
+            return
+        is_error = answer.message_type is MessageType.ERROR
+        self._passed[answer.message_id] = PassedAnswer(
+            frontend_id,
+            text_id,
+            MessageType.ERROR if is_error else MessageType.REPLY,
+            answer.error_code if is_error else None,
+        )
+        entry.answer_ids = (*entry.answer_ids, answer.message_id)
+
+    def passed_answer(self, answer_id: str) -> PassedAnswer | None:
+        return self._passed.get(answer_id)

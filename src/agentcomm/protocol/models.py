@@ -43,6 +43,9 @@ class Envelope(WireModel):
     conversation_id: str | None = Field(default=None, max_length=128)
     routing_status: RoutingStatus | None = None
     error_code: str | None = Field(default=None, max_length=64)
+    # Why routing failed, in words: the described system's brokers and UI use this key. The
+    # server puts the sentence of an ERROR on the `error` status echo too, for such a UI.
+    routing_status_message: str | None = Field(default=None, max_length=MAX_TEXT_CHARS)
     metadata: dict[str, Any] | None = Field(default=None, max_length=MAX_MAP_ENTRIES)
     # REPLY_CHUNK: position in the stream and the text it adds.
     seq: int | None = Field(default=None, ge=0)

@@ -8,12 +8,19 @@ spells a rule of its own. Pure functions over envelopes and ids, no I/O:
   `receiver_of`), frontends talk to agents only (`check_frontend_receiver`), agent ids may not
   look like either (`reserved_agent_id_refusal`);
 - sender identity: `sender_id`, else the frontend connection the server recorded (`sender_of`);
-- the one builder of ERROR envelopes (`error_envelope`) and of status echoes (`status_echo`).
+- the one builder of ERROR envelopes (`error_envelope`) and of status echoes (`status_echo`),
+  and which echoes a frontend takes (`wants_status_echo`);
+- what a broker sent back: a refusal in the broker's own words (`broker_refusal_code`,
+  `broker_refusal_words`), an answer to a frontend bounced to the server
+  (`restore_bounced_answer`).
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from enum import StrEnum
+from typing import Any
 
 from agentcomm.protocol.codec import encode_envelope
 from agentcomm.protocol.errors import ProtocolError
@@ -178,15 +185,111 @@ def error_envelope(
 
 
 def status_echo(
-    message: Envelope, status: RoutingStatus, code: ErrorCode | str | None = None
+    message: Envelope,
+    status: RoutingStatus,
+    code: ErrorCode | str | None = None,
+    reason: str | None = None,
 ) -> bytes:
     """The frame that tells a frontend where its own message stands (PROTOCOL §3): its TEXT
-    again, with `routing_status` (and the `error_code` when it failed: ours, or whatever code a
-    broker gave)."""
+    again, with `routing_status` (and, when it failed, the `error_code` — ours, or whatever
+    code a broker gave — and the sentence of why as `routing_status_message`, where the
+    described system's UI looks for it)."""
     return encode_envelope(
         message,
         for_client=True,
         routing_status=status,
         error_code=str(code) if code else None,
+        routing_status_message=reason if status is RoutingStatus.ERROR else None,
         message_type=MessageType.TEXT,
+    )
+
+
+# A frontend that cannot take the `delivered` echo (clients written for the described system
+# know only pending, routed and error) registers with this capability set to false.
+DELIVERED_ECHO_CAPABILITY = "delivered_echo"
+_OFF = frozenset({"false", "0", "no", "off"})
+
+
+def wants_status_echo(capabilities: Mapping[str, Any], status: RoutingStatus) -> bool:
+    """Whether a frontend registered with `capabilities` is sent echoes of `status`."""
+    if status is not RoutingStatus.DELIVERED:
+        return True
+    value = capabilities.get(DELIVERED_ECHO_CAPABILITY, True)
+    return not (value is False or value == 0 or (isinstance(value, str) and value.lower() in _OFF))
+
+
+# -- what a broker sent back -----------------------------------------------------------------
+
+# The described system's broker gives no error_code, only a sentence in
+# `routing_status_message`: "No other online agents available …" when it has no agent to offer.
+_NO_AGENT_AVAILABLE = re.compile(r"\bno\b.*\bagents?\b.*\bavailable\b", re.IGNORECASE | re.DOTALL)
+REFUSED_WITHOUT_WORDS = "The broker could not route the message."
+
+
+def broker_refusal_code(message: Envelope) -> str:
+    """The error code of a broker's refusal: its own `error_code`; else what its sentence says
+    (`no_agent_available`); else `internal`."""
+    if message.error_code:
+        return message.error_code
+    if _NO_AGENT_AVAILABLE.search(message.routing_status_message or ""):
+        return ErrorCode.NO_AGENT_AVAILABLE.value
+    return ErrorCode.INTERNAL.value
+
+
+def broker_refusal_words(message: Envelope, *, bounced_itself: bool) -> str:
+    """The sentence a sender is told, in the broker's own words: its `routing_status_message`,
+    else its `text_payload` — unless the broker sent the sender's message itself back, whose
+    text is the sender's own."""
+    for words in (message.routing_status_message, None if bounced_itself else message.text_payload):
+        if words and words.strip():
+            return words
+    return REFUSED_WITHOUT_WORDS
+
+
+def restore_bounced_answer(
+    bounced: Envelope,
+    *,
+    frontend_id: str,
+    in_reply_to: str,
+    known_type: MessageType | None = None,
+    known_code: str | None = None,
+) -> Envelope | None:
+    """What the frontend that asked gets for an answer a broker sent back instead of on.
+
+    `known_type` (REPLY or ERROR) and `known_code` say what the agent sent, when the server
+    knows it (from the answer's id, or because the answer passed through it). A broker that
+    kept the answer's type only got the address wrong: the answer goes on as it is. One that
+    wrapped it into an ERROR without a code of its own (the described system's broker does so
+    with a REPLY, keeping its text) had an answer to pass on, not an error of the agent: the
+    frontend gets a REPLY with that text, and the broker's complaint stays in the server's log.
+    An ERROR of the agent stays an ERROR. A wrapped answer without text was a REPLY_CHUNK (its
+    `text_delta` did not survive): None, nothing to pass on; the final REPLY carries the whole
+    text.
+    """
+    kind: MessageType
+    if bounced.message_type is not MessageType.ERROR:
+        kind = bounced.message_type
+    elif known_type is not None:
+        kind = known_type
+    else:
+        kind = MessageType.ERROR if bounced.error_code else MessageType.REPLY
+    text = bounced.text_payload
+    code = None
+    if kind is MessageType.ERROR:
+        code = known_code or bounced.error_code or ErrorCode.INTERNAL.value
+        text = text or f"Agent {bounced.sender_id} could not answer this message."
+    elif bounced.message_type is MessageType.ERROR and not text:
+        return None
+    return bounced.model_copy(
+        update={
+            "message_type": kind,
+            "receiver_id": frontend_id,
+            "in_reply_to_message_id": in_reply_to,
+            "routing_status": RoutingStatus.ROUTED,
+            "error_code": code,
+            "routing_status_message": None,
+            "text_payload": text,
+            "send_timestamp": bounced.send_timestamp or utc_now_iso(),
+            "client_id": frontend_id,
+        }
     )

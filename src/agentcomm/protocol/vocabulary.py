@@ -78,6 +78,8 @@ class ErrorCode(StrEnum):
     HOP_LIMIT = "hop_limit"
     CANCELLED = "cancelled"
     INTERNAL = "internal"
+    # An accepted TEXT had no answer at all within ANSWER_TIMEOUT.
+    ANSWER_TIMEOUT = "answer_timeout"
 
 
 class AgentState(StrEnum):

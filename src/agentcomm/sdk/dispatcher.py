@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from agentcomm.protocol import Envelope, ErrorCode, MessageType
-from agentcomm.protocol.ids import new_message_id
 from agentcomm.sdk import envelopes
 from agentcomm.sdk.dedup import RecentIds
 from agentcomm.sdk.errors import HandlingAborted, PublishFailed
@@ -269,7 +268,7 @@ class Dispatcher:
 
     async def _produce(self, envelope: Envelope) -> None:
         result: Any = self.handler(Message.from_envelope(envelope))
-        reply_id = new_message_id()
+        reply_id = envelopes.answer_id(envelope)
         chunks = 0
         if inspect.isawaitable(result):
             text = await result

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from agentcomm.protocol import Envelope, ErrorCode, MessageType, RoutingStatus
-from agentcomm.protocol.ids import new_message_id
+from agentcomm.protocol.ids import answer_message_id
 from agentcomm.protocol.models import CHUNK_COUNT_KEY
 from agentcomm.protocol.rules import error_envelope
 from agentcomm.protocol.timestamps import utc_now_iso
@@ -32,6 +32,13 @@ def _answer(
     )
 
 
+def answer_id(incoming: Envelope) -> str:
+    """A new id for a REPLY (and its chunks) to `incoming`. It names the message it answers,
+    so that the server can still deliver the answer should a broker send it back without
+    anything else that says so (the described system's broker does)."""
+    return answer_message_id(incoming.sender_id, incoming.message_id)
+
+
 def reply(
     incoming: Envelope,
     agent_id: str,
@@ -47,7 +54,7 @@ def reply(
         incoming,
         agent_id,
         MessageType.REPLY,
-        message_id or new_message_id(),
+        message_id or answer_id(incoming),
         text_payload=text,
         metadata={CHUNK_COUNT_KEY: str(chunks)} if chunks else None,
     )
@@ -74,4 +81,5 @@ def error(incoming: Envelope, agent_id: str, code: ErrorCode, text: str) -> Enve
         hops=incoming.hops,
         # Published for the broker to route, like any answer.
         routing_status=RoutingStatus.PENDING,
+        message_id=answer_message_id(incoming.sender_id, incoming.message_id, error_code=code),
     )

@@ -28,6 +28,14 @@ class HubMetrics:
         self.agents_online = Gauge(
             "agentcomm_agents_online", "Agents currently online", registry=self.registry
         )
+        self.answer_events = Counter(
+            "agentcomm_answer_events_total",
+            "Answers the server had to look after: bounce_delivered (a broker sent an agent's "
+            "answer back and the server delivered it), bounce_unmatched (one it could not "
+            "match to a waiting TEXT), answer_timeout (a TEXT answered ERROR answer_timeout)",
+            ["event"],
+            registry=self.registry,
+        )
         # One labelled child per (type, source), looked up once: `labels()` validates its
         # arguments and takes a lock on every call, and every chat turn counts four messages.
         self._message_counts: dict[tuple[str, str], Counter] = {}
@@ -38,6 +46,13 @@ class HubMetrics:
         if counter is None:
             counter = self._message_counts[key] = self.messages.labels(message_type, source)
         counter.inc()
+
+    def declare_answer_events(self, events: list[str]) -> None:
+        for event in events:
+            self.answer_events.labels(event)
+
+    def count_answer_event(self, event: str) -> None:
+        self.answer_events.labels(event).inc()
 
     def track(self, frontends: Callable[[], int], agents_online: Callable[[], int]) -> None:
         self.frontends.set_function(frontends)

@@ -72,6 +72,9 @@ class RouteRunner:
     async def answer_abandoned(self) -> int:
         return await self.run(self.decisions.answer_abandoned())
 
+    async def answer_overdue(self) -> int:
+        return await self.run(self.decisions.answer_overdue())
+
     async def run(self, plan: Plan[T]) -> T:
         """Carries out each effect `plan` yields, in order, until it returns."""
         # The plan is resumed here and nowhere else: its StopIteration must end this loop,

@@ -1,5 +1,6 @@
 """The server's routing: decisions in `router`, the effects they ask for in `effects`."""
 
+from agentcomm.core.routing.bounces import AnswerEvent, AnswerEventObserver
 from agentcomm.core.routing.effects import (
     BusDown,
     Effect,
@@ -13,6 +14,8 @@ from agentcomm.core.routing.effects import (
 from agentcomm.core.routing.router import RouteObserver, ServerRouter
 
 __all__ = [
+    "AnswerEvent",
+    "AnswerEventObserver",
     "BusDown",
     "Effect",
     "Plan",

@@ -16,7 +16,13 @@ from agentcomm.protocol.codec import encode_envelope, encode_for_client
 from agentcomm.protocol.ids import frontend_server_tag
 from agentcomm.protocol.models import Envelope
 from agentcomm.protocol.queues import server_queue
-from agentcomm.protocol.rules import SERVER_SENDER, error_envelope, status_echo
+from agentcomm.protocol.rules import (
+    SERVER_SENDER,
+    error_envelope,
+    status_echo,
+    wants_status_echo,
+)
+from agentcomm.protocol.timestamps import utc_now_iso
 from agentcomm.protocol.vocabulary import ErrorCode, MessageType, RoutingStatus
 
 log = logging.getLogger(__name__)
@@ -48,7 +54,7 @@ class FrontendDelivery:
         that holds it."""
         session = self._sessions.get(frontend_id)
         if session is None:
-            yield from self._forward_to_owner(frontend_id, message)
+            yield from self.forward_to_owner(frontend_id, message)
             return
         if self._answers.hold_if_refused(frontend_id, message):
             return  # the sender was told this message was not sent
@@ -69,6 +75,9 @@ class FrontendDelivery:
         if session is None:
             return
         answered = message.in_reply_to_message_id
+        if answered and message.message_type not in _FINAL_TYPES:
+            # A chunk or a notice about it: the answer is on its way (ANSWER_TIMEOUT).
+            self._answers.heard_of(frontend_id, answered)
         if message.message_type is MessageType.REPLY_CHUNK:
             if not session.wants_stream or (
                 answered and self._answers.is_answered(frontend_id, answered)
@@ -81,7 +90,11 @@ class FrontendDelivery:
         ):
             log.info("Dropping a second final answer to %s", answered)
             return
-        frame = encode_envelope(message, for_client=True)
+        if message.message_type is MessageType.ERROR and not message.send_timestamp:
+            # Every ERROR a frontend gets says when (a broker's may not).
+            frame = encode_envelope(message, for_client=True, send_timestamp=utc_now_iso())
+        else:
+            frame = encode_envelope(message, for_client=True)
         if answered and message.message_type in _FINAL_TYPES:
             session.keep_final(answered, frame)
         yield SendFrame(frontend_id, frame)
@@ -93,7 +106,9 @@ class FrontendDelivery:
             return None
         return session.final_lost_with_a_connection(message_id)
 
-    def _forward_to_owner(self, frontend_id: str, message: Envelope) -> Plan[None]:
+    def forward_to_owner(self, frontend_id: str, message: Envelope) -> Plan[None]:
+        """`message`, unchanged, to the server that holds `frontend_id` (or dropped, when that
+        is this one and the frontend is gone)."""
         owner = frontend_server_tag(frontend_id)
         if owner and owner != self._server_tag:
             # Another server process holds this frontend's socket.
@@ -119,17 +134,22 @@ class FrontendDelivery:
         frontend_id: str,
         message: Envelope,
         status: RoutingStatus,
-        code: ErrorCode | None = None,
+        code: ErrorCode | str | None = None,
+        reason: str | None = None,
     ) -> Plan[None]:
-        """Tells the sender of `message` where it stands."""
+        """Tells the sender of `message` where it stands (on `error`, `reason` says why)."""
         if self._answers.is_refused(frontend_id, message.message_id):
             return  # told it was not sent; a late copy on the bus says nothing new
-        yield SendFrame(frontend_id, status_echo(message, status, code))
+        if status is RoutingStatus.DELIVERED:
+            session = self._sessions.get(frontend_id)
+            if session is not None and not wants_status_echo(session.capabilities, status):
+                return  # a client that cannot take this status asked not to get it
+        yield SendFrame(frontend_id, status_echo(message, status, code, reason))
 
     def refuse(self, frontend_id: str, message: Envelope, code: ErrorCode, text: str) -> Plan[None]:
         """`message` was not sent: its echo says so (for a TEXT) and an ERROR says why."""
         if message.message_type is MessageType.TEXT:
-            yield from self.echo(frontend_id, message, RoutingStatus.ERROR, code)
+            yield from self.echo(frontend_id, message, RoutingStatus.ERROR, code, text)
         error = error_envelope(
             sender_id=SERVER_SENDER,
             receiver_id=frontend_id,

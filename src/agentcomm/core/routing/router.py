@@ -15,6 +15,7 @@ from collections.abc import Callable
 from agentcomm.core.answers import AnswerLedger
 from agentcomm.core.clock import Clock, SystemClock
 from agentcomm.core.presence import AgentRegistry
+from agentcomm.core.routing.bounces import AnswerEvent, AnswerEventObserver, BouncedAnswers
 from agentcomm.core.routing.echoes import EchoOrder
 from agentcomm.core.routing.effects import (
     BusDown,
@@ -28,11 +29,13 @@ from agentcomm.core.routing.frontends import FrontendDelivery
 from agentcomm.core.sessions import FrontendSessions
 from agentcomm.core.streams import ReplyStreams
 from agentcomm.protocol.codec import encode_envelope, encode_for_client
-from agentcomm.protocol.ids import is_frontend_id, server_tag
+from agentcomm.protocol.ids import is_frontend_id, new_message_id, server_tag
 from agentcomm.protocol.models import Envelope
 from agentcomm.protocol.queues import BROKER_INPUT_QUEUE, agent_queue
 from agentcomm.protocol.rules import (
     SERVER_SENDER,
+    broker_refusal_code,
+    broker_refusal_words,
     check_from_agent,
     check_from_frontend,
     check_frontend_receiver,
@@ -81,10 +84,23 @@ class ServerRouter:
             publish_timeout=publish_timeout,
         )
         self._observers: list[RouteObserver] = []
+        self._event_observers: list[AnswerEventObserver] = []
+        self._bounced = BouncedAnswers(
+            server_tag=server_tag(server_id),
+            registry=registry,
+            sessions=sessions,
+            answers=answers,
+            frontends=self.frontends,
+            on_event=self._notify_event,
+        )
 
     def observe(self, observer: RouteObserver) -> None:
         """Calls `observer` with every message the router handles (metrics, tests)."""
         self._observers.append(observer)
+
+    def observe_answer_events(self, observer: AnswerEventObserver) -> None:
+        """Calls `observer` with what became of answers it had to look after (metrics)."""
+        self._event_observers.append(observer)
 
     # -- from frontends ----------------------------------------------------------------------
 
@@ -167,6 +183,7 @@ class ServerRouter:
             self._echoes.echoed(outgoing.message_id, waiters)
             raise
         if is_text:
+            self._answers.await_answer(frontend_id, outgoing)
             yield from frontends.echo(frontend_id, outgoing, RoutingStatus.PENDING)
         self._echoes.echoed(outgoing.message_id, waiters)
         self._notify(outgoing)
@@ -183,6 +200,8 @@ class ServerRouter:
                 "send_timestamp": message.send_timestamp or utc_now_iso(),
             }
         )
+        # Before the publish: the broker may send it back before the bus confirms it.
+        self._bounced.passing(outgoing)
         yield Publish(
             BROKER_INPUT_QUEUE,
             encode_envelope(outgoing, for_client=False),
@@ -201,6 +220,8 @@ class ServerRouter:
         comes back once the bus is healthy again).
         """
         self._notify(message)
+        if (yield from self._bounced.take(message)):
+            return  # an answer the broker should have passed on: on its way to who asked
         if message.routing_status is RoutingStatus.ERROR or (
             message.message_type is MessageType.ERROR and message.routing_status is None
         ):
@@ -285,35 +306,108 @@ class ServerRouter:
             )
         return len(expired)
 
+    def answer_overdue(self) -> Plan[int]:
+        """Answers TEXTs that had no answer at all within ANSWER_TIMEOUT; returns how many."""
+        late = self._answers.overdue()
+        timeout = self._answers.answer_timeout
+        for entry in late:
+            log.warning(
+                "No answer to %s of %s within %g s: its sender is told so",
+                entry.message_id,
+                entry.frontend_id,
+                timeout,
+            )
+            self._notify_event(AnswerEvent.ANSWER_TIMEOUT)
+            text = (
+                f"No answer came within {timeout:g} s. The agent may still be working on it, "
+                "but an answer that comes now will not be shown; send the message again to retry."
+            )
+            message = Envelope(
+                message_type=MessageType.TEXT,
+                message_id=entry.message_id,
+                sender_id=entry.frontend_id,
+                conversation_id=entry.conversation_id,
+            )
+            code = ErrorCode.ANSWER_TIMEOUT
+            yield from self.frontends.echo(
+                entry.frontend_id, message, RoutingStatus.ERROR, code, text
+            )
+            error = error_envelope(
+                sender_id=SERVER_SENDER,
+                receiver_id=entry.frontend_id,
+                code=code,
+                text=text,
+                in_reply_to=entry.message_id,
+                conversation_id=entry.conversation_id,
+            )
+            yield from self.frontends.deliver(entry.frontend_id, error)
+        return len(late)
+
     # -- errors ------------------------------------------------------------------------------
 
     def _deliver_error(self, message: Envelope) -> Plan[None]:
         target = receiver_of(message) or sender_of(message) or ""
+        if is_frontend_id(target):
+            yield from self._refusal_for_frontend(target, message)
+            return
         error = message.model_copy(
             update={
                 "message_type": MessageType.ERROR,
                 "routing_status": RoutingStatus.ERROR,
                 "receiver_id": target,
                 "error_code": message.error_code or ErrorCode.INTERNAL.value,
+                "send_timestamp": message.send_timestamp or utc_now_iso(),
             }
         )
-        failed = error.in_reply_to_message_id
+        yield from self._send_error_to(target, error)
+
+    def _refusal_for_frontend(self, frontend_id: str, message: Envelope) -> Plan[None]:
+        """A broker's error for a frontend, in the broker's own words (PROTOCOL §4).
+
+        The described system's broker names no code and sends the refused message itself back
+        (its message_id, its sender, its text), saying why only in `routing_status_message`;
+        the frontend gets an ERROR with that sentence, about that message, and its status echo.
+        """
+        failed = message.in_reply_to_message_id
+        bounced_itself = not failed and (
+            self._answers.is_awaiting(frontend_id, message.message_id)
+            or self._answers.is_answered(frontend_id, message.message_id)
+        )
+        if bounced_itself:
+            failed = message.message_id
+        code = broker_refusal_code(message)
+        words = broker_refusal_words(message, bounced_itself=bounced_itself)
+        update: dict[str, object] = {
+            "message_type": MessageType.ERROR,
+            "routing_status": RoutingStatus.ERROR,
+            "receiver_id": frontend_id,
+            "error_code": code,
+            "text_payload": words,
+            "in_reply_to_message_id": failed,
+            "send_timestamp": message.send_timestamp or utc_now_iso(),
+        }
+        if sender_of(message) == frontend_id:
+            # The broker kept the refused message's sender; the error is not the frontend's own.
+            update["sender_id"] = SERVER_SENDER
+        if bounced_itself:
+            # Not the refused message's own id, which its status echo carries.
+            update.update(message_id=new_message_id(), metadata=None, seq=None, text_delta=None)
+        error = message.model_copy(update=update)
         if (
             failed
-            and is_frontend_id(target)
-            and not self._answers.is_answered(target, failed)
-            and not self._answers.is_refused(target, failed)
+            and not self._answers.is_answered(frontend_id, failed)
+            and not self._answers.is_refused(frontend_id, failed)
         ):
             # The sender's own message failed: its status echo says so too (PROTOCOL §3).
             yield from self._echoes.wait(failed)
             echo = Envelope(
                 message_type=MessageType.TEXT,
                 message_id=failed,
-                sender_id=target,
+                sender_id=frontend_id,
                 conversation_id=error.conversation_id,
             )
-            yield SendFrame(target, status_echo(echo, RoutingStatus.ERROR, error.error_code))
-        yield from self._send_error_to(target, error)
+            yield SendFrame(frontend_id, status_echo(echo, RoutingStatus.ERROR, code, words))
+        yield from self._send_error_to(frontend_id, error)
 
     def _reject(self, message: Envelope, code: ErrorCode, text: str) -> Plan[None]:
         """The message cannot be delivered: its sender gets an ERROR saying why."""
@@ -334,7 +428,7 @@ class ServerRouter:
             MessageType.CANCEL,
         ):
             yield from self._echoes.wait(message.message_id)
-            yield from self.frontends.echo(sender, message, RoutingStatus.ERROR, code)
+            yield from self.frontends.echo(sender, message, RoutingStatus.ERROR, code, text)
         yield from self._send_error_to(sender, error)
 
     def _send_error_to(self, target: str, error: Envelope) -> Plan[None]:
@@ -366,3 +460,7 @@ class ServerRouter:
     def _notify(self, message: Envelope) -> None:
         for observer in self._observers:
             observer(message)
+
+    def _notify_event(self, event: AnswerEvent) -> None:
+        for observer in self._event_observers:
+            observer(event)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from agentcomm.bus.base import Bus, Delivery, NotTaken, Requeue, Subscription
 from agentcomm.protocol.codec import decode_envelope, encode_for_bus
 from agentcomm.protocol.errors import ProtocolError
+from agentcomm.protocol.ids import answer_message_id
 from agentcomm.protocol.queues import BROKER_INPUT_QUEUE, agent_queue
 from agentcomm.protocol.rules import error_envelope
 from agentcomm.protocol.vocabulary import ErrorCode, MessageType, RoutingStatus
@@ -87,8 +88,12 @@ class AgentInbox:
             client_id=message.client_id,
             server_id=message.server_id,
             hops=message.hops,
-            # Published for the broker to route, like an answer of the agent's own.
+            # Published for the broker to route, like an answer of the agent's own, with an
+            # id that names the message it answers (as the SDK's answers have).
             routing_status=RoutingStatus.PENDING,
+            message_id=answer_message_id(
+                message.sender_id, message.message_id, error_code=ErrorCode.INTERNAL
+            ),
         )
         await self._bus.publish(
             BROKER_INPUT_QUEUE, encode_for_bus(error), message_id=error.message_id

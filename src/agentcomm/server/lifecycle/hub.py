@@ -23,7 +23,7 @@ from agentcomm.core.brokers import BrokerRegistry
 from agentcomm.core.clock import Clock, SystemClock
 from agentcomm.core.commands import CommandCenter
 from agentcomm.core.presence import AgentRegistry
-from agentcomm.core.routing import ServerRouter
+from agentcomm.core.routing import AnswerEvent, ServerRouter
 from agentcomm.core.sessions import FrontendSessions
 from agentcomm.core.streams import ReplyStreams
 from agentcomm.core.timers import LoopTimers
@@ -78,7 +78,11 @@ class Hub:
         self.sessions = FrontendSessions(
             self.clock, resume_window=settings.resume_window, server_tag=self.server_tag
         )
-        self.answers = AnswerLedger(self.clock, delivery_timeout=settings.delivery_timeout)
+        self.answers = AnswerLedger(
+            self.clock,
+            delivery_timeout=settings.delivery_timeout,
+            answer_timeout=settings.answer_timeout,
+        )
         decisions = ServerRouter(
             server_id=self.server_id,
             registry=self.registry,
@@ -99,6 +103,9 @@ class Hub:
                 message.message_type.value, message.routing_status or "none"
             )
         )
+        decisions.observe_answer_events(self.metrics.count_answer_event)
+        # Shown from the start (at 0), so that a rate can be taken before the first one.
+        self.metrics.declare_answer_events([event.value for event in AnswerEvent])
         self.presence = PresenceFeed(self.registry, self.sessions)
         self.registry.subscribe(self._follow_presence_for_answers)
         # Writes what every socket has queued, once per turn of the event loop.
@@ -294,6 +301,7 @@ class Hub:
         self._collector.observe(len(self.state.connections))
         await self.router.release_overdue_streams()
         await self.router.answer_abandoned()
+        await self.router.answer_overdue()
 
     def _sweep_interval(self) -> float:
         # A lost stream has its own timer (or none, with no grace), so only the silence timeout

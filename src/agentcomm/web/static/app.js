@@ -160,7 +160,8 @@ function onText(f) {
   const item = items.get(f.message_id);
   if (item?.kind === 'user') {
     if (f.receiver_id && f.routing_status !== 'error') item.routedTo = f.receiver_id;
-    if (f.routing_status === 'error') return fail(item, f.error_code, errorWords(f.error_code)); // text_payload is our own text
+    // text_payload is our own text; the reason, when given, is in routing_status_message.
+    if (f.routing_status === 'error') return fail(item, f.error_code, errorWords(f.error_code, f.routing_status_message));
     const next = { pending: 'accepted', routed: 'routed', delivered: 'delivered' }[f.routing_status];
     if (next) setState(item, next);
     return save();

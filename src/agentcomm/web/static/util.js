@@ -49,6 +49,7 @@ const ERROR_WORDS = {
   invalid_json: 'The hub could not read the message.',
   not_registered: 'The connection was not registered yet.',
   internal: 'The hub hit an internal error.',
+  answer_timeout: 'No answer came in time.',
 };
 
 /** Words for an error code; `detail` (the server's own sentence) wins when it has one. */
