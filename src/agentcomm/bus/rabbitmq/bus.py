@@ -68,7 +68,6 @@ from aiormq import spec
 from aiormq.abc import AbstractChannel
 from aiormq.exceptions import InvalidFrameError
 
-from agentcomm.bus.acks import ChannelAcks
 from agentcomm.bus.base import (
     BusClosed,
     BusError,
@@ -81,12 +80,19 @@ from agentcomm.bus.base import (
     Unroutable,
     notify_dead_letter,
 )
-from agentcomm.bus.fastpath import Publisher, Refused, Returned, frame_max_of
-from agentcomm.bus.gathering import GatheringRobustConnection
-from agentcomm.bus.inbound import BusConnection, InboundMessage, RawConsumer, fast_path_of
-from agentcomm.bus.turns import KeyedTurns
+from agentcomm.bus.rabbitmq.turns import KeyedTurns
+from agentcomm.bus.rabbitmq.wire.acks import ChannelAcks
+from agentcomm.bus.rabbitmq.wire.fastpath import Publisher, Refused, Returned, frame_max_of
+from agentcomm.bus.rabbitmq.wire.gathering import GatheringRobustConnection
+from agentcomm.bus.rabbitmq.wire.inbound import (
+    BusConnection,
+    InboundMessage,
+    RawConsumer,
+    fast_path_of,
+)
 
-log = logging.getLogger(__name__)
+# The name operators filter on; it was the module's own name before the bus became a package.
+log = logging.getLogger("agentcomm.bus.rabbitmq")
 
 ATTEMPT_HEADER = "agentcomm-attempt"
 DEAD_LETTERED_FROM_HEADER = "agentcomm-dead-lettered-from"

@@ -26,7 +26,7 @@ import logging
 
 from aiormq.abc import AbstractChannel
 
-from agentcomm.bus.fastpath import FastPath
+from agentcomm.bus.rabbitmq.wire.fastpath import FastPath
 
 log = logging.getLogger(__name__)
 

@@ -27,8 +27,8 @@ from aiormq.exceptions import ChannelInvalidStateError
 from pamqp.commands import Basic
 from pamqp.common import Arguments, FieldTable
 
-from agentcomm.bus.fastpath import FastPath
-from agentcomm.bus.gathering import GatheringRobustConnection
+from agentcomm.bus.rabbitmq.wire.fastpath import FastPath
+from agentcomm.bus.rabbitmq.wire.gathering import GatheringRobustConnection
 
 
 class InboundMessage:
