@@ -20,7 +20,8 @@ from pamqp.header import ContentHeader
 from pamqp.heartbeat import Heartbeat
 
 from agentcomm.bus.rabbitmq.wire import fastpath
-from agentcomm.bus.rabbitmq.wire.fastpath import FastPath, LinkLost, Refused, Returned
+from agentcomm.bus.rabbitmq.wire.base import LinkLost, Refused, Returned
+from agentcomm.bus.rabbitmq.wire.fastpath import FastPath
 
 PUBLISH_CHANNEL = 1
 CONSUME_CHANNEL = 2

@@ -1,1 +1,2 @@
-"""How the RabbitMQ bus's messages get onto the AMQP link and off it."""
+"""How the RabbitMQ bus's messages get onto the AMQP link and off it, behind one seam
+(`base.Wire`): the bus's own framing (`framed.py`)."""
