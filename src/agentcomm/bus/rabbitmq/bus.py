@@ -9,8 +9,9 @@ One robust connection carries three kinds of channel:
   the channel on PRECONDITION_FAILED) never fails the publishes in flight;
 - one channel per consumer, each with its own prefetch (`subscription.py`).
 
-Messages get onto the link and off it through a wire (`wire/`): the bus's own AMQP framing.
-Redelivery — attempts, dead-lettering, suspects — is `redelivery.py`.
+Messages get onto the link and off it through a wire (`wire/`): the bus's own AMQP framing by
+default, plain aio-pika with `fast_path=False` (RABBITMQ_FAST_PATH=0). Redelivery — attempts,
+dead-lettering, suspects — is `redelivery.py`, the same on either wire.
 
 The connection reconnects by itself and the channels and consumers come back with it (a
 consumer re-declares the queue it consumes, so a queue this bus declared and that expired
@@ -54,6 +55,7 @@ from agentcomm.bus.rabbitmq.subscription import RabbitSubscription
 from agentcomm.bus.rabbitmq.turns import KeyedTurns
 from agentcomm.bus.rabbitmq.wire.base import TRANSPORT_ERRORS, Refused, Returned, Wire
 from agentcomm.bus.rabbitmq.wire.framed import FramedWire
+from agentcomm.bus.rabbitmq.wire.plain import PlainWire
 
 # The name operators filter on; it was the module's own name before the bus became a package.
 log = logging.getLogger("agentcomm.bus.rabbitmq")
@@ -67,7 +69,9 @@ class RabbitMQBus:
     reconnects by itself for as long as the bus is open. `prefetch_default` is the prefetch of a
     consumer that does not ask for one. `name` is shown as the connection name in RabbitMQ.
     `heartbeat` (seconds, unless the URL sets it) is proposed to RabbitMQ; a connection that
-    stays silent for about three heartbeats is taken for dead and reconnected.
+    stays silent for about three heartbeats is taken for dead and reconnected. `fast_path`
+    False runs it on plain aio-pika publishes and consumers instead of the bus's own AMQP
+    framing (see `wire/`).
     """
 
     # Seconds one connection attempt at start may take before it counts as failed.
@@ -94,6 +98,7 @@ class RabbitMQBus:
         prefetch_default: int = 200,
         name: str = "agentcomm",
         heartbeat: int | None = None,
+        fast_path: bool = True,
     ) -> None:
         if connect_attempts < 1:
             raise ValueError(f"connect_attempts must be at least 1, got {connect_attempts}.")
@@ -105,7 +110,7 @@ class RabbitMQBus:
         self._heartbeat = heartbeat
         self._name = name
         # Puts this bus's messages on its link and takes them off (shared with subscriptions).
-        self.wire: Wire = FramedWire()
+        self.wire: Wire = FramedWire() if fast_path else PlainWire()
         self._connection: AbstractRobustConnection | None = None
         self._publish_channel: AbstractRobustChannel | None = None
         self._queues = Queues(self._unavailable, self.OPERATION_TIMEOUT)

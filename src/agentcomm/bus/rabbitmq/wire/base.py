@@ -1,14 +1,19 @@
 """The one seam between the RabbitMQ bus and the AMQP link: publish with confirm, consume
 deliveries, ack them.
 
-`FramedWire` (`framed.py`) implements it: the bus frames the traffic itself — publishes and
-their confirms, deliveries, acks — on the link aio-pika and aiormq keep, and the frames of one
-event-loop turn leave in one write. It subclasses aio-pika's robust connection, channel and
-queue and relies on some of their private parts.
+Two wires implement it:
+
+- `FramedWire` (`framed.py`, the default): the bus frames the traffic itself — publishes and
+  their confirms, deliveries, acks — on the link aio-pika and aiormq keep, and the frames of one
+  event-loop turn leave in one write. It subclasses aio-pika's robust connection, channel and
+  queue and relies on some of their private parts (checked by tests/unit/test_bus_wire_parts.py).
+- `PlainWire` (`plain.py`, `RABBITMQ_FAST_PATH=0`): aio-pika as documented — `Exchange.publish`
+  on a channel with publisher confirms, `Queue.consume` — and no private attribute of aio-pika
+  or aiormq. Slower, and the way to keep running on a release the framed wire does not know.
 
 Everything else — connection and channel set-up, declarations, consumer registration,
-reconnection, heartbeats — stays aio-pika's, and so does the bus's own logic on top
-(redelivery, acks in runs, suspects).
+reconnection, heartbeats — stays aio-pika's on either wire, and so does the bus's own logic
+on top (redelivery, acks in runs, suspects).
 
 Exceptions `Wire.publish` raises besides cancellation:
 
