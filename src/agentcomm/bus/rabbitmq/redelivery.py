@@ -106,13 +106,7 @@ class Redeliveries:
         headers[ATTEMPT_HEADER] = attempt + 1
         try:
             # Confirmed first, acked after: a crash in between duplicates, never loses.
-            await self._publish(
-                queue,
-                message.body,
-                copy_properties(message, headers),
-                mandatory=True,
-                timeout=self._republish_timeout,
-            )
+            await self._copy(message, queue, headers, self._republish_timeout)
         except BusError as exc:
             log.warning(
                 "Could not requeue message %s on %s for attempt %d (%s); the broker gets it "
@@ -131,13 +125,7 @@ class Redeliveries:
         """Puts a message no handler started on back as it was: an uncounted copy at the tail
         (so that it does not come back looking unsettled), then the original is acked."""
         try:
-            await self._publish(
-                queue,
-                message.body,
-                copy_properties(message, dict(message.headers or {})),
-                mandatory=True,
-                timeout=self._give_back_timeout,
-            )
+            await self._copy(message, queue, dict(message.headers or {}), self._give_back_timeout)
         except BusError as exc:
             log.info("Could not give back message %s on %s (%s)", message.message_id, queue, exc)
             await settle(message.nack(requeue=True), message, queue)
@@ -183,13 +171,7 @@ class Redeliveries:
         }
         headers[DEAD_LETTERED_FROM_HEADER] = queue
         try:
-            await self._publish(
-                target,
-                message.body,
-                copy_properties(message, headers),
-                mandatory=True,
-                timeout=self._republish_timeout,
-            )
+            await self._copy(message, target, headers, self._republish_timeout)
         except Unroutable:
             log.warning(
                 "Message %s dropped from %s after %d failed deliveries (its dead-letter queue "
@@ -218,3 +200,15 @@ class Redeliveries:
                 attempt,
             )
         await settle(message.ack(), message, queue)
+
+    async def _copy(
+        self, message: InboundMessage, queue: str, headers: HeadersType, timeout: float
+    ) -> None:
+        """Publishes a copy of `message` with `headers` to `queue`, confirmed."""
+        await self._publish(
+            queue,
+            message.body,
+            copy_properties(message, headers),
+            mandatory=True,
+            timeout=timeout,
+        )

@@ -57,6 +57,9 @@ class LinkLost(ConnectionError):
 # Errors that mean "the connection or channel is not usable right now".
 TRANSPORT_ERRORS = (AMQPError, ChannelInvalidStateError, ConnectionError, OSError)
 
+# Pause before trying a publish again on a channel that closed before the message was sent.
+RESEND_PAUSE = 0.05
+
 # Takes one delivery; called synchronously, once per delivery, in delivery order.
 OnMessage = Callable[[InboundMessage], None]
 

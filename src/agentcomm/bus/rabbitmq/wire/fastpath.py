@@ -40,7 +40,6 @@ from pamqp.header import ContentHeader
 
 from agentcomm.bus.rabbitmq.wire.frames import (
     ACK,
-    ACK_PAYLOAD_SIZE,
     BASIC,
     BASIC_ACK,
     BASIC_DELIVER,
@@ -166,7 +165,7 @@ class FastPath:
             ACK.pack(
                 FRAME_METHOD,
                 channel.number,
-                ACK_PAYLOAD_SIZE,
+                13,  # the payload: class and method ids, delivery tag, the `multiple` bit
                 BASIC,
                 BASIC_ACK,
                 delivery_tag,

@@ -25,14 +25,11 @@ from aiormq.exceptions import ChannelInvalidStateError
 from pamqp.commands import Basic
 
 from agentcomm.bus.rabbitmq.wire.acks import ChannelAcks
-from agentcomm.bus.rabbitmq.wire.base import TRANSPORT_ERRORS, OnMessage
+from agentcomm.bus.rabbitmq.wire.base import RESEND_PAUSE, TRANSPORT_ERRORS, OnMessage
 from agentcomm.bus.rabbitmq.wire.direct import BusConnection, fast_path_of
 from agentcomm.bus.rabbitmq.wire.frames import frame_max_of
 from agentcomm.bus.rabbitmq.wire.inbound import RawConsumer
 from agentcomm.bus.rabbitmq.wire.publisher import Publisher
-
-# Pause before trying a publish again on a channel that closed before the message was sent.
-RESEND_PAUSE = 0.05
 
 
 class FramedWire:

@@ -24,8 +24,6 @@ IDS = struct.Struct(">HH")
 TAG_AND_BITS = struct.Struct(">QB")
 CONTENT_HEAD = struct.Struct(">HHQ")
 ACK = struct.Struct(">BHIHHQBB")
-# The size of Basic.Ack's payload: class and method ids, delivery tag, the `multiple` bit.
-ACK_PAYLOAD_SIZE = 13
 
 CHANNEL = 20
 CHANNEL_CLOSE = 40

@@ -29,11 +29,14 @@ from aiormq.abc import AbstractChannel
 from pamqp.commands import Basic
 
 from agentcomm.bus.rabbitmq.wire.acks import ChannelAcks
-from agentcomm.bus.rabbitmq.wire.base import TRANSPORT_ERRORS, OnMessage, Refused, Returned
+from agentcomm.bus.rabbitmq.wire.base import (
+    RESEND_PAUSE,
+    TRANSPORT_ERRORS,
+    OnMessage,
+    Refused,
+    Returned,
+)
 from agentcomm.bus.rabbitmq.wire.inbound import RawConsumer
-
-# Pause before trying a publish again on a channel that closed before the message was sent.
-RESEND_PAUSE = 0.05
 
 
 class PlainWire:
