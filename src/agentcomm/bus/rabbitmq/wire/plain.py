@@ -3,7 +3,8 @@
 Publishes are `aio_pika.Message`s through the default exchange of a channel with publisher
 confirms, consumers are `Queue.consume` callbacks, acks are aiormq's `basic_ack`; no private
 attribute of aio-pika or aiormq is touched. It is the way to run on an aio-pika or aiormq the
-framed wire was not tested with, at about half the round trips.
+framed wire was not tested with, at about a third of the round trips (three times the CPU
+per round trip on the `roundtrip` benchmark).
 
 Two things differ from the framed wire, both aiormq's own behaviour: a publish waits for its
 frames to be written (so it is held back while RabbitMQ does not read), but one that times out
