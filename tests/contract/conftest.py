@@ -1,8 +1,9 @@
 """Both buses behind one fixture, so that every contract test runs against each of them.
 
-`backend` is parametrized: the in-process bus, and RabbitMQ in a fresh vhost of its own. The
-helpers here (waiting with a deadline, collecting deliveries) are shared with the RabbitMQ-only
-integration tests.
+`backend` is parametrized: the in-process bus, and RabbitMQ in a fresh vhost of its own, once
+on the bus's own AMQP framing (`rabbitmq`) and once on plain aio-pika (`rabbitmq-plain`,
+RABBITMQ_FAST_PATH=0). The helpers here (waiting with a deadline, collecting deliveries) are
+shared with the RabbitMQ-only integration tests.
 """
 
 from __future__ import annotations
@@ -100,7 +101,12 @@ class BusBackend:
         if self.kind == "memory":
             return InMemoryBus()
         assert self.vhost is not None
-        return RabbitMQBus(amqp_url(self.vhost), connect_attempts=2, name="agentcomm-contract")
+        return RabbitMQBus(
+            amqp_url(self.vhost),
+            connect_attempts=2,
+            name="agentcomm-contract",
+            fast_path=self.kind != "rabbitmq-plain",
+        )
 
     async def new_bus(self) -> Bus:
         """A connected bus; on the in-process backend every call gives the same one."""
@@ -135,12 +141,18 @@ class BusBackend:
             await asyncio.wait_for(self._inspector.close(), WAIT)
 
 
-@pytest.fixture(params=["memory", pytest.param("rabbitmq", marks=pytest.mark.rabbitmq)])
+@pytest.fixture(
+    params=[
+        "memory",
+        pytest.param("rabbitmq", marks=pytest.mark.rabbitmq),
+        pytest.param("rabbitmq-plain", marks=pytest.mark.rabbitmq),
+    ]
+)
 def bus_kind(request: pytest.FixtureRequest) -> tuple[str, str | None]:
-    if request.param == "rabbitmq":
-        vhost: str = request.getfixturevalue("rabbitmq_vhost")
-        return "rabbitmq", vhost
-    return "memory", None
+    if request.param == "memory":
+        return "memory", None
+    vhost: str = request.getfixturevalue("rabbitmq_vhost")
+    return request.param, vhost
 
 
 @pytest.fixture

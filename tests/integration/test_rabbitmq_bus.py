@@ -55,9 +55,15 @@ async def broker_unreachable(vhost: str) -> AsyncIterator[None]:
         await rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
 
 
-@pytest.fixture
-async def bus(rabbitmq_vhost: str) -> AsyncIterator[RabbitMQBus]:
-    bus = RabbitMQBus(amqp_url(rabbitmq_vhost), connect_attempts=2, name="agentcomm-test")
+@pytest.fixture(params=[pytest.param(True, id="fast-path"), pytest.param(False, id="plain")])
+async def bus(rabbitmq_vhost: str, request: pytest.FixtureRequest) -> AsyncIterator[RabbitMQBus]:
+    """The bus on its own AMQP framing, and on plain aio-pika (RABBITMQ_FAST_PATH=0)."""
+    bus = RabbitMQBus(
+        amqp_url(rabbitmq_vhost),
+        connect_attempts=2,
+        name="agentcomm-test",
+        fast_path=request.param,
+    )
     await asyncio.wait_for(bus.connect(), WAIT)
     try:
         yield bus
@@ -304,6 +310,30 @@ async def test_factory_never_falls_back_to_the_memory_bus() -> None:
     assert isinstance(bus, RabbitMQBus)
     with pytest.raises(BusUnavailable):
         await asyncio.wait_for(bus.connect(), WAIT)
+
+
+@bounded
+async def test_fast_path_off_runs_on_aio_pikas_own_connection_and_channels(
+    rabbitmq_env: dict[str, str],
+) -> None:
+    # RABBITMQ_FAST_PATH=0 is the way out when an aio-pika or aiormq release breaks the
+    # subclasses the fast path is built on: none of them may be in use then.
+    settings = load_settings(**rabbitmq_env, rabbitmq_fast_path="0")
+    bus = create_bus(settings, name="agentcomm-plain-test")
+    assert isinstance(bus, RabbitMQBus)
+    await asyncio.wait_for(bus.connect(), WAIT)
+    try:
+        await bus.declare_queue("work")
+        got = Collector()
+        subscription = await bus.consume("work", got.handle)
+        await bus.publish("work", b"{}", message_id="plain")
+        assert (await got.wait_for(1))[0].message_id == "plain"
+        connection = bus._connection
+        assert type(connection) is aio_pika.RobustConnection
+        assert type(subscription._channel) is aio_pika.RobustChannel
+        assert type(subscription._queue) is aio_pika.RobustQueue
+    finally:
+        await asyncio.wait_for(bus.close(), WAIT)
 
 
 @bounded

@@ -131,13 +131,17 @@ def reliability_stack(
     *,
     server_flags: Mapping[str, str] | None = None,
     env: Mapping[str, str] | None = None,
+    fast_path: bool = True,
 ) -> Iterator[Stack]:
     """A server on RabbitMQ in a fresh vhost; the test adds brokers and agents. Every process
     is ended on the way out, and one that exited by itself or logged an unexpected traceback
-    fails the test."""
+    fails the test. `fast_path` False runs every process's bus on plain aio-pika."""
     with fresh_vhost() as vhost:
         processes = Processes(
-            log_dir, rabbitmq_env(vhost) | {"LOG_LEVEL": "INFO"} | dict(env or {})
+            log_dir,
+            rabbitmq_env(vhost)
+            | {"LOG_LEVEL": "INFO", "RABBITMQ_FAST_PATH": "1" if fast_path else "0"}
+            | dict(env or {}),
         )
         problems: list[str] = []
         try:

@@ -36,9 +36,9 @@ TRANSPORTS = ("grpc", "amqp")
 
 
 @pytest.fixture
-def stack(rabbitmq_available: None, tmp_path: Path) -> Iterator[Stack]:
+def stack(rabbitmq_available: None, tmp_path: Path, rabbitmq_fast_path: bool) -> Iterator[Stack]:
     flags = {"--delivery-timeout": str(DELIVERY_TIMEOUT), "--agent-timeout": str(AGENT_TIMEOUT)}
-    with reliability_stack(tmp_path, server_flags=flags) as stack:
+    with reliability_stack(tmp_path, server_flags=flags, fast_path=rabbitmq_fast_path) as stack:
         stack.add_broker("broker-killed")
         yield stack
 

@@ -35,12 +35,15 @@ async def proxy() -> AsyncIterator[TcpProxy]:
 
 
 @pytest.fixture
-async def stack(rabbitmq_vhost: str, proxy: TcpProxy) -> AsyncIterator[DevStack]:
+async def stack(
+    rabbitmq_vhost: str, proxy: TcpProxy, rabbitmq_fast_path: bool
+) -> AsyncIterator[DevStack]:
     settings = test_settings(
         message_bus="rabbitmq",
         rabbitmq_host="127.0.0.1",
         rabbitmq_port=proxy.port,
         rabbitmq_vhost=rabbitmq_vhost,
+        rabbitmq_fast_path=rabbitmq_fast_path,
         rate_limit_per_second=1000,
         rate_limit_burst=1000,
     )

@@ -35,10 +35,12 @@ async def proxy() -> AsyncIterator[TcpProxy]:
 
 
 async def test_a_message_that_kills_its_consumer_is_dead_lettered_after_bounded_attempts(
-    rabbitmq_vhost: str, proxy: TcpProxy
+    rabbitmq_vhost: str, proxy: TcpProxy, rabbitmq_fast_path: bool
 ) -> None:
-    producer = RabbitMQBus(url(5672, rabbitmq_vhost), name="producer")
-    consumer = RabbitMQBus(url(proxy.port, rabbitmq_vhost), name="consumer")
+    producer = RabbitMQBus(url(5672, rabbitmq_vhost), name="producer", fast_path=rabbitmq_fast_path)
+    consumer = RabbitMQBus(
+        url(proxy.port, rabbitmq_vhost), name="consumer", fast_path=rabbitmq_fast_path
+    )
     await producer.connect()
     await consumer.connect()
     try:

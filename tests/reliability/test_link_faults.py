@@ -46,7 +46,9 @@ class Linked:
 
 
 @pytest.fixture
-async def linked(rabbitmq_available: None, tmp_path: Path) -> AsyncIterator[Linked]:
+async def linked(
+    rabbitmq_available: None, tmp_path: Path, rabbitmq_fast_path: bool
+) -> AsyncIterator[Linked]:
     links = {
         name: await TcpProxy("127.0.0.1", 5672).start()
         for name in ("server-bus", "broker-bus", "agent-bus")
@@ -55,6 +57,7 @@ async def linked(rabbitmq_available: None, tmp_path: Path) -> AsyncIterator[Link
         tmp_path,
         server_flags={"--rabbitmq-port": str(links["server-bus"].port)},
         env={"RABBITMQ_HEARTBEAT": str(RABBITMQ_HEARTBEAT)},
+        fast_path=rabbitmq_fast_path,
     )
     try:
         # Starting and stopping processes blocks; the proxies must keep forwarding meanwhile.
@@ -204,12 +207,16 @@ async def test_server_stops_within_its_shutdown_bound_with_a_dead_bus(linked: Li
 
 
 async def test_server_stops_within_its_bound_when_the_bus_stops_answering_unnoticed(
-    rabbitmq_available: None, tmp_path: Path
+    rabbitmq_available: None, tmp_path: Path, rabbitmq_fast_path: bool
 ) -> None:
     """As above, with RabbitMQ's link black-holed and the default heartbeat: the link still
     looks alive to the server throughout its stop, so every call to RabbitMQ waits."""
     async with TcpProxy("127.0.0.1", 5672) as bus_link:
-        context = reliability_stack(tmp_path, server_flags={"--rabbitmq-port": str(bus_link.port)})
+        context = reliability_stack(
+            tmp_path,
+            server_flags={"--rabbitmq-port": str(bus_link.port)},
+            fast_path=rabbitmq_fast_path,
+        )
         stack = await asyncio.to_thread(context.__enter__)
         try:
             await asyncio.to_thread(stack.add_echo, "echo-grpc", "grpc")

@@ -26,8 +26,8 @@ AGENTS = {"echo-amqp-1": "amqp", "echo-amqp-2": "amqp", "echo-grpc": "grpc"}
 
 
 @pytest.fixture
-def stack(rabbitmq_available: None, tmp_path: Path) -> Iterator[Stack]:
-    with reliability_stack(tmp_path) as stack:
+def stack(rabbitmq_available: None, tmp_path: Path, rabbitmq_fast_path: bool) -> Iterator[Stack]:
+    with reliability_stack(tmp_path, fast_path=rabbitmq_fast_path) as stack:
         stack.add_broker("broker-restart-1")
         stack.add_broker("broker-restart-2")
         for agent_id, transport in AGENTS.items():

@@ -30,9 +30,9 @@ AGENTS = {"echo-amqp": "amqp", "echo-grpc": "grpc"}
 
 
 @pytest.fixture
-def stack(rabbitmq_available: None, tmp_path: Path) -> Iterator[Stack]:
+def stack(rabbitmq_available: None, tmp_path: Path, rabbitmq_fast_path: bool) -> Iterator[Stack]:
     flags = {"--shutdown-timeout": str(SHUTDOWN_TIMEOUT)}
-    with reliability_stack(tmp_path, server_flags=flags) as stack:
+    with reliability_stack(tmp_path, server_flags=flags, fast_path=rabbitmq_fast_path) as stack:
         stack.add_broker("broker-restart")
         for agent_id, transport in AGENTS.items():
             stack.add_echo(agent_id, transport, wait=False)

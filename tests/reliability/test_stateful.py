@@ -253,18 +253,30 @@ class ExactlyOneAnswer(RuleBasedStateMachine):
 class ExactlyOneAnswerOnRabbitMQ(ExactlyOneAnswer):
     """The same machine with every hop on RabbitMQ, each example in a vhost of its own."""
 
+    # The bus's own AMQP framing; plain aio-pika below.
+    FAST_PATH = True
+
     def make_settings(self, **overrides: Any) -> Settings:
         self.vhost = f"agentcomm_test_{uuid.uuid4().hex[:12]}"
         _rabbitmqctl("add_vhost", self.vhost)
         _rabbitmqctl("set_permissions", "-p", self.vhost, "guest", ".*", ".*", ".*")
         return super().make_settings(
-            message_bus="rabbitmq", rabbitmq_host="127.0.0.1", rabbitmq_vhost=self.vhost
+            message_bus="rabbitmq",
+            rabbitmq_host="127.0.0.1",
+            rabbitmq_vhost=self.vhost,
+            rabbitmq_fast_path=self.FAST_PATH,
         )
 
     def forget_bus(self) -> None:
         subprocess.run(
             ["rabbitmqctl", "-q", "delete_vhost", self.vhost], capture_output=True, timeout=60
         )
+
+
+class ExactlyOneAnswerOnPlainRabbitMQ(ExactlyOneAnswerOnRabbitMQ):
+    """The same on plain aio-pika (RABBITMQ_FAST_PATH=0)."""
+
+    FAST_PATH = False
 
 
 def _rabbitmqctl(*args: str) -> None:
@@ -288,3 +300,8 @@ ExactlyOneAnswerOnRabbitMQ.TestCase.settings = settings(
 test_exactly_one_answer_whatever_happens_on_rabbitmq = pytest.mark.usefixtures(
     "rabbitmq_available"
 )(pytest.mark.rabbitmq(ExactlyOneAnswerOnRabbitMQ.TestCase))
+
+ExactlyOneAnswerOnPlainRabbitMQ.TestCase.settings = ExactlyOneAnswerOnRabbitMQ.TestCase.settings
+test_exactly_one_answer_whatever_happens_on_plain_rabbitmq = pytest.mark.usefixtures(
+    "rabbitmq_available"
+)(pytest.mark.rabbitmq(ExactlyOneAnswerOnPlainRabbitMQ.TestCase))

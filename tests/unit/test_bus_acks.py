@@ -10,8 +10,8 @@ import pamqp.frame
 from aiormq.abc import AbstractChannel
 from aiormq.exceptions import ChannelInvalidStateError
 
-from agentcomm.bus.acks import ChannelAcks
-from agentcomm.bus.fastpath import FastPath
+from agentcomm.bus.rabbitmq.wire.acks import ChannelAcks
+from agentcomm.bus.rabbitmq.wire.fastpath import FastPath
 
 
 class FakeChannel:
@@ -96,7 +96,7 @@ async def test_settled_deliveries_are_passed_over_without_a_frame() -> None:
 
 
 async def test_a_closed_channel_is_logged_not_raised(caplog: Any) -> None:
-    caplog.set_level(logging.INFO, logger="agentcomm.bus.acks")
+    caplog.set_level(logging.INFO, logger="agentcomm.bus.rabbitmq.wire.acks")
     channel = FakeChannel(fail=True)
     acks = _acks(channel, range(1, 3))
     acks.handled(1)

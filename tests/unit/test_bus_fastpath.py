@@ -19,8 +19,9 @@ from pamqp.body import ContentBody
 from pamqp.header import ContentHeader
 from pamqp.heartbeat import Heartbeat
 
-from agentcomm.bus import fastpath
-from agentcomm.bus.fastpath import FastPath, LinkLost, Refused, Returned
+from agentcomm.bus.rabbitmq.wire import fastpath
+from agentcomm.bus.rabbitmq.wire.base import LinkLost, Refused, Returned
+from agentcomm.bus.rabbitmq.wire.fastpath import FastPath
 
 PUBLISH_CHANNEL = 1
 CONSUME_CHANNEL = 2

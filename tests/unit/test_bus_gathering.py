@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from agentcomm.bus.gathering import FlowProtocol, GatheringWriter
+from agentcomm.bus.rabbitmq.wire.gathering import FlowProtocol, GatheringWriter
 
 
 class RecordingTransport(asyncio.WriteTransport):

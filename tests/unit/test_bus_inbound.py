@@ -9,7 +9,7 @@ from aiormq.abc import AbstractChannel, DeliveredMessage
 from pamqp import commands
 from pamqp.header import ContentHeader
 
-from agentcomm.bus.inbound import InboundMessage, RawConsumer
+from agentcomm.bus.rabbitmq.wire.inbound import InboundMessage, RawConsumer
 
 
 class FakeChannel:

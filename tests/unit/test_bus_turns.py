@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from agentcomm.bus.turns import KeyedTurns
+from agentcomm.bus.rabbitmq.turns import KeyedTurns
 
 
 async def test_one_key_is_held_by_one_at_a_time() -> None:

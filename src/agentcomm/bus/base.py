@@ -24,10 +24,16 @@ Delivery semantics, the same on every implementation:
   The consumer's `on_dead_letter` is called with a message before it leaves for good, so that
   its sender can be told.
 - Deliveries on one consumer are handled one at a time in queue order unless `concurrency` > 1.
+
+Those redelivery rules are decided in one place, `Redelivery`, which every bus asks what
+becomes of a delivery whose handler did not return; each bus only carries out the `Verdict`
+(the in-process bus puts the message back in its deque, RabbitMQ publishes a counted copy).
 """
 
 from __future__ import annotations
 
+import asyncio
+import enum
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -74,6 +80,80 @@ class Delivery:
 
 
 MessageHandler = Callable[[Delivery], Awaitable[None]]
+
+
+class Verdict(enum.Enum):
+    """What becomes of a delivery whose handler raised."""
+
+    # NotTaken: its handler never started on it; back as it was, not counted.
+    UNTOUCHED = "untouched"
+    # BusUnavailable under the handler: not the message's fault; back, not counted.
+    BUS_FAILED = "bus failed"
+    # The handler was cancelled (its consumer is going away with it): back, and counted as an
+    # attempt where the bus can tell (ask `Redelivery.charge` when it is counted).
+    CUT_OFF = "cut off"
+    # A failure, or Requeue: back for another attempt, counted.
+    RETRY = "retry"
+    # A failure on the last attempt: dead-lettered where the bus can, dropped otherwise.
+    DEAD_LETTER = "dead letter"
+
+
+@dataclass(frozen=True, slots=True)
+class Redelivery:
+    """The redelivery rules of one consumer: pure decisions, the same on every bus."""
+
+    max_deliveries: int
+
+    def after(self, error: BaseException, attempt: int) -> Verdict:
+        """The verdict on a delivery whose handler raised `error` on its `attempt`-th try."""
+        if isinstance(error, NotTaken):
+            return Verdict.UNTOUCHED
+        if isinstance(error, BusUnavailable):
+            return Verdict.BUS_FAILED
+        if isinstance(error, asyncio.CancelledError):
+            return Verdict.CUT_OFF
+        return self.charge(attempt)
+
+    def charge(self, attempt: int) -> Verdict:
+        """Counts the `attempt`-th try as failed: another one, or none left."""
+        return Verdict.DEAD_LETTER if attempt >= self.max_deliveries else Verdict.RETRY
+
+    def report(
+        self, logger: logging.Logger, verdict: Verdict, error: BaseException, delivery: Delivery
+    ) -> None:
+        """Logs why `delivery` was not acked, in the same words on every bus (on the bus's
+        own logger). A failure is an error with its traceback; a handler's own "not now" is a
+        plain line."""
+        message_id, queue = delivery.message_id, delivery.queue
+        if verdict is Verdict.UNTOUCHED:
+            logger.info("Message %s on %s given back untouched: %s", message_id, queue, error)
+        elif verdict is Verdict.BUS_FAILED:
+            logger.warning(
+                "Message %s on %s goes back to the queue: the bus failed while it was handled (%s)",
+                message_id,
+                queue,
+                error,
+            )
+        elif verdict is Verdict.CUT_OFF:
+            return
+        elif isinstance(error, Requeue):
+            logger.info(
+                "Message %s on %s handed back (attempt %d of %d): %s",
+                message_id,
+                queue,
+                delivery.attempt,
+                self.max_deliveries,
+                error,
+            )
+        else:
+            logger.error(
+                "Handler failed for message %s on %s (attempt %d of %d)",
+                message_id,
+                queue,
+                delivery.attempt,
+                self.max_deliveries,
+                exc_info=error,
+            )
 
 
 async def notify_dead_letter(on_dead_letter: MessageHandler, delivery: Delivery) -> None:

@@ -13,7 +13,8 @@ def create_bus(settings: Settings, *, name: str = "agentcomm") -> Bus:
 
     There is no fallback: a RabbitMQ that cannot be reached is reported by `connect()`, never
     replaced by the in-process bus, whose queues other processes cannot see. `name` labels the
-    RabbitMQ connection (e.g. "agentcomm-server").
+    RabbitMQ connection (e.g. "agentcomm-server"); `RABBITMQ_FAST_PATH=0` runs it on plain
+    aio-pika instead of its own AMQP framing.
     """
     if settings.message_bus == "memory":
         return InMemoryBus()
@@ -24,6 +25,7 @@ def create_bus(settings: Settings, *, name: str = "agentcomm") -> Bus:
             prefetch_default=settings.rabbitmq_prefetch,
             heartbeat=settings.rabbitmq_heartbeat,
             name=name,
+            fast_path=settings.rabbitmq_fast_path,
         )
     raise ValueError(
         f"Unknown message bus {settings.message_bus!r}: MESSAGE_BUS accepts 'rabbitmq' or 'memory'."

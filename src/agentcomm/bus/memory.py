@@ -18,13 +18,12 @@ from dataclasses import dataclass, field
 from agentcomm.bus.base import (
     BusClosed,
     BusError,
-    BusUnavailable,
     Delivery,
     MessageHandler,
-    NotTaken,
     QueueOptions,
-    Requeue,
+    Redelivery,
     Unroutable,
+    Verdict,
     notify_dead_letter,
 )
 
@@ -165,27 +164,25 @@ class InMemoryBus:
     def forget(self, subscription: _MemorySubscription) -> None:
         self._subscriptions.discard(subscription)
 
-    async def requeue(
-        self,
-        queue: _Queue,
-        stored: _Stored,
-        max_deliveries: int,
-        on_dead_letter: MessageHandler | None = None,
-    ) -> None:
-        if stored.attempt >= max_deliveries:
-            log.warning(
-                "Message %s left %s after %d failed deliveries",
-                stored.message_id,
-                queue.name,
-                stored.attempt,
-            )
-            if on_dead_letter is not None:
-                await notify_dead_letter(on_dead_letter, _delivery(queue.name, stored))
-            await self._dead_letter(queue, stored)
-            return
+    async def put_back(self, queue: _Queue, stored: _Stored) -> None:
+        """Back at the head of its queue, to be handed out next."""
         async with queue.changed:
             queue.messages.appendleft(stored)
             queue.changed.notify()
+
+    async def give_up(
+        self, queue: _Queue, stored: _Stored, on_dead_letter: MessageHandler | None
+    ) -> None:
+        """A message out of attempts leaves its queue, for the dead-letter queue if it has one."""
+        log.warning(
+            "Message %s left %s after %d failed deliveries",
+            stored.message_id,
+            queue.name,
+            stored.attempt,
+        )
+        if on_dead_letter is not None:
+            await notify_dead_letter(on_dead_letter, _delivery(queue.name, stored))
+        await self._dead_letter(queue, stored)
 
     async def _append(self, queue: _Queue, stored: _Stored) -> None:
         async with queue.changed:
@@ -231,7 +228,7 @@ class _MemorySubscription:
         self._handler = handler
         self._on_dead_letter = on_dead_letter
         self._slots = asyncio.Semaphore(concurrency)
-        self._max_deliveries = max_deliveries
+        self._redelivery = Redelivery(max_deliveries)
         self._in_flight: set[asyncio.Task[None]] = set()
         self._loop_task: asyncio.Task[None] | None = None
 
@@ -270,27 +267,25 @@ class _MemorySubscription:
         delivery = _delivery(self.queue.name, stored)
         try:
             await self._handler(delivery)
-        except NotTaken as reason:
-            log.info("Message %s on %s given back: %s", stored.message_id, self.queue.name, reason)
-            stored.attempt -= 1
-            await self._bus.requeue(self.queue, stored, self._max_deliveries)
-        except Requeue as reason:
-            log.info("Message %s on %s handed back: %s", stored.message_id, self.queue.name, reason)
-            await self._bus.requeue(self.queue, stored, self._max_deliveries, self._on_dead_letter)
-        except BusUnavailable as exc:
-            # The bus failed under the handler: not the message's fault, so it goes back
-            # uncounted.
-            log.warning("Message %s on %s goes back: %s", stored.message_id, self.queue.name, exc)
-            stored.attempt -= 1
-            await self._bus.requeue(self.queue, stored, self._max_deliveries)
-        except Exception:
-            log.exception("Handler failed for message %s on %s", stored.message_id, self.queue.name)
-            await self._bus.requeue(self.queue, stored, self._max_deliveries, self._on_dead_letter)
-        except asyncio.CancelledError:
-            await self._bus.requeue(self.queue, stored, self._max_deliveries, self._on_dead_letter)
-            raise
+        except (Exception, asyncio.CancelledError) as exc:
+            verdict = self._redelivery.after(exc, stored.attempt)
+            self._redelivery.report(log, verdict, exc, delivery)
+            await self._settle_failed(stored, verdict)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
         finally:
             self._slots.release()
+
+    async def _settle_failed(self, stored: _Stored, verdict: Verdict) -> None:
+        if verdict is Verdict.UNTOUCHED or verdict is Verdict.BUS_FAILED:
+            stored.attempt -= 1  # uncounted
+        elif verdict is Verdict.CUT_OFF:
+            # In one process a handler cut off is seen at once, so it is counted at once.
+            verdict = self._redelivery.charge(stored.attempt)
+        if verdict is Verdict.DEAD_LETTER:
+            await self._bus.give_up(self.queue, stored, self._on_dead_letter)
+        else:
+            await self._bus.put_back(self.queue, stored)
 
 
 def _delivery(queue: str, stored: _Stored) -> Delivery:

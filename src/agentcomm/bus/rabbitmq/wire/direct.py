@@ -1,9 +1,8 @@
-"""Deliveries straight from the link, without aio-pika's per-delivery wrappers.
+"""aio-pika's robust connection, channel and queue, made to consume through the fast path.
 
 aio-pika hands each delivery to a consumer as an IncomingMessage (which copies every property
 into a new object) from a task of its own, on top of the task aiormq already runs the consumer
-callback in. A bus process does nothing with a delivery but read its body and a few properties
-and ack it later, so the RabbitMQ bus consumes through `DirectRobustQueue`: its consumers'
+callback in. The framed wire consumes through `DirectRobustQueue` instead: its consumers'
 deliveries are decoded by the link's fast path (see `fastpath`) and handed to a `RawConsumer`
 as the slim `InboundMessage`, synchronously and in delivery order. (Should a delivery reach
 aiormq after all, its consumer callback takes it the same way.)
@@ -22,106 +21,12 @@ from typing import Any
 from aio_pika.abc import AbstractIncomingMessage, ConsumerTag, TimeoutType
 from aio_pika.robust_channel import RobustChannel
 from aio_pika.robust_queue import RobustQueue
-from aiormq.abc import AbstractChannel, DeliveredMessage
-from aiormq.exceptions import ChannelInvalidStateError
-from pamqp.commands import Basic
-from pamqp.common import Arguments, FieldTable
+from aiormq.abc import AbstractChannel
+from pamqp.common import Arguments
 
-from agentcomm.bus.fastpath import FastPath
-from agentcomm.bus.gathering import GatheringRobustConnection
-
-
-class InboundMessage:
-    """One delivery: its body, the properties the bus reads, and how to settle it."""
-
-    __slots__ = ("_channel", "body", "delivery_tag", "properties", "redelivered")
-
-    def __init__(
-        self,
-        channel: AbstractChannel,
-        delivery_tag: int | None,
-        redelivered: bool,
-        properties: Basic.Properties,
-        body: bytes,
-    ) -> None:
-        self.body = body
-        self.delivery_tag = delivery_tag
-        self.redelivered = redelivered
-        self.properties = properties
-        self._channel = channel
-
-    @property
-    def message_id(self) -> str | None:
-        return self.properties.message_id
-
-    @property
-    def headers(self) -> FieldTable:
-        return self.properties.headers or {}
-
-    @property
-    def channel(self) -> AbstractChannel:
-        """The channel it came on; raises ChannelInvalidStateError once that has closed."""
-        if self._channel.is_closed:
-            raise ChannelInvalidStateError("The channel of this delivery has closed.")
-        return self._channel
-
-    async def ack(self) -> None:
-        await self.channel.basic_ack(self._tag())
-
-    async def nack(self, *, requeue: bool = True) -> None:
-        await self.channel.basic_nack(self._tag(), requeue=requeue)
-
-    async def reject(self, *, requeue: bool = False) -> None:
-        await self.channel.basic_reject(self._tag(), requeue=requeue)
-
-    def _tag(self) -> int:
-        if self.delivery_tag is None:
-            raise ChannelInvalidStateError("A delivery without a tag cannot be settled.")
-        return self.delivery_tag
-
-
-class RawConsumer:
-    """A consumer callback that takes InboundMessages (see DirectRobustQueue).
-
-    `on_message` is called synchronously, once per delivery, in delivery order."""
-
-    def __init__(self, on_message: Callable[[InboundMessage], None]) -> None:
-        self._on_message = on_message
-
-    def deliver(
-        self,
-        channel: AbstractChannel,
-        delivery_tag: int | None,
-        redelivered: bool,
-        properties: Basic.Properties,
-        body: bytes,
-    ) -> None:
-        """A delivery decoded by the link's fast path (and, through the two below, by aiormq
-        or aio-pika)."""
-        self._on_message(InboundMessage(channel, delivery_tag, redelivered, properties, body))
-
-    async def on_delivery(self, delivered: DeliveredMessage) -> None:
-        """A delivery aiormq decoded (its task runs this)."""
-        self.deliver(
-            delivered.channel,
-            delivered.delivery_tag,
-            bool(delivered.redelivered),
-            delivered.header.properties,
-            delivered.body,
-        )
-
-    async def __call__(self, message: AbstractIncomingMessage) -> None:
-        """A delivery aio-pika wrapped. DirectRobustQueue never consumes this way, but aio-pika
-        restores a consumer RabbitMQ cancelled through its own `Queue.consume`, with this as
-        the callback; the consumer's deliveries then normally still reach the fast path (its
-        tag stays registered there), and any that do not are taken here."""
-        self.deliver(
-            message.channel,
-            message.delivery_tag,
-            bool(message.redelivered),
-            message.properties,
-            message.body,
-        )
+from agentcomm.bus.rabbitmq.wire.fastpath import FastPath
+from agentcomm.bus.rabbitmq.wire.gathering import GatheringRobustConnection
+from agentcomm.bus.rabbitmq.wire.inbound import RawConsumer
 
 
 class DirectRobustQueue(RobustQueue):

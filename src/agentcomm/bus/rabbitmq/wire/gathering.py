@@ -35,7 +35,7 @@ from aiormq.connection import TransportFactory
 from aiormq.exceptions import AMQPConnectionError
 from yarl import URL
 
-from agentcomm.bus.fastpath import FastPath
+from agentcomm.bus.rabbitmq.wire.fastpath import FastPath
 
 # Held bytes beyond which `drain` sends at once rather than at the end of the turn, so that a
 # burst of large messages does not pile up in memory before the transport sees it.

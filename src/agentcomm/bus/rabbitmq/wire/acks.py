@@ -16,19 +16,24 @@ stays unsettled for long costs one entry, not one for each delivery behind it. D
 belong to a channel: a channel that died takes its unsettled deliveries back to the queue, and
 its tracker is dropped with it.
 
-On a link with a fast path (see `fastpath`) the ack frames are written by it directly.
+The framed wire writes the ack frames itself (`AckFrames`, its link's fast path); the plain
+wire sends them through aiormq.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Protocol
 
 from aiormq.abc import AbstractChannel
 
-from agentcomm.bus.fastpath import FastPath
-
 log = logging.getLogger(__name__)
+
+
+class AckFrames(Protocol):
+    def ack(self, channel: AbstractChannel, delivery_tag: int, multiple: bool) -> None:
+        """Writes Basic.Ack; raises (writing nothing) once the channel is closed."""
 
 
 class ChannelAcks:
@@ -39,10 +44,10 @@ class ChannelAcks:
         channel: AbstractChannel,
         queue: str,
         errors: tuple[type[BaseException], ...],
-        fast_path: FastPath | None = None,
+        frames: AckFrames | None = None,
     ):
         self.channel = channel
-        self._fast_path = fast_path
+        self._frames = frames
         self._queue = queue
         self._errors = errors
         # The unsettled deliveries only, in the order RabbitMQ delivered them (tags grow in that
@@ -122,10 +127,10 @@ class ChannelAcks:
             )
 
     async def _ack(self, channel: AbstractChannel, tag: int, *, multiple: bool) -> None:
-        fast_path = self._fast_path
-        if fast_path is None:
+        frames = self._frames
+        if frames is None:
             # wait=False: queued behind what this channel sent before, written with the rest
             # of this turn's frames.
             await channel.basic_ack(tag, multiple=multiple, wait=False)
             return
-        fast_path.ack(channel, tag, multiple)
+        frames.ack(channel, tag, multiple)

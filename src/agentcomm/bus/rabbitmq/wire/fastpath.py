@@ -7,9 +7,9 @@ takes the channel's lock, a timeout scope, a future store entry and a hop throug
 task's queue. On a two-core machine that was about 40 % of each bus process's CPU time.
 
 So the few frames that carry the traffic are handled here, on the link's own bytes:
-- `Publisher.publish` writes Basic.Publish, its content header and body frames in one write,
-  and returns a future that RabbitMQ's Basic.Ack (or Nack, or a Basic.Return before it, for a
-  mandatory message no queue took) settles;
+- `Publisher.publish` (`publisher.py`) writes Basic.Publish, its content header and body
+  frames in one write, and returns a future that RabbitMQ's Basic.Ack (or Nack, or a
+  Basic.Return before it, for a mandatory message no queue took) settles;
 - Basic.Deliver with its content, for consumers registered here, is decoded and handed to the
   consumer synchronously, in delivery order;
 - acks of deliveries are written directly (`FastPath.ack`).
@@ -32,172 +32,42 @@ import logging
 import struct
 import weakref
 from collections.abc import Callable
-from typing import Any
 
 from aiormq.abc import AbstractChannel
 from aiormq.exceptions import ChannelInvalidStateError
 from pamqp.commands import Basic
 from pamqp.header import ContentHeader
 
+from agentcomm.bus.rabbitmq.wire.frames import (
+    ACK,
+    BASIC,
+    BASIC_ACK,
+    BASIC_DELIVER,
+    BASIC_NACK,
+    BASIC_RETURN,
+    CHANNEL,
+    CHANNEL_CLOSE,
+    CHANNEL_CLOSE_OK,
+    FRAME_BODY,
+    FRAME_END,
+    FRAME_HEAD,
+    FRAME_HEAD_SIZE,
+    FRAME_HEADER,
+    FRAME_METHOD,
+    FRAME_OVERHEAD,
+    HEARTBEAT,
+    IDS,
+    TAG_AND_BITS,
+)
+from agentcomm.bus.rabbitmq.wire.publisher import Publisher
+
 log = logging.getLogger(__name__)
 
-_FRAME_METHOD = 1
-_FRAME_HEADER = 2
-_FRAME_BODY = 3
-_FRAME_END = 0xCE
-_FRAME_HEAD = struct.Struct(">BHI")
-_FRAME_HEAD_SIZE = 7
-# A frame's head and its end byte: what a frame costs beyond its payload.
-_FRAME_OVERHEAD = _FRAME_HEAD_SIZE + 1
-_IDS = struct.Struct(">HH")
-_TAG_AND_BITS = struct.Struct(">QB")
-_CONTENT_HEAD = struct.Struct(">HHQ")
-_ACK = struct.Struct(">BHIHHQBB")
-
-_CHANNEL = 20
-_CHANNEL_CLOSE = 40
-_CHANNEL_CLOSE_OK = 41
-_BASIC = 60
-_BASIC_PUBLISH = 40
-_BASIC_RETURN = 50
-_BASIC_DELIVER = 60
-_BASIC_ACK = 80
-_BASIC_NACK = 120
-
-_HEARTBEAT = b"\x08\x00\x00\x00\x00\x00\x00\xce"
 # Seconds between the heartbeat frames passed to aiormq while this module takes every frame.
 _KEEPALIVE_INTERVAL = 1.0
 
-
-class LinkLost(ConnectionError):
-    """The link, or the channel, closed before RabbitMQ confirmed the message."""
-
-
-class Returned(Exception):
-    """RabbitMQ returned a mandatory message: no queue took it."""
-
-
-class Refused(Exception):
-    """RabbitMQ answered a publish with Basic.Nack: it did not store the message."""
-
-
 # A consumer's callback: (channel, delivery_tag, redelivered, properties, body) of one delivery.
 DeliveryCallback = Callable[[AbstractChannel, int, bool, Basic.Properties, bytes], None]
-
-
-class Publisher:
-    """Publishes with confirms on one channel that aiormq opened in confirm mode.
-
-    Delivery tags count from one per channel (AMQP's confirm numbering); nothing else may
-    publish on the channel, or the counts would disagree.
-    """
-
-    def __init__(self, link: FastPath, channel: AbstractChannel, frame_max: int) -> None:
-        self.channel = channel
-        self.number: int = channel.number
-        self._link = link
-        self._loop = asyncio.get_running_loop()
-        self._last_tag = 0
-        # Unconfirmed publishes in tag order: tag -> (future, message_id of a mandatory one).
-        self._unconfirmed: dict[int, tuple[asyncio.Future[None], str | None]] = {}
-        # message_id -> tag of the unconfirmed mandatory publish with that id: a Basic.Return
-        # names its message only by its properties (the bus never has two such in flight).
-        self._mandatory_ids: dict[str, int] = {}
-        # Tags RabbitMQ returned, until their confirm arrives: tag -> why.
-        self._returned: dict[int, str] = {}
-        self._body_max = frame_max - _FRAME_OVERHEAD if frame_max else 0
-        self._method_frames: dict[tuple[str, bool], bytes] = {}
-        self.closed = False
-
-    @property
-    def is_closed(self) -> bool:
-        """Closed here (its channel or link is gone) or by aiormq."""
-        return self.closed or self.channel.is_closed
-
-    def publish(
-        self, routing_key: str, body: bytes, properties: Basic.Properties, mandatory: bool
-    ) -> asyncio.Future[None]:
-        """Writes the message to the default exchange; the future settles with its confirm."""
-        if self.is_closed:
-            raise ChannelInvalidStateError(f"Channel {self.number} is closed.")
-        if mandatory and not properties.message_id:
-            # A Basic.Return names its message only by its properties: without an id, a
-            # returned message could not be told apart and would pass for stored.
-            raise ValueError("A mandatory publish needs a message_id.")
-        method = self._method_frames.get((routing_key, mandatory))
-        if method is None:
-            method = self._method_frame(routing_key, mandatory)
-        header = _CONTENT_HEAD.pack(_BASIC, 0, len(body)) + properties.marshal()
-        number = self.number
-        parts = [method, _frame(_FRAME_HEADER, number, header)]
-        # (An empty body has no body frame; `range` needs a step above zero all the same.)
-        step = self._body_max or max(len(body), 1)
-        for start in range(0, len(body), step):
-            parts.append(_frame(_FRAME_BODY, number, body[start : start + step]))
-        self._last_tag += 1
-        tag = self._last_tag
-        future: asyncio.Future[None] = self._loop.create_future()
-        message_id = properties.message_id if mandatory else None
-        self._unconfirmed[tag] = (future, message_id)
-        if message_id:
-            self._mandatory_ids[message_id] = tag
-        self._link.write(b"".join(parts))
-        return future
-
-    def _method_frame(self, routing_key: str, mandatory: bool) -> bytes:
-        key = routing_key.encode()
-        payload = (
-            _IDS.pack(_BASIC, _BASIC_PUBLISH)
-            + b"\x00\x00\x00"  # reserved short, then the default exchange: an empty shortstr
-            + bytes((len(key),))
-            + key
-            + (b"\x01" if mandatory else b"\x00")
-        )
-        frame = _frame(_FRAME_METHOD, self.number, payload)
-        if len(self._method_frames) < 1024:
-            self._method_frames[(routing_key, mandatory)] = frame
-        return frame
-
-    def confirmed(self, tag: int, multiple: bool, stored: bool) -> None:
-        unconfirmed = self._unconfirmed
-        if not multiple:
-            entry = unconfirmed.pop(tag, None)
-            if entry is not None:
-                self._settle(tag, entry, stored)
-            return
-        while unconfirmed and (first := next(iter(unconfirmed))) <= tag:
-            self._settle(first, unconfirmed.pop(first), stored)
-
-    def returned(self, message_id: str | None, why: str) -> None:
-        tag = self._mandatory_ids.get(message_id) if message_id else None
-        if tag is not None:
-            self._returned[tag] = why
-
-    def _settle(
-        self, tag: int, entry: tuple[asyncio.Future[None], str | None], stored: bool
-    ) -> None:
-        future, message_id = entry
-        if message_id and self._mandatory_ids.get(message_id) == tag:
-            del self._mandatory_ids[message_id]
-        why = self._returned.pop(tag, None) if self._returned else None
-        if future.done():
-            return  # its publisher gave up waiting (a timeout, a cancel)
-        if why is not None:
-            future.set_exception(Returned(why))
-        elif stored:
-            future.set_result(None)
-        else:
-            future.set_exception(Refused("RabbitMQ did not store the message (Basic.Nack)."))
-
-    def close(self, why: str) -> None:
-        """Fails every unconfirmed publish: its channel or link is gone."""
-        self.closed = True
-        unconfirmed, self._unconfirmed = self._unconfirmed, {}
-        self._mandatory_ids.clear()
-        self._returned.clear()
-        for future, _ in unconfirmed.values():
-            if not future.done():
-                future.set_exception(LinkLost(why))
 
 
 class _Content:
@@ -255,7 +125,7 @@ class FastPath:
         old = self._publishers.get(channel.number)
         if old is not None and old.channel is channel and not old.closed:
             return old
-        publisher = Publisher(self, channel, frame_max)
+        publisher = Publisher(self.write, channel, frame_max)
         if old is not None:
             old.close("The channel was replaced.")
         else:
@@ -292,15 +162,15 @@ class FastPath:
         if self._lost or channel.is_closed or channel in self._gone:
             raise ChannelInvalidStateError(f"Channel {channel.number} is closed.")
         self.write(
-            _ACK.pack(
-                _FRAME_METHOD,
+            ACK.pack(
+                FRAME_METHOD,
                 channel.number,
-                13,
-                _BASIC,
-                _BASIC_ACK,
+                13,  # the payload: class and method ids, delivery tag, the `multiple` bit
+                BASIC,
+                BASIC_ACK,
                 delivery_tag,
                 1 if multiple else 0,
-                _FRAME_END,
+                FRAME_END,
             )
         )
 
@@ -354,12 +224,12 @@ class FastPath:
         passed_from = 0
         taken = False
         watched = self._watched
-        while size - position >= _FRAME_OVERHEAD:
-            kind, channel, length = _FRAME_HEAD.unpack_from(data, position)
-            end = position + _FRAME_HEAD_SIZE + length
+        while size - position >= FRAME_OVERHEAD:
+            kind, channel, length = FRAME_HEAD.unpack_from(data, position)
+            end = position + FRAME_HEAD_SIZE + length
             if end >= size:
                 break
-            if data[end] != _FRAME_END:
+            if data[end] != FRAME_END:
                 self._passthrough = True
                 break
             if channel in watched and self._took(data, kind, channel, position, end):
@@ -376,7 +246,7 @@ class FastPath:
             self._forward(data[passed_from:position])
             self._last_forward = self._loop.time()
         elif taken and self._loop.time() - self._last_forward > _KEEPALIVE_INTERVAL:
-            self._forward(_HEARTBEAT)
+            self._forward(HEARTBEAT)
             self._last_forward = self._loop.time()
         if position < size:
             self._pending = data[position:]
@@ -393,26 +263,26 @@ class FastPath:
 
     def _take(self, data: bytes, kind: int, channel: int, start: int, end: int) -> bool:
         """Handles one frame on a watched channel; False to pass it on to aiormq."""
-        payload_at = start + _FRAME_HEAD_SIZE
-        if kind == _FRAME_METHOD:
-            class_id, method_id = _IDS.unpack_from(data, payload_at)
-            if class_id == _BASIC:
-                if method_id == _BASIC_DELIVER:
+        payload_at = start + FRAME_HEAD_SIZE
+        if kind == FRAME_METHOD:
+            class_id, method_id = IDS.unpack_from(data, payload_at)
+            if class_id == BASIC:
+                if method_id == BASIC_DELIVER:
                     return self._deliver_method(data, channel, payload_at + 4)
-                if method_id in (_BASIC_ACK, _BASIC_NACK):
+                if method_id in (BASIC_ACK, BASIC_NACK):
                     publisher = self._publishers.get(channel)
                     if publisher is None:
                         return False
-                    tag, bits = _TAG_AND_BITS.unpack_from(data, payload_at + 4)
-                    publisher.confirmed(tag, bool(bits & 1), method_id == _BASIC_ACK)
+                    tag, bits = TAG_AND_BITS.unpack_from(data, payload_at + 4)
+                    publisher.confirmed(tag, bool(bits & 1), method_id == BASIC_ACK)
                     return True
-                if method_id == _BASIC_RETURN:
+                if method_id == BASIC_RETURN:
                     return self._return_method(data, channel, payload_at + 4)
-            elif class_id == _CHANNEL and method_id in (_CHANNEL_CLOSE, _CHANNEL_CLOSE_OK):
+            elif class_id == CHANNEL and method_id in (CHANNEL_CLOSE, CHANNEL_CLOSE_OK):
                 # aiormq closes the channel; what was registered on it ends here.
                 self._channel_gone(channel, f"Channel {channel} was closed.")
             return False
-        if kind == _FRAME_HEADER:
+        if kind == FRAME_HEADER:
             content = self._taking.get(channel)
             if content is None:
                 return False
@@ -423,7 +293,7 @@ class FastPath:
             if not header.body_size:
                 self._finish(channel, content)
             return True
-        if kind == _FRAME_BODY:
+        if kind == FRAME_BODY:
             content = self._taking.get(channel)
             if content is None:
                 return False
@@ -440,7 +310,7 @@ class FastPath:
         consumer = self._consumers.get((channel, consumer_tag))
         if consumer is None:
             return False
-        delivery_tag, bits = _TAG_AND_BITS.unpack_from(data, at + 1 + tag_length)
+        delivery_tag, bits = TAG_AND_BITS.unpack_from(data, at + 1 + tag_length)
         amqp_channel, on_delivery = consumer
 
         def deliver(content: _Content) -> None:
@@ -483,14 +353,3 @@ class FastPath:
     def _finish(self, channel: int, content: _Content) -> None:
         del self._taking[channel]
         content.callback(content)
-
-
-def _frame(kind: int, channel: int, payload: bytes) -> bytes:
-    return _FRAME_HEAD.pack(kind, channel, len(payload)) + payload + b"\xce"
-
-
-def frame_max_of(channel: AbstractChannel) -> int:
-    """The largest frame the channel's connection agreed on (0: no limit)."""
-    connection: Any = channel.connection
-    tune = getattr(connection, "connection_tune", None)
-    return int(getattr(tune, "frame_max", 0) or 0)

@@ -1,0 +1,389 @@
+"""The RabbitMQ bus: durable queues, persistent confirmed publishes, manual acks.
+
+One robust connection carries three kinds of channel:
+
+- one publishing channel with publisher confirms, shared by every concurrent publisher (many
+  confirms can be in flight on one channel, so publishers never wait for each other's round
+  trip);
+- one channel for declaring and deleting queues, so that a refused declaration (RabbitMQ closes
+  the channel on PRECONDITION_FAILED) never fails the publishes in flight;
+- one channel per consumer, each with its own prefetch (`subscription.py`).
+
+Messages get onto the link and off it through a wire (`wire/`): the bus's own AMQP framing by
+default, plain aio-pika with `fast_path=False` (RABBITMQ_FAST_PATH=0). Redelivery — attempts,
+dead-lettering, suspects — is `redelivery.py`, the same on either wire.
+
+The connection reconnects by itself and the channels and consumers come back with it (a
+consumer re-declares the queue it consumes, so a queue this bus declared and that expired
+meanwhile is created again). Publishing while the connection is down waits for it up to the
+publish's timeout, then raises BusUnavailable; so does publishing while RabbitMQ reads nothing
+(a resource alarm, a stalled link), and on the framed wire a publish that timed out that way
+was never sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+
+from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
+from aio_pika.exceptions import (
+    ChannelNotFoundEntity,
+    ChannelPreconditionFailed,
+)
+from aiormq import spec
+
+from agentcomm.bus.base import (
+    BusClosed,
+    BusError,
+    BusUnavailable,
+    MessageHandler,
+    QueueOptions,
+    Unroutable,
+)
+from agentcomm.bus.rabbitmq.connection import (
+    cancelled_by_caller,
+    close_connection,
+    connect_with_retries,
+    describe,
+)
+from agentcomm.bus.rabbitmq.deliveries import JSON_CONTENT_TYPE, PERSISTENT
+from agentcomm.bus.rabbitmq.queues import Queues, queue_arguments, reply_text
+from agentcomm.bus.rabbitmq.redelivery import Redeliveries
+from agentcomm.bus.rabbitmq.subscription import RabbitSubscription
+from agentcomm.bus.rabbitmq.turns import KeyedTurns
+from agentcomm.bus.rabbitmq.wire.base import TRANSPORT_ERRORS, Refused, Returned, Wire
+from agentcomm.bus.rabbitmq.wire.framed import FramedWire
+from agentcomm.bus.rabbitmq.wire.plain import PlainWire
+
+# The name operators filter on; it was the module's own name before the bus became a package.
+log = logging.getLogger("agentcomm.bus.rabbitmq")
+
+
+class RabbitMQBus:
+    """The production bus: RabbitMQ through one robust aio-pika connection.
+
+    `url` is an AMQP URL (`amqp://user:password@host:port/vhost`). `connect_attempts` bounds the
+    retries at start (exponential backoff between them); after a successful start the connection
+    reconnects by itself for as long as the bus is open. `prefetch_default` is the prefetch of a
+    consumer that does not ask for one. `name` is shown as the connection name in RabbitMQ.
+    `heartbeat` (seconds, unless the URL sets it) is proposed to RabbitMQ; a connection that
+    stays silent for about three heartbeats is taken for dead and reconnected. `fast_path`
+    False runs it on plain aio-pika publishes and consumers instead of the bus's own AMQP
+    framing (see `wire/`).
+    """
+
+    # Seconds one connection attempt at start may take before it counts as failed.
+    CONNECT_TIMEOUT = 10.0
+    # Pauses between the start attempts: doubling from the first up to the cap.
+    BACKOFF_FIRST = 0.5
+    BACKOFF_MAX = 10.0
+    # Seconds between reconnection attempts once started (unless the URL sets it).
+    RECONNECT_INTERVAL = 1.0
+    # Bound on declare/delete/consume set-up calls, which otherwise wait for a reconnect.
+    OPERATION_TIMEOUT = 10.0
+    # Bound on each step of close() and Subscription.cancel() that talks to the broker.
+    CLOSE_TIMEOUT = 5.0
+    # The same when close() itself is being cancelled.
+    HURRIED_CLOSE_TIMEOUT = 0.5
+    # Bound on republishing a failed message (retry copy or dead-letter copy).
+    REPUBLISH_TIMEOUT = 10.0
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        connect_attempts: int = 10,
+        prefetch_default: int = 200,
+        name: str = "agentcomm",
+        heartbeat: int | None = None,
+        fast_path: bool = True,
+    ) -> None:
+        if connect_attempts < 1:
+            raise ValueError(f"connect_attempts must be at least 1, got {connect_attempts}.")
+        _check_prefetch(prefetch_default)
+        self._url = url
+        self._where = describe(url)
+        self._connect_attempts = connect_attempts
+        self._prefetch_default = prefetch_default
+        self._heartbeat = heartbeat
+        self._name = name
+        # Puts this bus's messages on its link and takes them off (shared with subscriptions).
+        self.wire: Wire = FramedWire() if fast_path else PlainWire()
+        self._connection: AbstractRobustConnection | None = None
+        self._publish_channel: AbstractRobustChannel | None = None
+        self._queues = Queues(self._unavailable, self.OPERATION_TIMEOUT)
+        self._connect_lock = asyncio.Lock()
+        self._subscriptions: set[RabbitSubscription] = set()
+        # Settles what handlers failed on (shared with subscriptions).
+        self.redeliveries = Redeliveries(
+            self._publish_message,
+            self._queues.options,
+            republish_timeout=self.REPUBLISH_TIMEOUT,
+            give_back_timeout=self.CLOSE_TIMEOUT,
+        )
+        # Held by message_id while a publish with that id waits for its confirm (see
+        # _publish_message).
+        self._publishing_ids = KeyedTurns()
+        # While closing, handlers still running may publish their results; new consumers and
+        # declarations are refused. Once closed, everything is refused.
+        self._closing = False
+        self._closed = False
+        self._closed_event = asyncio.Event()
+
+    def __repr__(self) -> str:
+        return f"<RabbitMQBus {self._name!r} at {self._where}>"
+
+    @property
+    def is_connected(self) -> bool:
+        connection = self._connection
+        return (
+            not self._closed
+            and connection is not None
+            and not connection.is_closed
+            and connection.connected.is_set()
+        )
+
+    async def connect(self) -> None:
+        async with self._connect_lock:
+            if self._closing or self._closed:
+                raise BusClosed("Cannot connect: the bus is closed.")
+            if self._connection is not None:
+                return
+            connection = await connect_with_retries(
+                self.wire,
+                self._url,
+                name=self._name,
+                attempts=self._connect_attempts,
+                heartbeat=self._heartbeat,
+                timeout=self.CONNECT_TIMEOUT,
+                backoff=(self.BACKOFF_FIRST, self.BACKOFF_MAX),
+                reconnect_interval=self.RECONNECT_INTERVAL,
+                closed=lambda: self._closing or self._closed,
+            )
+            if self._closing or self._closed:
+                # close() ran while we were connecting.
+                await close_connection(connection, self._where, self.CLOSE_TIMEOUT)
+                raise BusClosed("Cannot connect: the bus was closed while connecting.")
+            try:
+                async with asyncio.timeout(self.OPERATION_TIMEOUT):
+                    publish_channel = connection.channel(
+                        publisher_confirms=True, on_return_raises=True
+                    )
+                    await publish_channel.initialize()
+                    admin_channel = connection.channel(publisher_confirms=False)
+                    await admin_channel.initialize()
+            except (TimeoutError, *TRANSPORT_ERRORS) as exc:
+                await close_connection(connection, self._where, self.CLOSE_TIMEOUT)
+                raise BusUnavailable(
+                    f"Connected to RabbitMQ at {self._where} but could not open channels: {exc!r}."
+                ) from exc
+            if self._closing or self._closed:
+                await close_connection(connection, self._where, self.CLOSE_TIMEOUT)
+                raise BusClosed("Cannot connect: the bus was closed while connecting.")
+            self._connection = connection
+            self._publish_channel = publish_channel
+            self._queues.channel = admin_channel
+            log.info("Connected to RabbitMQ at %s", self._where)
+
+    async def declare_queue(self, name: str, options: QueueOptions | None = None) -> None:
+        self._ensure_open("declare a queue")
+        await self._queues.declare(name, options or QueueOptions())
+
+    async def publish(
+        self,
+        queue: str,
+        body: bytes,
+        *,
+        message_id: str | None = None,
+        mandatory: bool = True,
+        timeout: float = 5.0,
+    ) -> None:
+        if self._closed:
+            raise BusClosed("Cannot publish: the bus is closed.")
+        if self._publish_channel is None:
+            raise BusClosed("Cannot publish: the bus is not connected yet; call connect() first.")
+        properties = spec.Basic.Properties(
+            content_type=JSON_CONTENT_TYPE,
+            delivery_mode=PERSISTENT,
+            # Every publish carries an id: the fast path matches a returned message to its
+            # publish by it.
+            message_id=message_id or uuid.uuid4().hex,
+        )
+        await self._publish_message(queue, body, properties, mandatory=mandatory, timeout=timeout)
+
+    async def consume(
+        self,
+        queue: str,
+        handler: MessageHandler,
+        *,
+        prefetch: int | None = None,
+        concurrency: int = 1,
+        max_deliveries: int = 5,
+        on_dead_letter: MessageHandler | None = None,
+    ) -> RabbitSubscription:
+        """Consumes `queue` on a channel of its own; `prefetch` None means the bus default."""
+        self._ensure_open("consume")
+        prefetch = self._prefetch_default if prefetch is None else prefetch
+        _check_prefetch(prefetch)
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be at least 1, got {concurrency}.")
+        if max_deliveries < 1:
+            raise ValueError(f"max_deliveries must be at least 1, got {max_deliveries}.")
+        connection = self._connection
+        assert connection is not None  # _ensure_open checked it
+        options = self._queues.options.get(queue)
+        try:
+            channel = connection.channel(publisher_confirms=False)
+        except RuntimeError as exc:  # no transport: the connection is down right now
+            raise self._unavailable(f"consume {queue!r}", exc) from exc
+        subscription = RabbitSubscription(
+            self, queue, handler, channel, concurrency, max_deliveries, on_dead_letter
+        )
+        try:
+            async with asyncio.timeout(self.OPERATION_TIMEOUT):
+                await channel.initialize()
+                await channel.set_qos(prefetch_count=prefetch)
+                if options is None:
+                    # Declared elsewhere: only check that it exists, its arguments are unknown.
+                    amqp_queue = await channel.declare_queue(queue, passive=True)
+                else:
+                    # With the arguments, so that a reconnect re-creates a queue that expired
+                    # while this consumer was away.
+                    amqp_queue = await channel.declare_queue(
+                        queue, durable=True, arguments=queue_arguments(options)
+                    )
+                await subscription.start(amqp_queue)
+        except BaseException as exc:
+            await subscription.abandon()
+            if isinstance(exc, ChannelNotFoundEntity):
+                raise Unroutable(f"Cannot consume: no queue named {queue!r}.") from exc
+            if isinstance(exc, ChannelPreconditionFailed):
+                raise BusError(
+                    f"Cannot consume {queue!r}: it exists with other arguments than this bus "
+                    f"declared (RabbitMQ: {reply_text(exc)})."
+                ) from exc
+            if isinstance(exc, (TimeoutError, *TRANSPORT_ERRORS)):
+                raise self._unavailable(f"consume {queue!r}", exc) from exc
+            raise
+        self._subscriptions.add(subscription)
+        return subscription
+
+    async def delete_queue(self, name: str) -> None:
+        self._ensure_open("delete a queue")
+        # Our own consumers first: a queue deleted under a robust consumer makes it try to
+        # come back forever.
+        for subscription in [s for s in self._subscriptions if s.queue_name == name]:
+            await subscription.cancel()
+        await self._queues.delete(name)
+
+    async def close(self) -> None:
+        if self._closing or self._closed:
+            await self._closed_event.wait()
+            return
+        self._closing = True
+        try:
+            for subscription in list(self._subscriptions):
+                await subscription.cancel()
+        finally:
+            self._closed = True
+            connection, self._connection = self._connection, None
+            self._publish_channel = None
+            self._queues.channel = None
+            try:
+                if connection is not None:
+                    # A close that is being cancelled (it ran out of time) lets go at once: the
+                    # call stops the reconnecting, the farewell to RabbitMQ is a courtesy.
+                    hurry = cancelled_by_caller()
+                    await close_connection(
+                        connection,
+                        self._where,
+                        self.HURRIED_CLOSE_TIMEOUT if hurry else self.CLOSE_TIMEOUT,
+                    )
+                    log.info("Disconnected from RabbitMQ at %s", self._where)
+            finally:
+                # Also when a close that ran out of time is cancelled: others wait for this.
+                self._closed_event.set()
+
+    # -- internals shared with the subscriptions -------------------------------------------
+
+    def forget(self, subscription: RabbitSubscription) -> None:
+        self._subscriptions.discard(subscription)
+
+    # -- internals ----------------------------------------------------------------------------
+
+    async def _publish_message(
+        self,
+        queue: str,
+        body: bytes,
+        properties: spec.Basic.Properties,
+        *,
+        mandatory: bool,
+        timeout: float,
+    ) -> None:
+        channel = self._publish_channel
+        if channel is None or self._closed:
+            raise BusClosed("Cannot publish: the bus is closed.")
+        # A returned (unroutable) message is matched to its publish by message_id, so two
+        # publishes with the same id in flight at once could swap their outcomes: one would be
+        # reported stored while it was returned. Such publishes take turns; others never wait.
+        message_id = properties.message_id or ""
+        try:
+            async with asyncio.timeout(timeout):
+                await self._publishing_ids.take(message_id)
+                try:
+                    await self.wire.publish(channel, queue, body, properties, mandatory)
+                finally:
+                    self._publishing_ids.give_back(message_id)
+        except Returned as exc:
+            raise Unroutable(f"No queue named {queue!r} takes this message.") from exc
+        except Refused as exc:
+            raise BusUnavailable(
+                f"RabbitMQ at {self._where} refused to store the message for {queue!r}."
+            ) from exc
+        except TimeoutError as exc:
+            if self._closed:
+                raise BusClosed("Cannot publish: the bus was closed while publishing.") from exc
+            if self.is_connected:
+                raise BusUnavailable(
+                    f"RabbitMQ at {self._where} did not take or confirm the message for "
+                    f"{queue!r} within {timeout:g} s."
+                ) from exc
+            raise BusUnavailable(
+                f"Cannot publish to {queue!r}: RabbitMQ at {self._where} is not reachable "
+                f"(gave up after {timeout:g} s)."
+            ) from exc
+        except TRANSPORT_ERRORS as exc:
+            raise BusUnavailable(
+                f"Cannot publish to {queue!r}: the connection to RabbitMQ at {self._where} "
+                f"broke before the message was confirmed ({exc!r})."
+            ) from exc
+        except asyncio.CancelledError as exc:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling() == 0:
+                # Nobody cancelled us: the channel closed and cancelled the pending confirm.
+                raise BusUnavailable(
+                    f"Cannot publish to {queue!r}: the channel to RabbitMQ at {self._where} "
+                    "closed before the message was confirmed."
+                ) from exc
+            raise
+
+    def _ensure_open(self, action: str) -> None:
+        if self._closing or self._closed:
+            raise BusClosed(f"Cannot {action}: the bus is closed.")
+        if self._connection is None:
+            raise BusClosed(f"Cannot {action}: the bus is not connected yet; call connect() first.")
+
+    def _unavailable(self, action: str, exc: BaseException) -> BusUnavailable:
+        if isinstance(exc, TimeoutError):
+            return BusUnavailable(
+                f"Cannot {action}: RabbitMQ at {self._where} did not answer within "
+                f"{self.OPERATION_TIMEOUT:g} s."
+            )
+        return BusUnavailable(f"Cannot {action}: RabbitMQ at {self._where} failed: {exc!r}.")
+
+
+def _check_prefetch(prefetch: int) -> None:
+    if not 1 <= prefetch <= 65535:
+        raise ValueError(f"prefetch must be between 1 and 65535, got {prefetch}.")

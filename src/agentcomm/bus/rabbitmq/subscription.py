@@ -1,0 +1,267 @@
+"""One consumer of the RabbitMQ bus: its own channel and prefetch, a local buffer, up to
+`concurrency` handlers at once, each delivery settled as the redelivery rules say."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from typing import TYPE_CHECKING
+
+from aio_pika.abc import AbstractRobustChannel, AbstractRobustQueue
+
+from agentcomm.bus.base import Delivery, MessageHandler, Redelivery
+from agentcomm.bus.rabbitmq.connection import cancelled_by_caller
+from agentcomm.bus.rabbitmq.deliveries import (
+    attempt_of,
+    channel_of,
+    delivery_of,
+    is_stale,
+    unsettled_before,
+)
+from agentcomm.bus.rabbitmq.turns import KeyedTurns
+from agentcomm.bus.rabbitmq.wire.acks import ChannelAcks
+from agentcomm.bus.rabbitmq.wire.base import TRANSPORT_ERRORS
+from agentcomm.bus.rabbitmq.wire.inbound import InboundMessage
+
+if TYPE_CHECKING:
+    from agentcomm.bus.rabbitmq.bus import RabbitMQBus
+
+# The name operators filter on; it was the module's own name before the bus became a package.
+log = logging.getLogger("agentcomm.bus.rabbitmq")
+
+
+class RabbitSubscription:
+    """One consumer: its own channel and prefetch, a local buffer, up to `concurrency` handlers.
+
+    Deliveries are buffered in arrival order and a handler task is started for the oldest one
+    whenever a handler slot is free (on arrival, or when a handler ends); with one slot that is
+    strict queue order.
+    """
+
+    def __init__(
+        self,
+        bus: RabbitMQBus,
+        queue_name: str,
+        handler: MessageHandler,
+        channel: AbstractRobustChannel,
+        concurrency: int,
+        max_deliveries: int,
+        on_dead_letter: MessageHandler | None = None,
+    ) -> None:
+        self.queue_name = queue_name
+        self._bus = bus
+        self._handler = handler
+        self._channel = channel
+        self._redelivery = Redelivery(max_deliveries)
+        self._on_dead_letter = on_dead_letter
+        # Suspects (see redelivery.py) run one at a time.
+        self._suspects = asyncio.Lock()
+        # Held by message_id while its delivery is handled: a second delivery with that id (a
+        # counted copy, a redelivery) waits for it, so the two never run at once.
+        self._handling = KeyedTurns()
+        # Deliveries waiting for a free handler slot, in delivery order.
+        self._buffer: deque[InboundMessage] = deque()
+        self._free_slots = concurrency
+        self._dispatching = False
+        self._in_flight: set[asyncio.Task[None]] = set()
+        self._queue: AbstractRobustQueue | None = None
+        self._consumer_tag: str | None = None
+        self._cancel_lock = asyncio.Lock()
+        self._cancelled = False
+        # Acks of the deliveries on the current channel (a reconnect brings a new one).
+        self._acks: ChannelAcks | None = None
+
+    def __repr__(self) -> str:
+        return f"<RabbitMQ subscription to {self.queue_name!r}>"
+
+    async def start(self, queue: AbstractRobustQueue) -> None:
+        self._queue = queue
+        self._dispatching = True
+        self._consumer_tag = await self._bus.wire.consume(queue, self._on_message)
+
+    async def cancel(self) -> None:
+        """Stops taking new deliveries; those being handled finish and are acked first."""
+        async with self._cancel_lock:
+            if self._cancelled:
+                return
+            self._cancelled = True
+            self._dispatching = False
+            if self._bus.is_connected:
+                await self._cancel_consumer()
+            # (Without a connection the broker has dropped the consumer already, and closing
+            # the channel below keeps a reconnection from bringing it back.)
+            # A handler that cancels its own subscription must not wait for itself.
+            current = asyncio.current_task()
+            running = [task for task in self._in_flight if task is not current]
+            if running:
+                await asyncio.gather(*running, return_exceptions=True)
+            await self._flush_acks()
+            await self._give_back_buffered()
+            # Whatever is left goes back to the queue with the channel.
+            await self._close_channel()
+            self._bus.forget(self)
+
+    async def _give_back_buffered(self) -> None:
+        # Deliveries buffered but never started are given back as they were: returned with the
+        # channel instead, they would come back looking unsettled (as if their consumer had died
+        # of them) and be charged an attempt they never had.
+        if not self._bus.is_connected:
+            return
+        try:
+            async with asyncio.timeout(self._bus.CLOSE_TIMEOUT):
+                while self._buffer:
+                    message = self._buffer.popleft()
+                    if not is_stale(message):
+                        await self._bus.redeliveries.give_back(self.queue_name, message)
+                        self._settled(message)
+        except TimeoutError:
+            log.debug("Could not give back every buffered message of %s in time", self.queue_name)
+
+    async def abandon(self) -> None:
+        """Undoes a start that failed half-way."""
+        self._cancelled = True
+        self._dispatching = False
+        await self._close_channel()
+
+    def _on_message(self, message: InboundMessage) -> None:
+        # Called once per delivery, in delivery order; only buffering keeps that order. Also
+        # while cancelling: what arrives until RabbitMQ confirms the cancel is given back.
+        channel = channel_of(message)
+        if channel is not None and message.delivery_tag is not None:
+            acks = self._acks
+            if acks is None or acks.channel is not channel:
+                acks = self._acks = self._bus.wire.acks(self._channel, channel, self.queue_name)
+            acks.delivered(message.delivery_tag)
+        self._buffer.append(message)
+        self._start_waiting()
+
+    def _handled(self, message: InboundMessage) -> None:
+        acks, tag = self._acks, message.delivery_tag
+        if acks is not None and tag is not None and acks.channel is channel_of(message):
+            acks.handled(tag)
+        # (Otherwise its channel died: RabbitMQ has it back and delivers it again.)
+
+    def _settled(self, message: InboundMessage) -> None:
+        acks, tag = self._acks, message.delivery_tag
+        if acks is not None and tag is not None and acks.channel is channel_of(message):
+            acks.settled(tag)
+
+    async def _flush_acks(self) -> None:
+        acks = self._acks
+        if acks is None:
+            return
+        try:
+            async with asyncio.timeout(self._bus.CLOSE_TIMEOUT):
+                await acks.flush()
+        except TimeoutError:
+            log.debug("Could not send every ack of %s in time", self.queue_name)
+
+    def _start_waiting(self) -> None:
+        # A handler starts right from the delivery callback or from the end of the handler
+        # before it; with one slot that is strict queue order.
+        buffer = self._buffer
+        while self._dispatching and self._free_slots > 0 and buffer:
+            message = buffer.popleft()
+            if is_stale(message):
+                # Its channel died (reconnect): the broker has already put it back.
+                continue
+            self._free_slots -= 1
+            task = asyncio.create_task(
+                self._handle(message), name=f"rabbitmq-handle-{self.queue_name}"
+            )
+            self._in_flight.add(task)
+            task.add_done_callback(self._on_handled)
+
+    async def _handle(self, message: InboundMessage) -> None:
+        key = message.message_id or f"delivery-{id(message)}"
+        await self._handling.take(key)
+        try:
+            await self._handle_one(message)
+        finally:
+            self._handling.give_back(key)
+
+    async def _handle_one(self, message: InboundMessage) -> None:
+        attempt = attempt_of(message)
+        delivery = delivery_of(self.queue_name, message, attempt)
+        if unsettled_before(message):
+            await self._handle_suspect(message, delivery)
+            return
+        try:
+            await self._handler(delivery)
+        except (Exception, asyncio.CancelledError) as exc:
+            verdict = self._redelivery.after(exc, attempt)
+            self._redelivery.report(log, verdict, exc, delivery)
+            await self._bus.redeliveries.carry_out(
+                verdict, self.queue_name, message, attempt, self._on_dead_letter
+            )
+            self._settled(message)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+        else:
+            self._handled(message)
+
+    async def _handle_suspect(self, message: InboundMessage, delivery: Delivery) -> None:
+        async with self._suspects:
+            log.info(
+                "Message %s on %s came back unsettled (attempt %d of %d); charging it first",
+                message.message_id,
+                self.queue_name,
+                delivery.attempt,
+                self._redelivery.max_deliveries,
+            )
+            charged = await self._bus.redeliveries.carry_out(
+                self._redelivery.charge(delivery.attempt),
+                self.queue_name,
+                message,
+                delivery.attempt,
+                self._on_dead_letter,
+            )
+            self._settled(message)
+            if not charged:
+                return  # dead-lettered, or back with RabbitMQ to be tried again
+            try:
+                await self._handler(delivery)
+            except Exception as exc:
+                # The charged copy in the queue is its next attempt.
+                log.info(
+                    "Handler failed for message %s on %s; its counted copy retries it: %r",
+                    message.message_id,
+                    self.queue_name,
+                    exc,
+                )
+
+    def _on_handled(self, task: asyncio.Task[None]) -> None:
+        self._in_flight.discard(task)
+        self._free_slots += 1
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.error("Settling a delivery on %s failed", self.queue_name, exc_info=exc)
+        self._start_waiting()
+
+    async def _cancel_consumer(self) -> None:
+        queue, tag = self._queue, self._consumer_tag
+        if queue is None or tag is None:
+            return
+        try:
+            async with asyncio.timeout(self._bus.CLOSE_TIMEOUT):
+                # Also forgets the consumer, so a reconnect does not bring it back.
+                await queue.cancel(tag)
+        except (TimeoutError, *TRANSPORT_ERRORS) as exc:
+            log.debug("Cancelling the consumer of %s failed: %r", self.queue_name, exc)
+        except asyncio.CancelledError:
+            if cancelled_by_caller():
+                raise
+            log.debug("The channel of %s died while its consumer was cancelled", self.queue_name)
+
+    async def _close_channel(self) -> None:
+        if not self._channel.is_initialized:
+            return
+        try:
+            async with asyncio.timeout(self._bus.CLOSE_TIMEOUT):
+                await self._channel.close()
+        except (TimeoutError, *TRANSPORT_ERRORS) as exc:
+            log.debug("Closing the channel of %s failed: %r", self.queue_name, exc)
+        except asyncio.CancelledError:
+            if cancelled_by_caller():
+                raise
+            log.debug("The channel of %s died while it was closed", self.queue_name)
