@@ -9,6 +9,7 @@ import os
 import shutil
 import socket
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -32,8 +33,22 @@ def rabbitmq_reachable(host: str = "127.0.0.1", port: int = 5672) -> bool:
         return False
 
 
+# rabbitmqctl fails now and then when many runs share the machine (each call takes a port of a
+# small range for its own Erlang node); a few tries apart make that a non-event.
+_RABBITMQCTL_TRIES = 4
+
+
 def _rabbitmqctl(*args: str) -> None:
-    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
+    for attempt in range(1, _RABBITMQCTL_TRIES + 1):
+        done = subprocess.run(["rabbitmqctl", "-q", *args], capture_output=True, timeout=60)
+        if done.returncode == 0:
+            return
+        if attempt == _RABBITMQCTL_TRIES:
+            raise RuntimeError(
+                f"rabbitmqctl {' '.join(args)} failed {attempt} times (exit {done.returncode}): "
+                f"{done.stderr.decode(errors='replace').strip()[-500:]}"
+            )
+        time.sleep(0.5 * attempt)
 
 
 @pytest.fixture(scope="session")

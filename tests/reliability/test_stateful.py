@@ -30,6 +30,7 @@ from agentcomm.dev import DevStack
 from agentcomm.sdk.agent import Agent
 from agentcomm.sdk.demo_agents import build_demo_agent
 from agentcomm.server.testing import test_settings
+from tests.conftest import _rabbitmqctl
 from tests.support.loop_thread import LoopThread
 from tests.support.tcp_proxy import TcpProxy
 
@@ -277,10 +278,6 @@ class ExactlyOneAnswerOnPlainRabbitMQ(ExactlyOneAnswerOnRabbitMQ):
     """The same on plain aio-pika (RABBITMQ_FAST_PATH=0)."""
 
     FAST_PATH = False
-
-
-def _rabbitmqctl(*args: str) -> None:
-    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
 
 
 ExactlyOneAnswer.TestCase.settings = settings(
