@@ -227,6 +227,19 @@ class Bus(Protocol):
         dead-lettered or dropped; what it raises is logged and does not keep the message.
         """
 
+    async def broadcast(
+        self, topic: str, body: bytes, *, message_id: str | None = None, timeout: float = 5.0
+    ) -> None:
+        """Hands `body` to every current listener of `topic`."""
+
+    async def listen(
+        self, topic: str, handler: MessageHandler, *, prefetch: int | None = None
+    ) -> Subscription:
+        """Calls `handler` with every message broadcast on `topic` from now on."""
+
+    def on_reconnect(self, callback: Callable[[], None]) -> None:
+        """Calls `callback` whenever the connection came back after a loss."""
+
     async def delete_queue(self, name: str) -> None:
         """Removes a queue and what it holds; a missing queue is not an error."""
 

@@ -13,6 +13,7 @@ import logging
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from agentcomm.bus.base import (
@@ -22,6 +23,7 @@ from agentcomm.bus.base import (
     MessageHandler,
     QueueOptions,
     Redelivery,
+    Subscription,
     Unroutable,
     Verdict,
     notify_dead_letter,
@@ -54,6 +56,8 @@ class InMemoryBus:
     def __init__(self) -> None:
         self._queues: dict[str, _Queue] = {}
         self._subscriptions: set[_MemorySubscription] = set()
+        # topic -> the private queue of each of its listeners.
+        self._listeners: dict[str, set[str]] = {}
         self._connected = False
         # While closing, handlers still running may publish their results; new consumers and
         # declarations are refused. Once closed, everything is refused.
@@ -134,6 +138,33 @@ class InMemoryBus:
         subscription.start()
         return subscription
 
+    async def broadcast(
+        self, topic: str, body: bytes, *, message_id: str | None = None, timeout: float = 5.0
+    ) -> None:
+        for name in list(self._listeners.get(topic, ())):
+            await self.publish(name, body, message_id=message_id, mandatory=False)
+
+    async def listen(
+        self, topic: str, handler: MessageHandler, *, prefetch: int | None = None
+    ) -> Subscription:
+        name = f"broadcast.{topic}.{uuid.uuid4().hex}"
+        await self.declare_queue(name)
+        self._listeners.setdefault(topic, set()).add(name)
+
+        async def take(delivery: Delivery) -> None:
+            try:
+                await handler(delivery)
+            except Exception:
+                log.exception("A listener of %r failed on a broadcast; it is dropped", topic)
+
+        return _Listener(self, topic, name, await self.consume(name, take))
+
+    def on_reconnect(self, callback: Callable[[], None]) -> None:
+        """An in-process bus never loses its connection."""
+
+    def stop_listening(self, topic: str, name: str) -> None:
+        self._listeners.get(topic, set()).discard(name)
+
     async def delete_queue(self, name: str) -> None:
         self._ensure_open("delete a queue")
         queue = self._queues.pop(name, None)
@@ -211,6 +242,22 @@ class InMemoryBus:
             raise BusClosed(f"Cannot {action}: the bus is closed.")
         if not self._connected:
             raise BusClosed(f"Cannot {action}: the bus is not connected yet.")
+
+
+class _Listener:
+    def __init__(
+        self, bus: InMemoryBus, topic: str, name: str, subscription: _MemorySubscription
+    ) -> None:
+        self._bus = bus
+        self._topic = topic
+        self._name = name
+        self._subscription = subscription
+
+    async def cancel(self) -> None:
+        self._bus.stop_listening(self._topic, self._name)
+        await self._subscription.cancel()
+        if self._bus.is_connected:
+            await self._bus.delete_queue(self._name)
 
 
 class _MemorySubscription:

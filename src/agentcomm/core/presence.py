@@ -17,6 +17,8 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from enum import Enum
+from typing import Protocol
 
 from agentcomm.core.clock import Clock
 from agentcomm.core.errors import AgentIdTaken, NotYourAgent, UnknownAgent
@@ -28,6 +30,29 @@ from agentcomm.protocol.vocabulary import AgentState
 log = logging.getLogger(__name__)
 
 PresenceListener = Callable[[list[AgentInfo]], None]
+
+
+class Reach(Enum):
+    """Whether an agent can be reached now, as routing asks it."""
+
+    ONLINE = "online"  # registered and online (here, or at a peer hub of the cluster)
+    OFFLINE = "offline"  # known, but online nowhere
+    UNKNOWN = "unknown"  # registered nowhere this hub knows of
+
+
+class AgentSource(Protocol):
+    """Presence as its listeners read it: one hub's registry, or the whole cluster's view."""
+
+    def snapshot(self) -> list[AgentInfo]: ...
+
+    def subscribe(self, listener: PresenceListener) -> Callable[[], None]: ...
+
+
+class AgentLookup(Protocol):
+    """What routing asks of presence: one hub's registry, or the whole cluster's view."""
+
+    def reach(self, agent_id: str) -> Reach: ...
+
 
 # What an agent may report in a heartbeat, mapped to the presence frontends see.
 _REPORTED_STATES = {
@@ -146,6 +171,12 @@ class AgentRegistry:
     def is_online(self, agent_id: str) -> bool:
         record = self._agents.get(agent_id)
         return record is not None and record.online
+
+    def reach(self, agent_id: str) -> Reach:
+        record = self._agents.get(agent_id)
+        if record is None:
+            return Reach.UNKNOWN
+        return Reach.ONLINE if record.online else Reach.OFFLINE
 
     def snapshot(self) -> list[AgentInfo]:
         return [record.info() for record in self._agents.values()]

@@ -18,3 +18,14 @@ def agent_queue(agent_id: str) -> str:
 def server_queue(server_tag: str) -> str:
     """The queue of the server whose frontends' ids start with `server_tag`."""
     return SERVER_QUEUE_PREFIX + server_tag
+
+
+# Per-server queue of what one hub asks of another: operator commands for agents it holds.
+HUB_QUEUE_PREFIX = "hub_queue_"
+# The broadcast topic on which hubs share presence (a fanout on RabbitMQ).
+PRESENCE_TOPIC = "presence"
+
+
+def hub_queue(server_tag: str) -> str:
+    """The queue on which the hub tagged `server_tag` takes requests of its peers."""
+    return HUB_QUEUE_PREFIX + server_tag

@@ -130,6 +130,17 @@ def check_frontend_receiver(receiver_id: str | None, message_id: str | None) -> 
         raise ProtocolError(ErrorCode.UNKNOWN_RECEIVER, FRONTEND_TO_FRONTEND, message_id)
 
 
+def frontend_concerned(message: Envelope) -> str | None:
+    """The frontend a message is about: the one it is addressed to, else the one that sent it
+    (its TEXT or CANCEL on the way to an agent, or an error about it); None when neither is a
+    frontend."""
+    receiver = receiver_of(message)
+    if receiver is not None and is_frontend_id(receiver):
+        return receiver
+    sender = sender_of(message)
+    return sender if sender is not None and is_frontend_id(sender) else None
+
+
 def sender_of(message: Envelope) -> str | None:
     """Who sent it: `sender_id`, or the frontend connection the server recorded."""
     sender = (message.sender_id or message.client_id or "").strip()

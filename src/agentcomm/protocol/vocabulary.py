@@ -23,6 +23,10 @@ class MessageType(StrEnum):
     SERVER_UNAVAILABLE = "SERVER_UNAVAILABLE"
     REGISTER_BROKER = "REGISTER_BROKER"
     CLIENT_DISCONNECTED = "CLIENT_DISCONNECTED"
+    # Between the hubs of one cluster, on the bus only (protocol/cluster.py).
+    HUB_PRESENCE = "HUB_PRESENCE"
+    HUB_COMMAND = "HUB_COMMAND"
+    HUB_COMMAND_RESULT = "HUB_COMMAND_RESULT"
 
 
 CHAT_TYPES = frozenset(

@@ -26,7 +26,14 @@ class HubMetrics:
             "agentcomm_frontends_connected", "Live frontend sockets", registry=self.registry
         )
         self.agents_online = Gauge(
-            "agentcomm_agents_online", "Agents currently online", registry=self.registry
+            "agentcomm_agents_online",
+            "Agents currently online, on any hub of the cluster",
+            registry=self.registry,
+        )
+        self.hubs = Gauge(
+            "agentcomm_hubs",
+            "Hubs of the cluster this hub hears from, itself included",
+            registry=self.registry,
         )
         self.answer_events = Counter(
             "agentcomm_answer_events_total",
@@ -54,9 +61,15 @@ class HubMetrics:
     def count_answer_event(self, event: str) -> None:
         self.answer_events.labels(event).inc()
 
-    def track(self, frontends: Callable[[], int], agents_online: Callable[[], int]) -> None:
+    def track(
+        self,
+        frontends: Callable[[], int],
+        agents_online: Callable[[], int],
+        hubs: Callable[[], int],
+    ) -> None:
         self.frontends.set_function(frontends)
         self.agents_online.set_function(agents_online)
+        self.hubs.set_function(hubs)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -5,7 +5,7 @@ A delta is encoded once and the same bytes go to every socket; nothing private i
 
 from __future__ import annotations
 
-from agentcomm.core.presence import AgentRegistry
+from agentcomm.core.presence import AgentSource
 from agentcomm.core.sessions import FrontendSessions
 from agentcomm.protocol.codec import encode_for_client
 from agentcomm.protocol.models import AgentInfo, AgentStatusUpdate
@@ -18,7 +18,7 @@ def status_frame(agents: list[AgentInfo], *, full: bool) -> bytes:
 
 
 class PresenceFeed:
-    def __init__(self, registry: AgentRegistry, sessions: FrontendSessions) -> None:
+    def __init__(self, registry: AgentSource, sessions: FrontendSessions) -> None:
         self._registry = registry
         self._sessions = sessions
         registry.subscribe(self._push_delta)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from enum import Enum, StrEnum
 
 from agentcomm.core.answers import AnswerLedger
-from agentcomm.core.presence import AgentRegistry
+from agentcomm.core.presence import AgentLookup, Reach
 from agentcomm.core.routing.effects import Plan
 from agentcomm.core.routing.frontends import FrontendDelivery
 from agentcomm.core.sessions import FrontendSessions
@@ -77,7 +77,7 @@ class BouncedAnswers:
         self,
         *,
         server_tag: str,
-        registry: AgentRegistry,
+        registry: AgentLookup,
         sessions: FrontendSessions,
         answers: AnswerLedger,
         frontends: FrontendDelivery,
@@ -161,12 +161,15 @@ class BouncedAnswers:
         sender = sender_of(message)
         if sender is None or is_frontend_id(sender) or names_no_receiver(sender):
             return None
-        if self._registry.get(sender) is None and parse_answer_id(message.message_id) is None:
+        if (
+            self._registry.reach(sender) is Reach.UNKNOWN
+            and parse_answer_id(message.message_id) is None
+        ):
             return None  # not from an agent: a broker's own error, say
         receiver = receiver_of(message)
         if receiver is None or receiver == sender:
             return _Placed.NOWHERE
-        if is_frontend_id(receiver) or self._registry.get(receiver) is not None:
+        if is_frontend_id(receiver) or self._registry.reach(receiver) is not Reach.UNKNOWN:
             return None
         return _Placed.UNKNOWN
 

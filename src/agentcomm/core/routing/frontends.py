@@ -106,6 +106,14 @@ class FrontendDelivery:
             return None
         return session.final_lost_with_a_connection(message_id)
 
+    def held_elsewhere(self, frontend_id: str) -> bool:
+        """Another hub of the cluster holds this frontend: its socket, its session and what it
+        is owed (echoes, the one final answer per TEXT) are that hub's."""
+        if self._sessions.get(frontend_id) is not None:
+            return False
+        owner = frontend_server_tag(frontend_id)
+        return bool(owner) and owner != self._server_tag
+
     def forward_to_owner(self, frontend_id: str, message: Envelope) -> Plan[None]:
         """`message`, unchanged, to the server that holds `frontend_id` (or dropped, when that
         is this one and the frontend is gone)."""

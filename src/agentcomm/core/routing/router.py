@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from agentcomm.core.answers import AnswerLedger
 from agentcomm.core.clock import Clock, SystemClock
-from agentcomm.core.presence import AgentRegistry
+from agentcomm.core.presence import AgentLookup, Reach
 from agentcomm.core.routing.bounces import AnswerEvent, AnswerEventObserver, BouncedAnswers
 from agentcomm.core.routing.echoes import EchoOrder
 from agentcomm.core.routing.effects import (
@@ -40,6 +40,7 @@ from agentcomm.protocol.rules import (
     check_from_frontend,
     check_frontend_receiver,
     error_envelope,
+    frontend_concerned,
     receiver_of,
     sender_of,
     status_echo,
@@ -59,7 +60,7 @@ class ServerRouter:
         self,
         *,
         server_id: str,
-        registry: AgentRegistry,
+        registry: AgentLookup,
         sessions: FrontendSessions,
         answers: AnswerLedger,
         streams: ReplyStreams,
@@ -222,6 +223,12 @@ class ServerRouter:
         self._notify(message)
         if (yield from self._bounced.take(message)):
             return  # an answer the broker should have passed on: on its way to who asked
+        frontend = frontend_concerned(message)
+        if frontend is not None and self.frontends.held_elsewhere(frontend):
+            # Whatever concerns a frontend is decided by the hub that holds it: routed to an
+            # agent from there, echoed and answered once there.
+            yield from self.frontends.forward_to_owner(frontend, message)
+            return
         if message.routing_status is RoutingStatus.ERROR or (
             message.message_type is MessageType.ERROR and message.routing_status is None
         ):
@@ -239,17 +246,18 @@ class ServerRouter:
         yield from self._to_agent(receiver, message)
 
     def _to_agent(self, agent_id: str, message: Envelope) -> Plan[None]:
-        record = self._registry.get(agent_id)
+        reach = self._registry.reach(agent_id)
         # A server that has just started knows no agent yet: those of the server before it (a
         # restart) are on their way back. Their messages wait in their queues, and their
         # senders get ERROR agent_offline if they are not back within DELIVERY_TIMEOUT.
-        expected = record is None and self._clock.monotonic() < self._expect_agents_until
-        if record is None and not expected:
+        unknown = reach is Reach.UNKNOWN
+        expected = unknown and self._clock.monotonic() < self._expect_agents_until
+        if unknown and not expected:
             yield from self._reject(
                 message, ErrorCode.UNKNOWN_RECEIVER, f"No agent is registered as {agent_id!r}."
             )
             return
-        if record is not None and not record.online:
+        if reach is Reach.OFFLINE:
             yield from self._reject(
                 message, ErrorCode.AGENT_OFFLINE, f"Agent {agent_id!r} is offline."
             )
@@ -284,7 +292,7 @@ class ServerRouter:
                 # Only now: without a queue it was an unknown receiver after all.
                 yield from frontends.echo(sender, message, RoutingStatus.ROUTED)
             self._answers.delivered(sender, message, agent_id)
-            if expected and self._registry.get(agent_id) is None:
+            if expected and self._registry.reach(agent_id) is Reach.UNKNOWN:
                 self._answers.agent_offline(agent_id)
             if not self._answers.is_answered(sender, message.message_id):
                 # A fast agent may have answered already; "delivered" after the answer
@@ -441,7 +449,7 @@ class ServerRouter:
                 self._echoes.stop_waiting(in_reply_to)
             yield from self.frontends.deliver(target, error)
             return
-        if self._registry.get(target) is None:
+        if self._registry.reach(target) is Reach.UNKNOWN:
             log.info("Error %s for unknown %r dropped", error.message_id, target)
             return
         try:

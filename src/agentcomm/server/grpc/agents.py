@@ -73,6 +73,8 @@ class AgentRegistrationServicer(pb_grpc.AgentRegistrationServiceServicer):
         except BusError as exc:
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"Message bus unavailable: {exc}")
         try:
+            # One agent id in the whole cluster: another process may not take it on another hub.
+            self._parts.cluster.check_free(agent_id, caller_session(context))
             record = self._parts.registry.register(
                 agent_id,
                 request.agent_name,

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from agentcomm.config import Settings
 from agentcomm.core.auth import Authenticator
 from agentcomm.core.brokers import BrokerRegistry
+from agentcomm.core.cluster_presence import ClusterPresence
 from agentcomm.core.commands import CommandCenter
 from agentcomm.core.presence import AgentRegistry
 from agentcomm.server.grpc.inboxes import AgentInboxes
@@ -19,7 +20,9 @@ class GrpcParts:
     settings: Settings
     server_id: str
     auth: Authenticator
+    # This hub's own agents, and every agent of the cluster.
     registry: AgentRegistry
+    cluster: ClusterPresence
     brokers: BrokerRegistry
     commands: CommandCenter
     inboxes: AgentInboxes

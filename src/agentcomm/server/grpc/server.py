@@ -75,7 +75,7 @@ async def start_grpc_server(parts: GrpcParts) -> tuple[grpc.aio.Server, int]:
         AgentRegistrationServicer(parts), server
     )
     status_grpc.add_AgentStatusServiceServicer_to_server(
-        AgentStatusServicer(parts.auth, parts.registry, parts.brokers), server
+        AgentStatusServicer(parts.auth, parts.cluster, parts.brokers), server
     )
     broker_grpc.add_BrokerRegistrationServiceServicer_to_server(
         BrokerRegistrationServicer(parts.auth, parts.brokers), server

@@ -10,7 +10,7 @@ import grpc
 
 from agentcomm.core.auth import Authenticator, Role
 from agentcomm.core.brokers import BrokerRegistry
-from agentcomm.core.presence import AgentRegistry
+from agentcomm.core.presence import AgentSource
 from agentcomm.generated import agent_status_service_pb2 as pb
 from agentcomm.generated import agent_status_service_pb2_grpc as pb_grpc
 from agentcomm.protocol.ids import is_valid_id
@@ -61,9 +61,7 @@ async def _check_broker_id(broker_id: str, context: Context) -> None:
 
 
 class AgentStatusServicer(pb_grpc.AgentStatusServiceServicer):
-    def __init__(
-        self, auth: Authenticator, registry: AgentRegistry, brokers: BrokerRegistry
-    ) -> None:
+    def __init__(self, auth: Authenticator, registry: AgentSource, brokers: BrokerRegistry) -> None:
         self._auth = auth
         self._registry = registry
         self._brokers = brokers

@@ -78,11 +78,16 @@ def build_api_router() -> APIRouter:
 
     @api.get("/agents")
     async def list_agents(request: Request) -> list[AgentInfo]:
-        return parts_of(request).registry.snapshot()
+        return parts_of(request).agents.snapshot()
 
     @api.get("/brokers")
     async def list_brokers(request: Request) -> list[dict[str, object]]:
         return [record.as_json() for record in parts_of(request).brokers.all()]
+
+    @api.get("/hubs")
+    async def list_hubs(request: Request) -> list[dict[str, object]]:
+        """This hub and every other hub of the cluster it hears from."""
+        return parts_of(request).hubs()
 
     @api.post("/agents/{agent_id}/commands")
     async def send_command(

@@ -38,6 +38,7 @@ from agentcomm.protocol.queues import (
     server_queue,
 )
 from agentcomm.server.bus_input import Advertiser, BusInput
+from agentcomm.server.cluster.membership import ClusterMembership
 from agentcomm.server.collector import CollectorTuning
 from agentcomm.server.grpc.inboxes import AgentInboxes
 from agentcomm.server.grpc.parts import GrpcParts
@@ -78,6 +79,22 @@ class Hub:
         self.sessions = FrontendSessions(
             self.clock, resume_window=settings.resume_window, server_tag=self.server_tag
         )
+        self.commands = CommandCenter(self.registry)
+        # This hub among its peers: their agents merged with this hub's own (`self.cluster`),
+        # operator commands for agents on any hub.
+        self.membership = ClusterMembership(
+            bus,
+            clock=self.clock,
+            server_id=self.server_id,
+            registry=self.registry,
+            brokers=self.brokers,
+            commands=self.commands,
+            lease_seconds=settings.agent_timeout,
+            queue_expires_ms=SERVER_QUEUE_EXPIRES_MS,
+            websocket_url=lambda: self.public_websocket_url,
+            grpc_address=lambda: f"{settings.grpc_host}:{self.grpc_port}",
+        )
+        self.cluster = self.membership.presence
         self.answers = AnswerLedger(
             self.clock,
             delivery_timeout=settings.delivery_timeout,
@@ -85,7 +102,7 @@ class Hub:
         )
         decisions = ServerRouter(
             server_id=self.server_id,
-            registry=self.registry,
+            registry=self.cluster,
             sessions=self.sessions,
             answers=self.answers,
             streams=ReplyStreams(self.clock),
@@ -94,10 +111,11 @@ class Hub:
             expect_agents_for=settings.agent_timeout,
         )
         self.router = RouteRunner(decisions, bus, self.sessions)
-        self.commands = CommandCenter(self.registry)
         self.inboxes = AgentInboxes(bus)
         self.metrics = HubMetrics()
-        self.metrics.track(self.sessions.live_count, self.registry.online_count)
+        self.metrics.track(
+            self.sessions.live_count, self.cluster.online_count, self.membership.hub_count
+        )
         decisions.observe(
             lambda message: self.metrics.count_message(
                 message.message_type.value, message.routing_status or "none"
@@ -106,8 +124,8 @@ class Hub:
         decisions.observe_answer_events(self.metrics.count_answer_event)
         # Shown from the start (at 0), so that a rate can be taken before the first one.
         self.metrics.declare_answer_events([event.value for event in AnswerEvent])
-        self.presence = PresenceFeed(self.registry, self.sessions)
-        self.registry.subscribe(self._follow_presence_for_answers)
+        self.presence = PresenceFeed(self.cluster, self.sessions)
+        self.cluster.subscribe(self._follow_presence_for_answers)
         # Writes what every socket has queued, once per turn of the event loop.
         self.output = OutputScheduler()
         self._collector = CollectorTuning()
@@ -147,6 +165,7 @@ class Hub:
             server_id=self.server_id,
             auth=self.auth,
             registry=self.registry,
+            cluster=self.cluster,
             brokers=self.brokers,
             commands=self.commands,
             inboxes=self.inboxes,
@@ -159,8 +178,10 @@ class Hub:
             settings=self.settings,
             auth=self.auth,
             registry=self.registry,
+            agents=self.cluster,
             brokers=self.brokers,
-            commands=self.commands,
+            commands=self.membership.commands,
+            hubs=self.membership.hubs,
             metrics=self.metrics,
             readiness=self.readiness,
             is_ready=lambda: self.ready,
@@ -199,7 +220,11 @@ class Hub:
                 await self.bus.consume(queue, handler, prefetch=prefetch, concurrency=parallel)
             )
         self.grpc_server, self.grpc_port = await start_grpc_server(self.grpc_parts())
+        await self.membership.start()
         self._tasks.every(self._sweep_interval(), self._sweep, "presence-sweep")
+        self._tasks.every(
+            self.membership.sync.refresh_seconds, self.membership.renew, "presence-renew"
+        )
         self._tasks.every(
             self.settings.periodic_status_interval,
             self.presence.broadcast_full,
@@ -234,6 +259,11 @@ class Hub:
         self.registry.stop_judging_streams()
         budget = self.settings.shutdown_timeout
         await self._tasks.cancel_all()
+        # First: the peers show this hub's agents offline now, not when its lease runs out, and
+        # the agents reconnect to them.
+        with contextlib.suppress(BusError, TimeoutError):
+            async with asyncio.timeout(2.0):
+                await self.membership.leave()
         if self.grpc_server is not None:
             # Streams end with the grace period; unary calls in progress may finish.
             await self.grpc_server.stop(grace=min(2.0, budget / 3))
@@ -297,6 +327,7 @@ class Hub:
 
     async def _sweep(self) -> None:
         self.registry.sweep()
+        self.cluster.expire_peers()
         self.sessions.expire()
         self._collector.observe(len(self.state.connections))
         await self.router.release_overdue_streams()
