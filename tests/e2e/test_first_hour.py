@@ -1,0 +1,102 @@
+"""The first hour, as a newcomer meets it: `agentcomm` commands and an agent script started as
+processes on real ports, and what each mistake prints — one line that says what to change,
+never silence, never a traceback.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import subprocess
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import free_port
+from tests.e2e.processes import (
+    Processes,
+    Server,
+    agentcomm_command,
+    clean_environment,
+    listen_flags,
+    start_server,
+)
+
+# The wait for a command that is expected to stop at once; generous for a busy machine.
+COMMAND_TIMEOUT = 60.0
+FRAME_TIMEOUT = 15.0
+# "12:34:56 INFO    agentcomm.sdk.runtime: …": what the hub's logging set-up writes.
+LOG_LINE = r"^\d\d:\d\d:\d\d (DEBUG|INFO|WARNING|ERROR) +[\w.]+: "
+SHORT_SECRET = "abc"
+GOOD_SECRET = "a-secret-of-more-than-thirty-two-bytes-for-hs256"
+
+
+def run(*args: str, env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """`agentcomm ARGS` to its end, with only the settings given in `env`."""
+    return subprocess.run(
+        [*agentcomm_command(), *args],
+        env=clean_environment() | dict(env or {}),
+        capture_output=True,
+        text=True,
+        timeout=COMMAND_TIMEOUT,
+        check=False,
+    )
+
+
+def said(done: subprocess.CompletedProcess[str]) -> list[str]:
+    """Every line a finished command wrote, on either stream."""
+    return (done.stdout + done.stderr).strip().splitlines()
+
+
+@pytest.fixture
+def processes(tmp_path: Path) -> Iterator[Processes]:
+    started = Processes(tmp_path, {"PYTHONUNBUFFERED": "1"})
+    try:
+        yield started
+    finally:
+        problems = started.close()
+        assert not problems, "\n".join(problems)
+
+
+def dev(processes: Processes, *flags: str) -> Server:
+    """`agentcomm dev` (what `make run` starts), ready, with its demo agents online."""
+    return start_server(processes, "dev", "dev", *flags, expect_agents=("echo", "typist"))
+
+
+# -- a port that is taken ----------------------------------------------------------------------
+
+
+def test_a_second_hub_on_a_taken_grpc_port_stops_before_anything_runs(
+    processes: Processes,
+) -> None:
+    first = start_server(processes, "first", "serve", "--message-bus", "memory")
+    done = run("dev", *listen_flags(free_port(), first.grpc_port))
+    assert done.returncode == 1
+    [line] = said(done)
+    assert re.match(LOG_LINE, line), line
+    assert f"gRPC port {first.grpc_port} on 127.0.0.1 is in use" in line
+    assert "set GRPC_PORT=<another port>, or GRPC_PORT=0 for any free port." in line
+    # The second stack's broker never reached the first hub, nor did its agents.
+    assert first.brokers() == {}
+    assert first.agents() == {}
+
+
+def test_a_taken_http_port_stops_serve_before_it_reaches_for_rabbitmq() -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        taken = holder.getsockname()[1]
+        # RabbitMQ is not there: a start that tried the bus first would say so, for a while.
+        done = run(
+            "serve",
+            *listen_flags(taken, 0),
+            "--message-bus",
+            "rabbitmq",
+            "--rabbitmq-port",
+            str(free_port()),
+        )
+    assert done.returncode == 1
+    [line] = said(done)
+    assert f"HTTP port {taken} on 127.0.0.1 is in use" in line
+    assert "set PORT=<another port>, or PORT=0 for any free port." in line
