@@ -73,7 +73,7 @@ class DevStack:
                     ),
                     name=kind,
                     agent_id=kind,
-                    transport="amqp",
+                    # They take their work from the stack's own bus, and say which it is.
                     bus=self.bus,
                 )
                 await agent.start()

@@ -5,6 +5,7 @@ never silence, never a traceback.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import socket
 import subprocess
@@ -22,6 +23,7 @@ from tests.e2e.processes import (
     listen_flags,
     start_server,
 )
+from tests.support.frontend import Frontend, of_type
 
 # The wait for a command that is expected to stop at once; generous for a busy machine.
 COMMAND_TIMEOUT = 60.0
@@ -100,3 +102,33 @@ def test_a_taken_http_port_stops_serve_before_it_reaches_for_rabbitmq() -> None:
     [line] = said(done)
     assert f"HTTP port {taken} on 127.0.0.1 is in use" in line
     assert "set PORT=<another port>, or PORT=0 for any free port." in line
+
+
+# -- an agent that cannot receive its work -------------------------------------------------------
+
+
+async def test_an_amqp_agent_beside_the_in_process_bus_is_refused_and_not_listed(
+    processes: Processes,
+) -> None:
+    server = dev(processes)  # from this thread: a child outlives only the thread that made it
+    done = await asyncio.to_thread(
+        run, "agent", "echo", "--id", "stray", "--transport", "amqp", env=server.grpc_env
+    )
+    assert done.returncode == 1
+    [line] = said(done)
+    assert re.match(LOG_LINE, line), line
+    assert "The hub refused the echo agent: This hub runs its in-process bus" in line
+    assert "MESSAGE_BUS=memory" in line
+    assert "--transport grpc" in line
+    assert "stray" not in await asyncio.to_thread(server.agents)
+    # Its messages are not "delivered" to where nobody reads: the sender is told at once.
+    async with await Frontend.registered(server.ws_url) as alice:
+        await alice.send_text("anyone there?", receiver_id="stray", message_id="m-stray")
+        error = await alice.next(of_type("ERROR"), timeout=FRAME_TIMEOUT)
+        echoes = [
+            frame.get("routing_status")
+            for frame in alice.take_buffered()
+            if frame.get("message_id") == "m-stray"
+        ]
+    assert error["error_code"] == "agent_offline"
+    assert "delivered" not in echoes

@@ -27,7 +27,13 @@ from agentcomm.sdk.dispatcher import Dispatcher
 from agentcomm.sdk.hub_client import GrpcHubClient, HubClient, RegistrationRequest
 from agentcomm.sdk.message import AgentStatus, CommandHandler, MessageHandler
 from agentcomm.sdk.runtime import AgentRuntime
-from agentcomm.sdk.transports import BusWork, GrpcWork, TransportName, WorkTransport
+from agentcomm.sdk.transports import (
+    BusWork,
+    GrpcWork,
+    TransportName,
+    WorkTransport,
+    bus_transport,
+)
 from agentcomm.signals import stop_on_signals
 
 HandlerT = TypeVar("HandlerT", bound=MessageHandler)
@@ -35,9 +41,12 @@ CommandT = TypeVar("CommandT", bound=CommandHandler)
 
 
 def choose_transport(transport: str | None, settings: Settings, bus: Bus | None) -> TransportName:
-    """amqp with a bus given or MESSAGE_BUS=rabbitmq, else grpc; an explicit choice wins."""
+    """The bus given (amqp, or memory for an in-process one), else amqp with
+    MESSAGE_BUS=rabbitmq and grpc otherwise; an explicit choice wins."""
     if transport is None:
-        return "amqp" if bus is not None or settings.message_bus == "rabbitmq" else "grpc"
+        if bus is not None:
+            return bus_transport(bus)
+        return "amqp" if settings.message_bus == "rabbitmq" else "grpc"
     if transport == "grpc":
         if bus is not None:
             raise ValueError("bus= is only used with transport 'amqp'.")
@@ -48,7 +57,7 @@ def choose_transport(transport: str | None, settings: Settings, bus: Bus | None)
                 "transport 'amqp' with MESSAGE_BUS=memory needs the shared in-process bus "
                 "passed as bus=...; a separate process must use transport 'grpc'."
             )
-        return "amqp"
+        return bus_transport(bus) if bus is not None else "amqp"
     raise ValueError(f"Unknown transport {transport!r}; use 'grpc' or 'amqp'.")
 
 
@@ -80,9 +89,11 @@ class Agent:
         capabilities: free-form strings the broker may route on.
         settings: defaults to the environment (GRPC_HOST, GRPC_PORT, MESSAGE_BUS, ...).
         transport: "grpc" (work over the server's stream) or "amqp" (consume the bus queue);
-            defaults to "amqp" when a bus is given or MESSAGE_BUS=rabbitmq, else "grpc".
-        bus: a shared bus to consume from (the in-process bus of the dev stack); not closed
-            by the agent.
+            defaults to "amqp" when a bus is given or MESSAGE_BUS=rabbitmq, else "grpc". The
+            server refuses a transport that cannot reach its bus (amqp beside a hub on the
+            in-process bus) when the agent registers.
+        bus: a shared bus to consume from (the in-process bus of the dev stack, when the
+            transport is called "memory"); not closed by the agent.
         concurrency: handlers running at once.
         prefetch: messages taken from the queue at once (default 4 x concurrency), so that a
             CANCEL is not stuck behind messages waiting for a handler slot.
@@ -327,4 +338,5 @@ class Agent:
             capabilities=self.capabilities,
             hostname=socket.gethostname(),
             platform=platform.platform(),
+            transport=self.transport,
         )
