@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import re
+import signal
 import socket
 import subprocess
+import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -23,6 +25,7 @@ from tests.e2e.processes import (
     listen_flags,
     start_server,
 )
+from tests.integration.test_agents_guide import guide_example
 from tests.support.frontend import Frontend, of_type
 
 # The wait for a command that is expected to stop at once; generous for a busy machine.
@@ -132,3 +135,68 @@ async def test_an_amqp_agent_beside_the_in_process_bus_is_refused_and_not_listed
         ]
     assert error["error_code"] == "agent_offline"
     assert "delivered" not in echoes
+
+
+# -- what an agent says: registered, where, how; stopping ----------------------------------------
+
+
+def test_the_guide_agent_says_where_it_registered_how_and_how_to_stop_it(
+    processes: Processes, tmp_path: Path
+) -> None:
+    server = dev(processes)
+    script = tmp_path / "greeter.py"
+    script.write_text(guide_example())
+    greeter = processes.python("greeter", script, env=server.grpc_env | {"MESSAGE_BUS": "memory"})
+    server.wait_agents(["greeter"], alive=[greeter])
+    greeter.wait_for_output("Ctrl+C stops it.")
+    assert greeter.stop(signal.SIGINT) == 0
+    # Every line but the harness's own header.
+    lines = [line for line in greeter.output().splitlines() if line and not line.startswith("=")]
+    assert all(re.match(LOG_LINE, line) for line in lines), lines
+    registered = (
+        f"Agent greeter registered as greeter with the hub at 127.0.0.1:{server.grpc_port}, "
+        "whose bus is memory; its messages come over gRPC (transport grpc). Ctrl+C stops it."
+    )
+    assert any(line.endswith(registered) for line in lines), lines
+    assert any(
+        line.endswith(f"Agent greeter unregistered from the hub at 127.0.0.1:{server.grpc_port}")
+        for line in lines
+    ), lines
+    assert lines[-1].endswith("Agent greeter stopped"), lines
+
+
+def test_the_demo_agents_of_make_run_name_the_bus_of_the_banner(processes: Processes) -> None:
+    server = dev(processes)
+    output = server.process.output()
+    assert "bus: memory" in output  # the banner
+    for kind in ("echo", "typist"):
+        assert (
+            f"Agent {kind} registered as {kind} with the hub at 127.0.0.1:{server.grpc_port}, "
+            "whose bus is memory; it takes its messages from the hub's in-process bus "
+            "(transport memory)" in output
+        )
+    assert "amqp" not in output
+
+
+async def test_the_guide_agent_without_message_bus_memory_is_told_what_to_set(
+    processes: Processes, tmp_path: Path
+) -> None:
+    server = dev(processes)  # from this thread: a child outlives only the thread that made it
+    script = tmp_path / "greeter.py"
+    script.write_text(guide_example())
+    # The reader forgot MESSAGE_BUS=memory: the SDK would consume RabbitMQ, where nothing comes.
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, str(script)],
+        env=clean_environment() | server.grpc_env,
+        capture_output=True,
+        text=True,
+        timeout=COMMAND_TIMEOUT,
+        check=False,
+    )
+    assert done.returncode == 1
+    [line] = said(done)
+    assert re.match(LOG_LINE, line), line
+    assert "The hub refused agent greeter:" in line
+    assert "MESSAGE_BUS=memory" in line
+    assert "greeter" not in await asyncio.to_thread(server.agents)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import platform
 import socket
 import time
@@ -17,6 +18,7 @@ from agentcomm.bus import Bus
 from agentcomm.config import Settings, load_settings
 from agentcomm.core.auth import token_subject
 from agentcomm.grpc_channel import ClientTls
+from agentcomm.logging_setup import configure_logging_unless_configured
 from agentcomm.protocol.ids import is_valid_id
 from agentcomm.sdk.commands import (
     BUILTIN_COMMANDS,
@@ -24,6 +26,7 @@ from agentcomm.sdk.commands import (
     normalize_command_name,
 )
 from agentcomm.sdk.dispatcher import Dispatcher
+from agentcomm.sdk.errors import AgentError, RegistrationRefused
 from agentcomm.sdk.hub_client import GrpcHubClient, HubClient, RegistrationRequest
 from agentcomm.sdk.message import AgentStatus, CommandHandler, MessageHandler
 from agentcomm.sdk.runtime import AgentRuntime
@@ -35,6 +38,8 @@ from agentcomm.sdk.transports import (
     bus_transport,
 )
 from agentcomm.signals import stop_on_signals
+
+log = logging.getLogger(__name__)
 
 HandlerT = TypeVar("HandlerT", bound=MessageHandler)
 CommandT = TypeVar("CommandT", bound=CommandHandler)
@@ -142,6 +147,8 @@ class Agent:
         self._commands: dict[str, CommandHandler] = {}
         self._paused = False
         self._state: AgentRuntime | None = None
+        # How to stop the agent, said when it registers: set while serve() owns the signals.
+        self._stop_hint = ""
 
     # -- configuration -------------------------------------------------------------------
 
@@ -262,18 +269,40 @@ class Agent:
             await asyncio.shield(self._state.main)
 
     async def serve(self, *, handle_signals: bool = True) -> None:
-        """start(), then run until stopped; SIGINT/SIGTERM stop it (a second one kills)."""
-        with stop_on_signals(self.request_stop) if handle_signals else contextlib.nullcontext():
+        """start(), then run until stopped; SIGINT/SIGTERM stop it (a second one kills).
+
+        Logs through the process's logging, set up as the hub's (`logging_setup`) unless the
+        program set up its own: registered where and how, how to stop, and stopped.
+        """
+        configure_logging_unless_configured(self.settings)
+        signals = (
+            stop_on_signals(self.request_stop) if handle_signals else contextlib.nullcontext(False)
+        )
+        with signals as handled:
+            self._stop_hint = "Ctrl+C stops it" if handled else ""
             try:
                 await self.start()
                 await self.wait_stopped()
             finally:
                 await self.stop()
+                self._stop_hint = ""
 
     def run(self) -> None:
-        """Blocking: serve() in a new event loop until SIGINT/SIGTERM or a shutdown command."""
-        with contextlib.suppress(KeyboardInterrupt):
+        """Blocking: serve() in a new event loop until SIGINT/SIGTERM or a shutdown command.
+
+        An agent the server refuses (its id is taken, its transport cannot reach the hub's
+        bus) ends the program with the server's sentence and exit status 1, not a traceback.
+        """
+        try:
             asyncio.run(self.serve())
+        except KeyboardInterrupt:
+            pass
+        except RegistrationRefused as exc:
+            log.error("The hub refused agent %s: %s", self.name, exc)
+            raise SystemExit(1) from None
+        except AgentError as exc:
+            log.error("Agent %s stopped: %s", self.name, exc)
+            raise SystemExit(1) from None
 
     async def __aenter__(self) -> Agent:
         await self.start()
@@ -323,6 +352,12 @@ class Agent:
             registration=self._registration_request,
             status=lambda: self.status,
             owns_hub=self._hub_override is None,
+            hub_address=(
+                grpc_target(self.settings)
+                if self._hub_override is None
+                else type(self._hub_override).__name__
+            ),
+            stop_hint=self._stop_hint,
         )
 
     def _status_changed(self) -> None:
