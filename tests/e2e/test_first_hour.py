@@ -23,6 +23,7 @@ from tests.e2e.processes import (
     agentcomm_command,
     clean_environment,
     listen_flags,
+    start_demo_agent,
     start_server,
 )
 from tests.integration.test_agents_guide import guide_example
@@ -200,3 +201,55 @@ async def test_the_guide_agent_without_message_bus_memory_is_told_what_to_set(
     assert "The hub refused agent greeter:" in line
     assert "MESSAGE_BUS=memory" in line
     assert "greeter" not in await asyncio.to_thread(server.agents)
+
+
+# -- a graceful stop says what it waits for --------------------------------------------------------
+
+
+async def test_ctrl_c_while_a_reply_streams_says_what_the_stop_waits_for(
+    processes: Processes,
+) -> None:
+    server = dev(processes, "--shutdown-timeout", "10")
+    await asyncio.to_thread(server.command, "typist", "pace", ms="2000")
+    async with await Frontend.registered(server.ws_url, capabilities={"stream": True}) as alice:
+        await alice.send_text("slowly now", receiver_id="typist", message_id="m-slow")
+        await alice.next(of_type("REPLY_CHUNK"), timeout=FRAME_TIMEOUT)
+        offset = len(server.process.output())
+        server.process.send_signal(signal.SIGINT)
+        await asyncio.to_thread(server.process.wait_for_output, "SIGINT received", after=offset)
+        server.process.send_signal(signal.SIGINT)
+        assert server.process.popen is not None
+        assert await asyncio.to_thread(server.process.popen.wait, 10) == 130
+    assert (
+        "SIGINT received: stopping, waiting up to 10 s for 1 reply in progress — Ctrl+C again "
+        "to stop now" in server.process.output()
+    )
+
+
+def test_a_standalone_agent_says_what_its_stop_waits_for_and_then_stops(
+    processes: Processes,
+) -> None:
+    server = dev(processes)
+    typist = start_demo_agent(
+        processes, server, "typist", "slow-typist", "--transport", "grpc", "--shutdown-timeout", "2"
+    )
+    server.command("slow-typist", "pace", ms="5000")
+
+    async def ask() -> None:
+        async with await Frontend.registered(server.ws_url, capabilities={"stream": True}) as bob:
+            await bob.send_text("take your time", receiver_id="slow-typist")
+            await bob.next(of_type("REPLY_CHUNK"), timeout=FRAME_TIMEOUT)
+            offset = len(typist.output())
+            typist.send_signal(signal.SIGINT)
+            await asyncio.to_thread(typist.wait_for_output, "SIGINT received", after=offset)
+
+    asyncio.run(ask())
+    assert typist.popen is not None
+    assert typist.popen.wait(timeout=20) == 0
+    output = typist.output()
+    assert (
+        "SIGINT received: stopping, waiting up to 2 s for 1 reply in progress — Ctrl+C again to "
+        "stop now" in output
+    )
+    assert "Agent slow-typist gave 1 unfinished messages back after 2.0 s" in output
+    assert output.rstrip().endswith("Agent slow-typist stopped")

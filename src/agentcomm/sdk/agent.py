@@ -37,7 +37,7 @@ from agentcomm.sdk.transports import (
     WorkTransport,
     bus_transport,
 )
-from agentcomm.signals import stop_on_signals
+from agentcomm.signals import Waiting, counted, stop_on_signals
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,13 @@ def choose_transport(transport: str | None, settings: Settings, bus: Bus | None)
             )
         return bus_transport(bus) if bus is not None else "amqp"
     raise ValueError(f"Unknown transport {transport!r}; use 'grpc' or 'amqp'.")
+
+
+def replies_waiting(in_flight: int, seconds: float) -> Waiting | None:
+    """What an agent's stop waits for: its replies in progress (None: none)."""
+    if not in_flight:
+        return None
+    return Waiting(seconds, counted(in_flight, "reply in progress", "replies in progress"))
 
 
 def grpc_target(settings: Settings) -> str:
@@ -189,6 +196,11 @@ class Agent:
         return AgentStatus.IDLE
 
     @property
+    def in_flight(self) -> int:
+        """Messages being handled now."""
+        return self._state.dispatcher.in_flight if self._state else 0
+
+    @property
     def is_running(self) -> bool:
         return self._state is not None and not self._state.main.done()
 
@@ -210,7 +222,7 @@ class Agent:
             "agent_name": self.name,
             "status": self.status.value,
             "transport": self.transport,
-            "in_flight": state.dispatcher.in_flight if state else 0,
+            "in_flight": self.in_flight,
             "concurrency": self.concurrency,
             "handled": stats.handled if stats else 0,
             "failed": stats.failed if stats else 0,
@@ -276,7 +288,9 @@ class Agent:
         """
         configure_logging_unless_configured(self.settings)
         signals = (
-            stop_on_signals(self.request_stop) if handle_signals else contextlib.nullcontext(False)
+            stop_on_signals(self.request_stop, self._waiting)
+            if handle_signals
+            else contextlib.nullcontext(False)
         )
         with signals as handled:
             self._stop_hint = "Ctrl+C stops it" if handled else ""
@@ -359,6 +373,10 @@ class Agent:
             ),
             stop_hint=self._stop_hint,
         )
+
+    def _waiting(self) -> Waiting | None:
+        """What stopping now waits for: the messages being handled, for SHUTDOWN_TIMEOUT."""
+        return replies_waiting(self.in_flight, self.settings.shutdown_timeout)
 
     def _status_changed(self) -> None:
         if self._state is not None:

@@ -11,7 +11,7 @@ from agentcomm.bus.factory import create_bus
 from agentcomm.config import Settings
 from agentcomm.server.collector import tune_collector_for_serving
 from agentcomm.server.lifecycle.running import RunningServer
-from agentcomm.signals import stop_on_signals
+from agentcomm.signals import Waiting, counted, stop_on_signals
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +33,22 @@ async def serve(settings: Settings) -> int:
     stop_requested = asyncio.Event()
     # Before anyone is told the server is up: a SIGTERM from then on is a graceful stop, and a
     # second one during that stop ends the process at once.
-    with stop_on_signals(stop_requested.set):
+    with stop_on_signals(stop_requested.set, lambda: _waiting(settings, running)):
         return await _serve_until_stopped(settings, running, stop_requested)
+
+
+def _waiting(settings: Settings, running: RunningServer) -> Waiting | None:
+    """What the stop waits for: frontends to be told (1001) and agents' streams to end, within
+    SHUTDOWN_TIMEOUT; agents in other processes finish their replies on their own."""
+    sockets = len(running.hub.state.connections)
+    agents = running.hub.registry.online_count()
+    if not sockets and not agents:
+        return None
+    return Waiting(
+        settings.shutdown_timeout,
+        f"{counted(sockets, 'frontend', 'frontends')} and {counted(agents, 'agent', 'agents')} "
+        "to be told the hub is going away",
+    )
 
 
 async def _serve_until_stopped(
