@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import sys
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from types import MappingProxyType
@@ -255,19 +256,29 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return _run(lambda: run_dev(settings))
     if args.command == "token":
-        from agentcomm.core.auth import Authenticator, AuthError, Role
-
-        try:
-            print(Authenticator(settings.auth_secret).mint(Role(args.role), args.sub, args.ttl))
-        except AuthError as exc:
-            print(f"agentcomm: {exc}", file=sys.stderr)
-            return 2
-        return 0
+        return _token(settings, args.role, args.sub, args.ttl)
     if args.command == "bench":
         from agentcomm.bench.cli import run_bench
 
         return _run(lambda: run_bench(settings, args.scenario, args.duration, args.json))
     raise AssertionError(f"unhandled command {args.command!r}")
+
+
+def _token(settings: Settings, role: str, subject: str, ttl: float) -> int:
+    from agentcomm.core.auth import Authenticator, AuthError, Role, WeakSecret
+
+    if not (ttl > 0 and math.isfinite(ttl)):
+        print(
+            f"agentcomm token: --ttl must be a number of seconds above 0; got {ttl:g}",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        print(Authenticator(settings.auth_secret).mint(Role(role), subject, ttl))
+    except (AuthError, WeakSecret) as exc:
+        print(f"agentcomm token: {exc}", file=sys.stderr)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":

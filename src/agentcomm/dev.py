@@ -13,7 +13,7 @@ from agentcomm.broker.service import ReferenceBroker
 from agentcomm.bus.base import Bus, BusError
 from agentcomm.bus.factory import create_bus
 from agentcomm.config import Settings
-from agentcomm.core.auth import Role
+from agentcomm.core.auth import Role, WeakSecret
 from agentcomm.protocol.ids import new_broker_id
 from agentcomm.sdk.agent import Agent, replies_waiting
 from agentcomm.sdk.demo_agents import build_demo_agent
@@ -111,7 +111,11 @@ def _dialable(host: str) -> str:
 
 
 async def run_dev(settings: Settings) -> int:
-    stack = DevStack(settings)
+    try:
+        stack = DevStack(settings)
+    except WeakSecret as exc:
+        log.error("Cannot start the dev stack: %s", exc)
+        return 2
     try:
         await stack.start()
     except (BusError, OSError) as exc:

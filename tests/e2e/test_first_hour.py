@@ -253,3 +253,39 @@ def test_a_standalone_agent_says_what_its_stop_waits_for_and_then_stops(
     )
     assert "Agent slow-typist gave 1 unfinished messages back after 2.0 s" in output
     assert output.rstrip().endswith("Agent slow-typist stopped")
+
+
+# -- tokens and secrets --------------------------------------------------------------------------
+
+
+def test_token_refuses_a_short_secret_in_one_line() -> None:
+    done = run("token", "--role", "admin", "--sub", "ops", env={"AUTH_SECRET": SHORT_SECRET})
+    assert done.returncode == 2
+    assert done.stdout == ""
+    [line] = said(done)
+    assert line.startswith("agentcomm token: AUTH_SECRET is 3 bytes long; it must have at least 32")
+    assert "Warning" not in done.stderr
+
+
+def test_token_refuses_a_lifetime_that_is_over_before_it_starts() -> None:
+    done = run(
+        "token", "--role", "admin", "--sub", "ops", "--ttl", "-5", env={"AUTH_SECRET": GOOD_SECRET}
+    )
+    assert done.returncode == 2
+    assert said(done) == ["agentcomm token: --ttl must be a number of seconds above 0; got -5"]
+
+
+@pytest.mark.parametrize("command", ["serve", "dev"])
+def test_the_hub_refuses_a_short_secret_before_it_listens(command: str) -> None:
+    http_port = free_port()
+    done = run(
+        command,
+        *listen_flags(http_port, 0),
+        "--message-bus",
+        "memory",
+        env={"AUTH_SECRET": SHORT_SECRET},
+    )
+    assert done.returncode == 2
+    [line] = said(done)
+    assert re.match(LOG_LINE, line), line
+    assert "AUTH_SECRET is 3 bytes long; it must have at least 32" in line

@@ -9,6 +9,7 @@ import logging
 from agentcomm.bus.base import BusError
 from agentcomm.bus.factory import create_bus
 from agentcomm.config import Settings
+from agentcomm.core.auth import WeakSecret
 from agentcomm.server.collector import tune_collector_for_serving
 from agentcomm.server.lifecycle.running import RunningServer
 from agentcomm.signals import Waiting, counted, stop_on_signals
@@ -20,13 +21,15 @@ _LETTING_GO = 2.5
 
 
 async def serve(settings: Settings) -> int:
-    running = RunningServer(settings, create_bus(settings))
     try:
-        await running.start()
-    except BusError as exc:
+        running = RunningServer(settings, create_bus(settings))
+    except WeakSecret as exc:
         log.error("Cannot start: %s", exc)
-        return 1
-    except OSError as exc:
+        return 2
+    try:
+        # The ports first: a taken one stops the start here, before the bus is connected.
+        await running.start()
+    except (BusError, OSError) as exc:
         log.error("Cannot start: %s", exc)
         return 1
     tune_collector_for_serving()
