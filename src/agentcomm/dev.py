@@ -1,7 +1,8 @@
 """`agentcomm dev` (what `make run` starts): the whole stack in one process.
 
 Server, reference broker and the demo agents `echo` and `typist` share one bus — the in-process
-bus by default, RabbitMQ with `--bus rabbitmq`. Ctrl+C stops everything in reverse order.
+bus by default, RabbitMQ with `--message-bus rabbitmq` (or MESSAGE_BUS=rabbitmq). Ctrl+C stops
+everything in reverse order.
 """
 
 from __future__ import annotations

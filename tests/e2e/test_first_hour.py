@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from agentcomm import __version__
 from tests.conftest import free_port
 from tests.e2e.processes import (
     Processes,
@@ -253,6 +254,58 @@ def test_a_standalone_agent_says_what_its_stop_waits_for_and_then_stops(
     )
     assert "Agent slow-typist gave 1 unfinished messages back after 2.0 s" in output
     assert output.rstrip().endswith("Agent slow-typist stopped")
+
+
+# -- the command line -----------------------------------------------------------------------------
+
+
+def test_agentcomm_alone_shows_the_commands() -> None:
+    done = run()
+    assert done.returncode == 0
+    assert done.stdout.startswith("usage: agentcomm")
+    for command in ("serve", "broker", "agent", "dev", "token", "bench"):
+        assert re.search(rf"^\s+{command}\s+\S", done.stdout, re.MULTILINE), command
+    assert done.stderr == ""
+
+
+def test_agentcomm_says_its_version() -> None:
+    done = run("--version")
+    assert (done.returncode, done.stdout.strip()) == (0, f"agentcomm {__version__}")
+
+
+def test_help_shows_defaults_and_choices_of_the_command_itself() -> None:
+    dev_help = run("dev", "--help").stdout
+    assert "--message-bus {rabbitmq,memory}" in dev_help
+    assert "which message bus carries chat traffic (default: memory)" in " ".join(dev_help.split())
+    assert "--bus " not in dev_help
+    serve_help = " ".join(run("serve", "--help").stdout.split())
+    assert "which message bus carries chat traffic (default: rabbitmq)" in serve_help
+    assert "--log-level {DEBUG,INFO,WARNING,ERROR,CRITICAL}" in serve_help
+    token_help = run("token", "--help").stdout
+    assert "--rabbitmq" not in token_help
+    assert "--grpc-tls" not in token_help
+    assert "what the token may do" in token_help
+    bench_help = run("bench", "--help").stdout
+    assert "{roundtrip,peer,roundtrip-memory,fanout,idle,presence,all}" in bench_help
+
+
+def test_dev_takes_one_spelling_of_its_bus() -> None:
+    done = run("dev", "--bus", "memory")
+    assert done.returncode == 2
+    assert "unrecognized arguments: --bus memory" in done.stderr
+
+
+def test_log_levels_are_taken_in_any_case() -> None:
+    done = run(
+        "token",
+        "--role",
+        "admin",
+        "--sub",
+        "ops",
+        env={"AUTH_SECRET": GOOD_SECRET, "LOG_LEVEL": "debug"},
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count(".") == 2  # a JWT, nothing else
 
 
 # -- tokens and secrets --------------------------------------------------------------------------
