@@ -256,6 +256,20 @@ def test_a_standalone_agent_says_what_its_stop_waits_for_and_then_stops(
     assert output.rstrip().endswith("Agent slow-typist stopped")
 
 
+async def test_a_hub_stopping_says_whom_it_lets_go(processes: Processes) -> None:
+    server = start_server(processes, "hub", "serve", "--message-bus", "memory")
+    async with await Frontend.registered(server.ws_url):
+        offset = len(server.process.output())
+        server.process.send_signal(signal.SIGINT)
+        await asyncio.to_thread(server.process.wait_for_output, "SIGINT received", after=offset)
+    assert server.process.popen is not None
+    assert await asyncio.to_thread(server.process.popen.wait, 20) == 0
+    assert (
+        "SIGINT received: stopping, waiting up to 10 s for 1 frontend to be told the hub is "
+        "going away — Ctrl+C again to stop now" in server.process.output()
+    )
+
+
 # -- the command line -----------------------------------------------------------------------------
 
 

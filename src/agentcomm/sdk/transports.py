@@ -298,7 +298,8 @@ class BusWork:
 
 
 def bus_transport(bus: Bus) -> TransportName:
-    """ "memory" for an in-process bus (the hub's own, shared in its process), else "amqp"."""
+    """The transport of an agent consuming `bus`: memory for an in-process bus (the hub's own,
+    shared in its process), else amqp."""
     return "memory" if isinstance(bus, InMemoryBus) else "amqp"
 
 

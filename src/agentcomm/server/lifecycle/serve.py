@@ -45,12 +45,15 @@ def _waiting(settings: Settings, running: RunningServer) -> Waiting | None:
     SHUTDOWN_TIMEOUT; agents in other processes finish their replies on their own."""
     sockets = len(running.hub.state.connections)
     agents = running.hub.registry.online_count()
-    if not sockets and not agents:
+    told = [
+        counted(count, one, many)
+        for count, one, many in ((sockets, "frontend", "frontends"), (agents, "agent", "agents"))
+        if count
+    ]
+    if not told:
         return None
     return Waiting(
-        settings.shutdown_timeout,
-        f"{counted(sockets, 'frontend', 'frontends')} and {counted(agents, 'agent', 'agents')} "
-        "to be told the hub is going away",
+        settings.shutdown_timeout, f"{' and '.join(told)} to be told the hub is going away"
     )
 
 
