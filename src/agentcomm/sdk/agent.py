@@ -26,7 +26,7 @@ from agentcomm.sdk.commands import (
     normalize_command_name,
 )
 from agentcomm.sdk.dispatcher import Dispatcher
-from agentcomm.sdk.errors import AgentError, RegistrationRefused
+from agentcomm.sdk.errors import AgentError
 from agentcomm.sdk.hub_client import GrpcHubClient, HubClient, RegistrationRequest
 from agentcomm.sdk.message import AgentStatus, CommandHandler, MessageHandler
 from agentcomm.sdk.runtime import AgentRuntime
@@ -305,17 +305,17 @@ class Agent:
         """Blocking: serve() in a new event loop until SIGINT/SIGTERM or a shutdown command.
 
         An agent the server refuses (its id is taken, its transport cannot reach the hub's
-        bus) ends the program with the server's sentence and exit status 1, not a traceback.
+        bus), or that finds its queue missing on its bus, ends the program with one sentence
+        saying why and exit status 1, not a traceback.
         """
         try:
             asyncio.run(self.serve())
         except KeyboardInterrupt:
             pass
-        except RegistrationRefused as exc:
-            log.error("The hub refused agent %s: %s", self.name, exc)
-            raise SystemExit(1) from None
         except AgentError as exc:
-            log.error("Agent %s stopped: %s", self.name, exc)
+            # Once registered, the agent has said itself why it stopped.
+            if self.id is None:
+                log.error("The hub refused agent %s: %s", self.name, exc)
             raise SystemExit(1) from None
 
     async def __aenter__(self) -> Agent:

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from agentcomm.bus import Bus
 from agentcomm.config import Settings
 from agentcomm.sdk.agent import Agent
-from agentcomm.sdk.errors import AgentError, RegistrationRefused
+from agentcomm.sdk.errors import AgentError
 from agentcomm.sdk.message import Message
 
 log = logging.getLogger(__name__)
@@ -115,10 +115,9 @@ async def run_demo_agent(
     try:
         # In-process the host owns the signals; a standalone agent stops itself on them.
         await agent.serve(handle_signals=bus is None)
-    except RegistrationRefused as exc:
-        log.error("The hub refused the %s agent: %s", kind, exc)
-        return 1
     except AgentError as exc:
-        log.error("The %s agent stopped: %s", kind, exc)
+        # Once registered, the agent has said itself why it stopped.
+        if agent.id is None:
+            log.error("The hub refused the %s agent: %s", kind, exc)
         return 1
     return 0

@@ -89,12 +89,20 @@ class AgentRuntime:
         self.status_changed = asyncio.Event()
         self.reregister = asyncio.Event()
         self.main = asyncio.create_task(self._main(), name=f"agent-{name}")
-        self.main.add_done_callback(self._log_failure)
+        self.main.add_done_callback(self._log_end)
 
-    def _log_failure(self, task: asyncio.Task[None]) -> None:
+    def _log_end(self, task: asyncio.Task[None]) -> None:
         # Before the first registration, start() raises the error to its caller instead.
-        if self.agent_id is not None and not task.cancelled() and task.exception() is not None:
-            log.error("Agent %s stopped on an error", self.name, exc_info=task.exception())
+        if self.agent_id is None:
+            return
+        failure = None if task.cancelled() else task.exception()
+        if failure is None:
+            log.info("Agent %s stopped", self.name)
+        elif isinstance(failure, AgentError):
+            # Says what to change in a sentence of its own; a traceback would only bury it.
+            log.error("Agent %s stopped: %s", self.name, failure)
+        else:
+            log.error("Agent %s stopped on an error", self.name, exc_info=failure)
 
     async def _main(self) -> None:
         control = asyncio.create_task(self._control_loop(), name=f"agent-{self.name}-control")
@@ -292,5 +300,3 @@ class AgentRuntime:
         await self.work.close()
         if self.owns_hub:
             await self.hub.close()
-        if self.agent_id is not None:
-            log.info("Agent %s stopped", self.name)

@@ -33,7 +33,13 @@ from agentcomm.protocol import (
 )
 from agentcomm.protocol.queues import BROKER_INPUT_QUEUE, agent_queue
 from agentcomm.sdk import envelopes
-from agentcomm.sdk.errors import AgentError, HandlingAborted, HubUnavailable, PublishFailed
+from agentcomm.sdk.errors import (
+    AgentError,
+    HandlingAborted,
+    HubUnavailable,
+    PublishFailed,
+    WrongBus,
+)
 from agentcomm.sdk.hub_client import HubClient, IncomingMessage
 
 log = logging.getLogger(__name__)
@@ -52,6 +58,7 @@ class WorkTransport(Protocol):
 
     async def receive(self, agent_id: str, handle: Handle) -> None:
         """Feeds messages to `handle` until the link breaks (raises) or the call is cancelled.
+        Raises WrongBus when the agent's queue is not where it reads.
 
         On cancellation it stops taking new messages and waits for those in hand; they finish
         (or are aborted through the dispatcher) and are acked or given back before it returns.
@@ -270,10 +277,12 @@ class BusWork:
                 on_dead_letter=gave_up,
             )
         except Unroutable as exc:
-            # The server declares the queue when the agent registers: on the hub's bus it exists.
-            raise HubUnavailable(
-                f"Cannot consume {agent_queue(agent_id)}: {exc} This bus is not the hub's: point "
-                "RABBITMQ_HOST and RABBITMQ_VHOST at the hub's RabbitMQ, or use --transport grpc."
+            # The server declares the queue when the agent registers, so on the hub's bus it
+            # exists: this agent would be listed online and never see a message.
+            raise WrongBus(
+                f"There is no {agent_queue(agent_id)} on the agent's bus, so it is not the "
+                "hub's: point RABBITMQ_HOST and RABBITMQ_VHOST at the hub's RabbitMQ, or use "
+                "--transport grpc."
             ) from exc
         except BusError as exc:
             raise HubUnavailable(f"Cannot consume {agent_queue(agent_id)}: {exc}") from exc
