@@ -16,7 +16,7 @@ from __future__ import annotations
 from enum import Enum
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -205,6 +205,12 @@ class Settings(BaseSettings):
     log_format: Annotated[Literal["text", "json"], SettingsGroup.LOGGING] = Field(
         "text", description="log line format"
     )
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _log_level_in_any_case(cls, value: object) -> object:
+        # LOG_LEVEL=debug means what DEBUG does; refusing it only teaches a spelling.
+        return value.strip().upper() if isinstance(value, str) else value
 
     @property
     def rabbitmq_url(self) -> str:

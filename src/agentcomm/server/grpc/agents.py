@@ -19,6 +19,7 @@ from agentcomm.protocol.errors import ProtocolError
 from agentcomm.protocol.ids import new_agent_id
 from agentcomm.protocol.models import MAX_NAME_CHARS
 from agentcomm.protocol.rules import reserved_agent_id_refusal
+from agentcomm.protocol.transports import is_known_transport, transport_refusal
 from agentcomm.server.grpc.context import (
     Context,
     abort_for,
@@ -68,6 +69,7 @@ class AgentRegistrationServicer(pb_grpc.AgentRegistrationServiceServicer):
                 f"agent_name may have at most {MAX_NAME_CHARS} characters.",
             )
         capabilities = await require_map(context, dict(request.capabilities), "capabilities")
+        await self._require_reachable_transport(request.transport, context)
         try:
             await self._parts.declare_agent_queue(agent_id)
         except BusError as exc:
@@ -90,7 +92,20 @@ class AgentRegistrationServicer(pb_grpc.AgentRegistrationServiceServicer):
             server_assigned_id=record.agent_id,
             heartbeat_interval=self._parts.settings.heartbeat_interval,
             server_id=self._parts.server_id,
+            message_bus=self._parts.settings.message_bus,
         )
+
+    async def _require_reachable_transport(self, transport: str, context: Context) -> None:
+        """Refuses an agent whose work would wait where it does not read: listed online, it
+        would look healthy and answer nothing."""
+        if not is_known_transport(transport):
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"Unknown transport {transport[:32]!r}; use grpc, amqp or memory.",
+            )
+        refusal = transport_refusal(transport, self._parts.settings.message_bus)
+        if refusal is not None:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, refusal)
 
     async def UnregisterAgent(
         self, request: pb.AgentUnregistrationRequest, context: Context

@@ -3,7 +3,8 @@
 The hub owns the parts (registries, sessions, routing, inboxes, metrics) and lends each adapter
 only those it uses (`frontend_parts`, `grpc_parts`, `http_parts`); no adapter sees the hub.
 
-Start order: bus → queues → consumers → gRPC → periodic tasks → advertisement. Stop runs the
+Start order: the gRPC port (taken first, so that a taken port stops the start before anything
+runs) → bus → queues → consumers → gRPC serving → periodic tasks → advertisement. Stop runs the
 same steps in reverse, each bounded, so nothing is acked that was not handled.
 """
 
@@ -41,7 +42,7 @@ from agentcomm.server.bus_input import Advertiser, BusInput
 from agentcomm.server.collector import CollectorTuning
 from agentcomm.server.grpc.inboxes import AgentInboxes
 from agentcomm.server.grpc.parts import GrpcParts
-from agentcomm.server.grpc.server import start_grpc_server
+from agentcomm.server.grpc.server import GrpcListener
 from agentcomm.server.http.parts import HttpParts
 from agentcomm.server.lifecycle.tasks import OwnedTasks
 from agentcomm.server.metrics import HubMetrics
@@ -115,6 +116,7 @@ class Hub:
         # Set by whoever serves HTTP (the runner), for the advertisement.
         self.http_port: int = settings.port
         self.grpc_server: grpc.aio.Server | None = None
+        self._grpc: GrpcListener | None = None
         self._bus_input = BusInput(self.router, self.registry, self.brokers)
         self._advertiser = Advertiser(
             bus,
@@ -168,7 +170,15 @@ class Hub:
 
     # -- lifecycle ---------------------------------------------------------------------------
 
+    def take_grpc_port(self) -> None:
+        """Binds the gRPC port (once), before anything else starts; raises CannotListen."""
+        if self._grpc is None:
+            self._grpc = GrpcListener(self.grpc_parts())
+            self.grpc_server, self.grpc_port = self._grpc.server, self._grpc.port
+
     async def start(self) -> None:
+        self.take_grpc_port()
+        assert self._grpc is not None
         if not self.auth.enabled:
             log.warning(
                 "AUTH_SECRET is not set: the hub is OPEN — anyone who can reach its ports may "
@@ -198,7 +208,7 @@ class Hub:
             self._subscriptions.append(
                 await self.bus.consume(queue, handler, prefetch=prefetch, concurrency=parallel)
             )
-        self.grpc_server, self.grpc_port = await start_grpc_server(self.grpc_parts())
+        await self._grpc.start()
         self._tasks.every(self._sweep_interval(), self._sweep, "presence-sweep")
         self._tasks.every(
             self.settings.periodic_status_interval,
@@ -226,6 +236,10 @@ class Hub:
     async def stop(self) -> None:
         """Reverse of start, each step bounded by the shutdown timeout."""
         if not self._started:
+            if self._grpc is not None:
+                # Its port was taken, and perhaps nothing else: it is let go all the same.
+                await self._grpc.server.stop(None)
+                self._grpc = None
             with contextlib.suppress(BusError):
                 await self.bus.close()
             return
@@ -237,6 +251,7 @@ class Hub:
         if self.grpc_server is not None:
             # Streams end with the grace period; unary calls in progress may finish.
             await self.grpc_server.stop(grace=min(2.0, budget / 3))
+        self._grpc = None
         await self.inboxes.close_all()
         self.commands.cancel_all()
         try:
