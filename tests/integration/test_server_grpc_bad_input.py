@@ -141,6 +141,14 @@ LONG = "x" * 129
 MANY = {f"k{i}": "v" for i in range(65)}
 
 
+def nested(depth: int) -> dict[str, Any]:
+    """Metadata `depth` levels deep, in few bytes: an object around nested lists."""
+    value: list[Any] = [1]
+    for _ in range(depth - 2):
+        value = [value]
+    return {"a": value}
+
+
 def register(agent_id: str, **fields: Any) -> Case:
     def call(scene: Scene) -> Any:
         return scene.healthy.stub.RegisterAgent(
@@ -324,6 +332,12 @@ CASES: list[tuple[str, Case, grpc.StatusCode]] = [
         Code.INVALID_ARGUMENT,
     ),
     ("send-negative-seq", send_message("healthy", reply(seq=-1)), Code.INVALID_ARGUMENT),
+    # Too deep for the encoders of later hops: refused here, never UNKNOWN naming a class.
+    (
+        "send-metadata-too-deep",
+        send_message("healthy", reply(metadata=nested(300))),
+        Code.INVALID_ARGUMENT,
+    ),
     (
         "send-oversize",
         send_message("healthy", reply(text_payload="x" * (MAX_BYTES + 1))),

@@ -162,6 +162,13 @@ class ServerRouter:
             if is_text:
                 self._answers.refused(frontend_id, outgoing.message_id)
             return
+        except Exception:
+            # Failed before it reached the bus: a re-send with the same id is handled anew
+            # rather than echoed `pending` for a message that is nowhere.
+            self._echoes.echoed(outgoing.message_id, waiters)
+            if is_text:
+                self._answers.forget_accepted(frontend_id, outgoing.message_id)
+            raise
         except BaseException:
             # Cancelled while publishing: whoever waits for the echo goes on.
             self._echoes.echoed(outgoing.message_id, waiters)

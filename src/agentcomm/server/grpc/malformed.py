@@ -5,14 +5,21 @@ UNKNOWN "Unexpected DecodeError". This interceptor parses requests itself and le
 that does not parse reach no servicer: the call ends with INVALID_ARGUMENT saying why. On a
 stream of requests, reading one that does not parse raises MalformedRequest in the servicer;
 the call then ends the same way once the servicer lets it propagate.
+
+A servicer that fails on something unforeseen would end its call with UNKNOWN and a detail
+naming the exception's class (the library's wording): such a call ends with INTERNAL and a
+sentence instead, and the failure is logged here with its traceback.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
+
+log = logging.getLogger(__name__)
 
 Deserializer = Callable[[bytes], Any]
 
@@ -46,11 +53,23 @@ async def _refuse(request: _Malformed, context: grpc.aio.ServicerContext[Any, An
     )
 
 
+async def _failed(context: grpc.aio.ServicerContext[Any, Any]) -> None:
+    log.exception("A gRPC call failed")
+    await context.abort(
+        grpc.StatusCode.INTERNAL, "The server failed on this call; the failure was logged."
+    )
+
+
 def _unary(behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
     async def checked(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         if isinstance(request, _Malformed):
             await _refuse(request, context)
-        return await behavior(request, context)
+        try:
+            return await behavior(request, context)
+        except grpc.aio.BaseError:
+            raise  # an abort: the call ends with the status it names
+        except Exception:
+            await _failed(context)
 
     return checked
 
@@ -61,8 +80,13 @@ def _streaming(behavior: Callable[..., Any]) -> Callable[..., AsyncIterator[Any]
     async def checked(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         if isinstance(request, _Malformed):
             await _refuse(request, context)
-        async for response in behavior(request, context):
-            yield response
+        try:
+            async for response in behavior(request, context):
+                yield response
+        except grpc.aio.BaseError:
+            raise
+        except Exception:
+            await _failed(context)
 
     return checked
 
@@ -81,6 +105,10 @@ def _bidirectional(behavior: Callable[..., Any]) -> Callable[..., AsyncIterator[
                 yield response
         except MalformedRequest as exc:
             await _refuse(_Malformed(exc.reason), context)
+        except grpc.aio.BaseError:
+            raise
+        except Exception:
+            await _failed(context)
 
     return checked
 

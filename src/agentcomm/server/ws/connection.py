@@ -267,9 +267,18 @@ class FrontendConnection:
                 self._parts.metrics.errors.labels(exc.code.value).inc()
                 self._link.send_frame(refusal_frame(exc, receiver_id=frontend_id))
             except Exception:
-                log.exception("Frontend connection failed")
-                self._link.close(CLOSE_INTERNAL)
-                return
+                # A failure of ours on one frame: it is answered like any refused frame, and
+                # the socket, with everything else it has under way, stays open.
+                log.exception("Handling a frame of frontend %s failed", frontend_id)
+                self._parts.metrics.errors.labels(ErrorCode.INTERNAL.value).inc()
+                self._link.send_frame(
+                    error_frame(
+                        ErrorCode.INTERNAL,
+                        "The server failed on this frame; the failure was logged.",
+                        message_id_of(raw),
+                        receiver_id=frontend_id,
+                    )
+                )
 
     async def _handle(self, frontend_id: str, raw: str, received_at: float) -> None:
         data = parse_json_object(raw)
