@@ -144,6 +144,18 @@ class Settings(BaseSettings):
     outbound_queue_frames: Annotated[int, SettingsGroup.LIMITS] = Field(
         1024, ge=16, description="frames queued for a slow frontend before it is closed (4008)"
     )
+    outbound_queue_bytes: Annotated[int, SettingsGroup.LIMITS] = Field(
+        1024 * 1024,
+        ge=64 * 1024,
+        description="bytes queued for a slow frontend before it is closed (4008); half of it "
+        "bounds what waits for a disconnected frontend's resume",
+    )
+    outbound_total_bytes: Annotated[int, SettingsGroup.LIMITS] = Field(
+        256 * 1024 * 1024,
+        ge=1024 * 1024,
+        description="bytes queued for all frontends together; past it the sockets holding the "
+        "most are closed (4008)",
+    )
 
     max_message_bytes: Annotated[int, SettingsGroup.AGENT_LINK] = Field(
         65536, ge=1024, le=16 * 1024 * 1024, description="largest frame accepted"

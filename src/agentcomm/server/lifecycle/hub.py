@@ -76,7 +76,11 @@ class Hub:
         )
         self.brokers = BrokerRegistry(self.clock)
         self.sessions = FrontendSessions(
-            self.clock, resume_window=settings.resume_window, server_tag=self.server_tag
+            self.clock,
+            resume_window=settings.resume_window,
+            server_tag=self.server_tag,
+            # Half: a resumed frontend gets its backlog and what comes meanwhile in one queue.
+            backlog_bytes=settings.outbound_queue_bytes // 2,
         )
         self.answers = AnswerLedger(self.clock, delivery_timeout=settings.delivery_timeout)
         decisions = ServerRouter(
@@ -102,7 +106,7 @@ class Hub:
         self.presence = PresenceFeed(self.registry, self.sessions)
         self.registry.subscribe(self._follow_presence_for_answers)
         # Writes what every socket has queued, once per turn of the event loop.
-        self.output = OutputScheduler()
+        self.output = OutputScheduler(total_bytes=settings.outbound_total_bytes)
         self._collector = CollectorTuning()
         self.grpc_port: int | None = None
         # Set by whoever serves HTTP (the runner), for the advertisement.

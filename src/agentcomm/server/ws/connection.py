@@ -86,7 +86,12 @@ class FrontendConnection:
             log.error("The frontend socket needs agentcomm's uvicorn WebSocket protocol")
             await websocket.close(CLOSE_INTERNAL)
             return
-        link = SocketLink(output, parts.output, parts.settings.outbound_queue_frames)
+        link = SocketLink(
+            output,
+            parts.output,
+            parts.settings.outbound_queue_frames,
+            parts.settings.outbound_queue_bytes,
+        )
         self._link = link
         self._input = output
         parts.state.connections.add(link)
