@@ -134,6 +134,14 @@ class Settings(BaseSettings):
     command_timeout: Annotated[float, SettingsGroup.SERVER] = Field(
         30.0, gt=0, description="default wait for a command result"
     )
+    offline_agent_retention: Annotated[float, SettingsGroup.SERVER] = Field(
+        3600.0, gt=0, description="seconds an offline agent stays listed before it is forgotten"
+    )
+    offline_agents_kept: Annotated[int, SettingsGroup.SERVER] = Field(
+        1000,
+        ge=0,
+        description="offline agents listed at most; beyond it the longest offline are forgotten",
+    )
 
     rate_limit_per_second: Annotated[float, SettingsGroup.LIMITS] = Field(
         20.0, gt=0, description="frames per second a frontend may send, sustained"

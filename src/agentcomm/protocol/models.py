@@ -108,6 +108,8 @@ class AgentStatusUpdate(WireModel):
     agents: list[AgentInfo]
     is_full_update: bool
     send_timestamp: str | None = None
+    # On every page of a full list but the last: more agents follow in the next updates.
+    more_pages: bool | None = None
 
 
 class ServerAdvertisement(WireModel):

@@ -73,6 +73,8 @@ class Hub:
             agent_timeout=settings.agent_timeout,
             stream_grace=settings.stream_grace,
             timers=LoopTimers(),
+            offline_retention=settings.offline_agent_retention,
+            max_offline=settings.offline_agents_kept,
         )
         self.brokers = BrokerRegistry(self.clock)
         self.sessions = FrontendSessions(
@@ -103,7 +105,7 @@ class Hub:
                 message.message_type.value, message.routing_status or "none"
             )
         )
-        self.presence = PresenceFeed(self.registry, self.sessions)
+        self.presence = PresenceFeed(self.registry, self.sessions, self.clock)
         self.registry.subscribe(self._follow_presence_for_answers)
         # Writes what every socket has queued, once per turn of the event loop.
         self.output = OutputScheduler(total_bytes=settings.outbound_total_bytes)

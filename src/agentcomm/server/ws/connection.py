@@ -295,7 +295,7 @@ class FrontendConnection:
             )
         elif kind is FrontendFrame.STATUS_REQUEST:
             validate_model(Envelope, data)  # a bad message_id is refused like on any frame
-            self._link.send_frame(self._parts.presence.full_frame())
+            self._link.send_frames(self._parts.presence.listing())
         else:
             raise ProtocolError(
                 ErrorCode.ALREADY_REGISTERED, "This socket is already registered.", reply_id(data)

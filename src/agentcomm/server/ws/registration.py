@@ -95,7 +95,7 @@ async def register_frontend(
             send_timestamp=utc_now_iso(),
         )
         link.send_frame(encode_for_client(response))
-        link.send_frame(parts.presence.full_frame())
+        link.send_frames(parts.presence.listing())
         if resumed:
             parts.sessions.flush_backlog(session)
         log.info(
