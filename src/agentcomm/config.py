@@ -26,7 +26,7 @@ class SettingsGroup(Enum):
     HUB = ("hub", "the gRPC address: the server listens on it, brokers and agents dial it")
     BUS = ("bus", "which message bus carries chat traffic, and how to reach RabbitMQ")
     SERVER = ("server", "the server's HTTP/WebSocket listener, its sessions and its deadlines")
-    LIMITS = ("limits", "what one frontend may cost the server")
+    LIMITS = ("limits", "what one frontend or agent may cost the server")
     AGENT_LINK = (
         "agent_link",
         "what the server and its agents both apply: the largest message, the heartbeat pace",
@@ -163,6 +163,27 @@ class Settings(BaseSettings):
         ge=1024 * 1024,
         description="bytes queued for all frontends together; past it the sockets holding the "
         "most are closed (4008)",
+    )
+    stream_reorder_bytes: Annotated[int, SettingsGroup.LIMITS] = Field(
+        1024 * 1024,
+        ge=64 * 1024,
+        description="bytes of one streamed reply held for a missing chunk; past it the reply "
+        "is given up (ERROR stream_incomplete)",
+    )
+    stream_reorder_agent_bytes: Annotated[int, SettingsGroup.LIMITS] = Field(
+        8 * 1024 * 1024,
+        ge=64 * 1024,
+        description="bytes of one agent's streamed replies held for missing chunks, in all",
+    )
+    stream_reorder_total_bytes: Annotated[int, SettingsGroup.LIMITS] = Field(
+        64 * 1024 * 1024,
+        ge=64 * 1024,
+        description="bytes of all streamed replies held for missing chunks, in all",
+    )
+    stream_reorder_timeout: Annotated[float, SettingsGroup.LIMITS] = Field(
+        30.0,
+        gt=0,
+        description="seconds chunks wait for a missing one before the reply is given up",
     )
 
     max_message_bytes: Annotated[int, SettingsGroup.AGENT_LINK] = Field(

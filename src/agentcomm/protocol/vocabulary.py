@@ -78,6 +78,10 @@ class ErrorCode(StrEnum):
     HOP_LIMIT = "hop_limit"
     CANCELLED = "cancelled"
     INTERNAL = "internal"
+    # Additions.
+    UNKNOWN_MESSAGE = "unknown_message"  # a CANCEL of a TEXT this server does not know
+    DUPLICATE_MESSAGE_ID = "duplicate_message_id"  # a TEXT re-using an answered id
+    STREAM_INCOMPLETE = "stream_incomplete"  # a streamed reply that could not be put in order
 
 
 class AgentState(StrEnum):

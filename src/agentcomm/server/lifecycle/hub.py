@@ -90,7 +90,13 @@ class Hub:
             registry=self.registry,
             sessions=self.sessions,
             answers=self.answers,
-            streams=ReplyStreams(self.clock),
+            streams=ReplyStreams(
+                self.clock,
+                timeout=settings.stream_reorder_timeout,
+                stream_bytes=settings.stream_reorder_bytes,
+                agent_bytes=settings.stream_reorder_agent_bytes,
+                total_bytes=settings.stream_reorder_total_bytes,
+            ),
             clock=self.clock,
             # Agents of a server before this one reconnect within their heartbeat and backoff.
             expect_agents_for=settings.agent_timeout,
