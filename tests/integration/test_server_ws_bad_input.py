@@ -227,6 +227,12 @@ BAD_FRAMES: list[tuple[str, str | bytes | dict[str, Any], str, str | None]] = [
         "b14",
     ),
     (
+        "cancel-of-an-unknown-message",
+        {"message_type": "CANCEL", "in_reply_to_message_id": "never-sent", "message_id": "b22"},
+        "unknown_message",
+        "b22",
+    ),
+    (
         "register-again",
         {"message_type": "REGISTER_FRONTEND", "frontend_name": "again", "message_id": "b15"},
         "already_registered",
