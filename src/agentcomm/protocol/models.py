@@ -102,6 +102,21 @@ class RegisterFrontendResponse(WireModel):
     send_timestamp: str | None = None
 
 
+class RefreshToken(WireModel):
+    message_type: MessageType
+    message_id: str | None = Field(default=None, pattern=ID_PATTERN)
+    token: str = Field(min_length=1, max_length=8192)
+
+
+class RefreshTokenResponse(WireModel):
+    message_type: MessageType = MessageType.REFRESH_TOKEN_RESPONSE
+    message_id: str = Field(default_factory=new_message_id)
+    in_reply_to_message_id: str | None = None
+    status: str = "success"
+    # When the session ends now, unless refreshed again (ISO 8601 UTC; absent: never).
+    expires_at: str | None = None
+
+
 class AgentStatusUpdate(WireModel):
     message_type: MessageType = MessageType.AGENT_STATUS_UPDATE
     message_id: str = Field(default_factory=new_message_id)

@@ -18,6 +18,9 @@ class MessageType(StrEnum):
     REGISTER_FRONTEND_RESPONSE = "REGISTER_FRONTEND_RESPONSE"
     REQUEST_AGENT_STATUS = "REQUEST_AGENT_STATUS"
     AGENT_STATUS_UPDATE = "AGENT_STATUS_UPDATE"
+    # A registered frontend's fresh token, before the one it registered with expires.
+    REFRESH_TOKEN = "REFRESH_TOKEN"
+    REFRESH_TOKEN_RESPONSE = "REFRESH_TOKEN_RESPONSE"
     # Out-of-band notices on the bus.
     SERVER_AVAILABLE = "SERVER_AVAILABLE"
     SERVER_UNAVAILABLE = "SERVER_UNAVAILABLE"
@@ -43,6 +46,7 @@ FRONTEND_SENDABLE = frozenset(
         MessageType.REQUEST_AGENT_STATUS,
         MessageType.CANCEL,
         MessageType.REGISTER_FRONTEND,
+        MessageType.REFRESH_TOKEN,
     }
 )
 

@@ -18,6 +18,7 @@ from agentcomm.generated import broker_registration_service_pb2_grpc as broker_g
 from agentcomm.grpc_channel import REQUEST_BYTES_ACCEPTED
 from agentcomm.server.grpc.agents import AgentRegistrationServicer
 from agentcomm.server.grpc.brokers import BrokerRegistrationServicer
+from agentcomm.server.grpc.expiry import EndStreamsAtTokenExpiry
 from agentcomm.server.grpc.malformed import RejectMalformedRequests
 from agentcomm.server.grpc.parts import GrpcParts
 from agentcomm.server.grpc.status import AgentStatusServicer
@@ -53,7 +54,7 @@ async def start_grpc_server(parts: GrpcParts) -> tuple[grpc.aio.Server, int]:
     # item on the stream. It still bounds what one request makes the server hold.
     request_limit = 4 * parts.settings.max_message_bytes + REQUEST_BYTES_ACCEPTED
     server = grpc.aio.server(
-        interceptors=[RejectMalformedRequests()],
+        interceptors=[RejectMalformedRequests(), EndStreamsAtTokenExpiry(parts.auth)],
         options=[
             ("grpc.max_receive_message_length", request_limit),
             # No cap on what the server sends: the full agent list grows with the number of
