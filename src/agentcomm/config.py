@@ -134,6 +134,19 @@ class Settings(BaseSettings):
     command_timeout: Annotated[float, SettingsGroup.SERVER] = Field(
         30.0, gt=0, description="default wait for a command result"
     )
+    http_body_bytes: Annotated[int, SettingsGroup.SERVER] = Field(
+        1024 * 1024,
+        ge=64 * 1024,
+        description="largest HTTP request body accepted (413 past it, before it is read whole)",
+    )
+    http_request_timeout: Annotated[float, SettingsGroup.SERVER] = Field(
+        10.0,
+        gt=0,
+        description="seconds an HTTP request's headers, and then its body, may take to arrive",
+    )
+    metrics_public: Annotated[bool, SettingsGroup.SERVER] = Field(
+        False, description="serve /metrics without a token when AUTH_SECRET is set"
+    )
     offline_agent_retention: Annotated[float, SettingsGroup.SERVER] = Field(
         3600.0, gt=0, description="seconds an offline agent stays listed before it is forgotten"
     )
