@@ -126,6 +126,11 @@ class FrontendConnection:
                 log.info("Dropped a frontend connection that would not take its close frame")
             except (RuntimeError, OSError, WebSocketDisconnect):
                 pass  # the socket went away first
+            if code == CLOSE_RATE_LIMITED:
+                # A flood: nothing more of it is read, not even the close handshake's answer
+                # (uvicorn would read, and parse, all it sends until its close timer ends
+                # the connection, at the cost of everyone else's turn of the loop).
+                self._input.pause_input()
             link.mark_closed()
 
     async def _converse_until_closed(self, link: SocketLink) -> None:
@@ -168,7 +173,8 @@ class FrontendConnection:
             self._link.close(CLOSE_INTERNAL)
 
     async def _receive(self, within: float | None = None) -> str | None:
-        """The next text frame; None when the socket closed. Binary frames are refused."""
+        """The next text frame; None when the server is closing the socket. Binary frames are
+        refused."""
         # One deadline for the whole wait: refused binary frames must not extend it.
         deadline = None if within is None else asyncio.get_running_loop().time() + within
         while True:
@@ -184,6 +190,8 @@ class FrontendConnection:
             if text is not None:
                 return str(text)
             self._refuse_binary()
+            if self._link.close_code is not None:
+                return None  # a flood: what else it sent is not read
 
     async def _read_frames(self) -> None:
         assert self._session is not None

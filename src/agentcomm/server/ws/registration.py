@@ -32,7 +32,8 @@ from agentcomm.server.ws.parts import FrontendParts
 
 log = logging.getLogger(__name__)
 
-# The next text frame within that many seconds (None: no limit); None when the socket closed.
+# The next text frame within that many seconds (None: no limit); None when the server is closing
+# the socket.
 Receive = Callable[[float | None], Awaitable[str | None]]
 
 
@@ -62,7 +63,7 @@ async def register_frontend(
             link.close(CLOSE_POLICY)
             return None
         if raw is None:
-            continue
+            return None  # closing (a flood of binary frames)
         try:
             data = parse_json_object(raw)
             message_type = message_type_of(data)
