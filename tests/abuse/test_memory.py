@@ -89,6 +89,24 @@ async def ended_by_the_server(sock: RawSocket) -> int | None:
     return code
 
 
+async def write_to(frontend: Frontend, agent_id: str) -> str:
+    """Sends a TEXT to an agent that has just registered until one is delivered (the broker
+    learns of the agent a moment after the hub); returns that TEXT's id."""
+    for attempt in range(20):
+        message_id = f"to-{agent_id}-{attempt}"
+        await frontend.send_text("hello", receiver_id=agent_id, message_id=message_id)
+        echo = await frontend.next(
+            lambda f, m=message_id: (
+                f.get("message_id") == m and f.get("routing_status") in ("delivered", "error")
+            ),
+            timeout=WAIT,
+        )
+        if echo["routing_status"] == "delivered":
+            return message_id
+        await asyncio.sleep(0.1)  # the broker's agent list is not observable from here
+    raise AssertionError(f"no TEXT reached {agent_id}")
+
+
 async def test_frontends_that_stop_reading_are_cut_off_by_bytes(
     bus: str, tmp_path: Path, records: Records
 ) -> None:
@@ -172,10 +190,7 @@ async def test_chunks_that_never_fill_their_gap_are_not_held(
                 metadata=metadata,
                 timeout=WAIT,
             )
-            await victim.send_text("hello", receiver_id="evil", message_id="to-evil")
-            await victim.next(
-                of_type("TEXT", message_id="to-evil", routing_status="delivered"), timeout=WAIT
-            )
+            asked = await write_to(victim, "evil")
             async with under_attack(
                 target, records, "4 chunks behind a gap, 60 KB", bound_mb=120
             ) as notes:
@@ -186,7 +201,7 @@ async def test_chunks_that_never_fill_their_gap_are_not_held(
                     envelope = (
                         '{"message_type": "REPLY_CHUNK", "message_id": "r-evil", '
                         f'"receiver_id": "{victim.frontend_id}", '
-                        f'"in_reply_to_message_id": "to-evil", "seq": {seq}, '
+                        f'"in_reply_to_message_id": "{asked}", "seq": {seq}, '
                         f'"text_delta": "{delta}"}}'
                     )
                     async with slots:
@@ -198,7 +213,7 @@ async def test_chunks_that_never_fill_their_gap_are_not_held(
 
                 await asyncio.gather(*(chunk(seq) for seq in range(1, 1000)))
                 error = await victim.next(
-                    of_type("ERROR", in_reply_to_message_id="to-evil"), timeout=WAIT
+                    of_type("ERROR", in_reply_to_message_id=asked), timeout=WAIT
                 )
                 notes["answer"] = error["error_code"]
             assert error["error_code"] == "stream_incomplete"
