@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
 
 from agentcomm.core.auth import Authenticator, AuthError, bearer_token
+from agentcomm.server.grpc.wrapping import WrappingInterceptor
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -70,37 +71,24 @@ def _ending_at_expiry(
     return bounded
 
 
-class EndStreamsAtTokenExpiry(grpc.aio.ServerInterceptor):
+class EndStreamsAtTokenExpiry(WrappingInterceptor):
     def __init__(self, auth: Authenticator) -> None:
+        super().__init__()
         self._auth = auth
-        self._handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
 
-    async def intercept_service(
-        self,
-        continuation: Callable[
-            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
-        ],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        handler = await continuation(handler_call_details)
-        if handler is None or not self._auth.enabled:
+    def wrap(self, handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any, Any]:
+        if not self._auth.enabled:
             return handler
-        method = handler_call_details.method
-        cached = self._handlers.get(method)
-        if cached is not None:
-            return cached
-        wrapped = handler
         if handler.unary_stream is not None:
-            wrapped = grpc.unary_stream_rpc_method_handler(
+            return grpc.unary_stream_rpc_method_handler(
                 _ending_at_expiry(self._auth, handler.unary_stream),
                 handler.request_deserializer,
                 handler.response_serializer,
             )
-        elif handler.stream_stream is not None:
-            wrapped = grpc.stream_stream_rpc_method_handler(
+        if handler.stream_stream is not None:
+            return grpc.stream_stream_rpc_method_handler(
                 _ending_at_expiry(self._auth, handler.stream_stream),
                 handler.request_deserializer,
                 handler.response_serializer,
             )
-        self._handlers[method] = wrapped
-        return wrapped
+        return handler

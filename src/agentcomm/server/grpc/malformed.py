@@ -19,6 +19,8 @@ from typing import Any
 
 import grpc
 
+from agentcomm.server.grpc.wrapping import WrappingInterceptor
+
 log = logging.getLogger(__name__)
 
 Deserializer = Callable[[bytes], Any]
@@ -113,38 +115,21 @@ def _bidirectional(behavior: Callable[..., Any]) -> Callable[..., AsyncIterator[
     return checked
 
 
-class RejectMalformedRequests(grpc.aio.ServerInterceptor):
-    def __init__(self) -> None:
-        # Wrapped once per method, not per call.
-        self._handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
-
-    async def intercept_service(
-        self,
-        continuation: Callable[
-            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
-        ],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        method = handler_call_details.method
-        cached = self._handlers.get(method)
-        if cached is not None:
-            return cached
-        handler = await continuation(handler_call_details)
-        if handler is None or handler.request_deserializer is None:
+class RejectMalformedRequests(WrappingInterceptor):
+    def wrap(self, handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any, Any]:
+        if handler.request_deserializer is None:
             return handler
         parse = _tolerant(handler.request_deserializer)
-        wrapped = handler
         if handler.unary_unary is not None:
-            wrapped = grpc.unary_unary_rpc_method_handler(
+            return grpc.unary_unary_rpc_method_handler(
                 _unary(handler.unary_unary), parse, handler.response_serializer
             )
-        elif handler.unary_stream is not None:
-            wrapped = grpc.unary_stream_rpc_method_handler(
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
                 _streaming(handler.unary_stream), parse, handler.response_serializer
             )
-        elif handler.stream_stream is not None:
-            wrapped = grpc.stream_stream_rpc_method_handler(
+        if handler.stream_stream is not None:
+            return grpc.stream_stream_rpc_method_handler(
                 _bidirectional(handler.stream_stream), parse, handler.response_serializer
             )
-        self._handlers[method] = wrapped
-        return wrapped
+        return handler
