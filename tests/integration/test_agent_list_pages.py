@@ -13,7 +13,6 @@ import json
 from collections.abc import AsyncIterator
 
 import grpc
-import httpx
 import pytest
 
 from agentcomm.broker.service import ReferenceBroker
@@ -123,15 +122,3 @@ async def test_a_frontend_gets_the_list_in_pages(hub: HubEndpoints) -> None:
         assert ids == [f"fat-{index:02}" for index in range(AGENTS)]
     finally:
         await frontend.close()
-
-
-async def test_the_http_agent_list_is_written_a_page_at_a_time(hub: HubEndpoints) -> None:
-    async with (
-        httpx.AsyncClient(base_url=hub.http_url, timeout=WAIT) as client,
-        client.stream("GET", "/api/agents") as response,
-    ):
-        assert response.status_code == 200
-        assert response.headers.get("content-length") is None  # streamed, not built
-        body = b"".join([chunk async for chunk in response.aiter_raw()])
-    ids = [agent["agent_id"] for agent in json.loads(body)]
-    assert ids == [f"fat-{index:02}" for index in range(AGENTS)]

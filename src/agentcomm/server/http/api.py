@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
-from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
 from agentcomm.config import Settings
 from agentcomm.core.auth import Authenticator, AuthError, Role, bearer_token
 from agentcomm.core.errors import AgentOffline, CommandTimedOut, UnknownAgent
-from agentcomm.core.presence import AgentRegistry, take_page
-from agentcomm.protocol.codec import encode_for_client
 from agentcomm.protocol.ids import is_valid_id
 from agentcomm.protocol.models import MAX_MAP_ENTRIES, AgentInfo
 from agentcomm.protocol.vocabulary import AgentState
@@ -81,23 +77,6 @@ async def require_admin(request: Request) -> None:
         raise HTTPException(status, detail, headers=headers)
 
 
-async def agent_list_json(registry: AgentRegistry) -> AsyncIterator[bytes]:
-    """The JSON array of every agent, a page at a time. Each page is read from the registry
-    after the one before was sent, from the id it ended at: agents that come or go meanwhile
-    are listed as they are then, none twice."""
-    after: str | None = None
-    yield b"["
-    while True:
-        encoded = ((info.agent_id, encode_for_client(info)) for info in registry.infos_after(after))
-        page, more = take_page(encoded, lambda item: len(item[1]))
-        if page:
-            yield (b"," if after is not None else b"") + b",".join(data for _, data in page)
-        if not more:
-            break
-        after = page[-1][0]
-    yield b"]"
-
-
 def build_api_router() -> APIRouter:
     router = APIRouter()
     api = APIRouter(prefix="/api", dependencies=[Depends(require_admin)])
@@ -119,13 +98,9 @@ def build_api_router() -> APIRouter:
     async def metrics(request: Request) -> Response:
         return Response(parts_of(request).metrics.render(), media_type="text/plain; version=0.0.4")
 
-    @api.get("/agents", response_model=list[AgentInfo])
-    async def list_agents(request: Request) -> StreamingResponse:
-        # Written a page at a time as the client takes it, never built whole: with many
-        # agents of large capabilities the list runs to megabytes.
-        return StreamingResponse(
-            agent_list_json(parts_of(request).registry), media_type="application/json"
-        )
+    @api.get("/agents")
+    async def list_agents(request: Request) -> list[AgentInfo]:
+        return parts_of(request).registry.snapshot()
 
     @api.get("/brokers")
     async def list_brokers(request: Request) -> list[dict[str, object]]:
