@@ -16,6 +16,7 @@ from typing import Any
 TEXT, BINARY, CONTINUATION, CLOSE = 0x1, 0x2, 0x0, 0x8
 # What the kernel keeps for a socket that does not read (it doubles the value asked for).
 SMALL_BUFFER = 16 * 1024
+WAIT = 15.0
 
 
 def frame(opcode: int, payload: bytes, *, fin: bool = True) -> bytes:
@@ -67,39 +68,43 @@ class RawSocket:
 
     @classmethod
     async def connect(
-        cls, host: str, port: int, *, receive_buffer: int = SMALL_BUFFER
+        cls, host: str, port: int, *, receive_buffer: int = SMALL_BUFFER, timeout: float = WAIT
     ) -> RawSocket:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
         sock.setblocking(False)
-        await asyncio.get_running_loop().sock_connect(sock, (host, port))
-        reader, writer = await asyncio.open_connection(sock=sock, limit=1 << 20)
-        key = base64.b64encode(os.urandom(16)).decode()
-        writer.write(
-            (
-                f"GET /ws HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n"
-                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-                "Sec-WebSocket-Version: 13\r\n\r\n"
-            ).encode()
-        )
-        head = await reader.readuntil(b"\r\n\r\n")
+        async with asyncio.timeout(timeout):
+            await asyncio.get_running_loop().sock_connect(sock, (host, port))
+            reader, writer = await asyncio.open_connection(sock=sock, limit=1 << 20)
+            key = base64.b64encode(os.urandom(16)).decode()
+            writer.write(
+                (
+                    f"GET /ws HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n"
+                    f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                    "Sec-WebSocket-Version: 13\r\n\r\n"
+                ).encode()
+            )
+            head = await reader.readuntil(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 101"), head
         return cls(reader, writer)
 
-    async def register(self, name: str = "raw", **fields: Any) -> None:
+    async def register(self, name: str = "raw", *, timeout: float = WAIT, **fields: Any) -> None:
         """Registers and reads up to the registration response (not the agent list)."""
         await self.send_json({"message_type": "REGISTER_FRONTEND", "frontend_name": name, **fields})
-        while True:
-            received = await self.read_frame()
-            if received.opcode == TEXT:
-                data = received.json()
-                if data.get("message_type") == "REGISTER_FRONTEND_RESPONSE":
-                    self.frontend_id = data["frontend_id"]
-                    return
+        async with asyncio.timeout(timeout):
+            while True:
+                received = await self.read_frame()
+                if received.opcode == TEXT:
+                    data = received.json()
+                    if data.get("message_type") == "REGISTER_FRONTEND_RESPONSE":
+                        self.frontend_id = data["frontend_id"]
+                        return
 
-    async def send_raw(self, data: bytes) -> None:
+    async def send_raw(self, data: bytes, *, timeout: float = WAIT) -> None:
+        """Writes `data`; TimeoutError when the server stops taking it for `timeout`."""
         self.writer.write(data)
-        await self.writer.drain()
+        async with asyncio.timeout(timeout):
+            await self.writer.drain()
 
     async def send_json(self, data: dict[str, Any]) -> None:
         await self.send_raw(frame(TEXT, json.dumps(data).encode()))

@@ -198,11 +198,12 @@ async def half_open_requests_are_closed(http_port: int, *, count: int, timeout: 
     """`count` connections that send half a request line and wait: all closed by the hub
     within its request timeout (and a margin)."""
     connections = []
-    for _ in range(count):
-        reader, writer = await asyncio.open_connection("127.0.0.1", http_port)
-        writer.write(b"POST /api/agents/echo/commands HTTP/1.1\r\nHost: ")
-        connections.append((reader, writer))
     try:
+        async with asyncio.timeout(WAIT):
+            for _ in range(count):
+                reader, writer = await asyncio.open_connection("127.0.0.1", http_port)
+                writer.write(b"POST /api/agents/echo/commands HTTP/1.1\r\nHost: ")
+                connections.append((reader, writer))
         async with asyncio.timeout(timeout + WAIT):
             for reader, _ in connections:
                 await reader.read()  # EOF once the hub closed it

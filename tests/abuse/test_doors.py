@@ -24,7 +24,8 @@ async def post_without_token(target: Target, size: int) -> tuple[bytes, float]:
     """POSTs a command announcing a `size`-byte body without a token, and sends the first
     megabyte of it; returns the status line and how long the answer took. (The rest would not
     be read: the hub answers, and closes the connection, before reading any of it.)"""
-    reader, writer = await asyncio.open_connection("127.0.0.1", target.server.http_port)
+    async with asyncio.timeout(WAIT):
+        reader, writer = await asyncio.open_connection("127.0.0.1", target.server.http_port)
     started = time.monotonic()
     writer.write(
         (
@@ -70,8 +71,8 @@ async def binary_flood(target: Target, seconds: float) -> tuple[int, list[str], 
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline and not reading.done():
         try:
-            async with asyncio.timeout(1.0):  # a server that stopped reading: a write stalls
-                await sock.send_raw(garbage)
+            # A server that stopped reading makes a write stall.
+            await sock.send_raw(garbage, timeout=1.0)
         except (ConnectionError, OSError, TimeoutError):
             break
         sent += 64

@@ -73,8 +73,8 @@ async def keep_sending(sock: RawSocket, frames: list[dict[str, object]]) -> int:
     for data in frames:
         try:
             await sock.send_json(data)
-        except (ConnectionError, OSError):
-            break
+        except (ConnectionError, OSError, TimeoutError):
+            break  # ended, or no longer read
         sent += 1
         await asyncio.sleep(PACE)  # the attacker's own pace, within the rate limit
     return sent

@@ -36,12 +36,13 @@ async def hub() -> AsyncIterator[HubEndpoints]:
 async def raw_exchange(hub: HubEndpoints, data: bytes, *, then_wait: float = WAIT) -> bytes:
     """Writes `data` on a fresh connection and returns everything the server sends until it
     closes the connection (or `then_wait` passes)."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", hub.server.http_port)
+    async with asyncio.timeout(WAIT):
+        reader, writer = await asyncio.open_connection("127.0.0.1", hub.server.http_port)
     try:
         writer.write(data)
-        await writer.drain()
         received = b""
         async with asyncio.timeout(then_wait):
+            await writer.drain()
             while chunk := await reader.read(65536):
                 received += chunk
         return received
@@ -76,7 +77,8 @@ async def test_a_declared_body_over_the_limit_is_refused_before_it_is_read(
 
 async def test_a_chunked_body_over_the_limit_is_refused_as_it_arrives(hub: HubEndpoints) -> None:
     admin = AUTH.mint(Role.ADMIN, "ops", 300)
-    reader, writer = await asyncio.open_connection("127.0.0.1", hub.server.http_port)
+    async with asyncio.timeout(WAIT):
+        reader, writer = await asyncio.open_connection("127.0.0.1", hub.server.http_port)
     head = (
         "POST /api/agents/echo/commands HTTP/1.1\r\nHost: x\r\n"
         f"Authorization: Bearer {admin}\r\nTransfer-Encoding: chunked\r\n\r\n"
@@ -131,7 +133,8 @@ async def test_a_body_that_stops_halfway_is_answered_408(hub: HubEndpoints) -> N
 
 async def test_keep_alive_requests_each_get_their_own_deadline(hub: HubEndpoints) -> None:
     request = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
-    reader, writer = await asyncio.open_connection("127.0.0.1", hub.server.http_port)
+    async with asyncio.timeout(WAIT):
+        reader, writer = await asyncio.open_connection("127.0.0.1", hub.server.http_port)
     try:
         for _ in range(3):
             writer.write(request)
