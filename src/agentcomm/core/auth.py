@@ -47,6 +47,9 @@ class WeakSecret(ValueError):
 class Principal:
     subject: str
     role: Role
+    # When the token stops being valid (seconds since the epoch): sessions and streams opened
+    # with it end then, unless given a fresh one.
+    expires_at: float | None = None
 
     def may_act_as(self, role: Role, subject: str | None = None) -> bool:
         """Admins may act as anyone; others only in their role and, when named, as themselves."""
@@ -90,8 +93,13 @@ class Authenticator:
         subject, role = claims.get("sub"), claims.get("role")
         if not isinstance(subject, str) or not subject:
             raise AuthError("The token's sub claim must be a non-empty string.")
+        expires = claims.get("exp")
         try:
-            return Principal(subject, Role(str(role)))
+            return Principal(
+                subject,
+                Role(str(role)),
+                float(expires) if isinstance(expires, int | float) else None,
+            )
         except ValueError:
             raise AuthError(
                 "The token's role must be one of frontend, agent, broker, admin."

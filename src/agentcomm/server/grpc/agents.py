@@ -23,9 +23,9 @@ from agentcomm.protocol.transports import is_known_transport, transport_refusal
 from agentcomm.server.grpc.context import (
     Context,
     abort_for,
+    acting_session,
     authorize,
     caller_session,
-    declared_session,
     ownership_refusal,
     require_id,
     require_map,
@@ -113,7 +113,7 @@ class AgentRegistrationServicer(pb_grpc.AgentRegistrationServiceServicer):
         await require_id(context, request.agent_id, "agent_id")
         await authorize(self._parts.auth, context, Role.AGENT, request.agent_id)
         try:
-            self._parts.registry.unregister(request.agent_id, declared_session(context))
+            self._parts.registry.unregister(request.agent_id, self._session(context))
         except HubError as exc:
             await abort_for(context, exc)
         inbox = self._parts.inboxes.get(request.agent_id)
@@ -137,7 +137,7 @@ class AgentRegistrationServicer(pb_grpc.AgentRegistrationServiceServicer):
         metrics = await require_map(context, dict(request.metrics), "metrics")
         try:
             self._parts.registry.heartbeat(
-                request.agent_id, declared_session(context), status, metrics
+                request.agent_id, self._session(context), status, metrics
             )
         except HubError as exc:
             await abort_for(context, exc)
@@ -174,6 +174,7 @@ class AgentRegistrationServicer(pb_grpc.AgentRegistrationServiceServicer):
         await require_id(context, request.command_id, "command_id")
         await require_id(context, request.agent_id, "agent_id")
         await authorize(self._parts.auth, context, Role.AGENT, request.agent_id)
+        await self._require_own(request.agent_id, context)
         outcome = CommandOutcome(
             command_id=request.command_id,
             agent_id=request.agent_id,
@@ -262,6 +263,7 @@ class AgentRegistrationServicer(pb_grpc.AgentRegistrationServiceServicer):
         await require_id(context, request.agent_id, "agent_id")
         await authorize(self._parts.auth, context, Role.AGENT, request.agent_id)
         await require_id(context, request.message_id, "message_id")
+        await self._require_own(request.agent_id, context)
         inbox = self._parts.inboxes.get(request.agent_id)
         if inbox is None:
             await context.abort(
@@ -304,6 +306,9 @@ class AgentRegistrationServicer(pb_grpc.AgentRegistrationServiceServicer):
             yield results
 
     async def _require_own(self, agent_id: str, context: Context) -> None:
-        refusal = ownership_refusal(self._parts.registry, agent_id, declared_session(context))
+        refusal = ownership_refusal(self._parts.registry, agent_id, self._session(context))
         if refusal is not None:
             await context.abort(*refusal)
+
+    def _session(self, context: Context) -> str | None:
+        return acting_session(context, self._parts.auth)

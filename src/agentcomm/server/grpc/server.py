@@ -18,6 +18,7 @@ from agentcomm.generated import broker_registration_service_pb2_grpc as broker_g
 from agentcomm.grpc_channel import REQUEST_BYTES_ACCEPTED
 from agentcomm.server.grpc.agents import AgentRegistrationServicer
 from agentcomm.server.grpc.brokers import BrokerRegistrationServicer
+from agentcomm.server.grpc.expiry import EndStreamsAtTokenExpiry
 from agentcomm.server.grpc.malformed import RejectMalformedRequests
 from agentcomm.server.grpc.parts import GrpcParts
 from agentcomm.server.grpc.status import AgentStatusServicer
@@ -57,7 +58,8 @@ class GrpcListener:
         # A taken port says so in a sentence, before gRPC's own bind only logs that it failed.
         check_free("gRPC", settings.grpc_host, settings.grpc_port)
         self.server = grpc.aio.server(
-            interceptors=[RejectMalformedRequests()], options=_server_options(parts)
+            interceptors=[RejectMalformedRequests(), EndStreamsAtTokenExpiry(parts.auth)],
+            options=_server_options(parts),
         )
         registration_grpc.add_AgentRegistrationServiceServicer_to_server(
             AgentRegistrationServicer(parts), self.server

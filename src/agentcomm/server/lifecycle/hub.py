@@ -74,10 +74,16 @@ class Hub:
             agent_timeout=settings.agent_timeout,
             stream_grace=settings.stream_grace,
             timers=LoopTimers(),
+            offline_retention=settings.offline_agent_retention,
+            max_offline=settings.offline_agents_kept,
         )
         self.brokers = BrokerRegistry(self.clock)
         self.sessions = FrontendSessions(
-            self.clock, resume_window=settings.resume_window, server_tag=self.server_tag
+            self.clock,
+            resume_window=settings.resume_window,
+            server_tag=self.server_tag,
+            # Half: a resumed frontend gets its backlog and what comes meanwhile in one queue.
+            backlog_bytes=settings.outbound_queue_bytes // 2,
         )
         self.answers = AnswerLedger(
             self.clock,
@@ -89,7 +95,13 @@ class Hub:
             registry=self.registry,
             sessions=self.sessions,
             answers=self.answers,
-            streams=ReplyStreams(self.clock),
+            streams=ReplyStreams(
+                self.clock,
+                timeout=settings.stream_reorder_timeout,
+                stream_bytes=settings.stream_reorder_bytes,
+                agent_bytes=settings.stream_reorder_agent_bytes,
+                total_bytes=settings.stream_reorder_total_bytes,
+            ),
             clock=self.clock,
             # Agents of a server before this one reconnect within their heartbeat and backoff.
             expect_agents_for=settings.agent_timeout,
@@ -107,10 +119,10 @@ class Hub:
         decisions.observe_answer_events(self.metrics.count_answer_event)
         # Shown from the start (at 0), so that a rate can be taken before the first one.
         self.metrics.declare_answer_events([event.value for event in AnswerEvent])
-        self.presence = PresenceFeed(self.registry, self.sessions)
+        self.presence = PresenceFeed(self.registry, self.sessions, self.clock)
         self.registry.subscribe(self._follow_presence_for_answers)
         # Writes what every socket has queued, once per turn of the event loop.
-        self.output = OutputScheduler()
+        self.output = OutputScheduler(total_bytes=settings.outbound_total_bytes)
         self._collector = CollectorTuning()
         self.grpc_port: int | None = None
         # Set by whoever serves HTTP (the runner), for the advertisement.

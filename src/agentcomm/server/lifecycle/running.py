@@ -19,6 +19,7 @@ from agentcomm.bus.base import Bus
 from agentcomm.config import Settings
 from agentcomm.core.clock import Clock
 from agentcomm.server.http.app import create_app
+from agentcomm.server.http.protocol import with_request_timeout
 from agentcomm.server.lifecycle.hub import Hub
 from agentcomm.server.listeners import bind_http
 from agentcomm.server.ws.asgi import FrontendSocketsFirst
@@ -105,6 +106,8 @@ class RunningServer:
             access_log=False,
             # uvicorn's websockets protocol, which also lets the hub write frames itself.
             ws=HubWebSocketProtocol,
+            # uvicorn's httptools protocol, with a deadline on each request's head.
+            http=with_request_timeout(settings.http_request_timeout),
             ws_max_size=settings.max_message_bytes,
             # Frames are small JSON: compressing each costs more CPU than it saves on
             # loopback and LAN links, and every compressing socket keeps zlib state in memory.
