@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import sys
+import typing
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
+from agentcomm import __version__
 from agentcomm.config import (
     Settings,
     SettingsError,
@@ -68,38 +71,75 @@ COMMAND_GROUPS: Mapping[str, frozenset[SettingsGroup]] = MappingProxyType(
 )
 
 
+# A command whose default for a setting differs from Settings': `dev` runs on the in-process bus
+# unless the flag or the environment (MESSAGE_BUS) says otherwise.
+COMMAND_DEFAULTS: Mapping[str, Mapping[str, Any]] = MappingProxyType(
+    {"dev": MappingProxyType({"message_bus": "memory"})}
+)
+
+
 def flag_of(name: str) -> str:
     """The command-line flag of the setting `name` (`grpc_port` -> `--grpc-port`)."""
     return "--" + name.replace("_", "-")
 
 
-def _add_settings_flags(parser: argparse.ArgumentParser, groups: frozenset[SettingsGroup]) -> None:
+def _add_settings_flags(parser: argparse.ArgumentParser, command: str) -> None:
     # The usage line shows the command's own arguments; its settings follow, one titled section
     # per group, in the same order for every command.
     own_usage = " ".join(parser.format_usage().removeprefix("usage: ").split())
     parser.usage = f"{own_usage} [settings]"
+    groups = COMMAND_GROUPS[command]
     for group in SettingsGroup:
         if group not in groups:
             continue
         section = parser.add_argument_group(f"{group.key} settings", group.summary)
         for name in fields_in(group):
+            choices = _choices_of(name)
             section.add_argument(
                 flag_of(name),
                 dest=SETTINGS_DEST + name,
-                metavar=name.upper(),
+                # The choices show in the usage; a value outside them is refused by Settings,
+                # in the one line that names the variable, like a bad value from the environment.
+                metavar="{" + ",".join(choices) + "}" if choices else name.upper(),
                 default=None,
-                help=Settings.model_fields[name].description,
+                help=_setting_help(name, command),
             )
 
 
-def _settings_from(args: argparse.Namespace, **forced: Any) -> Settings:
+def _choices_of(name: str) -> tuple[str, ...]:
+    annotation = Settings.model_fields[name].annotation
+    if typing.get_origin(annotation) is typing.Literal:
+        return tuple(str(choice) for choice in typing.get_args(annotation))
+    return ()
+
+
+def _setting_help(name: str, command: str) -> str:
+    """The setting's description and its default in this command."""
+    field = Settings.model_fields[name]
+    default = COMMAND_DEFAULTS.get(command, {}).get(name, field.default)
+    if isinstance(default, bool):
+        shown = "1" if default else "0"
+    elif default == "":
+        shown = "empty"
+    else:
+        shown = str(default)
+    return f"{field.description} (default: {shown})"
+
+
+def _settings_from(args: argparse.Namespace) -> Settings:
     overrides = {
         key.removeprefix(SETTINGS_DEST): value
         for key, value in vars(args).items()
         if key.startswith(SETTINGS_DEST) and value is not None
     }
-    overrides.update({key: value for key, value in forced.items() if value is not None})
-    return load_settings(**overrides)
+    settings = load_settings(**overrides)
+    # The command's own defaults apply where neither a flag nor the environment set a value.
+    defaults = {
+        name: value
+        for name, value in COMMAND_DEFAULTS.get(args.command, {}).items()
+        if name not in settings.model_fields_set
+    }
+    return settings.model_copy(update=defaults) if defaults else settings
 
 
 class CommandLine(NamedTuple):
@@ -112,9 +152,17 @@ class CommandLine(NamedTuple):
 def build_command_line() -> CommandLine:
     """The parsers of `agentcomm` and of each command, settings flags included."""
     from agentcomm.bench.scenarios import SCENARIO_NAMES
+    from agentcomm.core.auth import Role
+    from agentcomm.sdk.demo_agents import DEMO_KINDS
 
-    parser = argparse.ArgumentParser(prog="agentcomm", description=__doc__.splitlines()[0])
-    subparsers = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(
+        prog="agentcomm",
+        description="A message hub for AI agents. `agentcomm dev` (what `make run` starts) runs "
+        "the whole stack in one process.",
+        epilog="`agentcomm COMMAND --help` lists the command's arguments and settings.",
+    )
+    parser.add_argument("--version", action="version", version=f"agentcomm {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     commands: dict[str, argparse.ArgumentParser] = {}
 
     def command(name: str, summary: str) -> argparse.ArgumentParser:
@@ -122,7 +170,7 @@ def build_command_line() -> CommandLine:
             name,
             help=summary,
             description=f"{summary}. Its settings, below, are also read from the environment "
-            "(--grpc-port from GRPC_PORT); a flag wins.",
+            "(--log-level from LOG_LEVEL); a flag wins.",
         )
         commands[name] = sub
         return sub
@@ -131,39 +179,55 @@ def build_command_line() -> CommandLine:
 
     broker = command("broker", "run the reference routing broker")
     broker.add_argument("--broker-id", default=None, help="broker id (default: broker_<hex>)")
-    broker.add_argument("--broker-name", default="reference-broker", help="display name")
+    broker.add_argument(
+        "--broker-name", default="reference-broker", help="display name (default: %(default)s)"
+    )
 
     agent = command("agent", "run a demo agent built on the SDK")
-    agent.add_argument("kind", choices=["echo", "typist"], help="which demo agent")
+    agent.add_argument("kind", choices=DEMO_KINDS, help="which demo agent")
     agent.add_argument("--name", default=None, help="agent name (default: the kind)")
     agent.add_argument("--id", dest="agent_id", default=None, help="agent id (default: the name)")
     agent.add_argument(
         "--transport",
         choices=["grpc", "amqp"],
         default=None,
-        help="how work arrives (default: amqp on RabbitMQ, grpc otherwise)",
+        help="how work reaches the agent: grpc from the server, amqp from its RabbitMQ queue "
+        "(default: amqp when MESSAGE_BUS=rabbitmq, else grpc; a hub on the in-process bus "
+        "needs grpc)",
     )
 
-    dev = command("dev", "server, broker, demo agents and web UI in one process")
-    dev.add_argument(
-        "--bus", choices=["memory", "rabbitmq"], default="memory", help="message bus to run on"
-    )
+    command("dev", "server, broker, demo agents and web UI in one process")
 
     token = command("token", "mint a JWT for a frontend, agent, broker or admin")
-    token.add_argument("--role", required=True, choices=["frontend", "agent", "broker", "admin"])
+    token.add_argument(
+        "--role",
+        required=True,
+        choices=[role.value for role in Role],
+        help="what the token may do: connect a frontend, register the agent --sub names, "
+        "register a broker, or anything (admin: also the HTTP API and operator commands)",
+    )
     token.add_argument(
         "--sub", required=True, help="who the token names (for agents: the agent id)"
     )
-    token.add_argument("--ttl", type=float, default=3600.0, help="seconds until it expires")
+    token.add_argument(
+        "--ttl", type=float, default=3600.0, help="seconds until it expires (default: %(default)g)"
+    )
 
     bench = command("bench", "run a benchmark scenario")
     bench.add_argument(
-        "scenario", help=f"scenario name: {', '.join(SCENARIO_NAMES)}, or 'all' for each of them"
+        "scenario",
+        choices=[*SCENARIO_NAMES, "all"],
+        help="the scenario to run; 'all' runs each of them",
     )
-    bench.add_argument("--duration", type=float, default=10.0, help="seconds per measurement")
+    bench.add_argument(
+        "--duration",
+        type=float,
+        default=10.0,
+        help="seconds per measurement (default: %(default)g)",
+    )
     bench.add_argument("--json", action="store_true", help="one JSON object per scenario")
     for name, sub in commands.items():
-        _add_settings_flags(sub, COMMAND_GROUPS[name])
+        _add_settings_flags(sub, name)
     return CommandLine(parser, MappingProxyType(commands))
 
 
@@ -179,7 +243,12 @@ def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
     with the commands that do read it.
     """
     parser, commands = build_command_line()
-    args, unknown = parser.parse_known_args(argv)
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    if not arguments:
+        # A first try with no arguments gets the overview, not an error about a missing command.
+        parser.print_help()
+        raise SystemExit(0)
+    args, unknown = parser.parse_known_args(arguments)
     if unknown:
         commands[args.command].error(_unrecognized(args.command, unknown))
     return args
@@ -221,10 +290,7 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_arguments(argv)
     try:
-        if args.command == "dev":
-            settings = _settings_from(args, message_bus=args.bus)
-        else:
-            settings = _settings_from(args)
+        settings = _settings_from(args)
     except SettingsError as exc:
         print(f"agentcomm: invalid setting: {exc}", file=sys.stderr)
         return 2
@@ -255,19 +321,29 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return _run(lambda: run_dev(settings))
     if args.command == "token":
-        from agentcomm.core.auth import Authenticator, AuthError, Role
-
-        try:
-            print(Authenticator(settings.auth_secret).mint(Role(args.role), args.sub, args.ttl))
-        except AuthError as exc:
-            print(f"agentcomm: {exc}", file=sys.stderr)
-            return 2
-        return 0
+        return _token(settings, args.role, args.sub, args.ttl)
     if args.command == "bench":
         from agentcomm.bench.cli import run_bench
 
         return _run(lambda: run_bench(settings, args.scenario, args.duration, args.json))
     raise AssertionError(f"unhandled command {args.command!r}")
+
+
+def _token(settings: Settings, role: str, subject: str, ttl: float) -> int:
+    from agentcomm.core.auth import Authenticator, AuthError, Role, WeakSecret
+
+    if not (ttl > 0 and math.isfinite(ttl)):
+        print(
+            f"agentcomm token: --ttl must be a number of seconds above 0; got {ttl:g}",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        print(Authenticator(settings.auth_secret).mint(Role(role), subject, ttl))
+    except (AuthError, WeakSecret) as exc:
+        print(f"agentcomm token: {exc}", file=sys.stderr)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":

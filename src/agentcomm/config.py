@@ -16,7 +16,7 @@ from __future__ import annotations
 from enum import Enum
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -26,7 +26,7 @@ class SettingsGroup(Enum):
     HUB = ("hub", "the gRPC address: the server listens on it, brokers and agents dial it")
     BUS = ("bus", "which message bus carries chat traffic, and how to reach RabbitMQ")
     SERVER = ("server", "the server's HTTP/WebSocket listener, its sessions and its deadlines")
-    LIMITS = ("limits", "what one frontend may cost the server")
+    LIMITS = ("limits", "what one frontend or agent may cost the server")
     AGENT_LINK = (
         "agent_link",
         "what the server and its agents both apply: the largest message, the heartbeat pace",
@@ -140,6 +140,27 @@ class Settings(BaseSettings):
     command_timeout: Annotated[float, SettingsGroup.SERVER] = Field(
         30.0, gt=0, description="default wait for a command result"
     )
+    http_body_bytes: Annotated[int, SettingsGroup.SERVER] = Field(
+        1024 * 1024,
+        ge=64 * 1024,
+        description="largest HTTP request body accepted (413 past it, before it is read whole)",
+    )
+    http_request_timeout: Annotated[float, SettingsGroup.SERVER] = Field(
+        10.0,
+        gt=0,
+        description="seconds an HTTP request's headers, and then its body, may take to arrive",
+    )
+    metrics_public: Annotated[bool, SettingsGroup.SERVER] = Field(
+        False, description="serve /metrics without a token when AUTH_SECRET is set"
+    )
+    offline_agent_retention: Annotated[float, SettingsGroup.SERVER] = Field(
+        3600.0, gt=0, description="seconds an offline agent stays listed before it is forgotten"
+    )
+    offline_agents_kept: Annotated[int, SettingsGroup.SERVER] = Field(
+        1000,
+        ge=0,
+        description="offline agents listed at most; beyond it the longest offline are forgotten",
+    )
 
     rate_limit_per_second: Annotated[float, SettingsGroup.LIMITS] = Field(
         20.0, gt=0, description="frames per second a frontend may send, sustained"
@@ -149,6 +170,39 @@ class Settings(BaseSettings):
     )
     outbound_queue_frames: Annotated[int, SettingsGroup.LIMITS] = Field(
         1024, ge=16, description="frames queued for a slow frontend before it is closed (4008)"
+    )
+    outbound_queue_bytes: Annotated[int, SettingsGroup.LIMITS] = Field(
+        1024 * 1024,
+        ge=64 * 1024,
+        description="bytes queued for a slow frontend before it is closed (4008); half of it "
+        "bounds what waits for a disconnected frontend's resume",
+    )
+    outbound_total_bytes: Annotated[int, SettingsGroup.LIMITS] = Field(
+        256 * 1024 * 1024,
+        ge=1024 * 1024,
+        description="bytes queued for all frontends together; past it the sockets holding the "
+        "most are closed (4008)",
+    )
+    stream_reorder_bytes: Annotated[int, SettingsGroup.LIMITS] = Field(
+        1024 * 1024,
+        ge=64 * 1024,
+        description="bytes of one streamed reply held for a missing chunk; past it the reply "
+        "is given up (ERROR stream_incomplete)",
+    )
+    stream_reorder_agent_bytes: Annotated[int, SettingsGroup.LIMITS] = Field(
+        8 * 1024 * 1024,
+        ge=64 * 1024,
+        description="bytes of one agent's streamed replies held for missing chunks, in all",
+    )
+    stream_reorder_total_bytes: Annotated[int, SettingsGroup.LIMITS] = Field(
+        64 * 1024 * 1024,
+        ge=64 * 1024,
+        description="bytes of all streamed replies held for missing chunks, in all",
+    )
+    stream_reorder_timeout: Annotated[float, SettingsGroup.LIMITS] = Field(
+        30.0,
+        gt=0,
+        description="seconds chunks wait for a missing one before the reply is given up",
     )
 
     max_message_bytes: Annotated[int, SettingsGroup.AGENT_LINK] = Field(
@@ -205,6 +259,12 @@ class Settings(BaseSettings):
     log_format: Annotated[Literal["text", "json"], SettingsGroup.LOGGING] = Field(
         "text", description="log line format"
     )
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _log_level_in_any_case(cls, value: object) -> object:
+        # LOG_LEVEL=debug means what DEBUG does; refusing it only teaches a spelling.
+        return value.strip().upper() if isinstance(value, str) else value
 
     @property
     def rabbitmq_url(self) -> str:

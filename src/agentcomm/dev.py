@@ -1,7 +1,8 @@
 """`agentcomm dev` (what `make run` starts): the whole stack in one process.
 
 Server, reference broker and the demo agents `echo` and `typist` share one bus — the in-process
-bus by default, RabbitMQ with `--bus rabbitmq`. Ctrl+C stops everything in reverse order.
+bus by default, RabbitMQ with `--message-bus rabbitmq` (or MESSAGE_BUS=rabbitmq). Ctrl+C stops
+everything in reverse order.
 """
 
 from __future__ import annotations
@@ -13,13 +14,13 @@ from agentcomm.broker.service import ReferenceBroker
 from agentcomm.bus.base import Bus, BusError
 from agentcomm.bus.factory import create_bus
 from agentcomm.config import Settings
-from agentcomm.core.auth import Role
+from agentcomm.core.auth import Role, WeakSecret
 from agentcomm.protocol.ids import new_broker_id
-from agentcomm.sdk.agent import Agent
+from agentcomm.sdk.agent import Agent, replies_waiting
 from agentcomm.sdk.demo_agents import build_demo_agent
 from agentcomm.server.collector import tune_collector_for_serving
 from agentcomm.server.lifecycle.running import RunningServer
-from agentcomm.signals import stop_on_signals
+from agentcomm.signals import Waiting, stop_on_signals
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +74,7 @@ class DevStack:
                     ),
                     name=kind,
                     agent_id=kind,
-                    transport="amqp",
+                    # They take their work from the stack's own bus, and say which it is.
                     bus=self.bus,
                 )
                 await agent.start()
@@ -83,12 +84,22 @@ class DevStack:
             await self.stop()
             raise
 
+    def waiting(self) -> Waiting | None:
+        """What stopping now waits for: the demo agents' replies in progress."""
+        return replies_waiting(
+            sum(agent.in_flight for agent in self.agents), self.settings.shutdown_timeout
+        )
+
     async def stop(self) -> None:
-        for agent in reversed(self.agents):
-            try:
-                await agent.stop()
-            except Exception:
-                log.exception("A demo agent did not stop cleanly")
+        # At once, so that the wait is SHUTDOWN_TIMEOUT at most, as the stop line says.
+        outcomes = await asyncio.gather(
+            *(agent.stop() for agent in self.agents), return_exceptions=True
+        )
+        for outcome in outcomes:
+            if isinstance(outcome, Exception):
+                log.error("A demo agent did not stop cleanly", exc_info=outcome)
+            elif isinstance(outcome, BaseException):
+                raise outcome
         self.agents.clear()
         if self.broker is not None:
             await self.broker.stop()
@@ -101,7 +112,11 @@ def _dialable(host: str) -> str:
 
 
 async def run_dev(settings: Settings) -> int:
-    stack = DevStack(settings)
+    try:
+        stack = DevStack(settings)
+    except WeakSecret as exc:
+        log.error("Cannot start the dev stack: %s", exc)
+        return 2
     try:
         await stack.start()
     except (BusError, OSError) as exc:
@@ -116,7 +131,7 @@ async def run_dev(settings: Settings) -> int:
         flush=True,
     )
     stop = asyncio.Event()
-    with stop_on_signals(stop.set):
+    with stop_on_signals(stop.set, stack.waiting):
         await stop.wait()
         await stack.stop()
     return 0

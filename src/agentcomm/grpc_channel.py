@@ -35,6 +35,7 @@ REQUEST_BYTES_ACCEPTED = 64 * 1024
 # configured for larger ones; a response over it would fail the stream it came on, and again on
 # every redelivery.
 CLIENT_MAX_RECEIVE_BYTES = 64 * 1024 * 1024
+_MAX_RECEIVE = "grpc.max_receive_message_length"
 
 
 def _with_token(details: grpc.aio.ClientCallDetails, header: tuple[str, str]) -> Any:
@@ -106,7 +107,10 @@ def open_channel(
     tls: ClientTls | None = None,
 ) -> grpc.aio.Channel:
     """A channel to the hub: `authorization: Bearer <token>` on every call when a token is
-    given, TLS when `tls` is given."""
+    given, TLS when `tls` is given, and a receive limit of CLIENT_MAX_RECEIVE_BYTES unless
+    `options` name another."""
+    if not any(name == _MAX_RECEIVE for name, _ in options):
+        options = (*options, (_MAX_RECEIVE, CLIENT_MAX_RECEIVE_BYTES))
     header = ("authorization", f"Bearer {token}")
     interceptors: list[Any] | None = (
         [_UnaryBearer(header), _StreamBearer(header)] if token else None

@@ -51,3 +51,11 @@ def configure_logging(settings: Settings) -> None:
     # aio-pika/aiormq are chatty about reconnect internals; their warnings are enough.
     for noisy in ("aio_pika", "aiormq"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+
+
+def configure_logging_unless_configured(settings: Settings) -> None:
+    """`configure_logging`, for a process whose logging nobody set up yet: an agent's script
+    logs what it does with timestamps, as the hub does. A program that set up logging itself
+    (root handlers, or a `logging.basicConfig`) keeps its own."""
+    if not logging.getLogger().handlers:
+        configure_logging(settings)

@@ -38,7 +38,7 @@ LOG_TAIL_CHARS = 6000
 WORKER_SCRIPT = Path(__file__).with_name("agents") / "worker.py"
 BROKER_READY_LINE = "routing from broker_input_queue"
 # Signs that a listen port was taken between free_port() and the child's bind.
-_PORT_TAKEN = ("address already in use", "failed to bind", "errno 98")
+_PORT_TAKEN = ("is in use (another agentcomm?)", "address already in use", "failed to bind")
 
 # On Linux the children get SIGKILL when the test process dies, however it dies.
 _PDEATHSIG = ["setpriv", "--pdeathsig", "KILL", "--"] if shutil.which("setpriv") else []

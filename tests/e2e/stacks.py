@@ -204,7 +204,7 @@ def _start_on_memory(processes: Processes) -> Stack:
         processes,
         "dev",
         "dev",
-        "--bus",
+        "--message-bus",
         "memory",
         *SERVER_FLAGS,
         "--log-level",

@@ -364,6 +364,13 @@ async def test_agent_messages_go_where_they_are_addressed(stack: Stack) -> None:
     note = await b.next_message()
     assert (note.sender_id, note.text_payload) == ("a", "note for b")
 
+    # SYSTEM reaches a frontend that wrote to the agent (issue 21: before, any frontend whose
+    # id the agent had learned); b, which the frontend never wrote to, is refused.
+    await frontend.send(message_type="TEXT", message_id="t-sys", text_payload="x", receiver_id="a")
+    assert (await a.next_message()).message_id == "t-sys"
+    await b.publish(MessageType.SYSTEM, frontend.frontend_id, text_payload="unasked")
+    refused = await b.next_message()
+    assert (refused.message_type, refused.error_code) == (MessageType.ERROR, "unknown_receiver")
     await a.publish(MessageType.SYSTEM, frontend.frontend_id, text_payload="note for you")
     seen = await frontend.expect(lambda frame: frame["message_type"] == "SYSTEM")
     assert seen["text_payload"] == "note for you"

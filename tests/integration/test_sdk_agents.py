@@ -134,7 +134,7 @@ async def test_echo_over_the_grpc_stream_on_the_in_process_bus(memory_stack: Sta
 
 async def test_echo_from_the_shared_in_process_bus(memory_stack: Stack) -> None:
     agent = echo(memory_stack.agent_settings(), bus=memory_stack.hub.bus)
-    assert agent.transport == "amqp"
+    assert agent.transport == "memory"
     async with memory_stack.chatting(agent) as alice:
         reply = await chat(alice, "shared", "m-1", receiver_id="echo")
     assert reply["text_payload"] == "echo: shared"

@@ -141,6 +141,14 @@ LONG = "x" * 129
 MANY = {f"k{i}": "v" for i in range(65)}
 
 
+def nested(depth: int) -> dict[str, Any]:
+    """Metadata `depth` levels deep, in few bytes: an object around nested lists."""
+    value: list[Any] = [1]
+    for _ in range(depth - 2):
+        value = [value]
+    return {"a": value}
+
+
 def register(agent_id: str, **fields: Any) -> Case:
     def call(scene: Scene) -> Any:
         return scene.healthy.stub.RegisterAgent(
@@ -182,7 +190,8 @@ def command_result(command_id: str, agent_id: str) -> Case:
         return scene.healthy.stub.SendCommandResult(
             reg_pb.CommandResult(
                 command_id=command_id, agent_id=scene.resolve(agent_id), success=True
-            )
+            ),
+            metadata=scene.healthy.metadata,
         )
 
     return call
@@ -191,7 +200,8 @@ def command_result(command_id: str, agent_id: str) -> Case:
 def receive_messages(agent_id: str, prefetch: int = 0) -> Case:
     def call(scene: Scene) -> Any:
         return scene.healthy.stub.ReceiveMessages(
-            reg_pb.MessageStreamRequest(agent_id=scene.resolve(agent_id), prefetch=prefetch)
+            reg_pb.MessageStreamRequest(agent_id=scene.resolve(agent_id), prefetch=prefetch),
+            metadata=scene.healthy.metadata,
         )
 
     return call
@@ -200,7 +210,10 @@ def receive_messages(agent_id: str, prefetch: int = 0) -> Case:
 def ack(agent_id: str, message_id: str) -> Case:
     def call(scene: Scene) -> Any:
         return scene.healthy.stub.AckMessage(
-            reg_pb.MessageAck(agent_id=scene.resolve(agent_id), message_id=message_id, handled=True)
+            reg_pb.MessageAck(
+                agent_id=scene.resolve(agent_id), message_id=message_id, handled=True
+            ),
+            metadata=scene.healthy.metadata,
         )
 
     return call
@@ -324,6 +337,12 @@ CASES: list[tuple[str, Case, grpc.StatusCode]] = [
         Code.INVALID_ARGUMENT,
     ),
     ("send-negative-seq", send_message("healthy", reply(seq=-1)), Code.INVALID_ARGUMENT),
+    # Too deep for the encoders of later hops: refused here, never UNKNOWN naming a class.
+    (
+        "send-metadata-too-deep",
+        send_message("healthy", reply(metadata=nested(300))),
+        Code.INVALID_ARGUMENT,
+    ),
     (
         "send-oversize",
         send_message("healthy", reply(text_payload="x" * (MAX_BYTES + 1))),
@@ -404,14 +423,19 @@ async def test_offline_id_may_be_taken_by_another_session(scene: Scene) -> None:
         pytest.param(lambda a: a.open_commands().call, id="commands"),
         pytest.param(lambda a: a.open_messages().call, id="messages"),
         pytest.param(lambda a: a.send_message(reply()), id="send-message"),
+        pytest.param(lambda a: a.ack("m-1"), id="ack"),
     ],
 )
+@pytest.mark.parametrize("who", ["intruder", "anonymous"])
 async def test_other_session_may_not_act_for_a_live_agent(
-    scene: Scene, call: Callable[[GrpcAgent], Any]
+    scene: Scene, call: Callable[[GrpcAgent], Any], who: str
 ) -> None:
-    pending = call(scene.intruder)
+    """Another session may not, and on an open hub neither may a caller that names no
+    session from another connection (it used to get the agent's work: issue 21)."""
+    caller = scene.intruder if who == "intruder" else scene.anonymous
+    pending = call(caller)
     if isinstance(pending, grpc.aio.UnaryStreamCall):
-        reader = scene.intruder.commands or scene.intruder.messages
+        reader = caller.commands or caller.messages
         assert reader is not None
         error = await reader.wait_ended()
         assert error is not None
@@ -459,6 +483,7 @@ async def test_result_from_the_wrong_agent_is_not_found(scene: Scene) -> None:
         await expect_status(command_result(command_id, "healthy")(scene), Code.NOT_FOUND)
         await victim.stub.SendCommandResult(
             reg_pb.CommandResult(command_id=command_id, agent_id="victim", success=True),
+            metadata=victim.metadata,
             timeout=DEFAULT_TIMEOUT,
         )
         async with asyncio.timeout(DEFAULT_TIMEOUT):

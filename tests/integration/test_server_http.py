@@ -126,6 +126,7 @@ async def test_command_round_trip(scene: Scene) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as again:
         await agent.stub.SendCommandResult(
             reg_pb.CommandResult(command_id=command.command_id, agent_id="worker", success=True),
+            metadata=agent.metadata,
             timeout=DEFAULT_TIMEOUT,
         )
     assert again.value.code() == grpc.StatusCode.NOT_FOUND
@@ -144,6 +145,7 @@ async def test_pause_command_changes_what_frontends_see(scene: Scene) -> None:
                 reg_pb.CommandResult(
                     command_id=command.command_id, agent_id="pausable", success=True
                 ),
+                metadata=agent.metadata,
                 timeout=DEFAULT_TIMEOUT,
             )
             async with asyncio.timeout(DEFAULT_TIMEOUT):
@@ -191,6 +193,7 @@ async def test_agent_that_does_not_answer_is_504(scene: Scene) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as late:
         await agent.stub.SendCommandResult(
             reg_pb.CommandResult(command_id=command.command_id, agent_id="silent", success=True),
+            metadata=agent.metadata,
             timeout=DEFAULT_TIMEOUT,
         )
     assert late.value.code() == grpc.StatusCode.NOT_FOUND

@@ -110,6 +110,20 @@ NOT_FOR_FRONTENDS = [
 BAD_MESSAGE_IDS = ["has space", "x" * 129, "", 42, "ünïcode", None]
 
 
+def nested(depth: int) -> dict[str, Any]:
+    """Metadata `depth` levels deep, in few bytes: an object around nested lists."""
+    value: list[Any] = [1]
+    for _ in range(depth - 2):
+        value = [value]
+    return {"a": value}
+
+
+# Metadata deeper than the limit; the second is what used to pass the edge and fail every
+# broker that took it.
+NESTED_300 = nested(300)
+NESTED_254 = nested(254)
+
+
 def echoed_id(bad_id: object) -> str | None:
     """A refused frame's message_id comes back in in_reply_to_message_id when it is a string
     of a sane length, so that the sender can tell which frame was refused."""
@@ -183,6 +197,18 @@ BAD_FRAMES: list[tuple[str, str | bytes | dict[str, Any], str, str | None]] = [
         "b11",
     ),
     (
+        "text-metadata-too-deep",
+        {"message_type": "TEXT", "text_payload": "x", "metadata": NESTED_300, "message_id": "b20"},
+        "invalid_message",
+        "b20",
+    ),
+    (
+        "text-metadata-too-deep-for-the-encoders",
+        {"message_type": "TEXT", "text_payload": "x", "metadata": NESTED_254, "message_id": "b21"},
+        "invalid_message",
+        "b21",
+    ),
+    (
         "text-conversation-not-string",
         {"message_type": "TEXT", "text_payload": "x", "conversation_id": {}, "message_id": "b12"},
         "invalid_message",
@@ -199,6 +225,12 @@ BAD_FRAMES: list[tuple[str, str | bytes | dict[str, Any], str, str | None]] = [
         {"message_type": "CANCEL", "in_reply_to_message_id": "", "message_id": "b14"},
         "invalid_message",
         "b14",
+    ),
+    (
+        "cancel-of-an-unknown-message",
+        {"message_type": "CANCEL", "in_reply_to_message_id": "never-sent", "message_id": "b22"},
+        "unknown_message",
+        "b22",
     ),
     (
         "register-again",

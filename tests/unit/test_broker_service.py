@@ -184,3 +184,38 @@ async def test_consumer_survives_bad_input_and_keeps_routing(bus: InMemoryBus) -
     finally:
         await stream.aclose()
         await subscription.cancel()
+
+
+async def test_a_message_the_broker_cannot_route_is_answered_not_redelivered(
+    bus: InMemoryBus, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    broker = broker_with_agent(bus)
+
+    def cannot(*args: object, **kwargs: object) -> None:
+        raise ValueError("Maximum serialization depth exceeded")
+
+    monkeypatch.setattr(broker.router, "decide", cannot)
+    # Returns (the bus acks): redelivering would fail the same way.
+    await asyncio.wait_for(broker.handle(delivery(text_body(message_id="t-bad"))), 5)
+    stream = outputs(bus)
+    error = await anext(stream)
+    await stream.aclose()
+    assert (error.message_type, error.error_code) == (MessageType.ERROR, ErrorCode.INTERNAL)
+    assert (error.receiver_id, error.in_reply_to_message_id) == (WEB, "t-bad")
+    assert "Maximum" not in (error.text_payload or "")
+
+
+async def test_a_message_given_up_on_is_answered(bus: InMemoryBus) -> None:
+    broker = broker_with_agent(bus)
+    given_up = Delivery(
+        queue=BROKER_INPUT_QUEUE,
+        body=text_body(message_id="t-gone"),
+        message_id="t-gone",
+        redelivered=True,
+        attempt=5,
+    )
+    await asyncio.wait_for(broker._gave_up(given_up), 5)
+    stream = outputs(bus)
+    error = await anext(stream)
+    await stream.aclose()
+    assert (error.error_code, error.in_reply_to_message_id) == (ErrorCode.INTERNAL, "t-gone")

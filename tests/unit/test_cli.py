@@ -166,3 +166,31 @@ def test_the_operations_guide_lists_each_commands_groups_and_each_groups_setting
     for group in SettingsGroup:
         names = [name.upper() for name in fields_in(group)]
         assert listed[group.key] == ", ".join(f"`{name}`" for name in names), group.key
+
+
+def test_dev_runs_on_the_in_process_bus_unless_told_otherwise(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from agentcomm.cli import _settings_from
+
+    monkeypatch.delenv("MESSAGE_BUS", raising=False)
+    assert _settings_from(parse_arguments(["dev"])).message_bus == "memory"
+    assert _settings_from(parse_arguments(["serve"])).message_bus == "rabbitmq"
+    flagged = parse_arguments(["dev", "--message-bus", "rabbitmq"])
+    assert _settings_from(flagged).message_bus == "rabbitmq"
+    monkeypatch.setenv("MESSAGE_BUS", "rabbitmq")
+    assert _settings_from(parse_arguments(["dev"])).message_bus == "rabbitmq"
+
+
+@pytest.mark.parametrize("command", list(REQUIRED))
+def test_every_settings_flag_says_its_default(command: str) -> None:
+    text = " ".join(help_of(command).split())
+    for name in settings_fields(command):
+        description = Settings.model_fields[name].description
+        assert description is not None
+        assert f"{' '.join(description.split())} (default: " in text, name
+
+
+def test_log_levels_are_read_in_any_case() -> None:
+    assert Settings(log_level="debug").log_level == "DEBUG"  # type: ignore[arg-type]
+    assert Settings(log_level=" Warning ").log_level == "WARNING"  # type: ignore[arg-type]

@@ -22,7 +22,7 @@ from agentcomm.protocol.codec import (
 )
 from agentcomm.protocol.errors import ProtocolError
 from agentcomm.protocol.ids import ID_PATTERN, is_valid_id
-from agentcomm.protocol.models import Envelope
+from agentcomm.protocol.models import MAX_METADATA_DEPTH, MAX_METADATA_ITEMS, Envelope
 from agentcomm.protocol.vocabulary import ErrorCode, MessageType, RoutingStatus
 
 PROPERTY = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -309,3 +309,47 @@ def test_encode_envelope_takes_metadata_orjson_cannot_write() -> None:
     assert changed == encode_for_bus(
         envelope.model_copy(update={"routing_status": RoutingStatus.ROUTED})
     )
+
+
+def _nested(depth: int) -> dict[str, Any]:
+    value: Any = 1
+    for _ in range(depth):
+        value = {"a": value}
+    return dict(value)
+
+
+@pytest.mark.parametrize("depth", [MAX_METADATA_DEPTH + 1, 254, 255, 300, 1000])
+def test_metadata_nested_too_deep_is_invalid_message_at_the_edge(depth: int) -> None:
+    # Written by hand: no encoder writes JSON this deep (which is the point of the limit).
+    metadata = '{"a":' * depth + "1" + "}" * depth
+    raw = '{"message_type": "TEXT", "message_id": "m1", "metadata": ' + metadata + "}"
+    with pytest.raises(ProtocolError) as caught:
+        decode_envelope(raw)
+    assert caught.value.code is ErrorCode.INVALID_MESSAGE
+    assert caught.value.in_reply_to == "m1"
+    assert f"at most {MAX_METADATA_DEPTH} levels" in caught.value.text
+    # A sentence of ours, not a library's class name.
+    assert "Error" not in caught.value.text
+    assert "pydantic" not in caught.value.text
+
+
+def test_metadata_as_deep_as_allowed_is_accepted_and_encodes() -> None:
+    envelope = decode_envelope(
+        orjson.dumps({"message_type": "TEXT", "metadata": _nested(MAX_METADATA_DEPTH)})
+    )
+    assert decode_envelope(encode_for_bus(envelope)).metadata == envelope.metadata
+
+
+def test_metadata_with_too_many_values_is_invalid_message() -> None:
+    metadata = {"many": list(range(MAX_METADATA_ITEMS))}
+    with pytest.raises(ProtocolError) as caught:
+        decode_envelope(orjson.dumps({"message_type": "TEXT", "metadata": metadata}))
+    assert caught.value.code is ErrorCode.INVALID_MESSAGE
+    assert f"at most {MAX_METADATA_ITEMS} values" in caught.value.text
+
+
+def test_frontend_capabilities_have_the_same_bounds() -> None:
+    data = {"message_type": "REGISTER_FRONTEND", "frontend_name": "x", "capabilities": _nested(20)}
+    with pytest.raises(ProtocolError) as caught:
+        decode_register_frontend(data)
+    assert "capabilities may nest" in caught.value.text

@@ -454,3 +454,28 @@ def test_unsubscribe_stops_deltas(registry: AgentRegistry) -> None:
 )
 def test_parse_reported_status(raw: str, state: AgentState | None) -> None:
     assert parse_reported_status(raw) is state
+
+
+def test_beyond_the_number_kept_the_longest_offline_are_forgotten(clock: ManualClock) -> None:
+    registry = AgentRegistry(clock, agent_timeout=TIMEOUT, stream_grace=GRACE, max_offline=2)
+    for agent_id in ("a1", "a2", "a3", "live"):
+        register(registry, agent_id)
+    for agent_id in ("a1", "a2", "a3"):
+        registry.unregister(agent_id)
+        clock.advance(1)
+    assert registry.get("a1") is None
+    assert [info.agent_id for info in registry.infos_after(None)] == ["a2", "a3", "live"]
+    # Back online, an agent no longer counts against the offline ones.
+    register(registry, "a2")
+    register(registry, "a4")
+    registry.unregister("a4")
+    assert [info.agent_id for info in registry.infos_after(None)] == ["a2", "a3", "a4", "live"]
+
+
+def test_agents_are_listed_in_id_order_from_any_point(registry: AgentRegistry) -> None:
+    for agent_id in ("m", "b", "z", "a"):
+        register(registry, agent_id)
+    assert [info.agent_id for info in registry.infos_after(None)] == ["a", "b", "m", "z"]
+    assert [info.agent_id for info in registry.infos_after("b")] == ["m", "z"]
+    assert [info.agent_id for info in registry.infos_after("c")] == ["m", "z"]
+    assert list(registry.infos_after("z")) == []

@@ -706,9 +706,10 @@ async def test_an_answer_lost_with_a_broken_connection_is_given_again_on_a_resen
     assert [f["message_id"] for f in world.alice_link.take() if f["message_type"] == "REPLY"] == [
         "r1"
     ]
-    # Sent again on the same connection: the answer is on its way there, nothing more.
+    # Sent again on the same connection: the answer is on its way there; the frame back says
+    # so (a `delivered` echo), and is no second answer.
     await world.router.accept_from_frontend(world.alice, text(message_id="m1"))
-    assert world.alice_link.take() == []
+    assert statuses(world.alice_link.take()) == [("TEXT", "delivered", None)]
     # The connection broke before the answer arrived; resumed on a new one, the frontend sends
     # the TEXT again and gets the answer again.
     session = world.sessions.get(world.alice)
@@ -721,3 +722,97 @@ async def test_an_answer_lost_with_a_broken_connection_is_given_again_on_a_resen
     [given_again] = again.take()
     assert (given_again["message_id"], given_again["text_payload"]) == ("r1", "the answer")
     assert await world.queue(BROKER_INPUT) == []
+
+
+# -- every frame gets a frame back -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("target", ["never-sent", "m1-of-bob"])
+async def test_a_cancel_of_an_unknown_message_is_answered_unknown_message(
+    world: World, target: str
+) -> None:
+    await world.router.accept_from_frontend(world.bob, text(message_id="m1-of-bob"))
+    world.bob_link.take()
+    cancel = envelope(message_type="CANCEL", message_id="c1", in_reply_to_message_id=target)
+    with pytest.raises(ProtocolError) as refused:
+        await world.router.accept_from_frontend(world.alice, cancel)
+    assert refused.value.code is ErrorCode.UNKNOWN_MESSAGE
+    assert refused.value.in_reply_to == "c1"
+    assert [m["message_type"] for m in await world.queue(BROKER_INPUT)] == ["TEXT"]
+
+
+async def test_a_cancel_of_an_answered_message_is_answered_unknown_message(world: World) -> None:
+    await world.agent("agent-1")
+    await world.router.handle_broker_output(await routed_from_alice(world, "agent-1"))
+    await world.router.handle_broker_output(late_reply(world, "m1", "r1"))
+    world.alice_link.take()
+    cancel = envelope(message_type="CANCEL", message_id="c1", in_reply_to_message_id="m1")
+    with pytest.raises(ProtocolError) as refused:
+        await world.router.accept_from_frontend(world.alice, cancel)
+    assert refused.value.code is ErrorCode.UNKNOWN_MESSAGE
+    assert await world.queue(BROKER_INPUT) == []
+
+
+async def test_a_cancel_of_a_message_just_sent_goes_on(world: World) -> None:
+    await world.router.accept_from_frontend(world.alice, text(message_id="m1"))
+    await world.router.accept_from_frontend(
+        world.alice, envelope(message_type="CANCEL", in_reply_to_message_id="m1")
+    )
+    assert [m["message_type"] for m in await world.queue(BROKER_INPUT)] == ["TEXT", "CANCEL"]
+
+
+async def test_an_id_reused_after_its_answer_was_forgotten_is_a_duplicate(
+    world: World,
+) -> None:
+    await world.agent("agent-1")
+    await world.router.handle_broker_output(await routed_from_alice(world, "agent-1"))
+    await world.router.handle_broker_output(late_reply(world, "m1", "r1"))
+    session = world.sessions.get(world.alice)
+    assert session is not None
+    session.finals.clear()  # as after many later answers
+    world.alice_link.take()
+    await world.router.accept_from_frontend(world.alice, text(message_id="m1"))
+    [error] = world.alice_link.take()
+    assert (error["message_type"], error["error_code"], error["in_reply_to_message_id"]) == (
+        "ERROR",
+        "duplicate_message_id",
+        "m1",
+    )
+    assert await world.queue(BROKER_INPUT) == []
+
+
+# -- SYSTEM notices --------------------------------------------------------------------------------
+
+
+def system(world: World, sender: str, receiver: str) -> Envelope:
+    return envelope(
+        message_type="SYSTEM",
+        message_id=f"s-{sender}-{receiver}",
+        sender_id=sender,
+        receiver_id=receiver,
+        text_payload="notice",
+        routing_status="routed",
+    )
+
+
+async def test_an_agent_sends_system_only_to_a_frontend_that_wrote_to_it(world: World) -> None:
+    await world.agent("agent-1")
+    await world.agent("agent-2")
+    await world.router.handle_broker_output(await routed_from_alice(world, "agent-1"))
+    world.alice_link.take()
+    await world.router.handle_broker_output(system(world, "agent-1", world.alice))
+    assert [f["message_type"] for f in world.alice_link.take()] == ["SYSTEM"]
+    # Neither to a frontend that never wrote to it, nor from another agent.
+    await world.router.handle_broker_output(system(world, "agent-1", world.bob))
+    await world.router.handle_broker_output(system(world, "agent-2", world.alice))
+    assert world.bob_link.take() == []
+    assert world.alice_link.take() == []
+    refusals = await world.queue("agent_queue_agent-2")
+    assert [(m["message_type"], m["error_code"]) for m in refusals] == [
+        ("ERROR", "unknown_receiver")
+    ]
+
+
+async def test_system_from_whom_is_not_an_agent_still_reaches_a_frontend(world: World) -> None:
+    await world.router.handle_broker_output(system(world, "broker_1", world.bob))
+    assert [f["message_type"] for f in world.bob_link.take()] == ["SYSTEM"]

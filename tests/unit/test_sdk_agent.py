@@ -337,7 +337,7 @@ async def test_work_from_a_shared_bus() -> None:
     hub = InMemoryHub()
     try:
         async with echo_agent(hub, bus=bus) as agent:
-            assert agent.transport == "amqp"
+            assert agent.transport == "memory"  # the in-process bus, named as such
             message = text("over the bus")
             await within(
                 bus.publish(

@@ -84,7 +84,8 @@ def settings(bus: str) -> Settings:
 def test_the_transport_follows_the_bus_unless_chosen() -> None:
     assert choose_transport(None, settings("rabbitmq"), None) == "amqp"
     assert choose_transport(None, settings("memory"), None) == "grpc"
-    assert choose_transport(None, settings("memory"), InMemoryBus()) == "amqp"
+    assert choose_transport(None, settings("memory"), InMemoryBus()) == "memory"
+    assert choose_transport("amqp", settings("memory"), InMemoryBus()) == "memory"
     assert choose_transport("grpc", settings("rabbitmq"), None) == "grpc"
 
 

@@ -166,3 +166,20 @@ def test_live_links(sessions: FrontendSessions) -> None:
     sessions.register(b, "B", {})
     sessions.detach(first.frontend_id, a)
     assert sessions.live_links() == [b]
+
+
+def test_backlog_is_bounded_in_bytes_and_keeps_the_newest(clock: ManualClock) -> None:
+    sessions = FrontendSessions(clock, resume_window=60, backlog_bytes=10_000)
+    link = Link()
+    session, _ = sessions.register(link, "a", {})
+    sessions.detach(session.frontend_id, link)
+    for index in range(10):
+        sessions.send(session.frontend_id, str(index).encode() * 1500)
+    # 1,500 bytes each: six fit in 10,000.
+    assert [frame[:1] for frame in session.backlog] == [b"4", b"5", b"6", b"7", b"8", b"9"]
+    resumed, was_resumed = sessions.register(
+        Link(), "a", {}, frontend_id=session.frontend_id, resume_token=session.resume_token
+    )
+    assert was_resumed
+    assert sessions.flush_backlog(resumed) == 6
+    assert len(resumed.backlog) == 0

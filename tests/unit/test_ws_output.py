@@ -140,3 +140,103 @@ async def test_wait_closed_returns_once_the_close_went_out() -> None:
     link.mark_closed()
     await asyncio.wait_for(waiting, timeout=5)
     await asyncio.wait_for(link.wait_closed(), timeout=5)
+
+
+async def test_a_peer_that_stays_behind_by_bytes_is_closed_before_its_frame_count() -> None:
+    output = FakeOutput()
+    scheduler = OutputScheduler()
+    link = SocketLink(output, scheduler, max_frames=1024, max_bytes=10_000)
+    output.output_paused = True
+    big = b"x" * 3000
+    for _ in range(3):
+        link.send_frame(big)
+    assert link.close_code is None
+    assert link.queued_bytes == scheduler.queued_bytes > 9000
+    link.send_frame(big)
+    assert link.close_code == CLOSE_TOO_SLOW
+    # Dropped at once, and given back to the hub's budget.
+    assert link.queued_bytes == scheduler.queued_bytes == 0
+
+
+async def test_one_frame_larger_than_the_bound_still_goes_into_an_empty_queue() -> None:
+    link = SocketLink(FakeOutput(), OutputScheduler(), max_frames=16, max_bytes=1000)
+    link.send_frame(b"x" * 5000)
+    assert link.close_code is None
+
+
+async def test_the_hub_wide_budget_closes_the_socket_holding_the_most() -> None:
+    scheduler = OutputScheduler(total_bytes=20_000)
+    outputs = [FakeOutput() for _ in range(3)]
+    links = [SocketLink(output, scheduler, max_frames=1024, max_bytes=15_000) for output in outputs]
+    for output in outputs:
+        output.output_paused = True
+    for _ in range(3):
+        links[0].send_frame(b"a" * 3000)  # 9 KB waiting: the greediest
+    links[1].send_frame(b"b" * 3000)
+    assert all(link.close_code is None for link in links)
+    for _ in range(4):
+        links[2].send_frame(b"c" * 2000)  # past 20 KB in all
+    assert links[0].close_code == CLOSE_TOO_SLOW
+    assert links[1].close_code is None
+    assert links[2].close_code is None
+    assert scheduler.queued_bytes == links[1].queued_bytes + links[2].queued_bytes <= 20_000
+
+
+async def test_written_frames_leave_the_budget() -> None:
+    scheduler = OutputScheduler(total_bytes=1_000_000)
+    link = SocketLink(FakeOutput(), scheduler, max_frames=16, max_bytes=100_000)
+    link.send_frame(b"x" * 5000)
+    assert scheduler.queued_bytes > 5000
+    await next_turn()
+    assert scheduler.queued_bytes == link.queued_bytes == 0
+
+
+class Pages:
+    """A frame source of `count` frames that records how many were asked for."""
+
+    def __init__(self, count: int, name: bytes = b"p") -> None:
+        self.count = count
+        self.name = name
+        self.taken = 0
+
+    def next_frame(self) -> bytes | None:
+        if self.taken == self.count:
+            return None
+        self.taken += 1
+        return self.name + str(self.taken).encode()
+
+
+async def test_a_source_is_read_as_the_socket_drains_and_not_while_it_does_not() -> None:
+    output = FakeOutput()
+    link = SocketLink(output, OutputScheduler(), max_frames=16, max_bytes=10_000)
+    link.send_frame(b"before")
+    pages = Pages(1000)
+    link.send_frames(pages)
+    link.send_frame(b"after")
+    assert pages.taken == 1  # the first page at once, in order with its neighbours
+    output.output_paused = True
+    for _ in range(5):
+        await next_turn()
+    assert pages.taken == 1  # a peer that does not read holds one page
+    output.resume()
+    for _ in range(20):
+        await next_turn()
+    frames = [frame for data in output.writes for frame in parse_text_frames(data)]
+    assert frames[:3] == [b"before", b"p1", b"after"]
+    assert frames[3:6] == [b"p2", b"p3", b"p4"]
+    assert link.close_code is None
+
+
+async def test_a_new_source_replaces_one_still_being_read() -> None:
+    output = FakeOutput()
+    link = SocketLink(output, OutputScheduler(), max_frames=16, max_bytes=10_000)
+    output.output_paused = True
+    first, second = Pages(100, b"a"), Pages(2, b"b")
+    link.send_frames(first)
+    link.send_frames(second)
+    output.resume()
+    for _ in range(10):
+        await next_turn()
+    frames = [frame for data in output.writes for frame in parse_text_frames(data)]
+    assert frames == [b"a1", b"b1", b"b2"]
+    assert first.taken == 1

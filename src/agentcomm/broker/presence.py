@@ -221,20 +221,30 @@ class PresenceFollower:
         call = self._status.SubscribeToAgentStatus(
             agent_status_service_pb2.AgentStatusRequest(broker_id=self._broker_id)
         )
+        # A full list of many agents comes in pages (more_pages): applied once it is whole, so
+        # that the agents of its later pages never look gone in between.
+        paging: list[AgentInfo] | None = None
         try:
             async for response in call:
+                agents = [agent_from_proto(agent) for agent in response.agents]
+                full = response.is_full_update
+                if full and response.more_pages:
+                    paging = agents
+                    continue
+                if paging is not None:
+                    paging.extend(agents)
+                    if response.more_pages:
+                        continue
+                    agents, full, paging = paging, True, None
                 was_stale = self._table.stale
-                gone = self._table.apply(
-                    (agent_from_proto(agent) for agent in response.agents),
-                    full=response.is_full_update,
-                )
+                gone = self._table.apply(agents, full=full)
                 for agent_id in gone:
                     self._on_offline(agent_id)
                 await self._notify()
-                if response.is_full_update and not self._synced.is_set():
+                if full and not self._synced.is_set():
                     log.info("Following agent status: %d agents known", len(self._table.agents))
                     self._synced.set()
-                elif response.is_full_update and was_stale:
+                elif full and was_stale:
                     log.info("Agent status stream back: %d agents known", len(self._table.agents))
         finally:
             call.cancel()

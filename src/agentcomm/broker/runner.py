@@ -10,7 +10,7 @@ from agentcomm.bus.base import BusError
 from agentcomm.config import Settings
 from agentcomm.core.auth import token_subject
 from agentcomm.grpc_channel import ClientTls
-from agentcomm.signals import stop_on_signals
+from agentcomm.signals import Waiting, stop_on_signals
 
 log = logging.getLogger(__name__)
 
@@ -38,15 +38,18 @@ async def run_broker(settings: Settings, broker_id: str | None, broker_name: str
         token=settings.auth_token,
         tls=ClientTls.from_settings(settings),
     )
-    try:
-        stopping = asyncio.Event()
-        with stop_on_signals(stopping.set):
+    stopping = asyncio.Event()
+    # The stop runs inside too: a second signal while it waits ends the process at once.
+    with stop_on_signals(
+        stopping.set, lambda: Waiting(settings.shutdown_timeout, "the messages being routed")
+    ):
+        try:
             if not await _start_unless_stopped(broker, stopping):
                 return 1
             await stopping.wait()
-    finally:
-        await broker.stop()
-        await bus.close()
+        finally:
+            await broker.stop()
+            await bus.close()
     return 0
 
 

@@ -15,6 +15,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 import grpc.aio
@@ -28,7 +29,9 @@ from agentcomm.grpc_channel import CLIENT_KEEPALIVE, ClientTls, open_channel
 from agentcomm.protocol.codec import encode_for_bus, parse_json_object
 from agentcomm.protocol.errors import ProtocolError
 from agentcomm.protocol.ids import new_broker_id
+from agentcomm.protocol.models import Envelope
 from agentcomm.protocol.queues import BROKER_INPUT_QUEUE, SERVER_INPUT_QUEUE
+from agentcomm.protocol.vocabulary import ErrorCode
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +160,7 @@ class ReferenceBroker:
             self.handle,
             prefetch=self._prefetch,
             concurrency=self._concurrency,
+            on_dead_letter=self._gave_up,
         )
         log.info("Broker %s routing from %s", self.broker_id, BROKER_INPUT_QUEUE)
 
@@ -197,23 +201,53 @@ class ReferenceBroker:
             return
         for agent_id in self.table.prune():
             self.router.agent_went_offline(agent_id)
+        try:
+            decision, output = self._decide(envelope, fields)
+        except Exception:
+            # A message this broker cannot handle would fail the same way on every redelivery
+            # and then be dropped: its sender is told at once instead.
+            log.exception("Cannot route message %s", delivery.message_id)
+            await self._reject(
+                delivery,
+                ProtocolError(ErrorCode.INTERNAL, "The broker could not route this message."),
+            )
+            return
+        if output is not None:
+            body, message_id = output
+            await self._bus.publish(SERVER_INPUT_QUEUE, body, message_id=message_id)
+        self._count(decision)
+
+    def _decide(
+        self, envelope: Envelope, fields: dict[str, Any]
+    ) -> tuple[Decision, tuple[bytes, str] | None]:
+        """The decision for a message, and what it publishes: a body and its message_id (None:
+        nothing, the message is dropped)."""
         decision = self.router.decide(envelope, self.table.agents, stale=self.table.stale)
-        # Recorded before the publish, so that messages handled meanwhile (the broker handles
-        # several at once) already see this one's agent: its load, its conversation. Recording
-        # is idempotent by message_id, so a redelivery after a failed publish counts once.
-        self.router.commit(decision)
+        output = None
         if decision.routed_to is not None:
             body = routed_body(fields, decision.routed_to, envelope.hops + 1)
             if body is None:
                 body = encode_for_bus(decision.output or envelope)
-            await self._bus.publish(SERVER_INPUT_QUEUE, body, message_id=envelope.message_id)
+            output = (body, envelope.message_id)
         elif decision.error is not None:
-            await self._bus.publish(
-                SERVER_INPUT_QUEUE,
-                encode_for_bus(decision.error),
-                message_id=decision.error.message_id,
-            )
-        self._count(decision)
+            output = (encode_for_bus(decision.error), decision.error.message_id)
+        # Recorded before the publish, so that messages handled meanwhile (the broker handles
+        # several at once) already see this one's agent: its load, its conversation. Recording
+        # is idempotent by message_id, so a redelivery after a failed publish counts once.
+        self.router.commit(decision)
+        return decision, output
+
+    async def _gave_up(self, delivery: Delivery) -> None:
+        """Out of attempts (the bus kept failing under it): its sender is told, if the bus
+        takes that now, instead of waiting for an answer that will not come."""
+        await self._reject(
+            delivery,
+            # Not bus_unavailable: that says "not accepted, send it again", and this one was.
+            ProtocolError(
+                ErrorCode.INTERNAL,
+                f"The broker gave up on this message after {delivery.attempt} attempts.",
+            ),
+        )
 
     def _count(self, decision: Decision) -> None:
         source = decision.source

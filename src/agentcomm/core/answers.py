@@ -42,6 +42,8 @@ ANSWERED_MEMORY = 100_000
 ACCEPTED_MEMORY = 100_000
 # Refused TEXTs remembered to hold back a late answer to them.
 REFUSED_MEMORY = 10_000
+# (frontend, agent) pairs that have a conversation: the frontend's TEXT reached the agent.
+CONVERSATIONS_MEMORY = 100_000
 
 
 @dataclass
@@ -99,6 +101,7 @@ class AnswerLedger:
         self._accepted: OrderedDict[tuple[str, str], None] = OrderedDict()
         # (frontend_id, message_id) of refused TEXTs -> the answer that came for one anyway.
         self._refused: OrderedDict[tuple[str, str], Envelope | None] = OrderedDict()
+        self._conversations: OrderedDict[tuple[str, str], None] = OrderedDict()
 
     # -- frontend re-sends -------------------------------------------------------------------
 
@@ -111,6 +114,12 @@ class AnswerLedger:
         if len(self._accepted) > ACCEPTED_MEMORY:
             self._accepted.popitem(last=False)
         return True
+
+    def knows(self, frontend_id: str, message_id: str) -> bool:
+        """Whether this frontend sent a TEXT with this id that this server accepted or handed
+        to an agent (and still remembers)."""
+        key = (frontend_id, message_id)
+        return key in self._accepted or key in self._outstanding
 
     def forget_accepted(self, frontend_id: str, message_id: str) -> None:
         """The message never made it onto the bus: a retry with the same id is welcome."""
@@ -151,6 +160,15 @@ class AnswerLedger:
         key = (frontend_id, message.message_id)
         if key not in self._answered:
             self._outstanding[key] = Outstanding(message, agent_id)
+        pair = (frontend_id, agent_id)
+        self._conversations[pair] = None
+        self._conversations.move_to_end(pair)
+        if len(self._conversations) > CONVERSATIONS_MEMORY:
+            self._conversations.popitem(last=False)
+
+    def in_conversation(self, frontend_id: str, agent_id: str) -> bool:
+        """Whether a TEXT of this frontend was handed to this agent (as far as remembered)."""
+        return (frontend_id, agent_id) in self._conversations
 
     def agent_for(self, frontend_id: str, message_id: str) -> str | None:
         """The agent working on an unanswered message, if this server delivered it."""

@@ -9,7 +9,7 @@ or broker on any hub sees every agent. With no peers it is the registry as it al
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 from agentcomm.core.errors import AgentIdTaken
 from agentcomm.core.peers import Changed, PeerPresence
@@ -123,6 +123,21 @@ class ClusterPresence:
         merged = self._merged(seen)
         merged += self._merged(sorted(self.peers.agent_ids() - seen))
         return merged
+
+    def infos_after(self, after: str | None) -> Iterator[AgentInfo]:
+        """Every agent of the cluster whose id sorts after `after`, in id order (an agent list
+        read a page at a time, see AgentRegistry.infos_after)."""
+        if not self.peers.hubs():
+            yield from self.registry.infos_after(after)
+            return
+        ids = {info.agent_id for info in self.registry.infos_after(after)}
+        ids |= {
+            agent_id for agent_id in self.peers.agent_ids() if after is None or agent_id > after
+        }
+        for agent_id in sorted(ids):
+            info = self.info(agent_id)
+            if info is not None:
+                yield info
 
     def online_count(self) -> int:
         return sum(1 for info in self.snapshot() if info.is_online)

@@ -13,12 +13,14 @@ timeout (and catches a grace whose timer could not be set).
 
 from __future__ import annotations
 
+import bisect
 import logging
-from collections.abc import Callable
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from agentcomm.core.clock import Clock
 from agentcomm.core.errors import AgentIdTaken, NotYourAgent, UnknownAgent
@@ -45,6 +47,8 @@ class AgentSource(Protocol):
 
     def snapshot(self) -> list[AgentInfo]: ...
 
+    def infos_after(self, after: str | None) -> Iterator[AgentInfo]: ...
+
     def subscribe(self, listener: PresenceListener) -> Callable[[], None]: ...
 
 
@@ -63,8 +67,36 @@ _REPORTED_STATES = {
     "PAUSED": AgentState.PAUSED,
 }
 
-# Offline agents are forgotten after this long, so the registry cannot grow without bound.
+# Offline agents are forgotten after this long, and the oldest of them once there are more than
+# this many, so that agents coming and going cannot grow the registry (and the agent list every
+# frontend and broker reads) without bound. The defaults of OFFLINE_AGENT_RETENTION and
+# OFFLINE_AGENTS_KEPT.
 FORGET_OFFLINE_AFTER_SECONDS = 3600.0
+MAX_OFFLINE_AGENTS = 1000
+
+
+# What one page of an agent list may hold (and always at least one agent): well within what any
+# client takes in one WebSocket frame or gRPC message (4 MiB by gRPC's default), and small enough
+# that a socket that does not read holds one page, not a list that grows with the agents.
+AGENT_PAGE_BYTES = 256 * 1024
+
+T = TypeVar("T")
+
+
+def take_page(
+    items: Iterator[T], size_of: Callable[[T], int], max_bytes: int = AGENT_PAGE_BYTES
+) -> tuple[list[T], bool]:
+    """The next items of `items` up to `max_bytes` in all (the first one always), and whether
+    any are left after them."""
+    page: list[T] = []
+    size = 0
+    for item in items:
+        item_size = size_of(item)
+        if page and size + item_size > max_bytes:
+            return page, True
+        page.append(item)
+        size += item_size
+    return page, False
 
 
 def parse_reported_status(raw: str) -> AgentState | None:
@@ -123,6 +155,8 @@ class AgentRegistry:
         agent_timeout: float,
         stream_grace: float,
         timers: Timers | None = None,
+        offline_retention: float = FORGET_OFFLINE_AFTER_SECONDS,
+        max_offline: int = MAX_OFFLINE_AGENTS,
     ) -> None:
         self._clock = clock
         self._agent_timeout = agent_timeout
@@ -130,6 +164,12 @@ class AgentRegistry:
         # Without timers a grace ends at the first sweep after it ran out.
         self._timers = timers
         self._agents: dict[str, AgentRecord] = {}
+        # Every id, sorted: the order agent lists are read in, page by page (`infos_after`).
+        self._order: list[str] = []
+        # Offline agents, the longest offline first.
+        self._offline: OrderedDict[str, None] = OrderedDict()
+        self._offline_retention = offline_retention
+        self._max_offline = max_offline
         self._listeners: list[PresenceListener] = []
         # Set while the server stops: the streams it closes itself say nothing about its agents.
         self._stopping = False
@@ -181,6 +221,16 @@ class AgentRegistry:
     def snapshot(self) -> list[AgentInfo]:
         return [record.info() for record in self._agents.values()]
 
+    def infos_after(self, after: str | None) -> Iterator[AgentInfo]:
+        """Every agent whose id sorts after `after` (all of them for None), in id order: an agent
+        list read a page at a time. Read each page at once; agents registered meanwhile are
+        announced by a delta of their own."""
+        order = self._order
+        index = 0 if after is None else bisect.bisect_right(order, after)
+        while index < len(order):
+            yield self._agents[order[index]].info()
+            index += 1
+
     def online_count(self) -> int:
         return sum(1 for record in self._agents.values() if record.online)
 
@@ -223,6 +273,9 @@ class AgentRegistry:
         )
         self._touch(record)
         self._agents[agent_id] = record
+        if existing is None:
+            bisect.insort(self._order, agent_id)
+        self._offline.pop(agent_id, None)
         changed = existing is None or existing.info() != record.info()
         if changed:
             log.info("Agent %s (%s) is online", agent_id, record.agent_name)
@@ -250,8 +303,7 @@ class AgentRegistry:
         record.metrics = dict(metrics)
         record.reported = status
         was_online = record.online
-        record.online = True
-        record.offline_since = None
+        self._back_online(record)
         # A heartbeat proves the agent alive even if its stream broke: no stream-loss timeout.
         record.stream_lost_at = None
         self._touch(record)
@@ -265,8 +317,7 @@ class AgentRegistry:
         record.stream_lost_at = None
         self._touch(record)
         if not record.online:
-            record.online = True
-            record.offline_since = None
+            self._back_online(record)
             self._emit([record])
         return record
 
@@ -318,13 +369,9 @@ class AgentRegistry:
         """Applies the timeouts; returns the agents that went offline. Call it periodically."""
         now = self._clock.monotonic()
         gone: list[AgentRecord] = []
+        self._forget_offline(now)
         for record in list(self._agents.values()):
             if not record.online:
-                if (
-                    record.offline_since
-                    and now - record.offline_since > FORGET_OFFLINE_AFTER_SECONDS
-                ):
-                    del self._agents[record.agent_id]
                 continue
             silent_for = now - record.last_seen_mono
             if record.open_streams == 0 and silent_for >= self._agent_timeout:
@@ -348,6 +395,29 @@ class AgentRegistry:
         record.online = False
         record.stream_lost_at = None
         record.offline_since = self._clock.monotonic()
+        self._offline[record.agent_id] = None
+        self._offline.move_to_end(record.agent_id)
         log.info("Agent %s is offline: %s", record.agent_id, why)
         if emit:
             self._emit([record])
+        self._forget_offline(record.offline_since)
+
+    def _back_online(self, record: AgentRecord) -> None:
+        record.online = True
+        record.offline_since = None
+        self._offline.pop(record.agent_id, None)
+
+    def _forget_offline(self, now: float) -> None:
+        """Forgets the agents offline for longer than the retention, and the longest offline
+        beyond the number kept."""
+        offline = self._offline
+        while offline:
+            agent_id = next(iter(offline))
+            record = self._agents[agent_id]
+            since = record.offline_since if record.offline_since is not None else now
+            if len(offline) <= self._max_offline and now - since <= self._offline_retention:
+                break
+            del offline[agent_id]
+            del self._agents[agent_id]
+            del self._order[bisect.bisect_left(self._order, agent_id)]
+            log.info("Forgot agent %s, offline since %.0f s", agent_id, now - since)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import secrets
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -18,11 +19,21 @@ from agentcomm.protocol.ids import new_frontend_id
 
 log = logging.getLogger(__name__)
 
-# Frames kept for a disconnected frontend; past this the oldest are dropped and it is logged.
+# Frames kept for a disconnected frontend; past this (or past the session's backlog bytes) the
+# oldest are dropped and it is logged.
 RESUME_BUFFER_FRAMES = 1000
+# The default bound on those frames' bytes.
+RESUME_BUFFER_BYTES = 512 * 1024
 # Final answers kept per session, to be given again to a frontend that sends a TEXT again
 # because its answer went out on a connection that broke before it arrived.
 FINALS_KEPT = 64
+
+
+class FrameSource(Protocol):
+    """Frames made only as a connection can take them (a long agent list, page by page)."""
+
+    def next_frame(self) -> bytes | None:
+        """The next frame; None once there is no more."""
 
 
 class FrontendLink(Protocol):
@@ -30,6 +41,10 @@ class FrontendLink(Protocol):
 
     def send_frame(self, frame: bytes) -> None:
         """Queues a frame without waiting; the link closes itself when its buffer overflows."""
+
+    def send_frames(self, source: FrameSource) -> None:
+        """Sends what `source` gives, a frame at a time as the connection drains; a source
+        still being read is replaced by this one."""
 
 
 @dataclass
@@ -40,8 +55,10 @@ class FrontendSession:
     capabilities: dict[str, Any]
     link: FrontendLink | None
     detached_at: float | None = None
+    backlog_limit: int = RESUME_BUFFER_BYTES
     # Made when the first frame waits for a resume: most sessions never need one.
     _backlog: deque[bytes] | None = None
+    _backlog_bytes: int = 0
     # message_id of a TEXT -> the frame of its final answer and the connection it went out
     # on (None: waiting in the backlog), the newest FINALS_KEPT.
     finals: OrderedDict[str, tuple[bytes, FrontendLink | None]] = field(default_factory=OrderedDict)
@@ -53,10 +70,32 @@ class FrontendSession:
 
     def keep_for_resume(self, frame: bytes) -> None:
         if self._backlog is None:
-            self._backlog = deque(maxlen=RESUME_BUFFER_FRAMES)
-        elif len(self._backlog) == RESUME_BUFFER_FRAMES:
-            log.warning("Resume buffer of %s is full; dropping its oldest frame", self.frontend_id)
-        self._backlog.append(frame)
+            self._backlog = deque()
+        backlog = self._backlog
+        backlog.append(frame)
+        self._backlog_bytes += len(frame)
+        dropped = 0
+        while len(backlog) > 1 and (
+            len(backlog) > RESUME_BUFFER_FRAMES or self._backlog_bytes > self.backlog_limit
+        ):
+            self._backlog_bytes -= len(backlog.popleft())
+            dropped += 1
+        if dropped:
+            log.warning(
+                "Resume buffer of %s is full; dropped its %d oldest frames",
+                self.frontend_id,
+                dropped,
+            )
+
+    def take_backlog(self) -> bytes | None:
+        """The oldest frame kept for the resume (None: none left)."""
+        if not self._backlog:
+            self._backlog = None
+            self._backlog_bytes = 0
+            return None
+        frame = self._backlog.popleft()
+        self._backlog_bytes -= len(frame)
+        return frame
 
     @property
     def wants_stream(self) -> bool:
@@ -83,10 +122,18 @@ class FrontendSession:
 class FrontendSessions:
     """Every frontend of this server process, live or waiting to resume."""
 
-    def __init__(self, clock: Clock, *, resume_window: float, server_tag: str = "") -> None:
+    def __init__(
+        self,
+        clock: Clock,
+        *,
+        resume_window: float,
+        server_tag: str = "",
+        backlog_bytes: int = RESUME_BUFFER_BYTES,
+    ) -> None:
         self._clock = clock
         self._server_tag = server_tag
         self._resume_window = resume_window
+        self._backlog_bytes = backlog_bytes
         self._sessions: dict[str, FrontendSession] = {}
 
     def register(
@@ -113,6 +160,7 @@ class FrontendSessions:
             resume_token=secrets.token_urlsafe(24),
             capabilities=capabilities,
             link=link,
+            backlog_limit=self._backlog_bytes,
         )
         self._sessions[session.frontend_id] = session
         return session, False
@@ -120,12 +168,9 @@ class FrontendSessions:
     def flush_backlog(self, session: FrontendSession) -> int:
         """Sends what waited while the frontend was away; returns how many frames."""
         sent = 0
-        backlog = session._backlog
-        while backlog and session.link is not None:
-            session.link.send_frame(backlog.popleft())
+        while session.link is not None and (frame := session.take_backlog()) is not None:
+            session.link.send_frame(frame)
             sent += 1
-        if not backlog:
-            session._backlog = None
         for message_id, (frame, link) in list(session.finals.items()):
             if link is None:  # it was in the backlog: it goes out on this connection
                 session.finals[message_id] = (frame, session.link)
@@ -157,6 +202,12 @@ class FrontendSessions:
         for session in self._sessions.values():
             if session.link is not None:
                 session.link.send_frame(frame)
+
+    def broadcast_frames(self, source: Callable[[], FrameSource]) -> None:
+        """To every live socket, the frames of a source made for each (presence only)."""
+        for session in self._sessions.values():
+            if session.link is not None:
+                session.link.send_frames(source())
 
     def live_count(self) -> int:
         return sum(1 for session in self._sessions.values() if session.link is not None)

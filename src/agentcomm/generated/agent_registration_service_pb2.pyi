@@ -50,11 +50,19 @@ class AgentRegistrationRequest(_message.Message):
     CAPABILITIES_FIELD_NUMBER: _builtins.int
     HOSTNAME_FIELD_NUMBER: _builtins.int
     PLATFORM_FIELD_NUMBER: _builtins.int
+    TRANSPORT_FIELD_NUMBER: _builtins.int
     agent_id: _builtins.str
     agent_name: _builtins.str
     version: _builtins.str
     hostname: _builtins.str
     platform: _builtins.str
+    transport: _builtins.str
+    """Addition: how work reaches the agent. "grpc": the server consumes agent_queue_<id> for it
+    (ReceiveMessages); "amqp": it consumes that queue on RabbitMQ itself; "memory": it consumes
+    the hub's in-process bus, inside the hub's own process. Empty: not said. The server refuses
+    (FAILED_PRECONDITION) a transport that cannot reach its bus: "amqp" when it runs
+    MESSAGE_BUS=memory, "memory" when it runs RabbitMQ.
+    """
     @_builtins.property
     def capabilities(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     def __init__(
@@ -66,10 +74,11 @@ class AgentRegistrationRequest(_message.Message):
         capabilities: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         hostname: _builtins.str = ...,
         platform: _builtins.str = ...,
+        transport: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "agent_name", b"agent_name", "capabilities", b"capabilities", "hostname", b"hostname", "platform", b"platform", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "agent_name", b"agent_name", "capabilities", b"capabilities", "hostname", b"hostname", "platform", b"platform", "transport", b"transport", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -84,6 +93,7 @@ class AgentRegistrationResponse(_message.Message):
     SERVER_ASSIGNED_ID_FIELD_NUMBER: _builtins.int
     HEARTBEAT_INTERVAL_FIELD_NUMBER: _builtins.int
     SERVER_ID_FIELD_NUMBER: _builtins.int
+    MESSAGE_BUS_FIELD_NUMBER: _builtins.int
     success: _builtins.bool
     message: _builtins.str
     server_assigned_id: _builtins.str
@@ -92,6 +102,8 @@ class AgentRegistrationResponse(_message.Message):
     seconds between heartbeats the server expects
     """
     server_id: _builtins.str
+    message_bus: _builtins.str
+    """the bus the server runs: "rabbitmq" or "memory" """
     def __init__(
         self,
         *,
@@ -100,10 +112,11 @@ class AgentRegistrationResponse(_message.Message):
         server_assigned_id: _builtins.str = ...,
         heartbeat_interval: _builtins.int = ...,
         server_id: _builtins.str = ...,
+        message_bus: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat_interval", b"heartbeat_interval", "message", b"message", "server_assigned_id", b"server_assigned_id", "server_id", b"server_id", "success", b"success"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat_interval", b"heartbeat_interval", "message", b"message", "message_bus", b"message_bus", "server_assigned_id", b"server_assigned_id", "server_id", b"server_id", "success", b"success"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n.agentcomm/generated/agent_status_service.proto\x12\x0c\x61gent_status\"\'\n\x12\x41gentStatusRequest\x12\x11\n\tbroker_id\x18\x01 \x01(\t\"V\n\x13\x41gentStatusResponse\x12\'\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x17.agent_status.AgentInfo\x12\x16\n\x0eis_full_update\x18\x02 \x01(\x08\"\xf0\x01\n\tAgentInfo\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x12\n\nagent_name\x18\x02 \x01(\t\x12\x11\n\tis_online\x18\x03 \x01(\x08\x12\x11\n\tlast_seen\x18\x04 \x01(\t\x12\x0e\n\x06status\x18\x05 \x01(\t\x12?\n\x0c\x63\x61pabilities\x18\x06 \x03(\x0b\x32).agent_status.AgentInfo.CapabilitiesEntry\x12\x11\n\tin_flight\x18\x07 \x01(\x05\x1a\x33\n\x11\x43\x61pabilitiesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x32\xcc\x01\n\x12\x41gentStatusService\x12_\n\x16SubscribeToAgentStatus\x12 .agent_status.AgentStatusRequest\x1a!.agent_status.AgentStatusResponse0\x01\x12U\n\x0eGetAgentStatus\x12 .agent_status.AgentStatusRequest\x1a!.agent_status.AgentStatusResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n.agentcomm/generated/agent_status_service.proto\x12\x0c\x61gent_status\"?\n\x12\x41gentStatusRequest\x12\x11\n\tbroker_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x66ter_agent_id\x18\x02 \x01(\t\"j\n\x13\x41gentStatusResponse\x12\'\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x17.agent_status.AgentInfo\x12\x16\n\x0eis_full_update\x18\x02 \x01(\x08\x12\x12\n\nmore_pages\x18\x03 \x01(\x08\"\xf0\x01\n\tAgentInfo\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x12\n\nagent_name\x18\x02 \x01(\t\x12\x11\n\tis_online\x18\x03 \x01(\x08\x12\x11\n\tlast_seen\x18\x04 \x01(\t\x12\x0e\n\x06status\x18\x05 \x01(\t\x12?\n\x0c\x63\x61pabilities\x18\x06 \x03(\x0b\x32).agent_status.AgentInfo.CapabilitiesEntry\x12\x11\n\tin_flight\x18\x07 \x01(\x05\x1a\x33\n\x11\x43\x61pabilitiesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x32\xcc\x01\n\x12\x41gentStatusService\x12_\n\x16SubscribeToAgentStatus\x12 .agent_status.AgentStatusRequest\x1a!.agent_status.AgentStatusResponse0\x01\x12U\n\x0eGetAgentStatus\x12 .agent_status.AgentStatusRequest\x1a!.agent_status.AgentStatusResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,13 +34,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_AGENTINFO_CAPABILITIESENTRY']._loaded_options = None
   _globals['_AGENTINFO_CAPABILITIESENTRY']._serialized_options = b'8\001'
   _globals['_AGENTSTATUSREQUEST']._serialized_start=64
-  _globals['_AGENTSTATUSREQUEST']._serialized_end=103
-  _globals['_AGENTSTATUSRESPONSE']._serialized_start=105
-  _globals['_AGENTSTATUSRESPONSE']._serialized_end=191
-  _globals['_AGENTINFO']._serialized_start=194
-  _globals['_AGENTINFO']._serialized_end=434
-  _globals['_AGENTINFO_CAPABILITIESENTRY']._serialized_start=383
-  _globals['_AGENTINFO_CAPABILITIESENTRY']._serialized_end=434
-  _globals['_AGENTSTATUSSERVICE']._serialized_start=437
-  _globals['_AGENTSTATUSSERVICE']._serialized_end=641
+  _globals['_AGENTSTATUSREQUEST']._serialized_end=127
+  _globals['_AGENTSTATUSRESPONSE']._serialized_start=129
+  _globals['_AGENTSTATUSRESPONSE']._serialized_end=235
+  _globals['_AGENTINFO']._serialized_start=238
+  _globals['_AGENTINFO']._serialized_end=478
+  _globals['_AGENTINFO_CAPABILITIESENTRY']._serialized_start=427
+  _globals['_AGENTINFO_CAPABILITIESENTRY']._serialized_end=478
+  _globals['_AGENTSTATUSSERVICE']._serialized_start=481
+  _globals['_AGENTSTATUSSERVICE']._serialized_end=685
 # @@protoc_insertion_point(module_scope)

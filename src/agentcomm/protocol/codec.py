@@ -128,5 +128,6 @@ def _describe(exc: ValidationError) -> str:
     parts = []
     for error in exc.errors()[:3]:
         where = ".".join(str(part) for part in error["loc"]) or "message"
-        parts.append(f"{where}: {error['msg']}")
+        # A validator's own sentence, without pydantic's "Value error, " in front of it.
+        parts.append(f"{where}: {error['msg'].removeprefix('Value error, ')}")
     return "Invalid message: " + "; ".join(parts) + "."

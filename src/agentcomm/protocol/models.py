@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from agentcomm.protocol.ids import ID_PATTERN, new_message_id
 from agentcomm.protocol.vocabulary import AgentState, MessageType, RoutingStatus
@@ -20,6 +20,11 @@ MAX_NAME_CHARS = 256
 MAX_TEXT_CHARS = 1_000_000
 MAX_MAP_ENTRIES = 64
 MAX_MAP_VALUE_CHARS = 1024
+# `metadata` is free-form JSON, but every hop re-encodes it, and encoders stop at a depth of
+# about 255: a message nested deeper was accepted here and then failed in every broker, with no
+# answer to its sender. Bounded at the edge, far above any real use, so it is refused at once.
+MAX_METADATA_DEPTH = 16
+MAX_METADATA_ITEMS = 1024
 
 INTERNAL_FIELDS = frozenset({"client_id", "server_id", "hops"})
 # On a final REPLY after a stream: how many REPLY_CHUNKs came before it.
@@ -55,6 +60,13 @@ class Envelope(WireModel):
     server_id: str | None = Field(default=None, alias="_server_id", max_length=128)
     hops: int = Field(default=0, alias="_hops", ge=0)
 
+    @field_validator("metadata")
+    @classmethod
+    def _bounded_metadata(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None:
+            check_json_shape(value, "metadata")
+        return value
+
 
 class AgentInfo(WireModel):
     agent_id: str
@@ -75,6 +87,12 @@ class RegisterFrontend(WireModel):
     token: str | None = Field(default=None, max_length=8192)
     capabilities: dict[str, Any] = Field(default_factory=dict, max_length=MAX_MAP_ENTRIES)
 
+    @field_validator("capabilities")
+    @classmethod
+    def _bounded_capabilities(cls, value: dict[str, Any]) -> dict[str, Any]:
+        check_json_shape(value, "capabilities")
+        return value
+
 
 class RegisterFrontendResponse(WireModel):
     message_type: MessageType = MessageType.REGISTER_FRONTEND_RESPONSE
@@ -87,12 +105,29 @@ class RegisterFrontendResponse(WireModel):
     send_timestamp: str | None = None
 
 
+class RefreshToken(WireModel):
+    message_type: MessageType
+    message_id: str | None = Field(default=None, pattern=ID_PATTERN)
+    token: str = Field(min_length=1, max_length=8192)
+
+
+class RefreshTokenResponse(WireModel):
+    message_type: MessageType = MessageType.REFRESH_TOKEN_RESPONSE
+    message_id: str = Field(default_factory=new_message_id)
+    in_reply_to_message_id: str | None = None
+    status: str = "success"
+    # When the session ends now, unless refreshed again (ISO 8601 UTC; absent: never).
+    expires_at: str | None = None
+
+
 class AgentStatusUpdate(WireModel):
     message_type: MessageType = MessageType.AGENT_STATUS_UPDATE
     message_id: str = Field(default_factory=new_message_id)
     agents: list[AgentInfo]
     is_full_update: bool
     send_timestamp: str | None = None
+    # On every page of a full list but the last: more agents follow in the next updates.
+    more_pages: bool | None = None
 
 
 class ServerAdvertisement(WireModel):
@@ -118,3 +153,22 @@ class ClientDisconnectedNotice(WireModel):
     message_id: str | None = None
     client_id: str = Field(min_length=1, max_length=128)
     client_type: str = Field(default="", max_length=32)
+
+
+def check_json_shape(value: dict[str, Any], what: str) -> None:
+    """Raises ValueError (a sentence naming `what`) when `value` nests deeper than
+    MAX_METADATA_DEPTH or holds more than MAX_METADATA_ITEMS values in all. Walked without
+    recursion, so that no depth makes the check itself fail."""
+    items = 0
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_METADATA_DEPTH:
+            raise ValueError(f"{what} may nest at most {MAX_METADATA_DEPTH} levels deep")
+        children = node.values() if isinstance(node, dict) else node
+        for child in children:
+            items += 1
+            if isinstance(child, dict | list):
+                stack.append((child, depth + 1))
+        if items > MAX_METADATA_ITEMS:
+            raise ValueError(f"{what} may hold at most {MAX_METADATA_ITEMS} values in all")

@@ -53,6 +53,7 @@ class FrontendFrame(StrEnum):
     CHAT = "chat"  # TEXT or CANCEL: routed
     STATUS_REQUEST = "status_request"  # REQUEST_AGENT_STATUS: the full agent list
     REGISTER = "register"  # REGISTER_FRONTEND again
+    REFRESH_TOKEN = "refresh_token"  # a fresh token for the session
 
 
 def frontend_frame_kind(message_type: MessageType, message_id: str | None) -> FrontendFrame:
@@ -64,10 +65,12 @@ def frontend_frame_kind(message_type: MessageType, message_id: str | None) -> Fr
         return FrontendFrame.STATUS_REQUEST
     if message_type is MessageType.REGISTER_FRONTEND:
         return FrontendFrame.REGISTER
+    if message_type is MessageType.REFRESH_TOKEN:
+        return FrontendFrame.REFRESH_TOKEN
     raise ProtocolError(
         ErrorCode.UNSUPPORTED_TYPE,
-        f"Frontends cannot send {message_type.value}; they send TEXT, CANCEL and "
-        "REQUEST_AGENT_STATUS.",
+        f"Frontends cannot send {message_type.value}; they send TEXT, CANCEL, "
+        "REQUEST_AGENT_STATUS and REFRESH_TOKEN.",
         message_id,
     )
 

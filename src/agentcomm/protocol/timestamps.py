@@ -11,3 +11,8 @@ def utc_now_iso() -> str:
 
 def to_iso(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def from_epoch(seconds: float) -> datetime:
+    """Seconds since the epoch (a token's `exp`) as a UTC moment."""
+    return datetime.fromtimestamp(seconds, UTC)

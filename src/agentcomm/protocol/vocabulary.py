@@ -18,6 +18,9 @@ class MessageType(StrEnum):
     REGISTER_FRONTEND_RESPONSE = "REGISTER_FRONTEND_RESPONSE"
     REQUEST_AGENT_STATUS = "REQUEST_AGENT_STATUS"
     AGENT_STATUS_UPDATE = "AGENT_STATUS_UPDATE"
+    # A registered frontend's fresh token, before the one it registered with expires.
+    REFRESH_TOKEN = "REFRESH_TOKEN"
+    REFRESH_TOKEN_RESPONSE = "REFRESH_TOKEN_RESPONSE"
     # Out-of-band notices on the bus.
     SERVER_AVAILABLE = "SERVER_AVAILABLE"
     SERVER_UNAVAILABLE = "SERVER_UNAVAILABLE"
@@ -47,6 +50,7 @@ FRONTEND_SENDABLE = frozenset(
         MessageType.REQUEST_AGENT_STATUS,
         MessageType.CANCEL,
         MessageType.REGISTER_FRONTEND,
+        MessageType.REFRESH_TOKEN,
     }
 )
 
@@ -84,6 +88,10 @@ class ErrorCode(StrEnum):
     INTERNAL = "internal"
     # An accepted TEXT had no answer at all within ANSWER_TIMEOUT.
     ANSWER_TIMEOUT = "answer_timeout"
+    # Additions.
+    UNKNOWN_MESSAGE = "unknown_message"  # a CANCEL of a TEXT this server does not know
+    DUPLICATE_MESSAGE_ID = "duplicate_message_id"  # a TEXT re-using an answered id
+    STREAM_INCOMPLETE = "stream_incomplete"  # a streamed reply that could not be put in order
 
 
 class AgentState(StrEnum):

@@ -22,6 +22,7 @@ from agentcomm.sdk.errors import (
     NotRegistered,
     PublishFailed,
     RegistrationRefused,
+    WrongBus,
 )
 from agentcomm.sdk.message import AgentStatus, Message
 
@@ -37,4 +38,5 @@ __all__ = [
     "NotRegistered",
     "PublishFailed",
     "RegistrationRefused",
+    "WrongBus",
 ]

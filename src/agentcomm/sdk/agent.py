@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import platform
 import socket
 import time
@@ -17,6 +18,7 @@ from agentcomm.bus import Bus
 from agentcomm.config import Settings, load_settings
 from agentcomm.core.auth import token_subject
 from agentcomm.grpc_channel import ClientTls
+from agentcomm.logging_setup import configure_logging_unless_configured
 from agentcomm.protocol.ids import is_valid_id
 from agentcomm.sdk.commands import (
     BUILTIN_COMMANDS,
@@ -24,20 +26,32 @@ from agentcomm.sdk.commands import (
     normalize_command_name,
 )
 from agentcomm.sdk.dispatcher import Dispatcher
+from agentcomm.sdk.errors import AgentError
 from agentcomm.sdk.hub_client import GrpcHubClient, HubClient, RegistrationRequest
 from agentcomm.sdk.message import AgentStatus, CommandHandler, MessageHandler
 from agentcomm.sdk.runtime import AgentRuntime
-from agentcomm.sdk.transports import BusWork, GrpcWork, TransportName, WorkTransport
-from agentcomm.signals import stop_on_signals
+from agentcomm.sdk.transports import (
+    BusWork,
+    GrpcWork,
+    TransportName,
+    WorkTransport,
+    bus_transport,
+)
+from agentcomm.signals import Waiting, counted, stop_on_signals
+
+log = logging.getLogger(__name__)
 
 HandlerT = TypeVar("HandlerT", bound=MessageHandler)
 CommandT = TypeVar("CommandT", bound=CommandHandler)
 
 
 def choose_transport(transport: str | None, settings: Settings, bus: Bus | None) -> TransportName:
-    """amqp with a bus given or MESSAGE_BUS=rabbitmq, else grpc; an explicit choice wins."""
+    """The bus given (amqp, or memory for an in-process one), else amqp with
+    MESSAGE_BUS=rabbitmq and grpc otherwise; an explicit choice wins."""
     if transport is None:
-        return "amqp" if bus is not None or settings.message_bus == "rabbitmq" else "grpc"
+        if bus is not None:
+            return bus_transport(bus)
+        return "amqp" if settings.message_bus == "rabbitmq" else "grpc"
     if transport == "grpc":
         if bus is not None:
             raise ValueError("bus= is only used with transport 'amqp'.")
@@ -48,8 +62,15 @@ def choose_transport(transport: str | None, settings: Settings, bus: Bus | None)
                 "transport 'amqp' with MESSAGE_BUS=memory needs the shared in-process bus "
                 "passed as bus=...; a separate process must use transport 'grpc'."
             )
-        return "amqp"
+        return bus_transport(bus) if bus is not None else "amqp"
     raise ValueError(f"Unknown transport {transport!r}; use 'grpc' or 'amqp'.")
+
+
+def replies_waiting(in_flight: int, seconds: float) -> Waiting | None:
+    """What an agent's stop waits for: its replies in progress (None: none)."""
+    if not in_flight:
+        return None
+    return Waiting(seconds, counted(in_flight, "reply in progress", "replies in progress"))
 
 
 def grpc_target(settings: Settings) -> str:
@@ -80,9 +101,11 @@ class Agent:
         capabilities: free-form strings the broker may route on.
         settings: defaults to the environment (GRPC_HOST, GRPC_PORT, MESSAGE_BUS, ...).
         transport: "grpc" (work over the server's stream) or "amqp" (consume the bus queue);
-            defaults to "amqp" when a bus is given or MESSAGE_BUS=rabbitmq, else "grpc".
-        bus: a shared bus to consume from (the in-process bus of the dev stack); not closed
-            by the agent.
+            defaults to "amqp" when a bus is given or MESSAGE_BUS=rabbitmq, else "grpc". The
+            server refuses a transport that cannot reach its bus (amqp beside a hub on the
+            in-process bus) when the agent registers.
+        bus: a shared bus to consume from (the in-process bus of the dev stack, when the
+            transport is called "memory"); not closed by the agent.
         concurrency: handlers running at once.
         prefetch: messages taken from the queue at once (default 4 x concurrency), so that a
             CANCEL is not stuck behind messages waiting for a handler slot.
@@ -131,6 +154,8 @@ class Agent:
         self._commands: dict[str, CommandHandler] = {}
         self._paused = False
         self._state: AgentRuntime | None = None
+        # How to stop the agent, said when it registers: set while serve() owns the signals.
+        self._stop_hint = ""
 
     # -- configuration -------------------------------------------------------------------
 
@@ -171,6 +196,11 @@ class Agent:
         return AgentStatus.IDLE
 
     @property
+    def in_flight(self) -> int:
+        """Messages being handled now."""
+        return self._state.dispatcher.in_flight if self._state else 0
+
+    @property
     def is_running(self) -> bool:
         return self._state is not None and not self._state.main.done()
 
@@ -192,7 +222,7 @@ class Agent:
             "agent_name": self.name,
             "status": self.status.value,
             "transport": self.transport,
-            "in_flight": state.dispatcher.in_flight if state else 0,
+            "in_flight": self.in_flight,
             "concurrency": self.concurrency,
             "handled": stats.handled if stats else 0,
             "failed": stats.failed if stats else 0,
@@ -251,18 +281,42 @@ class Agent:
             await asyncio.shield(self._state.main)
 
     async def serve(self, *, handle_signals: bool = True) -> None:
-        """start(), then run until stopped; SIGINT/SIGTERM stop it (a second one kills)."""
-        with stop_on_signals(self.request_stop) if handle_signals else contextlib.nullcontext():
+        """start(), then run until stopped; SIGINT/SIGTERM stop it (a second one kills).
+
+        Logs through the process's logging, set up as the hub's (`logging_setup`) unless the
+        program set up its own: registered where and how, how to stop, and stopped.
+        """
+        configure_logging_unless_configured(self.settings)
+        signals = (
+            stop_on_signals(self.request_stop, self._waiting)
+            if handle_signals
+            else contextlib.nullcontext(False)
+        )
+        with signals as handled:
+            self._stop_hint = "Ctrl+C stops it" if handled else ""
             try:
                 await self.start()
                 await self.wait_stopped()
             finally:
                 await self.stop()
+                self._stop_hint = ""
 
     def run(self) -> None:
-        """Blocking: serve() in a new event loop until SIGINT/SIGTERM or a shutdown command."""
-        with contextlib.suppress(KeyboardInterrupt):
+        """Blocking: serve() in a new event loop until SIGINT/SIGTERM or a shutdown command.
+
+        An agent the server refuses (its id is taken, its transport cannot reach the hub's
+        bus), or that finds its queue missing on its bus, ends the program with one sentence
+        saying why and exit status 1, not a traceback.
+        """
+        try:
             asyncio.run(self.serve())
+        except KeyboardInterrupt:
+            pass
+        except AgentError as exc:
+            # Once registered, the agent has said itself why it stopped.
+            if self.id is None:
+                log.error("The hub refused agent %s: %s", self.name, exc)
+            raise SystemExit(1) from None
 
     async def __aenter__(self) -> Agent:
         await self.start()
@@ -312,7 +366,17 @@ class Agent:
             registration=self._registration_request,
             status=lambda: self.status,
             owns_hub=self._hub_override is None,
+            hub_address=(
+                grpc_target(self.settings)
+                if self._hub_override is None
+                else type(self._hub_override).__name__
+            ),
+            stop_hint=self._stop_hint,
         )
+
+    def _waiting(self) -> Waiting | None:
+        """What stopping now waits for: the messages being handled, for SHUTDOWN_TIMEOUT."""
+        return replies_waiting(self.in_flight, self.settings.shutdown_timeout)
 
     def _status_changed(self) -> None:
         if self._state is not None:
@@ -327,4 +391,5 @@ class Agent:
             capabilities=self.capabilities,
             hostname=socket.gethostname(),
             platform=platform.platform(),
+            transport=self.transport,
         )

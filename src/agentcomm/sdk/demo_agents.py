@@ -116,6 +116,8 @@ async def run_demo_agent(
         # In-process the host owns the signals; a standalone agent stops itself on them.
         await agent.serve(handle_signals=bus is None)
     except AgentError as exc:
-        log.error("The %s agent stopped: %s", kind, exc)
+        # Once registered, the agent has said itself why it stopped.
+        if agent.id is None:
+            log.error("The hub refused the %s agent: %s", kind, exc)
         return 1
     return 0

@@ -5,6 +5,8 @@ AgentError
 ├── NotRegistered         the server does not know this agent (it restarted); re-register
 ├── RegistrationRefused   the server refused this agent (its id is held by another process,
 │                         or the request was invalid); retrying will not help
+├── WrongBus              the agent consumes a bus that is not the hub's (its queue is not
+│                         there); it unregisters and stops, retrying will not help
 ├── PublishFailed         an outgoing message could not be handed over
 └── HandlingAborted       the agent stopped before it finished a message; it is given back
 """
@@ -26,6 +28,10 @@ class NotRegistered(AgentError):
 
 class RegistrationRefused(AgentError):
     """The server refused to register this agent."""
+
+
+class WrongBus(AgentError):
+    """The bus the agent consumes has no queue for it: the hub runs on another one."""
 
 
 class PublishFailed(AgentError):

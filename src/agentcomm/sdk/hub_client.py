@@ -56,15 +56,20 @@ class RegistrationRequest:
     capabilities: Mapping[str, str] = field(default_factory=dict)
     hostname: str = ""
     platform: str = ""
+    # How work reaches the agent (protocol/transports.py): the server refuses one that cannot
+    # reach its bus.
+    transport: str = ""
 
 
 @dataclass(frozen=True, slots=True)
 class Registration:
-    """The server's answer: the id to use and how often it wants heartbeats."""
+    """The server's answer: the id to use, how often it wants heartbeats, the bus it runs."""
 
     agent_id: str
     heartbeat_interval: int | None = None
     server_id: str = ""
+    # Empty from a server that does not say.
+    message_bus: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +154,7 @@ class GrpcHubClient:
                     capabilities=dict(request.capabilities),
                     hostname=request.hostname,
                     platform=request.platform,
+                    transport=request.transport,
                 ),
                 metadata=self._metadata,
                 timeout=self._timeout,
@@ -156,7 +162,8 @@ class GrpcHubClient:
         except grpc.aio.AioRpcError as exc:
             error = map_rpc_error(exc, "RegisterAgent")
             if isinstance(error, HubRefused):
-                raise RegistrationRefused(str(error)) from exc
+                # The server's own sentence says what to change; the status adds nothing to it.
+                raise RegistrationRefused(exc.details() or str(error)) from exc
             raise error from exc
         if not response.success:
             raise RegistrationRefused(response.message or "The server refused the registration.")
@@ -164,6 +171,7 @@ class GrpcHubClient:
             agent_id=response.server_assigned_id or request.agent_id,
             heartbeat_interval=response.heartbeat_interval or None,
             server_id=response.server_id,
+            message_bus=response.message_bus,
         )
 
     async def unregister(self, agent_id: str) -> None:

@@ -39,6 +39,12 @@ MIN_HEARTBEAT_GAP = 1.0
 HEALTHY_LINK_SECONDS = 10.0
 # After the drain timeout, how long aborted handlers and final calls may take.
 FINAL_CALL_TIMEOUT = 5.0
+# How each transport brings an agent its work, for the line that says it registered.
+_ARRIVES = {
+    "grpc": "its messages come over gRPC",
+    "amqp": "it takes its messages from RabbitMQ",
+    "memory": "it takes its messages from the hub's in-process bus",
+}
 
 
 class AgentRuntime:
@@ -60,6 +66,8 @@ class AgentRuntime:
         registration: Callable[[str | None], RegistrationRequest],
         status: Callable[[], AgentStatus],
         owns_hub: bool,
+        hub_address: str = "",
+        stop_hint: str = "",
     ) -> None:
         self.name = name
         self.settings = settings
@@ -70,6 +78,9 @@ class AgentRuntime:
         self._registration = registration
         self._status = status
         self.owns_hub = owns_hub
+        # Where the hub is and how to stop the agent, for the lines that say it registered.
+        self.hub_address = hub_address
+        self.stop_hint = stop_hint
         self.agent_id: str | None = None
         self.heartbeat_interval = float(settings.heartbeat_interval)
         self.started = time.monotonic()
@@ -78,12 +89,20 @@ class AgentRuntime:
         self.status_changed = asyncio.Event()
         self.reregister = asyncio.Event()
         self.main = asyncio.create_task(self._main(), name=f"agent-{name}")
-        self.main.add_done_callback(self._log_failure)
+        self.main.add_done_callback(self._log_end)
 
-    def _log_failure(self, task: asyncio.Task[None]) -> None:
+    def _log_end(self, task: asyncio.Task[None]) -> None:
         # Before the first registration, start() raises the error to its caller instead.
-        if self.agent_id is not None and not task.cancelled() and task.exception() is not None:
-            log.error("Agent %s stopped on an error", self.name, exc_info=task.exception())
+        if self.agent_id is None:
+            return
+        failure = None if task.cancelled() else task.exception()
+        if failure is None:
+            log.info("Agent %s stopped", self.name)
+        elif isinstance(failure, AgentError):
+            # Says what to change in a sentence of its own; a traceback would only bury it.
+            log.error("Agent %s stopped: %s", self.name, failure)
+        else:
+            log.error("Agent %s stopped on an error", self.name, exc_info=failure)
 
     async def _main(self) -> None:
         control = asyncio.create_task(self._control_loop(), name=f"agent-{self.name}-control")
@@ -128,7 +147,8 @@ class AgentRuntime:
             await backoff.sleep()
 
     def _registered(self, registration: Registration) -> None:
-        if self.agent_id is not None and registration.agent_id != self.agent_id:
+        again = self.agent_id is not None
+        if again and registration.agent_id != self.agent_id:
             log.warning("The server moved agent %s to id %s", self.agent_id, registration.agent_id)
         self.agent_id = registration.agent_id
         self.dispatcher.agent_id = registration.agent_id
@@ -136,11 +156,17 @@ class AgentRuntime:
             self.heartbeat_interval = float(registration.heartbeat_interval)
         self.reregister.clear()
         self.registered.set()
+        bus = f", whose bus is {registration.message_bus}" if registration.message_bus else ""
         log.info(
-            "Agent %s registered as %s (%s transport)",
+            "Agent %s registered%s as %s with the hub at %s%s; %s (transport %s)%s",
             self.name,
+            " again" if again else "",
             self.agent_id,
+            self.hub_address,
+            bus,
+            _ARRIVES.get(self.work.name, "its messages come"),
             self.work.name,
+            f". {self.stop_hint}." if self.stop_hint and not again else "",
         )
 
     async def _session(self, agent_id: str) -> AgentError:
@@ -216,6 +242,7 @@ class AgentRuntime:
             log.warning("Could not return the result of command %s: %s", command.command_id, exc)
         if outcome.stop_after:
             # Only now: stopping ends this session, and the result must reach the operator.
+            log.info("Agent %s stopping: an operator sent the shutdown command", self.name)
             self.stop_requested.set()
 
     # -- work ------------------------------------------------------------------------------
@@ -265,7 +292,9 @@ class AgentRuntime:
             try:
                 async with asyncio.timeout(FINAL_CALL_TIMEOUT):
                     await self.hub.unregister(self.agent_id)
-                log.info("Agent %s unregistered", self.agent_id)
+                log.info(
+                    "Agent %s unregistered from the hub at %s", self.agent_id, self.hub_address
+                )
             except (AgentError, TimeoutError) as exc:
                 log.warning("Agent %s could not unregister: %s", self.agent_id, exc)
         await self.work.close()

@@ -5,8 +5,8 @@
   finished, on the SendOutputs stream (or with SendMessage and AckMessage calls on a server
   without it); a final answer carries its message's ack along. For agents that cannot reach the
   bus, and for the in-process bus.
-- `BusWork` ("amqp"): the agent consumes agent_queue_<id> itself through the Bus interface and
-  publishes to broker_input_queue; works with RabbitMQ and with a shared in-memory bus.
+- `BusWork` ("amqp", or "memory" on the hub's own in-process bus): the agent consumes
+  agent_queue_<id> itself through the Bus interface and publishes to broker_input_queue.
 
 Either way a message is acknowledged only after `handle` returned for it, and given back when
 `handle` raised.
@@ -21,7 +21,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-from agentcomm.bus import Bus, BusError, BusUnavailable, Delivery, Subscription
+from agentcomm.bus import Bus, BusError, BusUnavailable, Delivery, Subscription, Unroutable
+from agentcomm.bus.memory import InMemoryBus
 from agentcomm.protocol import (
     Envelope,
     ErrorCode,
@@ -32,12 +33,19 @@ from agentcomm.protocol import (
 )
 from agentcomm.protocol.queues import BROKER_INPUT_QUEUE, agent_queue
 from agentcomm.sdk import envelopes
-from agentcomm.sdk.errors import AgentError, HandlingAborted, HubUnavailable, PublishFailed
+from agentcomm.sdk.errors import (
+    AgentError,
+    HandlingAborted,
+    HubUnavailable,
+    PublishFailed,
+    WrongBus,
+)
 from agentcomm.sdk.hub_client import HubClient, IncomingMessage
 
 log = logging.getLogger(__name__)
 
-TransportName = Literal["grpc", "amqp"]
+# The names of protocol/transports.py's Transport, as the SDK's API spells them.
+TransportName = Literal["grpc", "amqp", "memory"]
 Handle = Callable[[Envelope], Awaitable[None]]
 
 
@@ -50,6 +58,7 @@ class WorkTransport(Protocol):
 
     async def receive(self, agent_id: str, handle: Handle) -> None:
         """Feeds messages to `handle` until the link breaks (raises) or the call is cancelled.
+        Raises WrongBus when the agent's queue is not where it reads.
 
         On cancellation it stops taking new messages and waits for those in hand; they finish
         (or are aborted through the dispatcher) and are acked or given back before it returns.
@@ -213,10 +222,12 @@ class GrpcWork:
 class BusWork:
     """Work straight from the bus: consume agent_queue_<id>, publish to broker_input_queue."""
 
-    name: TransportName = "amqp"
     needs_registration = False
 
     def __init__(self, bus: Bus, prefetch: int, *, owns_bus: bool) -> None:
+        # The server must know which: only an agent in its own process can share its
+        # in-process bus, and only an agent on RabbitMQ can work beside a hub on RabbitMQ.
+        self.name: TransportName = bus_transport(bus)
         self._bus = bus
         self._prefetch = prefetch
         self._owns_bus = owns_bus
@@ -265,6 +276,14 @@ class BusWork:
                 concurrency=self._prefetch,
                 on_dead_letter=gave_up,
             )
+        except Unroutable as exc:
+            # The server declares the queue when the agent registers, so on the hub's bus it
+            # exists: this agent would be listed online and never see a message.
+            raise WrongBus(
+                f"There is no {agent_queue(agent_id)} on the agent's bus, so it is not the "
+                "hub's: point RABBITMQ_HOST and RABBITMQ_VHOST at the hub's RabbitMQ, or use "
+                "--transport grpc."
+            ) from exc
         except BusError as exc:
             raise HubUnavailable(f"Cannot consume {agent_queue(agent_id)}: {exc}") from exc
         try:
@@ -285,6 +304,12 @@ class BusWork:
     async def close(self) -> None:
         if self._owns_bus:
             await self._bus.close()
+
+
+def bus_transport(bus: Bus) -> TransportName:
+    """The transport of an agent consuming `bus`: memory for an in-process bus (the hub's own,
+    shared in its process), else amqp."""
+    return "memory" if isinstance(bus, InMemoryBus) else "amqp"
 
 
 async def _cancel_subscription(subscription: Subscription) -> None:

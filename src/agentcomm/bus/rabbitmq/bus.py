@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from typing import ClassVar
 
 from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
 from aio_pika.exceptions import (
@@ -84,7 +85,7 @@ class RabbitMQBus:
     # Bound on declare/delete/consume set-up calls, which otherwise wait for a reconnect.
     OPERATION_TIMEOUT = 10.0
     # Bound on each step of close() and Subscription.cancel() that talks to the broker.
-    CLOSE_TIMEOUT = 5.0
+    CLOSE_TIMEOUT: ClassVar[float] = 5.0
     # The same when close() itself is being cancelled.
     HURRIED_CLOSE_TIMEOUT = 0.5
     # Bound on republishing a failed message (retry copy or dead-letter copy).

@@ -99,6 +99,33 @@ class FrontendDelivery:
             session.keep_final(answered, frame)
         yield SendFrame(frontend_id, frame)
 
+    def answer_again(self, frontend_id: str, message: Envelope) -> Plan[None]:
+        """A TEXT re-using the id of one already answered: its answer again when that went out
+        on an earlier connection (it may have been lost with it); a `delivered` echo when it
+        went (or is going) out on this one, where the frontend has it or gets it in order, and
+        a second final answer would be one too many; ERROR duplicate_message_id when the
+        answer is no longer kept."""
+        session = self._sessions.get(frontend_id)
+        kept = session.finals.get(message.message_id) if session is not None else None
+        if kept is None:
+            error = error_envelope(
+                sender_id=SERVER_SENDER,
+                receiver_id=frontend_id,
+                code=ErrorCode.DUPLICATE_MESSAGE_ID,
+                text=f"Message {message.message_id} was answered already; use a new "
+                "message_id for a new message.",
+                in_reply_to=message.message_id,
+                conversation_id=message.conversation_id,
+            )
+            yield SendFrame(frontend_id, encode_for_client(error))
+            return
+        assert session is not None
+        frame, link = kept
+        if link is not None and link is not session.link:
+            yield SendFrame(frontend_id, frame)
+            return
+        yield SendFrame(frontend_id, status_echo(message, RoutingStatus.DELIVERED))
+
     def kept_final(self, frontend_id: str, message_id: str) -> bytes | None:
         """The final answer to `message_id` when it went out on a connection that broke since."""
         session = self._sessions.get(frontend_id)

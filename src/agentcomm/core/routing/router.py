@@ -29,6 +29,7 @@ from agentcomm.core.routing.frontends import FrontendDelivery
 from agentcomm.core.sessions import FrontendSessions
 from agentcomm.core.streams import ReplyStreams
 from agentcomm.protocol.codec import encode_envelope, encode_for_client
+from agentcomm.protocol.errors import ProtocolError
 from agentcomm.protocol.ids import is_frontend_id, new_message_id, server_tag
 from agentcomm.protocol.models import Envelope
 from agentcomm.protocol.queues import BROKER_INPUT_QUEUE, agent_queue
@@ -77,6 +78,7 @@ class ServerRouter:
         self._clock = clock or SystemClock()
         self._expect_agents_until = self._clock.monotonic() + expect_agents_for
         self._echoes = EchoOrder()
+        self._sessions = sessions
         self.frontends = FrontendDelivery(
             server_tag=server_tag(server_id),
             sessions=sessions,
@@ -119,6 +121,8 @@ class ServerRouter:
         publish timeout.
         """
         check_from_frontend(message)
+        if message.message_type is MessageType.CANCEL:
+            self._check_cancellable(frontend_id, message)
         receiver = receiver_of(message) or ""
         if not receiver and message.message_type is MessageType.CANCEL:
             # Name the agent working on it, so that any broker can route the CANCEL.
@@ -145,9 +149,8 @@ class ServerRouter:
             # bus already, so only say so again.
             if not self._answers.is_answered(frontend_id, outgoing.message_id):
                 yield from frontends.echo(frontend_id, outgoing, RoutingStatus.PENDING)
-            elif (final := frontends.kept_final(frontend_id, outgoing.message_id)) is not None:
-                # Answered, but the answer went out on a connection that broke under it.
-                yield SendFrame(frontend_id, final)
+            else:
+                yield from frontends.answer_again(frontend_id, outgoing)
             return
         if is_text:
             kept = self._answers.resent_after_refusal(frontend_id, outgoing.message_id)
@@ -179,6 +182,13 @@ class ServerRouter:
             if is_text:
                 self._answers.refused(frontend_id, outgoing.message_id)
             return
+        except Exception:
+            # Failed before it reached the bus: a re-send with the same id is handled anew
+            # rather than echoed `pending` for a message that is nowhere.
+            self._echoes.echoed(outgoing.message_id, waiters)
+            if is_text:
+                self._answers.forget_accepted(frontend_id, outgoing.message_id)
+            raise
         except BaseException:
             # Cancelled while publishing: whoever waits for the echo goes on.
             self._echoes.echoed(outgoing.message_id, waiters)
@@ -241,9 +251,47 @@ class ServerRouter:
             )
             return
         if is_frontend_id(receiver):
+            if self._unsolicited(receiver, message):
+                yield from self._reject(
+                    message,
+                    ErrorCode.UNKNOWN_RECEIVER,
+                    f"An agent sends SYSTEM only to a frontend that wrote to it; {receiver} "
+                    "did not.",
+                )
+                return
             yield from self.frontends.deliver(receiver, message)
             return
         yield from self._to_agent(receiver, message)
+
+    def _unsolicited(self, frontend_id: str, message: Envelope) -> bool:
+        """A SYSTEM notice from an agent to a frontend of this server that never wrote to it:
+        a frontend's id is no licence to push text at it. (Another server's frontend is judged
+        by that server.)"""
+        if message.message_type is not MessageType.SYSTEM:
+            return False
+        sender = sender_of(message) or ""
+        return (
+            self._registry.reach(sender) is not Reach.UNKNOWN
+            and self._sessions.get(frontend_id) is not None
+            and not self._answers.in_conversation(frontend_id, sender)
+        )
+
+    def _check_cancellable(self, frontend_id: str, message: Envelope) -> None:
+        """A CANCEL names a TEXT of this frontend that is under way; ProtocolError otherwise,
+        so that it is answered instead of passed on to nobody."""
+        target = message.in_reply_to_message_id or ""
+        if self._answers.is_answered(frontend_id, target):
+            raise ProtocolError(
+                ErrorCode.UNKNOWN_MESSAGE,
+                f"Message {target} has its final answer already; there is nothing to cancel.",
+                message.message_id,
+            )
+        if not self._answers.knows(frontend_id, target):
+            raise ProtocolError(
+                ErrorCode.UNKNOWN_MESSAGE,
+                f"No message {target} of yours is known here; there is nothing to cancel.",
+                message.message_id,
+            )
 
     def _to_agent(self, agent_id: str, message: Envelope) -> Plan[None]:
         reach = self._registry.reach(agent_id)

@@ -19,12 +19,13 @@ from agentcomm.protocol.errors import ProtocolError
 from agentcomm.protocol.ids import new_agent_id
 from agentcomm.protocol.models import MAX_NAME_CHARS
 from agentcomm.protocol.rules import reserved_agent_id_refusal
+from agentcomm.protocol.transports import is_known_transport, transport_refusal
 from agentcomm.server.grpc.context import (
     Context,
     abort_for,
+    acting_session,
     authorize,
     caller_session,
-    declared_session,
     ownership_refusal,
     require_id,
     require_map,
@@ -68,6 +69,7 @@ class AgentRegistrationServicer(pb_grpc.AgentRegistrationServiceServicer):
                 f"agent_name may have at most {MAX_NAME_CHARS} characters.",
             )
         capabilities = await require_map(context, dict(request.capabilities), "capabilities")
+        await self._require_reachable_transport(request.transport, context)
         try:
             await self._parts.declare_agent_queue(agent_id)
         except BusError as exc:
@@ -92,7 +94,20 @@ class AgentRegistrationServicer(pb_grpc.AgentRegistrationServiceServicer):
             server_assigned_id=record.agent_id,
             heartbeat_interval=self._parts.settings.heartbeat_interval,
             server_id=self._parts.server_id,
+            message_bus=self._parts.settings.message_bus,
         )
+
+    async def _require_reachable_transport(self, transport: str, context: Context) -> None:
+        """Refuses an agent whose work would wait where it does not read: listed online, it
+        would look healthy and answer nothing."""
+        if not is_known_transport(transport):
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"Unknown transport {transport[:32]!r}; use grpc, amqp or memory.",
+            )
+        refusal = transport_refusal(transport, self._parts.settings.message_bus)
+        if refusal is not None:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, refusal)
 
     async def UnregisterAgent(
         self, request: pb.AgentUnregistrationRequest, context: Context
@@ -100,7 +115,7 @@ class AgentRegistrationServicer(pb_grpc.AgentRegistrationServiceServicer):
         await require_id(context, request.agent_id, "agent_id")
         await authorize(self._parts.auth, context, Role.AGENT, request.agent_id)
         try:
-            self._parts.registry.unregister(request.agent_id, declared_session(context))
+            self._parts.registry.unregister(request.agent_id, self._session(context))
         except HubError as exc:
             await abort_for(context, exc)
         inbox = self._parts.inboxes.get(request.agent_id)
@@ -124,7 +139,7 @@ class AgentRegistrationServicer(pb_grpc.AgentRegistrationServiceServicer):
         metrics = await require_map(context, dict(request.metrics), "metrics")
         try:
             self._parts.registry.heartbeat(
-                request.agent_id, declared_session(context), status, metrics
+                request.agent_id, self._session(context), status, metrics
             )
         except HubError as exc:
             await abort_for(context, exc)
@@ -161,6 +176,7 @@ class AgentRegistrationServicer(pb_grpc.AgentRegistrationServiceServicer):
         await require_id(context, request.command_id, "command_id")
         await require_id(context, request.agent_id, "agent_id")
         await authorize(self._parts.auth, context, Role.AGENT, request.agent_id)
+        await self._require_own(request.agent_id, context)
         outcome = CommandOutcome(
             command_id=request.command_id,
             agent_id=request.agent_id,
@@ -249,6 +265,7 @@ class AgentRegistrationServicer(pb_grpc.AgentRegistrationServiceServicer):
         await require_id(context, request.agent_id, "agent_id")
         await authorize(self._parts.auth, context, Role.AGENT, request.agent_id)
         await require_id(context, request.message_id, "message_id")
+        await self._require_own(request.agent_id, context)
         inbox = self._parts.inboxes.get(request.agent_id)
         if inbox is None:
             await context.abort(
@@ -291,6 +308,9 @@ class AgentRegistrationServicer(pb_grpc.AgentRegistrationServiceServicer):
             yield results
 
     async def _require_own(self, agent_id: str, context: Context) -> None:
-        refusal = ownership_refusal(self._parts.registry, agent_id, declared_session(context))
+        refusal = ownership_refusal(self._parts.registry, agent_id, self._session(context))
         if refusal is not None:
             await context.abort(*refusal)
+
+    def _session(self, context: Context) -> str | None:
+        return acting_session(context, self._parts.auth)

@@ -49,6 +49,20 @@ def declared_session(context: Context) -> str | None:
     return None
 
 
+def acting_session(context: Context, auth: Authenticator) -> str | None:
+    """The session a caller acting for an agent is held to (None: any may act).
+
+    With AUTH_SECRET set, a token says which agent the caller may act for; a caller that names
+    its session is held to it as well. On an open hub nothing else says who a caller is, so
+    one that names no session is known by its connection, like the registration it made: work
+    for an agent goes only to the session (or the connection) that registered it.
+    """
+    declared = declared_session(context)
+    if declared is not None or auth.enabled:
+        return declared
+    return caller_session(context)
+
+
 def status_for(error: HubError | ProtocolError) -> tuple[grpc.StatusCode, str]:
     """The status a call refused with `error` ends with."""
     if isinstance(error, ProtocolError):

@@ -5,14 +5,23 @@ UNKNOWN "Unexpected DecodeError". This interceptor parses requests itself and le
 that does not parse reach no servicer: the call ends with INVALID_ARGUMENT saying why. On a
 stream of requests, reading one that does not parse raises MalformedRequest in the servicer;
 the call then ends the same way once the servicer lets it propagate.
+
+A servicer that fails on something unforeseen would end its call with UNKNOWN and a detail
+naming the exception's class (the library's wording): such a call ends with INTERNAL and a
+sentence instead, and the failure is logged here with its traceback.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
+
+from agentcomm.server.grpc.wrapping import WrappingInterceptor
+
+log = logging.getLogger(__name__)
 
 Deserializer = Callable[[bytes], Any]
 
@@ -46,11 +55,23 @@ async def _refuse(request: _Malformed, context: grpc.aio.ServicerContext[Any, An
     )
 
 
+async def _failed(context: grpc.aio.ServicerContext[Any, Any]) -> None:
+    log.exception("A gRPC call failed")
+    await context.abort(
+        grpc.StatusCode.INTERNAL, "The server failed on this call; the failure was logged."
+    )
+
+
 def _unary(behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
     async def checked(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         if isinstance(request, _Malformed):
             await _refuse(request, context)
-        return await behavior(request, context)
+        try:
+            return await behavior(request, context)
+        except grpc.aio.BaseError:
+            raise  # an abort: the call ends with the status it names
+        except Exception:
+            await _failed(context)
 
     return checked
 
@@ -61,8 +82,13 @@ def _streaming(behavior: Callable[..., Any]) -> Callable[..., AsyncIterator[Any]
     async def checked(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         if isinstance(request, _Malformed):
             await _refuse(request, context)
-        async for response in behavior(request, context):
-            yield response
+        try:
+            async for response in behavior(request, context):
+                yield response
+        except grpc.aio.BaseError:
+            raise
+        except Exception:
+            await _failed(context)
 
     return checked
 
@@ -81,42 +107,29 @@ def _bidirectional(behavior: Callable[..., Any]) -> Callable[..., AsyncIterator[
                 yield response
         except MalformedRequest as exc:
             await _refuse(_Malformed(exc.reason), context)
+        except grpc.aio.BaseError:
+            raise
+        except Exception:
+            await _failed(context)
 
     return checked
 
 
-class RejectMalformedRequests(grpc.aio.ServerInterceptor):
-    def __init__(self) -> None:
-        # Wrapped once per method, not per call.
-        self._handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
-
-    async def intercept_service(
-        self,
-        continuation: Callable[
-            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
-        ],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        method = handler_call_details.method
-        cached = self._handlers.get(method)
-        if cached is not None:
-            return cached
-        handler = await continuation(handler_call_details)
-        if handler is None or handler.request_deserializer is None:
+class RejectMalformedRequests(WrappingInterceptor):
+    def wrap(self, handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any, Any]:
+        if handler.request_deserializer is None:
             return handler
         parse = _tolerant(handler.request_deserializer)
-        wrapped = handler
         if handler.unary_unary is not None:
-            wrapped = grpc.unary_unary_rpc_method_handler(
+            return grpc.unary_unary_rpc_method_handler(
                 _unary(handler.unary_unary), parse, handler.response_serializer
             )
-        elif handler.unary_stream is not None:
-            wrapped = grpc.unary_stream_rpc_method_handler(
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
                 _streaming(handler.unary_stream), parse, handler.response_serializer
             )
-        elif handler.stream_stream is not None:
-            wrapped = grpc.stream_stream_rpc_method_handler(
+        if handler.stream_stream is not None:
+            return grpc.stream_stream_rpc_method_handler(
                 _bidirectional(handler.stream_stream), parse, handler.response_serializer
             )
-        self._handlers[method] = wrapped
-        return wrapped
+        return handler

@@ -24,7 +24,7 @@ from agentcomm.generated import agent_registration_service_pb2 as pb
 from agentcomm.protocol.codec import decode_envelope
 from agentcomm.protocol.errors import ProtocolError
 from agentcomm.protocol.ids import is_valid_id
-from agentcomm.server.grpc.context import Context, declared_session, ownership_refusal
+from agentcomm.server.grpc.context import Context, acting_session, ownership_refusal
 from agentcomm.server.grpc.parts import GrpcParts
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ class AgentOutputStream:
     def __init__(self, parts: GrpcParts, context: Context, principal: Principal | None) -> None:
         self._parts = parts
         self._principal = principal
-        self._session = declared_session(context)
+        self._session = acting_session(context, parts.auth)
         self._agent_id = ""
         # None marks the end: every item was answered.
         self._results: asyncio.Queue[pb.AgentOutputResult | None] = asyncio.Queue()

@@ -1,16 +1,23 @@
-"""AgentStatusService: the full agent list, then a delta on every change, for brokers."""
+"""AgentStatusService: the full agent list, then a delta on every change, for brokers.
+
+The list goes a page at a time (`AGENT_PAGE_BYTES`, see protos/agent_status_service.proto): a
+broker reads any number of agents without one response outgrowing its receive limit (gRPC's
+default is 4 MiB, which 450 agents with large capabilities used to exceed: the broker then
+routed with no agents at all). Pages are read from the registry as the stream takes them, and
+so is a large delta.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 
 import grpc
 
 from agentcomm.core.auth import Authenticator, Role
 from agentcomm.core.brokers import BrokerRegistry
-from agentcomm.core.presence import AgentSource
+from agentcomm.core.presence import AGENT_PAGE_BYTES, AgentSource, take_page
 from agentcomm.generated import agent_status_service_pb2 as pb
 from agentcomm.generated import agent_status_service_pb2_grpc as pb_grpc
 from agentcomm.protocol.ids import is_valid_id
@@ -76,7 +83,8 @@ class AgentStatusServicer(pb_grpc.AgentStatusServiceServicer):
         unsubscribe = self._registry.subscribe(subscriber.push)
         self._brokers.stream_opened(broker_id)
         try:
-            yield self._full()
+            for page in self._full_pages():
+                yield page
             while True:
                 await subscriber.wakeup.wait()
                 subscriber.wakeup.clear()
@@ -84,13 +92,13 @@ class AgentStatusServicer(pb_grpc.AgentStatusServiceServicer):
                     subscriber.needs_full = False
                     while not subscriber.deltas.empty():
                         subscriber.deltas.get_nowait()
-                    yield self._full()
+                    for page in self._full_pages():
+                        yield page
                     continue
                 while not subscriber.deltas.empty():
                     delta = subscriber.deltas.get_nowait()
-                    yield pb.AgentStatusResponse(
-                        agents=[to_proto(info) for info in delta], is_full_update=False
-                    )
+                    for agents in _paged(to_proto(info) for info in delta):
+                        yield pb.AgentStatusResponse(agents=agents, is_full_update=False)
         finally:
             unsubscribe()
             self._brokers.stream_closed(broker_id)
@@ -100,9 +108,44 @@ class AgentStatusServicer(pb_grpc.AgentStatusServiceServicer):
     ) -> pb.AgentStatusResponse:
         await authorize(self._auth, context, Role.BROKER)
         await _check_broker_id(request.broker_id, context)
-        return self._full()
+        after = request.after_agent_id or None
+        if after is not None and len(after) > 128:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, "after_agent_id may have at most 128 characters."
+            )
+        return self._page(after)
 
-    def _full(self) -> pb.AgentStatusResponse:
-        return pb.AgentStatusResponse(
-            agents=[to_proto(info) for info in self._registry.snapshot()], is_full_update=True
+    def _full_pages(self) -> Iterator[pb.AgentStatusResponse]:
+        """The full list, each page read from the registry when the one before was taken."""
+        after: str | None = None
+        while True:
+            page = self._page(after)
+            yield page
+            if not page.more_pages:
+                return
+            after = page.agents[-1].agent_id
+
+    def _page(self, after: str | None) -> pb.AgentStatusResponse:
+        agents, more = take_page(
+            (to_proto(info) for info in self._registry.infos_after(after)), _proto_size
         )
+        return pb.AgentStatusResponse(agents=agents, is_full_update=after is None, more_pages=more)
+
+
+def _proto_size(info: pb.AgentInfo) -> int:
+    return info.ByteSize()
+
+
+def _paged(infos: Iterable[pb.AgentInfo]) -> Iterator[list[pb.AgentInfo]]:
+    """A delta in pages (one page but for a sweep of many agents)."""
+    page: list[pb.AgentInfo] = []
+    size = 0
+    for info in infos:
+        info_size = info.ByteSize()
+        if page and size + info_size > AGENT_PAGE_BYTES:
+            yield page
+            page, size = [], 0
+        page.append(info)
+        size += info_size
+    if page:
+        yield page

@@ -7,7 +7,8 @@ from typing import Any
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from pydantic import BaseModel, Field
 
-from agentcomm.core.auth import AuthError, Role, bearer_token
+from agentcomm.config import Settings
+from agentcomm.core.auth import Authenticator, AuthError, Role, bearer_token
 from agentcomm.core.errors import AgentOffline, CommandTimedOut, UnknownAgent
 from agentcomm.protocol.ids import is_valid_id
 from agentcomm.protocol.models import MAX_MAP_ENTRIES, AgentInfo
@@ -42,17 +43,38 @@ def parts_of(request: Request) -> HttpParts:
     return parts
 
 
+def is_protected(path: str, settings: Settings) -> bool:
+    """Whether `path` takes only an admin token (when AUTH_SECRET is set): the API, and the
+    metrics unless METRICS_PUBLIC."""
+    if path == "/api" or path.startswith("/api/"):
+        return True
+    return path == "/metrics" and not settings.metrics_public
+
+
+def admin_refusal(auth: Authenticator, authorization: str | None) -> tuple[int, str] | None:
+    """The status and sentence that refuse an `Authorization` header on a protected path
+    (None: it may pass)."""
+    if not auth.enabled:
+        return None
+    try:
+        principal = auth.verify(bearer_token(authorization))
+    except AuthError as exc:
+        return 401, str(exc)
+    if principal.role is not Role.ADMIN:
+        return 403, "The API needs an admin token."
+    return None
+
+
 async def require_admin(request: Request) -> None:
     """With AUTH_SECRET set, the API takes only `Authorization: Bearer <admin token>`."""
-    auth = parts_of(request).auth
-    if not auth.enabled:
+    parts = parts_of(request)
+    if not is_protected(request.url.path, parts.settings):
         return
-    try:
-        principal = auth.verify(bearer_token(request.headers.get("authorization")))
-    except AuthError as exc:
-        raise HTTPException(401, str(exc), headers={"WWW-Authenticate": "Bearer"}) from None
-    if principal.role is not Role.ADMIN:
-        raise HTTPException(403, "The API needs an admin token.")
+    refusal = admin_refusal(parts.auth, request.headers.get("authorization"))
+    if refusal is not None:
+        status, detail = refusal
+        headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+        raise HTTPException(status, detail, headers=headers)
 
 
 def build_api_router() -> APIRouter:
@@ -72,7 +94,7 @@ def build_api_router() -> APIRouter:
             response.status_code = 503
         return {"status": "ready" if ready else "not ready", **checks}
 
-    @router.get("/metrics")
+    @router.get("/metrics", dependencies=[Depends(require_admin)])
     async def metrics(request: Request) -> Response:
         return Response(parts_of(request).metrics.render(), media_type="text/plain; version=0.0.4")
 

@@ -11,6 +11,7 @@ from fastapi.staticfiles import StaticFiles
 
 from agentcomm import __version__
 from agentcomm.server.http.api import build_api_router
+from agentcomm.server.http.guard import RequestGuard
 from agentcomm.server.http.parts import HttpParts
 from agentcomm.server.ws.connection import serve_frontend_socket
 from agentcomm.server.ws.parts import FrontendParts
@@ -21,6 +22,8 @@ WEB_ROOT = Path(str(files("agentcomm.web") / "static"))
 def create_app(parts: HttpParts, frontends: FrontendParts) -> FastAPI:
     app = FastAPI(title="agentcomm", version=__version__, docs_url="/api/docs", redoc_url=None)
     app.state.parts = parts
+    # Inside CORS (added after it, so outside it runs first): refusals carry CORS headers too.
+    app.add_middleware(RequestGuard, parts=parts)
     origins = parts.settings.origins
     if origins:
         # An explicit allow-list only: never "*" together with credentials.

@@ -3,7 +3,8 @@
 The hub owns the parts (registries, sessions, routing, inboxes, metrics) and lends each adapter
 only those it uses (`frontend_parts`, `grpc_parts`, `http_parts`); no adapter sees the hub.
 
-Start order: bus → queues → consumers → gRPC → periodic tasks → advertisement. Stop runs the
+Start order: the gRPC port (taken first, so that a taken port stops the start before anything
+runs) → bus → queues → consumers → gRPC serving → periodic tasks → advertisement. Stop runs the
 same steps in reverse, each bounded, so nothing is acked that was not handled.
 """
 
@@ -42,7 +43,7 @@ from agentcomm.server.cluster.membership import ClusterMembership
 from agentcomm.server.collector import CollectorTuning
 from agentcomm.server.grpc.inboxes import AgentInboxes
 from agentcomm.server.grpc.parts import GrpcParts
-from agentcomm.server.grpc.server import start_grpc_server
+from agentcomm.server.grpc.server import GrpcListener
 from agentcomm.server.http.parts import HttpParts
 from agentcomm.server.lifecycle.tasks import OwnedTasks
 from agentcomm.server.metrics import HubMetrics
@@ -74,10 +75,16 @@ class Hub:
             agent_timeout=settings.agent_timeout,
             stream_grace=settings.stream_grace,
             timers=LoopTimers(),
+            offline_retention=settings.offline_agent_retention,
+            max_offline=settings.offline_agents_kept,
         )
         self.brokers = BrokerRegistry(self.clock)
         self.sessions = FrontendSessions(
-            self.clock, resume_window=settings.resume_window, server_tag=self.server_tag
+            self.clock,
+            resume_window=settings.resume_window,
+            server_tag=self.server_tag,
+            # Half: a resumed frontend gets its backlog and what comes meanwhile in one queue.
+            backlog_bytes=settings.outbound_queue_bytes // 2,
         )
         self.commands = CommandCenter(self.registry)
         # This hub among its peers: their agents merged with this hub's own (`self.cluster`),
@@ -105,7 +112,13 @@ class Hub:
             registry=self.cluster,
             sessions=self.sessions,
             answers=self.answers,
-            streams=ReplyStreams(self.clock),
+            streams=ReplyStreams(
+                self.clock,
+                timeout=settings.stream_reorder_timeout,
+                stream_bytes=settings.stream_reorder_bytes,
+                agent_bytes=settings.stream_reorder_agent_bytes,
+                total_bytes=settings.stream_reorder_total_bytes,
+            ),
             clock=self.clock,
             # Agents of a server before this one reconnect within their heartbeat and backoff.
             expect_agents_for=settings.agent_timeout,
@@ -124,15 +137,16 @@ class Hub:
         decisions.observe_answer_events(self.metrics.count_answer_event)
         # Shown from the start (at 0), so that a rate can be taken before the first one.
         self.metrics.declare_answer_events([event.value for event in AnswerEvent])
-        self.presence = PresenceFeed(self.cluster, self.sessions)
+        self.presence = PresenceFeed(self.cluster, self.sessions, self.clock)
         self.cluster.subscribe(self._follow_presence_for_answers)
         # Writes what every socket has queued, once per turn of the event loop.
-        self.output = OutputScheduler()
+        self.output = OutputScheduler(total_bytes=settings.outbound_total_bytes)
         self._collector = CollectorTuning()
         self.grpc_port: int | None = None
         # Set by whoever serves HTTP (the runner), for the advertisement.
         self.http_port: int = settings.port
         self.grpc_server: grpc.aio.Server | None = None
+        self._grpc: GrpcListener | None = None
         self._bus_input = BusInput(self.router, self.registry, self.brokers)
         self._advertiser = Advertiser(
             bus,
@@ -189,7 +203,15 @@ class Hub:
 
     # -- lifecycle ---------------------------------------------------------------------------
 
+    def take_grpc_port(self) -> None:
+        """Binds the gRPC port (once), before anything else starts; raises CannotListen."""
+        if self._grpc is None:
+            self._grpc = GrpcListener(self.grpc_parts())
+            self.grpc_server, self.grpc_port = self._grpc.server, self._grpc.port
+
     async def start(self) -> None:
+        self.take_grpc_port()
+        assert self._grpc is not None
         if not self.auth.enabled:
             log.warning(
                 "AUTH_SECRET is not set: the hub is OPEN — anyone who can reach its ports may "
@@ -219,7 +241,7 @@ class Hub:
             self._subscriptions.append(
                 await self.bus.consume(queue, handler, prefetch=prefetch, concurrency=parallel)
             )
-        self.grpc_server, self.grpc_port = await start_grpc_server(self.grpc_parts())
+        await self._grpc.start()
         await self.membership.start()
         self._tasks.every(self._sweep_interval(), self._sweep, "presence-sweep")
         self._tasks.every(
@@ -251,6 +273,10 @@ class Hub:
     async def stop(self) -> None:
         """Reverse of start, each step bounded by the shutdown timeout."""
         if not self._started:
+            if self._grpc is not None:
+                # Its port was taken, and perhaps nothing else: it is let go all the same.
+                await self._grpc.server.stop(None)
+                self._grpc = None
             with contextlib.suppress(BusError):
                 await self.bus.close()
             return
@@ -267,6 +293,7 @@ class Hub:
         if self.grpc_server is not None:
             # Streams end with the grace period; unary calls in progress may finish.
             await self.grpc_server.stop(grace=min(2.0, budget / 3))
+        self._grpc = None
         await self.inboxes.close_all()
         self.commands.cancel_all()
         try:

@@ -19,7 +19,9 @@ from agentcomm.bus.base import Bus
 from agentcomm.config import Settings
 from agentcomm.core.clock import Clock
 from agentcomm.server.http.app import create_app
+from agentcomm.server.http.protocol import with_request_timeout
 from agentcomm.server.lifecycle.hub import Hub
+from agentcomm.server.listeners import bind_http
 from agentcomm.server.ws.asgi import FrontendSocketsFirst
 from agentcomm.server.ws.close_codes import CLOSE_GOING_AWAY
 from agentcomm.server.ws.protocol import HubWebSocketProtocol
@@ -37,32 +39,15 @@ class _EmbeddedUvicorn(uvicorn.Server):
         yield
 
 
-def bind_listener(host: str, port: int) -> socket.socket:
-    """A listening TCP socket for HTTP; raises OSError naming the address when it is taken."""
-    try:
-        family, kind, proto, _, address = socket.getaddrinfo(
-            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )[0]
-        listener = socket.socket(family, kind, proto)
-    except OSError as exc:
-        raise OSError(f"Cannot listen for HTTP on {host}:{port}: {exc}") from None
-    try:
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind(address)
-        listener.listen(2048)
-    except OSError as exc:
-        listener.close()
-        raise OSError(f"Cannot listen for HTTP on {host}:{port}: {exc.strerror or exc}") from None
-    listener.setblocking(False)
-    return listener
-
-
 class RunningServer:
     def __init__(self, settings: Settings, bus: Bus, *, clock: Clock | None = None) -> None:
         self.settings = settings
         self.hub = Hub(settings, bus, clock=clock)
         self._uvicorn: _EmbeddedUvicorn | None = None
         self._serving: asyncio.Task[None] | None = None
+        # The HTTP socket, bound with the gRPC port before anything else starts, until uvicorn
+        # takes it over.
+        self._listener: socket.socket | None = None
 
     @property
     def http_port(self) -> int:
@@ -77,9 +62,27 @@ class RunningServer:
         await self.start_hub()
         await self.start_http()
 
+    def take_ports(self) -> None:
+        """Binds the HTTP and gRPC ports (once); raises CannotListen, with the setting to
+        change, when either is taken. Everything else starts only after this."""
+        if self._listener is None:
+            self._listener = bind_http(self.settings.host, self.settings.port)
+            self.hub.http_port = self._listener.getsockname()[1]
+        try:
+            self.hub.take_grpc_port()
+        except BaseException:
+            self._release_listener()
+            raise
+
     async def start_hub(self) -> None:
-        """Bus, consumers and gRPC: agents and brokers can connect, frontends not yet."""
-        await self.hub.start()
+        """Both ports, then bus, consumers and gRPC: agents and brokers can connect, frontends
+        not yet."""
+        self.take_ports()
+        try:
+            await self.hub.start()
+        except BaseException:
+            self._release_listener()
+            raise
 
     async def start_http(self) -> None:
         """Opens HTTP and the WebSocket; stops the hub again when that fails."""
@@ -103,6 +106,8 @@ class RunningServer:
             access_log=False,
             # uvicorn's websockets protocol, which also lets the hub write frames itself.
             ws=HubWebSocketProtocol,
+            # uvicorn's httptools protocol, with a deadline on each request's head.
+            http=with_request_timeout(settings.http_request_timeout),
             ws_max_size=settings.max_message_bytes,
             # Frames are small JSON: compressing each costs more CPU than it saves on
             # loopback and LAN links, and every compressing socket keeps zlib state in memory.
@@ -111,10 +116,11 @@ class RunningServer:
             ws_ping_timeout=20.0,
             timeout_graceful_shutdown=max(1, int(settings.shutdown_timeout / 2)),
         )
-        # Bound here, not by uvicorn: a taken port is then an OSError with a plain sentence
-        # rather than uvicorn's SystemExit from inside a task.
-        listener = bind_listener(settings.host, settings.port)
-        self.hub.http_port = listener.getsockname()[1]
+        # Bound by take_ports, not by uvicorn: a taken port is then a plain sentence, said
+        # before anything started, rather than uvicorn's SystemExit from inside a task.
+        self.take_ports()
+        listener, self._listener = self._listener, None
+        assert listener is not None
         server = _EmbeddedUvicorn(config)
         self._uvicorn = server
         self._serving = asyncio.create_task(server.serve(sockets=[listener]), name="uvicorn")
@@ -126,6 +132,11 @@ class RunningServer:
                     raise OSError(f"HTTP server on {settings.host}:{settings.port} did not start.")
                 await asyncio.sleep(_STARTUP_POLL_SECONDS)
 
+    def _release_listener(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+
     async def wait_closed(self) -> None:
         """Returns when uvicorn stops on its own (it should not, until stop())."""
         if self._serving is not None:
@@ -133,6 +144,7 @@ class RunningServer:
                 await asyncio.shield(self._serving)
 
     async def stop(self, close_code: int = CLOSE_GOING_AWAY) -> None:
+        self._release_listener()
         hub = self.hub
         hub.state.draining = True
         for link in list(hub.state.connections):

@@ -9,9 +9,10 @@ import logging
 from agentcomm.bus.base import BusError
 from agentcomm.bus.factory import create_bus
 from agentcomm.config import Settings
+from agentcomm.core.auth import WeakSecret
 from agentcomm.server.collector import tune_collector_for_serving
 from agentcomm.server.lifecycle.running import RunningServer
-from agentcomm.signals import stop_on_signals
+from agentcomm.signals import Waiting, counted, stop_on_signals
 
 log = logging.getLogger(__name__)
 
@@ -20,21 +21,40 @@ _LETTING_GO = 2.5
 
 
 async def serve(settings: Settings) -> int:
-    running = RunningServer(settings, create_bus(settings))
     try:
-        await running.start()
-    except BusError as exc:
+        running = RunningServer(settings, create_bus(settings))
+    except WeakSecret as exc:
         log.error("Cannot start: %s", exc)
-        return 1
-    except OSError as exc:
+        return 2
+    try:
+        # The ports first: a taken one stops the start here, before the bus is connected.
+        await running.start()
+    except (BusError, OSError) as exc:
         log.error("Cannot start: %s", exc)
         return 1
     tune_collector_for_serving()
     stop_requested = asyncio.Event()
     # Before anyone is told the server is up: a SIGTERM from then on is a graceful stop, and a
     # second one during that stop ends the process at once.
-    with stop_on_signals(stop_requested.set):
+    with stop_on_signals(stop_requested.set, lambda: _waiting(settings, running)):
         return await _serve_until_stopped(settings, running, stop_requested)
+
+
+def _waiting(settings: Settings, running: RunningServer) -> Waiting | None:
+    """What the stop waits for: frontends to be told (1001) and agents' streams to end, within
+    SHUTDOWN_TIMEOUT; agents in other processes finish their replies on their own."""
+    sockets = len(running.hub.state.connections)
+    agents = running.hub.registry.online_count()
+    told = [
+        counted(count, one, many)
+        for count, one, many in ((sockets, "frontend", "frontends"), (agents, "agent", "agents"))
+        if count
+    ]
+    if not told:
+        return None
+    return Waiting(
+        settings.shutdown_timeout, f"{' and '.join(told)} to be told the hub is going away"
+    )
 
 
 async def _serve_until_stopped(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, MutableMapping
 from typing import Any, Protocol
 
@@ -17,10 +18,17 @@ from fastapi import WebSocket, WebSocketDisconnect
 
 from agentcomm.core.ratelimit import TokenBucket
 from agentcomm.core.sessions import FrontendSession
-from agentcomm.protocol.codec import message_type_of, parse_json_object, reply_id, validate_model
+from agentcomm.protocol.codec import (
+    encode_for_client,
+    message_type_of,
+    parse_json_object,
+    reply_id,
+    validate_model,
+)
 from agentcomm.protocol.errors import ProtocolError
-from agentcomm.protocol.models import Envelope
+from agentcomm.protocol.models import Envelope, RefreshToken, RefreshTokenResponse
 from agentcomm.protocol.rules import FrontendFrame, frontend_frame_kind
+from agentcomm.protocol.timestamps import from_epoch, to_iso
 from agentcomm.protocol.vocabulary import ErrorCode
 from agentcomm.server.ws.close_codes import (
     CLOSE_INTERNAL,
@@ -28,12 +36,13 @@ from agentcomm.server.ws.close_codes import (
     CLOSE_POLICY,
     CLOSE_RATE_LIMITED,
     CLOSE_RESTARTING,
+    CLOSE_TOKEN_EXPIRED,
 )
 from agentcomm.server.ws.frames import error_frame, message_id_of, refusal_frame
 from agentcomm.server.ws.output import SocketLink
 from agentcomm.server.ws.parts import FrontendParts
 from agentcomm.server.ws.protocol import DIRECT_OUTPUT, HubWebSocketProtocol
-from agentcomm.server.ws.registration import register_frontend
+from agentcomm.server.ws.registration import authenticate_frontend, register_frontend
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +74,9 @@ class FrontendConnection:
         # Frames of the registered frontend (see _take_frame); made at its first frame.
         self._bucket: TokenBucket | None = None
         self._refused_in_a_row = 0
+        self._binary_refused = False
+        # Ends the session when its token expires (with AUTH_SECRET set).
+        self._expiry: asyncio.TimerHandle | None = None
         self._inbound: asyncio.Queue[tuple[float, str] | None] | None = None
         self._handler: asyncio.Task[None] | None = None
         self._input_paused = False
@@ -86,13 +98,19 @@ class FrontendConnection:
             log.error("The frontend socket needs agentcomm's uvicorn WebSocket protocol")
             await websocket.close(CLOSE_INTERNAL)
             return
-        link = SocketLink(output, parts.output, parts.settings.outbound_queue_frames)
+        link = SocketLink(
+            output,
+            parts.output,
+            parts.settings.outbound_queue_frames,
+            parts.settings.outbound_queue_bytes,
+        )
         self._link = link
         self._input = output
         parts.state.connections.add(link)
         try:
             await self._converse_until_closed(link)
         finally:
+            self._token_expires_at(None)
             parts.state.connections.discard(link)
             if self._session is not None:
                 parts.sessions.detach(self._session.frontend_id, link)
@@ -108,6 +126,11 @@ class FrontendConnection:
                 log.info("Dropped a frontend connection that would not take its close frame")
             except (RuntimeError, OSError, WebSocketDisconnect):
                 pass  # the socket went away first
+            if code == CLOSE_RATE_LIMITED:
+                # A flood: nothing more of it is read, not even the close handshake's answer
+                # (uvicorn would read, and parse, all it sends until its close timer ends
+                # the connection, at the cost of everyone else's turn of the loop).
+                self._input.pause_input()
             link.mark_closed()
 
     async def _converse_until_closed(self, link: SocketLink) -> None:
@@ -136,11 +159,12 @@ class FrontendConnection:
 
     async def _converse(self) -> None:
         try:
-            session = await register_frontend(
+            registered = await register_frontend(
                 self._parts, self._link, self._receive, self._websocket.query_params.get("token")
             )
-            if session is not None:
-                self._session = session
+            if registered is not None:
+                self._session = registered.session
+                self._token_expires_at(registered.token_expires_at)
                 await self._read_frames()
         except WebSocketDisconnect:
             pass
@@ -149,7 +173,8 @@ class FrontendConnection:
             self._link.close(CLOSE_INTERNAL)
 
     async def _receive(self, within: float | None = None) -> str | None:
-        """The next text frame; None when the socket closed. Binary frames are refused."""
+        """The next text frame; None when the server is closing the socket. Binary frames are
+        refused."""
         # One deadline for the whole wait: refused binary frames must not extend it.
         deadline = None if within is None else asyncio.get_running_loop().time() + within
         while True:
@@ -164,9 +189,9 @@ class FrontendConnection:
             text = event.get("text")
             if text is not None:
                 return str(text)
-            self._link.send_frame(
-                error_frame(ErrorCode.INVALID_MESSAGE, "Frames must be JSON text, not binary.")
-            )
+            self._refuse_binary()
+            if self._link.close_code is not None:
+                return None  # a flood: what else it sent is not read
 
     async def _read_frames(self) -> None:
         assert self._session is not None
@@ -195,14 +220,9 @@ class FrontendConnection:
                 self._handler.cancel()
                 await asyncio.gather(self._handler, return_exceptions=True)
 
-    def _take_frame(self, raw: str) -> None:
-        """A text frame of the registered frontend, in arrival order: the rate limit, then the
-        queue of the task that handles frames."""
-        link = self._link
-        session = self._session
-        if link.close_code is not None or session is None:
-            return  # closing: what is still read is not answered
-        frontend_id = session.frontend_id
+    def _within_rate(self) -> bool | None:
+        """Takes a frame from the rate limit: True when it is within, False when it is over,
+        None when the frontend keeps flooding and its socket is now closing (4029)."""
         settings = self._parts.settings
         if self._bucket is None:
             # Made at the first frame: most sockets mostly listen, and an idle one should cost
@@ -212,16 +232,49 @@ class FrontendConnection:
                 rate=settings.rate_limit_per_second,
                 burst=settings.rate_limit_burst,
             )
-        if not self._bucket.take():
+        if self._bucket.take():
+            self._refused_in_a_row = 0
+            return True
+        self._refused_in_a_row += 1
+        if self._refused_in_a_row > settings.rate_limit_burst:
+            who = self._session.frontend_id if self._session is not None else "(unregistered)"
+            log.warning("Closing frontend %s: it keeps flooding", who)
+            self._link.close(CLOSE_RATE_LIMITED)
+            return None
+        return False
+
+    def _refuse_binary(self) -> None:
+        """Binary frames have no use in the protocol: the first is answered with an ERROR, and
+        every one counts against the rate limit like a text frame, so that a flood of them is
+        cut off (4029) instead of costing the server a wake-up and an answer each."""
+        if self._link.close_code is not None or not self._within_rate():
+            return
+        if self._binary_refused:
+            return
+        self._binary_refused = True
+        log.info("A frontend sent a binary frame; further ones are dropped unanswered")
+        self._link.send_frame(
+            error_frame(
+                ErrorCode.INVALID_MESSAGE,
+                "Frames must be JSON text, not binary; binary frames are dropped from now on.",
+            )
+        )
+
+    def _take_frame(self, raw: str) -> None:
+        """A text frame of the registered frontend, in arrival order: the rate limit, then the
+        queue of the task that handles frames."""
+        link = self._link
+        session = self._session
+        if link.close_code is not None or session is None:
+            return  # closing: what is still read is not answered
+        frontend_id = session.frontend_id
+        within = self._within_rate()
+        if within is None:
+            return
+        if not within:
             # Told once per refused frame; a client that keeps flooding is cut off.
-            self._refused_in_a_row += 1
-            if self._refused_in_a_row > settings.rate_limit_burst:
-                log.warning("Closing frontend %s: it keeps flooding", frontend_id)
-                link.close(CLOSE_RATE_LIMITED)
-                return
             self._refuse_flood(frontend_id, raw)
             return
-        self._refused_in_a_row = 0
         inbound = self._inbound
         if inbound is None or self._handler is None:
             # Frames are handled in order by their own task, so that reading goes on while one
@@ -267,9 +320,18 @@ class FrontendConnection:
                 self._parts.metrics.errors.labels(exc.code.value).inc()
                 self._link.send_frame(refusal_frame(exc, receiver_id=frontend_id))
             except Exception:
-                log.exception("Frontend connection failed")
-                self._link.close(CLOSE_INTERNAL)
-                return
+                # A failure of ours on one frame: it is answered like any refused frame, and
+                # the socket, with everything else it has under way, stays open.
+                log.exception("Handling a frame of frontend %s failed", frontend_id)
+                self._parts.metrics.errors.labels(ErrorCode.INTERNAL.value).inc()
+                self._link.send_frame(
+                    error_frame(
+                        ErrorCode.INTERNAL,
+                        "The server failed on this frame; the failure was logged.",
+                        message_id_of(raw),
+                        receiver_id=frontend_id,
+                    )
+                )
 
     async def _handle(self, frontend_id: str, raw: str, received_at: float) -> None:
         data = parse_json_object(raw)
@@ -281,11 +343,50 @@ class FrontendConnection:
             )
         elif kind is FrontendFrame.STATUS_REQUEST:
             validate_model(Envelope, data)  # a bad message_id is refused like on any frame
-            self._link.send_frame(self._parts.presence.full_frame())
+            self._link.send_frames(self._parts.presence.listing())
+        elif kind is FrontendFrame.REFRESH_TOKEN:
+            request = validate_model(RefreshToken, data)
+            expires_at = authenticate_frontend(self._parts.auth, request.token, request.message_id)
+            self._token_expires_at(expires_at)
+            response = RefreshTokenResponse(
+                in_reply_to_message_id=request.message_id,
+                expires_at=None if expires_at is None else to_iso(from_epoch(expires_at)),
+            )
+            self._link.send_frame(encode_for_client(response))
         else:
             raise ProtocolError(
                 ErrorCode.ALREADY_REGISTERED, "This socket is already registered.", reply_id(data)
             )
+
+    def _token_expires_at(self, expires_at: float | None) -> None:
+        """Ends the session when its token expires (4001, after ERROR unauthorized), unless a
+        REFRESH_TOKEN moves the moment on."""
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+        if expires_at is None:
+            return
+        loop = asyncio.get_running_loop()
+        self._expiry = loop.call_at(
+            loop.time() + max(0.0, expires_at - time.time()), self._token_expired
+        )
+
+    def _token_expired(self) -> None:
+        self._expiry = None
+        link = self._link
+        if link.close_code is not None:
+            return
+        log.info(
+            "Closing frontend %s: its token expired", self._session and self._session.frontend_id
+        )
+        link.send_frame(
+            error_frame(
+                ErrorCode.UNAUTHORIZED,
+                "Your token expired; connect again with a fresh one (or send REFRESH_TOKEN "
+                "before it expires).",
+            )
+        )
+        link.close(CLOSE_TOKEN_EXPIRED)
 
 
 async def serve_frontend_socket(parts: FrontendParts, websocket: WebSocket) -> None:

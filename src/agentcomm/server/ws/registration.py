@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 from agentcomm.core.auth import Authenticator, AuthError, Role
 from agentcomm.core.sessions import FrontendSession
@@ -31,13 +32,21 @@ from agentcomm.server.ws.parts import FrontendParts
 
 log = logging.getLogger(__name__)
 
-# The next text frame within that many seconds (None: no limit); None when the socket closed.
+# The next text frame within that many seconds (None: no limit); None when the server is closing
+# the socket.
 Receive = Callable[[float | None], Awaitable[str | None]]
+
+
+@dataclass(frozen=True, slots=True)
+class Registered:
+    session: FrontendSession
+    # When the token it registered with expires (seconds since the epoch; None: never).
+    token_expires_at: float | None
 
 
 async def register_frontend(
     parts: FrontendParts, link: SocketLink, receive: Receive, query_token: str | None
-) -> FrontendSession | None:
+) -> Registered | None:
     """The session the socket registered (or resumed); None when it was refused and closed."""
     deadline = asyncio.get_running_loop().time() + parts.settings.registration_timeout
     while True:
@@ -54,7 +63,7 @@ async def register_frontend(
             link.close(CLOSE_POLICY)
             return None
         if raw is None:
-            continue
+            return None  # closing (a flood of binary frames)
         try:
             data = parse_json_object(raw)
             message_type = message_type_of(data)
@@ -72,7 +81,7 @@ async def register_frontend(
             return None
         try:
             request = decode_register_frontend(data)
-            _authenticate(parts.auth, request.token or query_token)
+            expires_at = authenticate_frontend(parts.auth, request.token or query_token)
         except ProtocolError as exc:
             log.info("Refused frame before registration: %s", exc.text)
             link.send_frame(refusal_frame(exc))
@@ -95,7 +104,7 @@ async def register_frontend(
             send_timestamp=utc_now_iso(),
         )
         link.send_frame(encode_for_client(response))
-        link.send_frame(parts.presence.full_frame())
+        link.send_frames(parts.presence.listing())
         if resumed:
             parts.sessions.flush_backlog(session)
         log.info(
@@ -104,18 +113,24 @@ async def register_frontend(
             session.frontend_name,
             "resumed" if resumed else "registered",
         )
-        return session
+        return Registered(session, expires_at)
 
 
-def _authenticate(auth: Authenticator, token: str | None) -> None:
+def authenticate_frontend(
+    auth: Authenticator, token: str | None, message_id: str | None = None
+) -> float | None:
+    """When the token expires (None: never, or authentication is off); ProtocolError
+    `unauthorized` for a token that may not open (or keep) a frontend session."""
     if not auth.enabled:
-        return
+        return None
     try:
         principal = auth.verify(token)
     except AuthError as exc:
-        raise ProtocolError(ErrorCode.UNAUTHORIZED, str(exc)) from None
+        raise ProtocolError(ErrorCode.UNAUTHORIZED, str(exc), message_id) from None
     if principal.role not in (Role.FRONTEND, Role.ADMIN):
         raise ProtocolError(
             ErrorCode.UNAUTHORIZED,
             f"A {principal.role.value} token cannot open a frontend session.",
+            message_id,
         )
+    return principal.expires_at
