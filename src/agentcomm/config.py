@@ -100,6 +100,11 @@ class Settings(BaseSettings):
         description="frame publishes, confirms, deliveries and acks in the bus itself (0: plain "
         "aio-pika publishes and consumers)",
     )
+    rabbitmq_queue_type: Annotated[Literal["classic", "quorum"], SettingsGroup.BUS] = Field(
+        "classic",
+        description="the type of the durable queues the bus declares ('quorum' to replicate them "
+        "over a RabbitMQ cluster; switching needs the queues deleted or a new vhost)",
+    )
 
     host: Annotated[str, SettingsGroup.SERVER] = Field(
         "0.0.0.0", description="HTTP/WebSocket listen address"

@@ -10,10 +10,11 @@ from contextlib import asynccontextmanager
 import aio_pika
 import pytest
 
-from agentcomm.bus.base import BusUnavailable, Delivery, QueueOptions, Unroutable
+from agentcomm.bus.base import BusError, BusUnavailable, Delivery, QueueOptions, Unroutable
 from agentcomm.bus.factory import create_bus
 from agentcomm.bus.memory import InMemoryBus
 from agentcomm.bus.rabbitmq import RabbitMQBus
+from agentcomm.bus.rabbitmq.queues import QueueType
 from agentcomm.config import Settings, load_settings
 from tests.conftest import free_port
 from tests.contract.conftest import WAIT, Collector, amqp_url, bounded, holds_for, wait_until
@@ -144,6 +145,57 @@ async def test_messages_and_queues_carry_the_agreed_amqp_properties(
         "600000",
     ):
         assert argument in work_line
+
+
+@bounded
+async def test_quorum_queues_take_the_same_options_and_are_quorum(rabbitmq_vhost: str) -> None:
+    bus = RabbitMQBus(amqp_url(rabbitmq_vhost), connect_attempts=2, queue_type="quorum")
+    await asyncio.wait_for(bus.connect(), WAIT)
+    try:
+        await bus.declare_queue("work.dead")
+        await bus.declare_queue(
+            "work",
+            QueueOptions(message_ttl_ms=60_000, dead_letter_queue="work.dead", expires_ms=600_000),
+        )
+        got = Collector()
+        await bus.consume("work", got.handle)
+        await bus.publish("work", b"{}", message_id="on-quorum")
+        assert (await got.wait_for(1))[0].message_id == "on-quorum"
+    finally:
+        await asyncio.wait_for(bus.close(), WAIT)
+    listing = await rabbitmqctl(
+        "list_queues", "-p", rabbitmq_vhost, "name", "type", "arguments", "--no-table-headers"
+    )
+    types = {line.split("\t")[0]: line.split("\t")[1] for line in listing.splitlines()}
+    assert types == {"work": "quorum", "work.dead": "quorum"}
+
+
+@pytest.mark.parametrize(("first", "then"), [("classic", "quorum"), ("quorum", "classic")])
+@bounded
+async def test_a_queue_of_the_other_type_is_refused_in_one_sentence_naming_the_setting(
+    rabbitmq_vhost: str, first: QueueType, then: QueueType
+) -> None:
+    older = RabbitMQBus(amqp_url(rabbitmq_vhost), connect_attempts=2, queue_type=first)
+    newer = RabbitMQBus(amqp_url(rabbitmq_vhost), connect_attempts=2, queue_type=then)
+    await asyncio.wait_for(older.connect(), WAIT)
+    await asyncio.wait_for(newer.connect(), WAIT)
+    try:
+        await older.declare_queue("broker_input_queue")
+
+        with pytest.raises(BusError) as refused:
+            await newer.declare_queue("broker_input_queue")
+
+        assert str(refused.value) == (
+            f"Queue 'broker_input_queue' is a {first} queue but RABBITMQ_QUEUE_TYPE={then} asks "
+            "for another type: a queue keeps its type, so delete it or use a new vhost to "
+            f"switch, or set RABBITMQ_QUEUE_TYPE={first}."
+        )
+        # The refusal leaves the bus usable.
+        await newer.declare_queue("other")
+        await newer.publish("broker_input_queue", b"{}", message_id="still-works")
+    finally:
+        await asyncio.wait_for(newer.close(), WAIT)
+        await asyncio.wait_for(older.close(), WAIT)
 
 
 @bounded

@@ -36,7 +36,6 @@ from aiormq import spec
 
 from agentcomm.bus.base import (
     BusClosed,
-    BusError,
     BusUnavailable,
     MessageHandler,
     QueueOptions,
@@ -49,7 +48,7 @@ from agentcomm.bus.rabbitmq.connection import (
     describe,
 )
 from agentcomm.bus.rabbitmq.deliveries import JSON_CONTENT_TYPE, PERSISTENT
-from agentcomm.bus.rabbitmq.queues import Queues, queue_arguments, reply_text
+from agentcomm.bus.rabbitmq.queues import Queues, QueueType
 from agentcomm.bus.rabbitmq.redelivery import Redeliveries
 from agentcomm.bus.rabbitmq.subscription import RabbitSubscription
 from agentcomm.bus.rabbitmq.turns import KeyedTurns
@@ -71,7 +70,8 @@ class RabbitMQBus:
     `heartbeat` (seconds, unless the URL sets it) is proposed to RabbitMQ; a connection that
     stays silent for about three heartbeats is taken for dead and reconnected. `fast_path`
     False runs it on plain aio-pika publishes and consumers instead of the bus's own AMQP
-    framing (see `wire/`).
+    framing (see `wire/`). `queue_type` is the type of the durable queues it declares:
+    "classic", or "quorum" for queues replicated over a RabbitMQ cluster (see `queues.py`).
     """
 
     # Seconds one connection attempt at start may take before it counts as failed.
@@ -99,6 +99,7 @@ class RabbitMQBus:
         name: str = "agentcomm",
         heartbeat: int | None = None,
         fast_path: bool = True,
+        queue_type: QueueType = "classic",
     ) -> None:
         if connect_attempts < 1:
             raise ValueError(f"connect_attempts must be at least 1, got {connect_attempts}.")
@@ -113,7 +114,7 @@ class RabbitMQBus:
         self.wire: Wire = FramedWire() if fast_path else PlainWire()
         self._connection: AbstractRobustConnection | None = None
         self._publish_channel: AbstractRobustChannel | None = None
-        self._queues = Queues(self._unavailable, self.OPERATION_TIMEOUT)
+        self._queues = Queues(self._unavailable, self.OPERATION_TIMEOUT, queue_type)
         self._connect_lock = asyncio.Lock()
         self._subscriptions: set[RabbitSubscription] = set()
         # Settles what handlers failed on (shared with subscriptions).
@@ -252,7 +253,7 @@ class RabbitMQBus:
                     # With the arguments, so that a reconnect re-creates a queue that expired
                     # while this consumer was away.
                     amqp_queue = await channel.declare_queue(
-                        queue, durable=True, arguments=queue_arguments(options)
+                        queue, durable=True, arguments=self._queues.arguments(options)
                     )
                 await subscription.start(amqp_queue)
         except BaseException as exc:
@@ -260,10 +261,8 @@ class RabbitMQBus:
             if isinstance(exc, ChannelNotFoundEntity):
                 raise Unroutable(f"Cannot consume: no queue named {queue!r}.") from exc
             if isinstance(exc, ChannelPreconditionFailed):
-                raise BusError(
-                    f"Cannot consume {queue!r}: it exists with other arguments than this bus "
-                    f"declared (RabbitMQ: {reply_text(exc)})."
-                ) from exc
+                arguments = self._queues.arguments(options or QueueOptions())
+                raise self._queues.refused(queue, arguments, exc) from exc
             if isinstance(exc, (TimeoutError, *TRANSPORT_ERRORS)):
                 raise self._unavailable(f"consume {queue!r}", exc) from exc
             raise
