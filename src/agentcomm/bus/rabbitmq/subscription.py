@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from aio_pika.abc import AbstractRobustChannel, AbstractRobustQueue
 
@@ -19,16 +19,29 @@ from agentcomm.bus.rabbitmq.deliveries import (
     is_stale,
     unsettled_before,
 )
+from agentcomm.bus.rabbitmq.redelivery import Redeliveries
 from agentcomm.bus.rabbitmq.turns import KeyedTurns
 from agentcomm.bus.rabbitmq.wire.acks import ChannelAcks
-from agentcomm.bus.rabbitmq.wire.base import TRANSPORT_ERRORS
+from agentcomm.bus.rabbitmq.wire.base import TRANSPORT_ERRORS, Wire
 from agentcomm.bus.rabbitmq.wire.inbound import InboundMessage
-
-if TYPE_CHECKING:
-    from agentcomm.bus.rabbitmq.bus import RabbitMQBus
 
 # The name operators filter on; it was the module's own name before the bus became a package.
 log = logging.getLogger("agentcomm.bus.rabbitmq")
+
+
+class Owner(Protocol):
+    """What a subscription uses of the bus that made it (the bus itself)."""
+
+    # Bound on each step of cancel() that talks to the broker.
+    CLOSE_TIMEOUT: float
+    wire: Wire
+    redeliveries: Redeliveries
+
+    @property
+    def is_connected(self) -> bool: ...
+
+    def forget(self, subscription: RabbitSubscription) -> None:
+        """Drops a cancelled subscription from the bus's own list."""
 
 
 class RabbitSubscription:
@@ -41,7 +54,7 @@ class RabbitSubscription:
 
     def __init__(
         self,
-        bus: RabbitMQBus,
+        bus: Owner,
         queue_name: str,
         handler: MessageHandler,
         channel: AbstractRobustChannel,
