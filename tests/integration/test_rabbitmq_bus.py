@@ -198,6 +198,66 @@ async def test_a_queue_of_the_other_type_is_refused_in_one_sentence_naming_the_s
         await asyncio.wait_for(older.close(), WAIT)
 
 
+async def _listed(command: str, vhost: str, *columns: str) -> list[list[str]]:
+    listing = await rabbitmqctl(command, "-p", vhost, *columns, "--no-table-headers")
+    return [line.split("\t") for line in listing.splitlines() if line.strip()]
+
+
+@bounded
+async def test_broadcasts_go_through_a_fanout_exchange_to_a_classic_queue_per_listener(
+    rabbitmq_vhost: str, raw_channel: aio_pika.abc.AbstractChannel
+) -> None:
+    # Quorum asked for the bus's queues: a listener's queue is exclusive, so classic all the same.
+    bus = RabbitMQBus(amqp_url(rabbitmq_vhost), connect_attempts=2, queue_type="quorum")
+    await asyncio.wait_for(bus.connect(), WAIT)
+    try:
+        got = Collector()
+        subscription = await bus.listen("presence", got.handle)
+        watcher = await asyncio.wait_for(raw_channel.declare_queue(exclusive=True), WAIT)
+        await asyncio.wait_for(watcher.bind("agentcomm.presence"), WAIT)
+        await bus.broadcast("presence", b'{"a": 1}', message_id="seen")
+        await got.wait_for(1)
+        message = await asyncio.wait_for(watcher.get(no_ack=True), WAIT)
+        assert message.body == b'{"a": 1}'
+        assert message.message_id == "seen"
+        assert message.delivery_mode == aio_pika.DeliveryMode.NOT_PERSISTENT
+
+        exchanges = await _listed("list_exchanges", rabbitmq_vhost, "name", "type", "durable")
+        assert ["agentcomm.presence", "fanout", "true"] in exchanges
+        columns = ("name", "type", "durable", "exclusive", "auto_delete")
+        [listener] = [
+            row
+            for row in await _listed("list_queues", rabbitmq_vhost, *columns)
+            if row[0].startswith("agentcomm.presence.listener.")
+        ]
+        assert listener[1:] == ["classic", "false", "true", "true"]
+
+        await asyncio.wait_for(subscription.cancel(), WAIT)
+        names = [row[0] for row in await _listed("list_queues", rabbitmq_vhost, "name")]
+        assert listener[0] not in names
+    finally:
+        await asyncio.wait_for(bus.close(), WAIT)
+
+
+@bounded
+async def test_a_failing_reconnect_callback_is_logged_and_the_others_still_run(
+    bus: RabbitMQBus, rabbitmq_vhost: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    told: list[str] = []
+
+    def failing() -> None:
+        raise RuntimeError("the owner's callback failed")
+
+    bus.on_reconnect(failing)
+    bus.on_reconnect(lambda: told.append("second"))
+    with caplog.at_level(logging.INFO, logger="agentcomm.bus.rabbitmq"):
+        await rabbitmqctl("close_all_connections", "-p", rabbitmq_vhost, "test")
+        await wait_until(lambda: told == ["second"], timeout=30, what="the second callback")
+    messages = [r.getMessage() for r in caplog.records if r.name == "agentcomm.bus.rabbitmq"]
+    assert "A callback on reconnecting to RabbitMQ failed" in messages
+    assert any(message.startswith("Reconnected to RabbitMQ at") for message in messages)
+
+
 @bounded
 async def test_publishing_during_an_outage_fails_in_time_and_consumers_come_back(
     bus: RabbitMQBus, rabbitmq_vhost: str
@@ -382,7 +442,7 @@ async def test_fast_path_off_runs_on_aio_pikas_own_connection_and_channels(
         assert (await got.wait_for(1))[0].message_id == "plain"
         connection = bus._connection
         assert type(connection) is aio_pika.RobustConnection
-        assert type(subscription._channel) is aio_pika.RobustChannel
+        assert type(subscription.channel) is aio_pika.RobustChannel
         assert type(subscription._queue) is aio_pika.RobustQueue
     finally:
         await asyncio.wait_for(bus.close(), WAIT)

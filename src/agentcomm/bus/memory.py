@@ -2,17 +2,20 @@
 
 It is what `agentcomm dev` and the quick start run on, so it is a product feature with the same
 semantics as the RabbitMQ bus (confirmed publishes, ack after handling, bounded redelivery, TTL
-with dead-lettering), checked by the same contract tests.
+with dead-lettering, broadcasts to the listeners of a topic), checked by the same contract
+tests. Its connection cannot be lost, so it never calls `on_reconnect`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from agentcomm.bus.base import (
@@ -24,7 +27,9 @@ from agentcomm.bus.base import (
     Redelivery,
     Unroutable,
     Verdict,
+    check_topic,
     notify_dead_letter,
+    report_dropped,
 )
 
 log = logging.getLogger(__name__)
@@ -54,6 +59,9 @@ class InMemoryBus:
     def __init__(self) -> None:
         self._queues: dict[str, _Queue] = {}
         self._subscriptions: set[_MemorySubscription] = set()
+        # The listeners of each topic, each with a queue of its own outside `_queues`.
+        self._listeners: dict[str, set[_MemoryListener]] = {}
+        self._listener_numbers = itertools.count(1)
         self._connected = False
         # While closing, handlers still running may publish their results; new consumers and
         # declarations are refused. Once closed, everything is refused.
@@ -134,6 +142,41 @@ class InMemoryBus:
         subscription.start()
         return subscription
 
+    async def broadcast(
+        self,
+        topic: str,
+        body: bytes,
+        *,
+        message_id: str | None = None,
+        timeout: float = 5.0,
+    ) -> None:
+        check_topic(topic)
+        if self._closed:
+            raise BusClosed("Cannot broadcast: the bus is closed.")
+        if not self._connected:
+            raise BusClosed("Cannot broadcast: the bus is not connected yet.")
+        message_id = message_id or uuid.uuid4().hex
+        now = time.monotonic()
+        for listener in list(self._listeners.get(topic, ())):
+            # Each listener its own copy: a stored message counts its own attempts.
+            await self._append(listener.queue, _Stored(body, message_id, now))
+
+    async def listen(
+        self, topic: str, handler: MessageHandler, *, prefetch: int | None = None
+    ) -> _MemoryListener:
+        check_topic(topic)
+        self._ensure_open("listen")
+        queue = _Queue(f"{topic}.listener-{next(self._listener_numbers)}", QueueOptions())
+        listener = _MemoryListener(self, topic, queue, handler)
+        self._listeners.setdefault(topic, set()).add(listener)
+        self._subscriptions.add(listener)
+        listener.start()
+        return listener
+
+    def on_reconnect(self, callback: Callable[[], None]) -> None:
+        # Nothing to lose in one process: the callback is never due.
+        return
+
     async def delete_queue(self, name: str) -> None:
         self._ensure_open("delete a queue")
         queue = self._queues.pop(name, None)
@@ -163,6 +206,12 @@ class InMemoryBus:
 
     def forget(self, subscription: _MemorySubscription) -> None:
         self._subscriptions.discard(subscription)
+        if isinstance(subscription, _MemoryListener):
+            listeners = self._listeners.get(subscription.topic)
+            if listeners is not None:
+                listeners.discard(subscription)
+                if not listeners:
+                    del self._listeners[subscription.topic]
 
     async def put_back(self, queue: _Queue, stored: _Stored) -> None:
         """Back at the head of its queue, to be handed out next."""
@@ -286,6 +335,27 @@ class _MemorySubscription:
             await self._bus.give_up(self.queue, stored, self._on_dead_letter)
         else:
             await self._bus.put_back(self.queue, stored)
+
+
+class _MemoryListener(_MemorySubscription):
+    """A listener of a topic: its own queue, one message at a time, failures dropped."""
+
+    def __init__(
+        self, bus: InMemoryBus, topic: str, queue: _Queue, handler: MessageHandler
+    ) -> None:
+        super().__init__(bus, queue, handler, concurrency=1, max_deliveries=1)
+        self.topic = topic
+
+    async def _handle(self, stored: _Stored) -> None:
+        delivery = _delivery(self.topic, stored)
+        try:
+            await self._handler(delivery)
+        except (Exception, asyncio.CancelledError) as exc:
+            report_dropped(log, exc, delivery)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+        finally:
+            self._slots.release()
 
 
 def _delivery(queue: str, stored: _Stored) -> Delivery:

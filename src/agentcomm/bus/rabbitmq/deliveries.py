@@ -26,6 +26,8 @@ DELIVERY_COUNT_HEADER = "x-delivery-count"
 DEAD_LETTERED_FROM_HEADER = "agentcomm-dead-lettered-from"
 JSON_CONTENT_TYPE = "application/json"
 PERSISTENT = int(DeliveryMode.PERSISTENT)
+# Broadcasts: state sent again, not worth a disk write.
+TRANSIENT = int(DeliveryMode.NOT_PERSISTENT)
 
 
 def attempt_of(message: InboundMessage) -> int:

@@ -1,5 +1,5 @@
-"""The queues of one RabbitMQ bus: declared and deleted on a channel of their own, and the
-options of those this bus declared remembered.
+"""The queues and topic exchanges of one RabbitMQ bus: declared and deleted on a channel of
+their own, and the options of the queues this bus declared remembered.
 
 A refused declaration (PRECONDITION_FAILED) makes RabbitMQ close the channel it came on; on a
 channel of its own it never fails the publishes in flight. Consumers re-declare their queue
@@ -22,7 +22,7 @@ import re
 from collections.abc import Awaitable, Callable
 from typing import Literal, get_args
 
-from aio_pika.abc import AbstractRobustChannel, FieldValue
+from aio_pika.abc import AbstractRobustChannel, ExchangeType, FieldValue
 from aio_pika.exceptions import ChannelInvalidStateError, ChannelPreconditionFailed
 
 from agentcomm.bus.base import BusClosed, BusError, BusUnavailable, QueueOptions
@@ -56,6 +56,8 @@ class Queues:
         self.channel: AbstractRobustChannel | None = None
         # Options of the queues declared through this bus, by name.
         self.options: dict[str, QueueOptions] = {}
+        # The topic exchanges declared through this bus (durable: once is enough).
+        self.exchanges: set[str] = set()
         self._unavailable = unavailable
         self._timeout = timeout
         # They share one channel; a refused one closes it, so they take turns rather than fail
@@ -105,6 +107,20 @@ class Queues:
                 raise self._unavailable(f"declare queue {name!r}", exc) from exc
         self.options[name] = options
 
+    async def declare_exchange(self, name: str, timeout: float) -> None:
+        """Declares the durable fanout exchange of a topic, within `timeout`."""
+        async with self._lock:
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._on_channel(
+                        lambda channel: channel.declare_exchange(
+                            name, ExchangeType.FANOUT, durable=True, robust=False
+                        )
+                    )
+            except (TimeoutError, *TRANSPORT_ERRORS) as exc:
+                raise self._unavailable(f"declare exchange {name!r}", exc) from exc
+        self.exchanges.add(name)
+
     async def delete(self, name: str) -> None:
         async with self._lock:
             try:
@@ -132,6 +148,11 @@ class Queues:
                 except ChannelInvalidStateError:
                     pass
             await asyncio.sleep(RETRY_PAUSE)
+
+
+def topic_exchange(topic: str) -> str:
+    """The fanout exchange a topic's broadcasts go through."""
+    return f"agentcomm.{topic}"
 
 
 def queue_arguments(options: QueueOptions) -> dict[str, FieldValue]:

@@ -77,8 +77,10 @@ class Wire(Protocol):
         body: bytes,
         properties: Basic.Properties,
         mandatory: bool,
+        exchange: str = "",
     ) -> None:
-        """Publishes to the default exchange and returns once RabbitMQ confirmed the message.
+        """Publishes to `exchange` (the default exchange: straight to the queue named
+        `routing_key`) and returns once RabbitMQ confirmed the message.
 
         `channel` is the bus's publishing channel (publisher confirms on, used for nothing
         else). Waits while the connection is being restored; the caller's timeout bounds it."""

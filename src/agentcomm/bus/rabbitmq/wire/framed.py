@@ -54,6 +54,7 @@ class FramedWire:
         body: bytes,
         properties: Basic.Properties,
         mandatory: bool,
+        exchange: str = "",
     ) -> None:
         # Through the link's fast path, not aio-pika's Message and Exchange wrappers or
         # aiormq's publish, whose machinery showed in every publish.
@@ -74,7 +75,9 @@ class FramedWire:
                 publisher = self._publisher = await self._open_publisher(channel)
             if publisher is not None:
                 try:
-                    confirmed = publisher.publish(routing_key, body, properties, mandatory)
+                    confirmed = publisher.publish(
+                        routing_key, body, properties, mandatory, exchange
+                    )
                 except ChannelInvalidStateError:
                     # Raised before anything was written, so sending again cannot duplicate.
                     pass

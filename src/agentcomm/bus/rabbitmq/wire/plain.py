@@ -54,13 +54,19 @@ class PlainWire:
         body: bytes,
         properties: Basic.Properties,
         mandatory: bool,
+        exchange: str = "",
     ) -> None:
         message = _message(body, properties)
         while True:
             # Waits while the connection is being restored; the caller's timeout bounds it.
             await channel.ready()
+            target = (
+                await channel.get_exchange(exchange, ensure=False)
+                if exchange
+                else channel.default_exchange
+            )
             try:
-                await channel.default_exchange.publish(message, routing_key, mandatory=mandatory)
+                await target.publish(message, routing_key, mandatory=mandatory)
                 return
             except PublishError as exc:
                 raise Returned(str(exc)) from exc
