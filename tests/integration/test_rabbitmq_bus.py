@@ -258,6 +258,69 @@ async def test_a_failing_reconnect_callback_is_logged_and_the_others_still_run(
     assert any(message.startswith("Reconnected to RabbitMQ at") for message in messages)
 
 
+@pytest.mark.parametrize("fast_path", [pytest.param(True, id="fast-path"), False])
+@bounded
+async def test_with_several_hosts_the_bus_moves_to_the_next_node_when_its_node_goes(
+    rabbitmq_vhost: str, fast_path: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Two proxies to the one RabbitMQ stand for two nodes of a cluster; the first address
+    # has nothing listening, like a node that is down at start.
+    caplog.set_level(logging.INFO, logger="agentcomm.bus.rabbitmq")
+    down = free_port()
+    async with TcpProxy("127.0.0.1", 5672) as first, TcpProxy("127.0.0.1", 5672) as second:
+        ports = [down, first.port, second.port]
+        bus = RabbitMQBus(
+            amqp_url(rabbitmq_vhost),
+            connect_attempts=1,
+            fast_path=fast_path,
+            hosts=[("127.0.0.1", port) for port in ports],
+        )
+        await asyncio.wait_for(bus.connect(), WAIT)
+        try:
+            assert (first.open_connections, second.open_connections) == (1, 0)
+            reconnected = asyncio.Event()
+            bus.on_reconnect(reconnected.set)
+            await bus.declare_queue("work")
+            got, heard = Collector(), Collector()
+            await bus.consume("work", got.handle)
+            await bus.listen("presence", heard.handle)
+
+            await first.close()  # the node the bus is on goes away
+            await asyncio.wait_for(reconnected.wait(), 30)
+
+            assert second.open_connections == 1
+            await bus.publish("work", b"{}", message_id="after", timeout=WAIT)
+            await bus.broadcast("presence", b"{}", message_id="heard", timeout=WAIT)
+            assert (await got.wait_for(1))[0].message_id == "after"
+            assert (await heard.wait_for(1))[0].message_id == "heard"
+        finally:
+            await asyncio.wait_for(bus.close(), WAIT)
+    messages = [r.getMessage() for r in caplog.records if r.name == "agentcomm.bus.rabbitmq"]
+    where = [m for m in messages if m.startswith(("Connected to", "Reconnected to"))]
+    assert where == [
+        f"Connected to RabbitMQ at 127.0.0.1:{ports[1]}/{rabbitmq_vhost}",
+        f"Reconnected to RabbitMQ at 127.0.0.1:{ports[2]}/{rabbitmq_vhost}",
+    ]
+
+
+@bounded
+async def test_with_no_host_up_the_start_fails_naming_every_address(rabbitmq_vhost: str) -> None:
+    ports = [free_port(), free_port()]
+    bus = RabbitMQBus(
+        amqp_url(rabbitmq_vhost),
+        connect_attempts=1,
+        hosts=[("127.0.0.1", port) for port in ports],
+    )
+    with pytest.raises(BusUnavailable) as refused:
+        await asyncio.wait_for(bus.connect(), WAIT)
+    message = str(refused.value)
+    assert message.startswith(
+        f"Cannot reach RabbitMQ at 127.0.0.1:{ports[0]}, 127.0.0.1:{ports[1]} "
+        f"(vhost {rabbitmq_vhost}) after 1 attempt: No RabbitMQ node took the connection"
+    )
+    assert "RABBITMQ_HOSTS, RABBITMQ_VHOST and the credentials" in message
+
+
 @bounded
 async def test_publishing_during_an_outage_fails_in_time_and_consumers_come_back(
     bus: RabbitMQBus, rabbitmq_vhost: str

@@ -15,7 +15,7 @@ def create_bus(settings: Settings, *, name: str = "agentcomm") -> Bus:
     replaced by the in-process bus, whose queues other processes cannot see. `name` labels the
     RabbitMQ connection (e.g. "agentcomm-server"); `RABBITMQ_FAST_PATH=0` runs it on plain
     aio-pika instead of its own AMQP framing; `RABBITMQ_QUEUE_TYPE` is the type of the queues
-    it declares.
+    it declares; `RABBITMQ_HOSTS` the nodes of a RabbitMQ cluster it connects to in turn.
     """
     if settings.message_bus == "memory":
         return InMemoryBus()
@@ -28,6 +28,7 @@ def create_bus(settings: Settings, *, name: str = "agentcomm") -> Bus:
             name=name,
             fast_path=settings.rabbitmq_fast_path,
             queue_type=settings.rabbitmq_queue_type,
+            hosts=settings.rabbitmq_nodes,
         )
     raise ValueError(
         f"Unknown message bus {settings.message_bus!r}: MESSAGE_BUS accepts 'rabbitmq' or 'memory'."

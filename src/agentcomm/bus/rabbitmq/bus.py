@@ -21,10 +21,12 @@ dead-lettering, suspects — is `redelivery.py`, the same on either wire.
 The connection reconnects by itself and the channels and consumers come back with it (a
 consumer re-declares the queue it consumes, so a queue this bus declared and that expired
 meanwhile is created again; a listener declares and binds its queue again, which lost what was
-broadcast meanwhile). Then the owner's `on_reconnect` callbacks run. Publishing while the connection is down waits for it up to the
-publish's timeout, then raises BusUnavailable; so does publishing while RabbitMQ reads nothing
-(a resource alarm, a stalled link), and on the framed wire a publish that timed out that way
-was never sent.
+broadcast meanwhile). Then the owner's `on_reconnect` callbacks run. With several RabbitMQ
+nodes (`hosts`), each reconnection goes to the next node that takes it (`nodes.py`).
+
+Publishing while the connection is down waits for it up to the publish's timeout, then raises
+BusUnavailable; so does publishing while RabbitMQ reads nothing (a resource alarm, a stalled
+link), and on the framed wire a publish that timed out that way was never sent.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 from aio_pika.abc import (
     AbstractRobustChannel,
@@ -61,6 +63,7 @@ from agentcomm.bus.rabbitmq.connection import (
     describe,
 )
 from agentcomm.bus.rabbitmq.deliveries import JSON_CONTENT_TYPE, PERSISTENT, TRANSIENT
+from agentcomm.bus.rabbitmq.nodes import Node, Nodes
 from agentcomm.bus.rabbitmq.queues import Queues, QueueType, topic_exchange
 from agentcomm.bus.rabbitmq.redelivery import Redeliveries
 from agentcomm.bus.rabbitmq.subscription import ListenerSubscription, RabbitSubscription
@@ -76,9 +79,11 @@ log = logging.getLogger("agentcomm.bus.rabbitmq")
 class RabbitMQBus:
     """The production bus: RabbitMQ through one robust aio-pika connection.
 
-    `url` is an AMQP URL (`amqp://user:password@host:port/vhost`). `connect_attempts` bounds the
-    retries at start (exponential backoff between them); after a successful start the connection
-    reconnects by itself for as long as the bus is open. `prefetch_default` is the prefetch of a
+    `url` is an AMQP URL (`amqp://user:password@host:port/vhost`); `hosts`, when given, are the
+    (host, port) of a RabbitMQ cluster's nodes, tried in turn at start and on every reconnect
+    in place of the URL's own (see `nodes.py`). `connect_attempts` bounds the retries at start
+    (exponential backoff between them); after a successful start the connection reconnects by
+    itself for as long as the bus is open. `prefetch_default` is the prefetch of a
     consumer that does not ask for one. `name` is shown as the connection name in RabbitMQ.
     `heartbeat` (seconds, unless the URL sets it) is proposed to RabbitMQ; a connection that
     stays silent for about three heartbeats is taken for dead and reconnected. `fast_path`
@@ -113,12 +118,17 @@ class RabbitMQBus:
         heartbeat: int | None = None,
         fast_path: bool = True,
         queue_type: QueueType = "classic",
+        hosts: Sequence[tuple[str, int]] = (),
     ) -> None:
         if connect_attempts < 1:
             raise ValueError(f"connect_attempts must be at least 1, got {connect_attempts}.")
         _check_prefetch(prefetch_default)
         self._url = url
-        self._where = describe(url)
+        # Where the connection may go: the URL's host, or the nodes of a cluster in turn.
+        self._nodes = (
+            Nodes([Node(host, port) for host, port in hosts]) if hosts else Nodes.of_url(url)
+        )
+        self._where = describe(url, self._nodes)
         self._connect_attempts = connect_attempts
         self._prefetch_default = prefetch_default
         self._heartbeat = heartbeat
@@ -170,6 +180,7 @@ class RabbitMQBus:
             connection = await connect_with_retries(
                 self.wire,
                 self._url,
+                self._nodes,
                 name=self._name,
                 attempts=self._connect_attempts,
                 heartbeat=self._heartbeat,
@@ -203,7 +214,7 @@ class RabbitMQBus:
             self._queues.channel = admin_channel
             # aio-pika calls these once the channels, queues and consumers are restored.
             connection.reconnect_callbacks.add(self._reconnected)
-            log.info("Connected to RabbitMQ at %s", self._where)
+            log.info("Connected to RabbitMQ at %s", self._on_node())
 
     async def declare_queue(self, name: str, options: QueueOptions | None = None) -> None:
         self._ensure_open("declare a queue")
@@ -425,7 +436,7 @@ class RabbitMQBus:
         self._subscriptions.add(subscription)
 
     def _reconnected(self, *_: object) -> None:
-        log.info("Reconnected to RabbitMQ at %s", self._where)
+        log.info("Reconnected to RabbitMQ at %s", self._on_node())
         for callback in list(self._reconnect_callbacks):
             try:
                 callback()
@@ -494,6 +505,10 @@ class RabbitMQBus:
                     "closed before the message was confirmed."
                 ) from exc
             raise
+
+    def _on_node(self) -> str:
+        """The node the connection is on, for the log."""
+        return describe(self._url, self._nodes.current)
 
     def _ensure_open(self, action: str) -> None:
         if self._closing or self._closed:

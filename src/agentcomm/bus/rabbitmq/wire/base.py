@@ -38,6 +38,7 @@ from aio_pika.exceptions import AMQPError, ChannelInvalidStateError
 from aiormq.abc import AbstractChannel
 from pamqp.commands import Basic
 
+from agentcomm.bus.rabbitmq.nodes import Nodes
 from agentcomm.bus.rabbitmq.wire.acks import ChannelAcks
 from agentcomm.bus.rabbitmq.wire.inbound import InboundMessage
 
@@ -67,8 +68,10 @@ OnMessage = Callable[[InboundMessage], None]
 class Wire(Protocol):
     """How one bus's messages get onto its AMQP link and off it (one wire per bus)."""
 
-    async def connect(self, url: str, **options: Any) -> AbstractRobustConnection:
-        """Opens the bus's robust connection (`options` as for aio_pika.connect_robust)."""
+    async def connect(self, url: str, nodes: Nodes, **options: Any) -> AbstractRobustConnection:
+        """Opens the bus's robust connection to one of `nodes`, and every reconnection to the
+        next that takes it (`options` as for aio_pika.connect_robust; the URL gives the
+        credentials and the vhost)."""
 
     async def publish(
         self,
