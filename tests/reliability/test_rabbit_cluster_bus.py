@@ -35,7 +35,7 @@ import pytest_asyncio
 
 from agentcomm.bus.base import BusUnavailable, Delivery
 from agentcomm.bus.rabbitmq import RabbitMQBus
-from tests.conftest import ON_CI, rabbitmq_reachable
+from tests.conftest import rabbitmq_reachable, require
 from tests.reliability.stack import report_line
 from tests.support.rabbit_cluster import RabbitCluster, rabbit_cluster, rabbitmq_installed
 from tests.support.waiting import wait_until
@@ -62,15 +62,6 @@ HANDLING = 0.02
 HANDLERS = 4
 PUBLISH_TIMEOUT = 5.0
 WAIT = 120.0
-
-
-def require(available: bool, what: str) -> None:
-    """Missing infrastructure is a skip on a laptop and a failure on CI."""
-    if available:
-        return
-    if ON_CI:
-        pytest.fail(f"{what} is not available (CI=true: this is a failure)")
-    pytest.skip(f"{what} is not available")
 
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")

@@ -19,6 +19,7 @@ it stays aio-pika's stock connection.
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -99,13 +100,22 @@ class NodesTransportFactory(TransportFactory):
     async def create(
         self, url: URL, **kwargs: Any
     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        provider = kwargs.pop("ssl_context_provider", None)
-        ssl = None
-        if url.scheme == "amqps" and provider is not None:
-            ssl = await provider.get_context()
+        context = await tls_context(url, kwargs)
         return await self.nodes.reach(
-            lambda node: asyncio.open_connection(host=node.host, port=node.port, ssl=ssl, **kwargs)
+            lambda node: asyncio.open_connection(
+                host=node.host, port=node.port, ssl=context, **kwargs
+            )
         )
+
+
+async def tls_context(url: URL, kwargs: dict[str, Any]) -> ssl.SSLContext | None:
+    """The TLS context of an amqps link, taken out of the keywords aiormq hands a transport
+    factory (None for amqp)."""
+    provider = kwargs.pop("ssl_context_provider", None)
+    if url.scheme != "amqps" or provider is None:
+        return None
+    context: ssl.SSLContext = await provider.get_context()
+    return context
 
 
 def _as_given(value: Any) -> Any:

@@ -34,7 +34,7 @@ from aiormq.abc import AbstractChannel
 from aiormq.connection import TransportFactory
 from yarl import URL
 
-from agentcomm.bus.rabbitmq.nodes import Node, Nodes, NodesRobustConnection
+from agentcomm.bus.rabbitmq.nodes import Node, Nodes, NodesRobustConnection, tls_context
 from agentcomm.bus.rabbitmq.wire.fastpath import FastPath
 
 # Held bytes beyond which `drain` sends at once rather than at the end of the turn, so that a
@@ -155,10 +155,7 @@ class GatheringTransportFactory(TransportFactory):
     async def create(
         self, url: URL, **kwargs: Any
     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        ssl_context_provider = kwargs.pop("ssl_context_provider", None)
-        ssl = None
-        if url.scheme == "amqps" and ssl_context_provider is not None:
-            ssl = await ssl_context_provider.get_context()
+        ssl = await tls_context(url, kwargs)
         loop = asyncio.get_running_loop()
         reader = asyncio.StreamReader(loop=loop)
         protocol = FlowProtocol(reader, loop)
@@ -180,15 +177,8 @@ class GatheringRobustConnection(NodesRobustConnection):
 
     transport_factory: GatheringTransportFactory
 
-    def __init__(
-        self,
-        url: URL,
-        loop: asyncio.AbstractEventLoop | None = None,
-        *,
-        nodes: Nodes,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(url, loop, nodes=nodes, **kwargs)
+    def __init__(self, url: URL, loop: asyncio.AbstractEventLoop | None = None, **kwargs: Any):
+        super().__init__(url, loop, **kwargs)
         # The aiormq connection of the current link, and that link's fast path.
         self._linked: tuple[object, FastPath] | None = None
 
