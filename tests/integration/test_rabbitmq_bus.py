@@ -347,6 +347,25 @@ async def test_publishing_during_an_outage_fails_in_time_and_consumers_come_back
 
 
 @bounded
+async def test_broadcasting_during_an_outage_fails_in_time_like_publishing(
+    bus: RabbitMQBus, rabbitmq_vhost: str
+) -> None:
+    await bus.broadcast("presence", b"{}", message_id="declares-the-exchange")
+
+    async with broker_unreachable(rabbitmq_vhost):
+        await wait_until(lambda: not bus.is_connected, what="the bus to notice the outage")
+        # A topic whose exchange is known, and one whose exchange is still to declare.
+        for topic in ("presence", "hubs"):
+            with pytest.raises(BusUnavailable, match=topic):
+                await asyncio.wait_for(
+                    bus.broadcast(topic, b"{}", message_id="during", timeout=0.5), WAIT
+                )
+
+    await wait_until(lambda: bus.is_connected, timeout=30, what="the reconnection")
+    await bus.broadcast("hubs", b"{}", message_id="after", timeout=WAIT)
+
+
+@bounded
 async def test_a_handler_cut_off_by_an_outage_gets_its_message_again(
     bus: RabbitMQBus, rabbitmq_vhost: str
 ) -> None:

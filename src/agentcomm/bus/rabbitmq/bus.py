@@ -304,7 +304,14 @@ class RabbitMQBus:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         if exchange not in self._queues.exchanges:
-            await self._queues.declare_exchange(exchange, timeout)
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._queues.declare_exchange(exchange)
+            except TimeoutError as exc:
+                raise BusUnavailable(
+                    f"Cannot broadcast on {topic!r}: RabbitMQ at {self._where} did not declare "
+                    f"its exchange within {timeout:g} s."
+                ) from exc
         properties = spec.Basic.Properties(
             content_type=JSON_CONTENT_TYPE,
             delivery_mode=TRANSIENT,

@@ -107,11 +107,11 @@ class Queues:
                 raise self._unavailable(f"declare queue {name!r}", exc) from exc
         self.options[name] = options
 
-    async def declare_exchange(self, name: str, timeout: float) -> None:
-        """Declares the durable fanout exchange of a topic, within `timeout`."""
+    async def declare_exchange(self, name: str) -> None:
+        """Declares the durable fanout exchange of a topic."""
         async with self._lock:
             try:
-                async with asyncio.timeout(timeout):
+                async with asyncio.timeout(self._timeout):
                     await self._on_channel(
                         lambda channel: channel.declare_exchange(
                             name, ExchangeType.FANOUT, durable=True, robust=False
