@@ -303,6 +303,25 @@ async def test_with_several_hosts_the_bus_moves_to_the_next_node_when_its_node_g
     ]
 
 
+@pytest.mark.parametrize("fast_path", [pytest.param(True, id="fast-path"), False])
+@bounded
+async def test_one_host_given_is_where_the_bus_connects_whatever_the_url_says(
+    rabbitmq_vhost: str, fast_path: bool
+) -> None:
+    async with TcpProxy("127.0.0.1", 5672) as node:
+        bus = RabbitMQBus(
+            f"amqp://guest:guest@127.0.0.1:{free_port()}/{rabbitmq_vhost}",
+            connect_attempts=1,
+            fast_path=fast_path,
+            hosts=[("127.0.0.1", node.port)],
+        )
+        await asyncio.wait_for(bus.connect(), WAIT)
+        try:
+            assert node.open_connections == 1
+        finally:
+            await asyncio.wait_for(bus.close(), WAIT)
+
+
 @bounded
 async def test_with_no_host_up_the_start_fails_naming_every_address(rabbitmq_vhost: str) -> None:
     ports = [free_port(), free_port()]

@@ -47,6 +47,7 @@ from aio_pika.exceptions import (
     ChannelPreconditionFailed,
 )
 from aiormq import spec
+from yarl import URL
 
 from agentcomm.bus.base import (
     BusClosed,
@@ -123,6 +124,11 @@ class RabbitMQBus:
         if connect_attempts < 1:
             raise ValueError(f"connect_attempts must be at least 1, got {connect_attempts}.")
         _check_prefetch(prefetch_default)
+        if hosts:
+            # The URL names the first node too: with one node, the plain wire connects to the
+            # URL as aio-pika does.
+            host, port = hosts[0]
+            url = str(URL(url).with_host(host).with_port(port))
         self._url = url
         # Where the connection may go: the URL's host, or the nodes of a cluster in turn.
         self._nodes = (
