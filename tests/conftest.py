@@ -18,6 +18,15 @@ import pytest
 ON_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
 
+def require(available: bool, what: str) -> None:
+    """Missing infrastructure is a skip on a laptop and a failure on CI."""
+    if available:
+        return
+    if ON_CI:
+        pytest.fail(f"{what} is not available (CI=true: this is a failure)")
+    pytest.skip(f"{what} is not available")
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))

@@ -13,6 +13,7 @@ share one environment each take what they need from it.
 
 from __future__ import annotations
 
+import ipaddress
 from enum import Enum
 from typing import Annotated, Any, Literal
 
@@ -99,6 +100,16 @@ class Settings(BaseSettings):
         True,
         description="frame publishes, confirms, deliveries and acks in the bus itself (0: plain "
         "aio-pika publishes and consumers)",
+    )
+    rabbitmq_hosts: Annotated[str, SettingsGroup.BUS] = Field(
+        "",
+        description="comma-separated host:port of a RabbitMQ cluster's nodes, tried in turn at "
+        "start and on every reconnect; empty: RABBITMQ_HOST and RABBITMQ_PORT",
+    )
+    rabbitmq_queue_type: Annotated[Literal["classic", "quorum"], SettingsGroup.BUS] = Field(
+        "classic",
+        description="the type of the durable queues the bus declares ('quorum' to replicate them "
+        "over a RabbitMQ cluster; switching needs the queues deleted or a new vhost)",
     )
 
     host: Annotated[str, SettingsGroup.SERVER] = Field(
@@ -275,9 +286,56 @@ class Settings(BaseSettings):
         password = quote(self.rabbitmq_password, safe="")
         return f"amqp://{user}:{password}@{self.rabbitmq_host}:{self.rabbitmq_port}/{vhost}"
 
+    @field_validator("rabbitmq_hosts")
+    @classmethod
+    def _hosts_are_addresses(cls, value: str) -> str:
+        parse_hosts(value, default_port=5672)
+        return value
+
+    @property
+    def rabbitmq_nodes(self) -> list[tuple[str, int]]:
+        """(host, port) of each RabbitMQ node the bus may connect to, in RABBITMQ_HOSTS' order;
+        RABBITMQ_HOST and RABBITMQ_PORT when it is empty."""
+        nodes = parse_hosts(self.rabbitmq_hosts, default_port=self.rabbitmq_port)
+        return nodes or [(self.rabbitmq_host, self.rabbitmq_port)]
+
     @property
     def origins(self) -> list[str]:
         return [origin.strip() for origin in self.allowed_origins.split(",") if origin.strip()]
+
+
+def parse_hosts(text: str, *, default_port: int) -> list[tuple[str, int]]:
+    """(host, port) of each `host:port` (or `host`, or `[ipv6]:port`) of a comma-separated
+    list; raises ValueError naming the entry that is not an address."""
+    nodes = []
+    for entry in (part.strip() for part in text.split(",")):
+        if not entry:
+            continue
+        host, port = entry, str(default_port)
+        if entry.startswith("["):
+            host, _, rest = entry[1:].partition("]")
+            if rest:
+                port = rest.removeprefix(":") if rest.startswith(":") else "?"
+        elif entry.count(":") == 1:
+            host, port = entry.split(":")
+        elif ":" in entry and not _is_ip_address(entry):
+            raise ValueError(
+                f"{entry!r} is not host:port (an IPv6 address with a port: [::1]:5672)"
+            )
+        if not host or not (port.isascii() and port.isdigit()) or not 1 <= int(port) <= 65535:
+            raise ValueError(f"{entry!r} is not host:port")
+        if any(character.isspace() or character in "/@?#[]" for character in host):
+            raise ValueError(f"{entry!r} is not host:port")
+        nodes.append((host, int(port)))
+    return nodes
+
+
+def _is_ip_address(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def group_of(name: str) -> SettingsGroup:

@@ -1,9 +1,10 @@
 """Both buses behind one fixture, so that every contract test runs against each of them.
 
-`backend` is parametrized: the in-process bus, and RabbitMQ in a fresh vhost of its own, once
-on the bus's own AMQP framing (`rabbitmq`) and once on plain aio-pika (`rabbitmq-plain`,
-RABBITMQ_FAST_PATH=0). The helpers here (waiting with a deadline, collecting deliveries) are
-shared with the RabbitMQ-only integration tests.
+`backend` is parametrized: the in-process bus, and RabbitMQ in a fresh vhost of its own, on the
+bus's own AMQP framing (`rabbitmq`), on plain aio-pika (`rabbitmq-plain`, RABBITMQ_FAST_PATH=0)
+and with quorum queues (`rabbitmq-quorum`, RABBITMQ_QUEUE_TYPE=quorum, on the framing). The
+helpers here (waiting with a deadline, collecting deliveries) are shared with the RabbitMQ-only
+integration tests.
 """
 
 from __future__ import annotations
@@ -106,6 +107,7 @@ class BusBackend:
             connect_attempts=2,
             name="agentcomm-contract",
             fast_path=self.kind != "rabbitmq-plain",
+            queue_type="quorum" if self.kind == "rabbitmq-quorum" else "classic",
         )
 
     async def new_bus(self) -> Bus:
@@ -146,6 +148,7 @@ class BusBackend:
         "memory",
         pytest.param("rabbitmq", marks=pytest.mark.rabbitmq),
         pytest.param("rabbitmq-plain", marks=pytest.mark.rabbitmq),
+        pytest.param("rabbitmq-quorum", marks=pytest.mark.rabbitmq),
     ]
 )
 def bus_kind(request: pytest.FixtureRequest) -> tuple[str, str | None]:

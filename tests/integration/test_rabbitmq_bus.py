@@ -10,10 +10,11 @@ from contextlib import asynccontextmanager
 import aio_pika
 import pytest
 
-from agentcomm.bus.base import BusUnavailable, Delivery, QueueOptions, Unroutable
+from agentcomm.bus.base import BusError, BusUnavailable, Delivery, QueueOptions, Unroutable
 from agentcomm.bus.factory import create_bus
 from agentcomm.bus.memory import InMemoryBus
 from agentcomm.bus.rabbitmq import RabbitMQBus
+from agentcomm.bus.rabbitmq.queues import QueueType
 from agentcomm.config import Settings, load_settings
 from tests.conftest import free_port
 from tests.contract.conftest import WAIT, Collector, amqp_url, bounded, holds_for, wait_until
@@ -147,6 +148,199 @@ async def test_messages_and_queues_carry_the_agreed_amqp_properties(
 
 
 @bounded
+async def test_quorum_queues_take_the_same_options_and_are_quorum(rabbitmq_vhost: str) -> None:
+    bus = RabbitMQBus(amqp_url(rabbitmq_vhost), connect_attempts=2, queue_type="quorum")
+    await asyncio.wait_for(bus.connect(), WAIT)
+    try:
+        await bus.declare_queue("work.dead")
+        await bus.declare_queue(
+            "work",
+            QueueOptions(message_ttl_ms=60_000, dead_letter_queue="work.dead", expires_ms=600_000),
+        )
+        got = Collector()
+        await bus.consume("work", got.handle)
+        await bus.publish("work", b"{}", message_id="on-quorum")
+        assert (await got.wait_for(1))[0].message_id == "on-quorum"
+    finally:
+        await asyncio.wait_for(bus.close(), WAIT)
+    listing = await rabbitmqctl(
+        "list_queues", "-p", rabbitmq_vhost, "name", "type", "arguments", "--no-table-headers"
+    )
+    types = {line.split("\t")[0]: line.split("\t")[1] for line in listing.splitlines()}
+    assert types == {"work": "quorum", "work.dead": "quorum"}
+
+
+@pytest.mark.parametrize(("first", "then"), [("classic", "quorum"), ("quorum", "classic")])
+@bounded
+async def test_a_queue_of_the_other_type_is_refused_in_one_sentence_naming_the_setting(
+    rabbitmq_vhost: str, first: QueueType, then: QueueType
+) -> None:
+    older = RabbitMQBus(amqp_url(rabbitmq_vhost), connect_attempts=2, queue_type=first)
+    newer = RabbitMQBus(amqp_url(rabbitmq_vhost), connect_attempts=2, queue_type=then)
+    await asyncio.wait_for(older.connect(), WAIT)
+    await asyncio.wait_for(newer.connect(), WAIT)
+    try:
+        await older.declare_queue("broker_input_queue")
+
+        with pytest.raises(BusError) as refused:
+            await newer.declare_queue("broker_input_queue")
+
+        assert str(refused.value) == (
+            f"Queue 'broker_input_queue' is a {first} queue but RABBITMQ_QUEUE_TYPE={then} asks "
+            "for another type: a queue keeps its type, so delete it or use a new vhost to "
+            f"switch, or set RABBITMQ_QUEUE_TYPE={first}."
+        )
+        # The refusal leaves the bus usable.
+        await newer.declare_queue("other")
+        await newer.publish("broker_input_queue", b"{}", message_id="still-works")
+    finally:
+        await asyncio.wait_for(newer.close(), WAIT)
+        await asyncio.wait_for(older.close(), WAIT)
+
+
+async def _listed(command: str, vhost: str, *columns: str) -> list[list[str]]:
+    listing = await rabbitmqctl(command, "-p", vhost, *columns, "--no-table-headers")
+    return [line.split("\t") for line in listing.splitlines() if line.strip()]
+
+
+@bounded
+async def test_broadcasts_go_through_a_fanout_exchange_to_a_classic_queue_per_listener(
+    rabbitmq_vhost: str, raw_channel: aio_pika.abc.AbstractChannel
+) -> None:
+    # Quorum asked for the bus's queues: a listener's queue is exclusive, so classic all the same.
+    bus = RabbitMQBus(amqp_url(rabbitmq_vhost), connect_attempts=2, queue_type="quorum")
+    await asyncio.wait_for(bus.connect(), WAIT)
+    try:
+        got = Collector()
+        subscription = await bus.listen("presence", got.handle)
+        watcher = await asyncio.wait_for(raw_channel.declare_queue(exclusive=True), WAIT)
+        await asyncio.wait_for(watcher.bind("agentcomm.presence"), WAIT)
+        await bus.broadcast("presence", b'{"a": 1}', message_id="seen")
+        await got.wait_for(1)
+        message = await asyncio.wait_for(watcher.get(no_ack=True), WAIT)
+        assert message.body == b'{"a": 1}'
+        assert message.message_id == "seen"
+        assert message.delivery_mode == aio_pika.DeliveryMode.NOT_PERSISTENT
+
+        exchanges = await _listed("list_exchanges", rabbitmq_vhost, "name", "type", "durable")
+        assert ["agentcomm.presence", "fanout", "true"] in exchanges
+        columns = ("name", "type", "durable", "exclusive", "auto_delete")
+        [listener] = [
+            row
+            for row in await _listed("list_queues", rabbitmq_vhost, *columns)
+            if row[0].startswith("agentcomm.presence.listener.")
+        ]
+        assert listener[1:] == ["classic", "false", "true", "true"]
+
+        await asyncio.wait_for(subscription.cancel(), WAIT)
+        names = [row[0] for row in await _listed("list_queues", rabbitmq_vhost, "name")]
+        assert listener[0] not in names
+    finally:
+        await asyncio.wait_for(bus.close(), WAIT)
+
+
+@bounded
+async def test_a_failing_reconnect_callback_is_logged_and_the_others_still_run(
+    bus: RabbitMQBus, rabbitmq_vhost: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    told: list[str] = []
+
+    def failing() -> None:
+        raise RuntimeError("the owner's callback failed")
+
+    bus.on_reconnect(failing)
+    bus.on_reconnect(lambda: told.append("second"))
+    with caplog.at_level(logging.INFO, logger="agentcomm.bus.rabbitmq"):
+        await rabbitmqctl("close_all_connections", "-p", rabbitmq_vhost, "test")
+        await wait_until(lambda: told == ["second"], timeout=30, what="the second callback")
+    messages = [r.getMessage() for r in caplog.records if r.name == "agentcomm.bus.rabbitmq"]
+    assert "A callback on reconnecting to RabbitMQ failed" in messages
+    assert any(message.startswith("Reconnected to RabbitMQ at") for message in messages)
+
+
+@pytest.mark.parametrize("fast_path", [pytest.param(True, id="fast-path"), False])
+@bounded
+async def test_with_several_hosts_the_bus_moves_to_the_next_node_when_its_node_goes(
+    rabbitmq_vhost: str, fast_path: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Two proxies to the one RabbitMQ stand for two nodes of a cluster; the first address
+    # has nothing listening, like a node that is down at start.
+    caplog.set_level(logging.INFO, logger="agentcomm.bus.rabbitmq")
+    down = free_port()
+    async with TcpProxy("127.0.0.1", 5672) as first, TcpProxy("127.0.0.1", 5672) as second:
+        ports = [down, first.port, second.port]
+        bus = RabbitMQBus(
+            amqp_url(rabbitmq_vhost),
+            connect_attempts=1,
+            fast_path=fast_path,
+            hosts=[("127.0.0.1", port) for port in ports],
+        )
+        await asyncio.wait_for(bus.connect(), WAIT)
+        try:
+            assert (first.open_connections, second.open_connections) == (1, 0)
+            reconnected = asyncio.Event()
+            bus.on_reconnect(reconnected.set)
+            await bus.declare_queue("work")
+            got, heard = Collector(), Collector()
+            await bus.consume("work", got.handle)
+            await bus.listen("presence", heard.handle)
+
+            await first.close()  # the node the bus is on goes away
+            await asyncio.wait_for(reconnected.wait(), 30)
+
+            assert second.open_connections == 1
+            await bus.publish("work", b"{}", message_id="after", timeout=WAIT)
+            await bus.broadcast("presence", b"{}", message_id="heard", timeout=WAIT)
+            assert (await got.wait_for(1))[0].message_id == "after"
+            assert (await heard.wait_for(1))[0].message_id == "heard"
+        finally:
+            await asyncio.wait_for(bus.close(), WAIT)
+    messages = [r.getMessage() for r in caplog.records if r.name == "agentcomm.bus.rabbitmq"]
+    where = [m for m in messages if m.startswith(("Connected to", "Reconnected to"))]
+    assert where == [
+        f"Connected to RabbitMQ at 127.0.0.1:{ports[1]}/{rabbitmq_vhost}",
+        f"Reconnected to RabbitMQ at 127.0.0.1:{ports[2]}/{rabbitmq_vhost}",
+    ]
+
+
+@pytest.mark.parametrize("fast_path", [pytest.param(True, id="fast-path"), False])
+@bounded
+async def test_one_host_given_is_where_the_bus_connects_whatever_the_url_says(
+    rabbitmq_vhost: str, fast_path: bool
+) -> None:
+    async with TcpProxy("127.0.0.1", 5672) as node:
+        bus = RabbitMQBus(
+            f"amqp://guest:guest@127.0.0.1:{free_port()}/{rabbitmq_vhost}",
+            connect_attempts=1,
+            fast_path=fast_path,
+            hosts=[("127.0.0.1", node.port)],
+        )
+        await asyncio.wait_for(bus.connect(), WAIT)
+        try:
+            assert node.open_connections == 1
+        finally:
+            await asyncio.wait_for(bus.close(), WAIT)
+
+
+@bounded
+async def test_with_no_host_up_the_start_fails_naming_every_address(rabbitmq_vhost: str) -> None:
+    ports = [free_port(), free_port()]
+    bus = RabbitMQBus(
+        amqp_url(rabbitmq_vhost),
+        connect_attempts=1,
+        hosts=[("127.0.0.1", port) for port in ports],
+    )
+    with pytest.raises(BusUnavailable) as refused:
+        await asyncio.wait_for(bus.connect(), WAIT)
+    message = str(refused.value)
+    assert message.startswith(
+        f"Cannot reach RabbitMQ at 127.0.0.1:{ports[0]}, 127.0.0.1:{ports[1]} "
+        f"(vhost {rabbitmq_vhost}) after 1 attempt: No RabbitMQ node took the connection"
+    )
+    assert "RABBITMQ_HOSTS, RABBITMQ_VHOST and the credentials" in message
+
+
+@bounded
 async def test_publishing_during_an_outage_fails_in_time_and_consumers_come_back(
     bus: RabbitMQBus, rabbitmq_vhost: str
 ) -> None:
@@ -169,6 +363,25 @@ async def test_publishing_during_an_outage_fails_in_time_and_consumers_come_back
 
     await got.wait_for(2, timeout=30)
     assert got.ids == ["before", "after"]
+
+
+@bounded
+async def test_broadcasting_during_an_outage_fails_in_time_like_publishing(
+    bus: RabbitMQBus, rabbitmq_vhost: str
+) -> None:
+    await bus.broadcast("presence", b"{}", message_id="declares-the-exchange")
+
+    async with broker_unreachable(rabbitmq_vhost):
+        await wait_until(lambda: not bus.is_connected, what="the bus to notice the outage")
+        # A topic whose exchange is known, and one whose exchange is still to declare.
+        for topic in ("presence", "hubs"):
+            with pytest.raises(BusUnavailable, match=topic):
+                await asyncio.wait_for(
+                    bus.broadcast(topic, b"{}", message_id="during", timeout=0.5), WAIT
+                )
+
+    await wait_until(lambda: bus.is_connected, timeout=30, what="the reconnection")
+    await bus.broadcast("hubs", b"{}", message_id="after", timeout=WAIT)
 
 
 @bounded
@@ -330,7 +543,7 @@ async def test_fast_path_off_runs_on_aio_pikas_own_connection_and_channels(
         assert (await got.wait_for(1))[0].message_id == "plain"
         connection = bus._connection
         assert type(connection) is aio_pika.RobustConnection
-        assert type(subscription._channel) is aio_pika.RobustChannel
+        assert type(subscription.channel) is aio_pika.RobustChannel
         assert type(subscription._queue) is aio_pika.RobustQueue
     finally:
         await asyncio.wait_for(bus.close(), WAIT)

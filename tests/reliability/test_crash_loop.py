@@ -3,7 +3,8 @@ it comes back unsettled it is charged one, and after `max_deliveries` it is dead
 consumer's `on_dead_letter` sees it first) while the other messages of the queue flow.
 
 The consumer reaches RabbitMQ through a TcpProxy; "dying" is its connection reset while the
-poison message is being handled (and that handler ended with it).
+poison message is being handled (and that handler ended with it). On quorum queues too, which
+count deliveries themselves: the bus's count is the one that decides.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import pytest
 
 from agentcomm.bus.base import Delivery
 from agentcomm.bus.rabbitmq import RabbitMQBus
+from agentcomm.bus.rabbitmq.queues import QueueType
 from tests.support.tcp_proxy import TcpProxy
 from tests.support.waiting import wait_until
 
@@ -34,12 +36,21 @@ async def proxy() -> AsyncIterator[TcpProxy]:
         yield proxy
 
 
+@pytest.mark.parametrize("queue_type", ["classic", "quorum"])
 async def test_a_message_that_kills_its_consumer_is_dead_lettered_after_bounded_attempts(
-    rabbitmq_vhost: str, proxy: TcpProxy, rabbitmq_fast_path: bool
+    rabbitmq_vhost: str, proxy: TcpProxy, rabbitmq_fast_path: bool, queue_type: QueueType
 ) -> None:
-    producer = RabbitMQBus(url(5672, rabbitmq_vhost), name="producer", fast_path=rabbitmq_fast_path)
+    producer = RabbitMQBus(
+        url(5672, rabbitmq_vhost),
+        name="producer",
+        fast_path=rabbitmq_fast_path,
+        queue_type=queue_type,
+    )
     consumer = RabbitMQBus(
-        url(proxy.port, rabbitmq_vhost), name="consumer", fast_path=rabbitmq_fast_path
+        url(proxy.port, rabbitmq_vhost),
+        name="consumer",
+        fast_path=rabbitmq_fast_path,
+        queue_type=queue_type,
     )
     await producer.connect()
     await consumer.connect()

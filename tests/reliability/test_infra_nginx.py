@@ -18,21 +18,12 @@ from websockets.asyncio.client import connect
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
 
-from tests.conftest import ON_CI
+from tests.conftest import require
 from tests.support.nginx import nginx_binary, nginx_in_front
 
 pytestmark = pytest.mark.timeout(60)
 
 WAIT = 10.0
-
-
-def require(available: bool, what: str) -> None:
-    """Missing infrastructure is a skip on a laptop and a failure on CI."""
-    if available:
-        return
-    if ON_CI:
-        pytest.fail(f"{what} is not available (CI=true: this is a failure)")
-    pytest.skip(f"{what} is not available")
 
 
 @contextlib.asynccontextmanager

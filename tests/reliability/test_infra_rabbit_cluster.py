@@ -12,22 +12,13 @@ import uuid
 import aio_pika
 import pytest
 
-from tests.conftest import ON_CI, rabbitmq_reachable
+from tests.conftest import rabbitmq_reachable, require
 from tests.reliability.stack import report_line
 from tests.support.rabbit_cluster import RabbitCluster, rabbit_cluster, rabbitmq_installed
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.slow, pytest.mark.timeout(300)]
 
 WAIT = 10.0
-
-
-def require(available: bool, what: str) -> None:
-    """Missing infrastructure is a skip on a laptop and a failure on CI."""
-    if available:
-        return
-    if ON_CI:
-        pytest.fail(f"{what} is not available (CI=true: this is a failure)")
-    pytest.skip(f"{what} is not available")
 
 
 async def publish_confirmed(url: str, queue: str, body: bytes) -> None:

@@ -227,7 +227,8 @@ async def test_a_publish_is_what_pamqp_reads_as_publish_header_and_body() -> Non
     )
     publisher.publish("agent_queue_echo", body, properties, True)
     publisher.publish("other", b"", commands.Basic.Properties(message_id="m2"), False)
-    assert len(link.written) == 2
+    publisher.publish("", b"{}", commands.Basic.Properties(), False, "agentcomm.presence")
+    assert len(link.written) == 3
     frames = _unmarshal_all(link.written[0])
     assert {channel for channel, _ in frames} == {PUBLISH_CHANNEL}
     method, header, *bodies = (frame for _, frame in frames)
@@ -241,6 +242,13 @@ async def test_a_publish_is_what_pamqp_reads_as_publish_header_and_body() -> Non
     assert b"".join(part.value for part in bodies) == body
     method, header = (frame for _, frame in _unmarshal_all(link.written[1]))
     assert (method.routing_key, method.mandatory, header.body_size) == ("other", False, 0)
+    method, header, _ = (frame for _, frame in _unmarshal_all(link.written[2]))
+    assert (method.exchange, method.routing_key, method.mandatory) == (
+        "agentcomm.presence",
+        "",
+        False,
+    )
+    assert header.body_size == 2
 
 
 async def test_confirms_settle_their_publishes_one_by_one_or_in_runs() -> None:

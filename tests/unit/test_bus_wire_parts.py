@@ -1,10 +1,15 @@
 """The private parts of aio-pika and aiormq that the bus's AMQP fast path (FramedWire) is built
-on are all still there in the installed versions.
+on are all still there in the installed versions, and so are the less documented ones its
+failover between RabbitMQ nodes (RABBITMQ_HOSTS, nodes.py) relies on.
 
 The fast path subclasses aio-pika's robust connection, channel and queue (wire/gathering.py,
 wire/direct.py) and reads a few of their private attributes; pyproject.toml pins aio-pika and
 aiormq to the releases this was tested with. When an upgrade takes one of those parts away,
 this test names it and says what to do, instead of the bus failing in some stranger way.
+
+The failover declares one more connection parameter (aiormq's transport factory) the way
+aio-pika declares its own, and needs aio-pika to pass it on to aiormq on every reconnect; the
+plain wire uses that too when there are several nodes.
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ import aiormq
 import pytest
 from yarl import URL
 
+from agentcomm.bus.rabbitmq.nodes import Node, Nodes, NodesRobustConnection, NodesTransportFactory
+
 
 @dataclass(frozen=True)
 class Made:
@@ -36,6 +43,8 @@ class Part:
     package: str
     name: str
     present: Callable[[Made], bool]
+    # What uses it: the fast path, or the failover between nodes (on either wire).
+    failover: bool = False
 
 
 def _source(owner: Any, method: str) -> str:
@@ -65,15 +74,25 @@ PARTS = [
         "Connection.connect calling Connection._on_connected",
         lambda _: "self._on_connected()" in _source(aio_pika.Connection, "connect"),
     ),
+    # nodes.py: the transport factory reaches aiormq as a connection parameter, on every
+    # (re)connect.
     Part(
         "aio-pika",
-        "Connection.kwargs",
-        lambda made: isinstance(getattr(made.connection, "kwargs", None), dict),
+        "Connection.PARAMETERS with is_kwarg parameters kept in Connection.kwargs",
+        lambda _: _a_parameter_reaches_the_keywords(),
+        failover=True,
     ),
     Part(
         "aio-pika",
         "Connection.connect passing Connection.kwargs on to aiormq",
         lambda _: "self.kwargs" in _source(aio_pika.Connection, "connect"),
+        failover=True,
+    ),
+    Part(
+        "aio-pika",
+        "RobustConnection reconnecting through Connection.connect",
+        lambda _: "Connection.connect(self" in inspect.getsource(aio_pika.RobustConnection),
+        failover=True,
     ),
     Part("aio-pika", "Connection.transport", lambda made: hasattr(made.connection, "transport")),
     Part(
@@ -132,11 +151,13 @@ PARTS = [
         lambda _: callable(
             getattr(getattr(aiormq.connection, "TransportFactory", None), "create", None)
         ),
+        failover=True,
     ),
     Part(
         "aiormq",
         "Connection(transport_factory=...)",
         lambda _: "transport_factory" in _parameters(aiormq.Connection.__init__),
+        failover=True,
     ),
     # frames.py: the largest frame the link agreed on, to cut a message's body to it.
     Part(
@@ -145,6 +166,18 @@ PARTS = [
         lambda _: _annotated("aiormq.connection", "Connection", "connection_tune"),
     ),
 ]
+
+
+def _a_parameter_reaches_the_keywords() -> bool:
+    factory = NodesTransportFactory(Nodes([Node("127.0.0.1", 1)]))
+
+    class Probe(NodesRobustConnection):
+        def transport_for(self, nodes: Nodes) -> NodesTransportFactory:
+            return factory
+
+    connection = Probe(URL("amqp://guest:guest@127.0.0.1:1/"), nodes=factory.nodes)
+    keywords = getattr(connection, "kwargs", None)
+    return isinstance(keywords, dict) and keywords.get("transport_factory") is factory
 
 
 @pytest.fixture
@@ -159,6 +192,12 @@ def _missing(part: Part, made: Made) -> str | None:
     if part.present(made):
         return None
     release = ".".join(version(part.package).split(".")[:2])
+    if part.failover:
+        return (
+            f"{part.package} {release} no longer has {part.name}, which the bus's failover "
+            f"between RabbitMQ nodes uses; give RABBITMQ_HOSTS one node (and run with "
+            f"RABBITMQ_FAST_PATH=0) or pin {part.package} below {release}"
+        )
     return (
         f"{part.package} {release} no longer has {part.name}, which the bus's AMQP fast path "
         f"uses; run with RABBITMQ_FAST_PATH=0 or pin {part.package} below {release}"

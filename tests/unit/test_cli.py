@@ -28,7 +28,8 @@ REQUIRED = {
 # Checked by hand against the code (grep `settings.` and the functions named): a change to
 # what agents or brokers read should change these lists and the groups in agentcomm/cli.py.
 # Both create their bus with bus/factory.py:create_bus, which reads the whole bus group
-# (RABBITMQ_FAST_PATH included: the switch between the bus's framings).
+# (RABBITMQ_FAST_PATH included: the switch between the bus's framings; RABBITMQ_HOSTS: the nodes
+# it connects to; RABBITMQ_QUEUE_TYPE: the type of the queues it declares).
 BUS_FIELDS = {
     "message_bus",
     "rabbitmq_host",
@@ -40,6 +41,8 @@ BUS_FIELDS = {
     "rabbitmq_connect_attempts",
     "rabbitmq_heartbeat",
     "rabbitmq_fast_path",
+    "rabbitmq_hosts",
+    "rabbitmq_queue_type",
 }
 CLIENT_FIELDS = {
     "grpc_host",  # sdk/agent.py grpc_target; broker/runner.py

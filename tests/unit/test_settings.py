@@ -5,6 +5,8 @@ value. The command line's behaviour on a bad value is in tests/integration/test_
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from agentcomm.config import (
     Settings,
@@ -13,6 +15,7 @@ from agentcomm.config import (
     fields_in,
     group_of,
     load_settings,
+    parse_hosts,
 )
 
 # Every variable a test might inherit from the shell that runs it.
@@ -165,3 +168,38 @@ def test_the_groups_partition_the_settings() -> None:
     assert sorted(grouped) == sorted(Settings.model_fields)
     assert all(fields_in(group) for group in SettingsGroup), "a group without settings"
     assert len({group.key for group in SettingsGroup}) == len(SettingsGroup)
+
+
+def test_rabbitmq_hosts_name_the_cluster_nodes_in_order() -> None:
+    settings = load_settings(rabbitmq_hosts=" mq1:5673, mq2 ,[::1]:5674,", rabbitmq_port="5680")
+    assert settings.rabbitmq_nodes == [("mq1", 5673), ("mq2", 5680), ("::1", 5674)]
+    # Empty: the one node RABBITMQ_HOST and RABBITMQ_PORT name, as before.
+    assert load_settings(rabbitmq_host="mq", rabbitmq_port="5681").rabbitmq_nodes == [("mq", 5681)]
+
+
+@pytest.mark.parametrize("bad", ["mq:", "mq:port", ":5672", "mq:0", "mq:70000", "a:1:2", "m q:1"])
+def test_a_bad_rabbitmq_hosts_entry_is_one_line_naming_it(bad: str) -> None:
+    with pytest.raises(SettingsError) as refused:
+        load_settings(rabbitmq_hosts=f"ok:5672,{bad}")
+    message = str(refused.value)
+    assert message.startswith("RABBITMQ_HOSTS: ")
+    assert f"{bad!r} is not host:port" in message
+    assert "\n" not in message
+
+
+_HOST = st.from_regex(r"[a-z0-9][a-z0-9.-]{0,20}", fullmatch=True)
+
+
+@given(st.lists(st.tuples(_HOST, st.integers(1, 65535)), max_size=5))
+def test_rabbitmq_hosts_read_back_what_was_written(nodes: list[tuple[str, int]]) -> None:
+    text = ",".join(f"{host}:{port}" for host, port in nodes)
+    assert parse_hosts(text, default_port=5672) == nodes
+
+
+@given(st.text(max_size=60))
+def test_any_rabbitmq_hosts_text_is_addresses_or_a_value_error(text: str) -> None:
+    try:
+        nodes = parse_hosts(text, default_port=5672)
+    except ValueError:
+        return
+    assert all(host and 1 <= port <= 65535 for host, port in nodes)

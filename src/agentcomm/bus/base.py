@@ -28,6 +28,15 @@ Delivery semantics, the same on every implementation:
 Those redelivery rules are decided in one place, `Redelivery`, which every bus asks what
 becomes of a delivery whose handler did not return; each bus only carries out the `Verdict`
 (the in-process bus puts the message back in its deque, RabbitMQ publishes a counted copy).
+
+Broadcasts are the other kind of traffic: state that several processes each keep a picture of
+(presence, hubs), sent to every current listener of a topic rather than to one consumer of a
+queue. `broadcast` waits for the bus to take the message as `publish` does, but a broadcast is
+not stored for anyone who is not listening, and a listener whose handler raises loses that
+message (the next broadcast of the same state mends it) instead of seeing it again: a listener
+never blocks on one bad message. After a lost connection a listener misses what was broadcast
+while it was away, so the bus tells its owner when the connection is back (`on_reconnect`), for
+it to ask its peers for the full picture again.
 """
 
 from __future__ import annotations
@@ -35,6 +44,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -166,6 +176,33 @@ async def notify_dead_letter(on_dead_letter: MessageHandler, delivery: Delivery)
         )
 
 
+# A topic is an id: it names an exchange on RabbitMQ (`agentcomm.<topic>`), within its 255 bytes.
+_TOPIC = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
+
+
+def check_topic(topic: str) -> str:
+    """`topic` if it is a valid topic name; raises ValueError otherwise."""
+    if not _TOPIC.fullmatch(topic):
+        raise ValueError(
+            f"Topic {topic!r} is not a valid topic name: 1 to 100 letters, digits, '_', '.' or "
+            "'-', starting with a letter or digit."
+        )
+    return topic
+
+
+def report_dropped(logger: logging.Logger, error: BaseException, delivery: Delivery) -> None:
+    """Logs a broadcast whose listener raised, in the same words on every bus: it is dropped,
+    not retried (a cancelled handler, its listener going away, is not logged)."""
+    if isinstance(error, asyncio.CancelledError):
+        return
+    logger.error(
+        "Listener of %s failed on broadcast %s; the message is dropped",
+        delivery.queue,
+        delivery.message_id,
+        exc_info=error,
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class QueueOptions:
     """How a queue is declared. Every queue is durable; these add expiry and dead-lettering."""
@@ -227,21 +264,46 @@ class Bus(Protocol):
         dead-lettered or dropped; what it raises is logged and does not keep the message.
         """
 
+    async def delete_queue(self, name: str) -> None:
+        """Removes a queue and what it holds; a missing queue is not an error."""
+
     async def broadcast(
-        self, topic: str, body: bytes, *, message_id: str | None = None, timeout: float = 5.0
+        self,
+        topic: str,
+        body: bytes,
+        *,
+        message_id: str | None = None,
+        timeout: float = 5.0,
     ) -> None:
-        """Hands `body` to every current listener of `topic`."""
+        """Hands `body` to every current listener of `topic` and waits for the bus to take it
+        (publisher confirm on RabbitMQ). No listener is not an error. Raises BusUnavailable
+        like publish.
+
+        A broadcast is not persistent and is kept for no one who is not listening now. A
+        broadcast without `message_id` gets a fresh one. `topic` is an id such as "presence"
+        (letters, digits, '_', '.', '-'); any other name raises ValueError.
+        """
 
     async def listen(
         self, topic: str, handler: MessageHandler, *, prefetch: int | None = None
     ) -> Subscription:
-        """Calls `handler` with every message broadcast on `topic` from now on."""
+        """Calls `handler` with every message broadcast on `topic` from now on, in order,
+        through a queue of this listener's own that lives as long as the listener: what was
+        broadcast while it was not listening is not kept for it.
+
+        The delivery (its `queue` is the topic) is acked when the handler returns; a handler
+        that raises is logged and its message dropped (broadcasts are state that is sent again,
+        not work to retry). `prefetch` None means the bus's default. The listener survives a
+        lost connection and listens again once the bus has reconnected, but what was broadcast
+        while the connection was down is lost for it: see `on_reconnect`.
+        `Subscription.cancel()` removes the listener's queue.
+        """
 
     def on_reconnect(self, callback: Callable[[], None]) -> None:
-        """Calls `callback` whenever the connection came back after a loss."""
-
-    async def delete_queue(self, name: str) -> None:
-        """Removes a queue and what it holds; a missing queue is not an error."""
+        """Calls `callback` (synchronously; it may start a task) each time the connection came
+        back after a loss, once the consumers and listeners are back too: the owner's cue to
+        ask its peers for what its listeners missed meanwhile. What it raises is logged. A bus
+        that cannot lose its connection (the in-process bus) never calls it."""
 
     async def close(self) -> None:
         """Cancels consumers (letting handlers finish) and disconnects; idempotent."""

@@ -14,7 +14,8 @@ def create_bus(settings: Settings, *, name: str = "agentcomm") -> Bus:
     There is no fallback: a RabbitMQ that cannot be reached is reported by `connect()`, never
     replaced by the in-process bus, whose queues other processes cannot see. `name` labels the
     RabbitMQ connection (e.g. "agentcomm-server"); `RABBITMQ_FAST_PATH=0` runs it on plain
-    aio-pika instead of its own AMQP framing.
+    aio-pika instead of its own AMQP framing; `RABBITMQ_QUEUE_TYPE` is the type of the queues
+    it declares; `RABBITMQ_HOSTS` the nodes of a RabbitMQ cluster it connects to in turn.
     """
     if settings.message_bus == "memory":
         return InMemoryBus()
@@ -26,6 +27,8 @@ def create_bus(settings: Settings, *, name: str = "agentcomm") -> Bus:
             heartbeat=settings.rabbitmq_heartbeat,
             name=name,
             fast_path=settings.rabbitmq_fast_path,
+            queue_type=settings.rabbitmq_queue_type,
+            hosts=settings.rabbitmq_nodes,
         )
     raise ValueError(
         f"Unknown message bus {settings.message_bus!r}: MESSAGE_BUS accepts 'rabbitmq' or 'memory'."

@@ -2,13 +2,15 @@
 
 It is what `agentcomm dev` and the quick start run on, so it is a product feature with the same
 semantics as the RabbitMQ bus (confirmed publishes, ack after handling, bounded redelivery, TTL
-with dead-lettering), checked by the same contract tests.
+with dead-lettering, broadcasts to the listeners of a topic), checked by the same contract
+tests. Its connection cannot be lost, so it never calls `on_reconnect`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import time
 import uuid
@@ -23,10 +25,11 @@ from agentcomm.bus.base import (
     MessageHandler,
     QueueOptions,
     Redelivery,
-    Subscription,
     Unroutable,
     Verdict,
+    check_topic,
     notify_dead_letter,
+    report_dropped,
 )
 
 log = logging.getLogger(__name__)
@@ -56,8 +59,9 @@ class InMemoryBus:
     def __init__(self) -> None:
         self._queues: dict[str, _Queue] = {}
         self._subscriptions: set[_MemorySubscription] = set()
-        # topic -> the private queue of each of its listeners.
-        self._listeners: dict[str, set[str]] = {}
+        # The listeners of each topic, each with a queue of its own outside `_queues`.
+        self._listeners: dict[str, set[_MemoryListener]] = {}
+        self._listener_numbers = itertools.count(1)
         self._connected = False
         # While closing, handlers still running may publish their results; new consumers and
         # declarations are refused. Once closed, everything is refused.
@@ -139,31 +143,39 @@ class InMemoryBus:
         return subscription
 
     async def broadcast(
-        self, topic: str, body: bytes, *, message_id: str | None = None, timeout: float = 5.0
+        self,
+        topic: str,
+        body: bytes,
+        *,
+        message_id: str | None = None,
+        timeout: float = 5.0,
     ) -> None:
-        for name in list(self._listeners.get(topic, ())):
-            await self.publish(name, body, message_id=message_id, mandatory=False)
+        check_topic(topic)
+        if self._closed:
+            raise BusClosed("Cannot broadcast: the bus is closed.")
+        if not self._connected:
+            raise BusClosed("Cannot broadcast: the bus is not connected yet.")
+        message_id = message_id or uuid.uuid4().hex
+        now = time.monotonic()
+        for listener in list(self._listeners.get(topic, ())):
+            # Each listener its own copy: a stored message counts its own attempts.
+            await self._append(listener.queue, _Stored(body, message_id, now))
 
     async def listen(
         self, topic: str, handler: MessageHandler, *, prefetch: int | None = None
-    ) -> Subscription:
-        name = f"broadcast.{topic}.{uuid.uuid4().hex}"
-        await self.declare_queue(name)
-        self._listeners.setdefault(topic, set()).add(name)
-
-        async def take(delivery: Delivery) -> None:
-            try:
-                await handler(delivery)
-            except Exception:
-                log.exception("A listener of %r failed on a broadcast; it is dropped", topic)
-
-        return _Listener(self, topic, name, await self.consume(name, take))
+    ) -> _MemoryListener:
+        check_topic(topic)
+        self._ensure_open("listen")
+        queue = _Queue(f"{topic}.listener-{next(self._listener_numbers)}", QueueOptions())
+        listener = _MemoryListener(self, topic, queue, handler)
+        self._listeners.setdefault(topic, set()).add(listener)
+        self._subscriptions.add(listener)
+        listener.start()
+        return listener
 
     def on_reconnect(self, callback: Callable[[], None]) -> None:
-        """An in-process bus never loses its connection."""
-
-    def stop_listening(self, topic: str, name: str) -> None:
-        self._listeners.get(topic, set()).discard(name)
+        # Nothing to lose in one process: the callback is never due.
+        return
 
     async def delete_queue(self, name: str) -> None:
         self._ensure_open("delete a queue")
@@ -194,6 +206,12 @@ class InMemoryBus:
 
     def forget(self, subscription: _MemorySubscription) -> None:
         self._subscriptions.discard(subscription)
+        if isinstance(subscription, _MemoryListener):
+            listeners = self._listeners.get(subscription.topic)
+            if listeners is not None:
+                listeners.discard(subscription)
+                if not listeners:
+                    del self._listeners[subscription.topic]
 
     async def put_back(self, queue: _Queue, stored: _Stored) -> None:
         """Back at the head of its queue, to be handed out next."""
@@ -242,22 +260,6 @@ class InMemoryBus:
             raise BusClosed(f"Cannot {action}: the bus is closed.")
         if not self._connected:
             raise BusClosed(f"Cannot {action}: the bus is not connected yet.")
-
-
-class _Listener:
-    def __init__(
-        self, bus: InMemoryBus, topic: str, name: str, subscription: _MemorySubscription
-    ) -> None:
-        self._bus = bus
-        self._topic = topic
-        self._name = name
-        self._subscription = subscription
-
-    async def cancel(self) -> None:
-        self._bus.stop_listening(self._topic, self._name)
-        await self._subscription.cancel()
-        if self._bus.is_connected:
-            await self._bus.delete_queue(self._name)
 
 
 class _MemorySubscription:
@@ -333,6 +335,27 @@ class _MemorySubscription:
             await self._bus.give_up(self.queue, stored, self._on_dead_letter)
         else:
             await self._bus.put_back(self.queue, stored)
+
+
+class _MemoryListener(_MemorySubscription):
+    """A listener of a topic: its own queue, one message at a time, failures dropped."""
+
+    def __init__(
+        self, bus: InMemoryBus, topic: str, queue: _Queue, handler: MessageHandler
+    ) -> None:
+        super().__init__(bus, queue, handler, concurrency=1, max_deliveries=1)
+        self.topic = topic
+
+    async def _handle(self, stored: _Stored) -> None:
+        delivery = _delivery(self.topic, stored)
+        try:
+            await self._handler(delivery)
+        except (Exception, asyncio.CancelledError) as exc:
+            report_dropped(log, exc, delivery)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+        finally:
+            self._slots.release()
 
 
 def _delivery(queue: str, stored: _Stored) -> Delivery:

@@ -5,9 +5,14 @@ One robust connection carries three kinds of channel:
 - one publishing channel with publisher confirms, shared by every concurrent publisher (many
   confirms can be in flight on one channel, so publishers never wait for each other's round
   trip);
-- one channel for declaring and deleting queues, so that a refused declaration (RabbitMQ closes
-  the channel on PRECONDITION_FAILED) never fails the publishes in flight;
-- one channel per consumer, each with its own prefetch (`subscription.py`).
+- one channel for declaring and deleting queues and topic exchanges, so that a refused
+  declaration (RabbitMQ closes the channel on PRECONDITION_FAILED) never fails the publishes in
+  flight;
+- one channel per consumer and per listener, each with its own prefetch (`subscription.py`).
+
+Broadcasts go through a durable fanout exchange per topic, `agentcomm.<topic>`, on the
+publishing channel (confirmed, not persistent, not mandatory); each listener has an exclusive,
+auto-delete classic queue of its own bound to it.
 
 Messages get onto the link and off it through a wire (`wire/`): the bus's own AMQP framing by
 default, plain aio-pika with `fast_path=False` (RABBITMQ_FAST_PATH=0). Redelivery — attempts,
@@ -15,10 +20,13 @@ dead-lettering, suspects — is `redelivery.py`, the same on either wire.
 
 The connection reconnects by itself and the channels and consumers come back with it (a
 consumer re-declares the queue it consumes, so a queue this bus declared and that expired
-meanwhile is created again). Publishing while the connection is down waits for it up to the
-publish's timeout, then raises BusUnavailable; so does publishing while RabbitMQ reads nothing
-(a resource alarm, a stalled link), and on the framed wire a publish that timed out that way
-was never sent.
+meanwhile is created again; a listener declares and binds its queue again, which lost what was
+broadcast meanwhile). Then the owner's `on_reconnect` callbacks run. With several RabbitMQ
+nodes (`hosts`), each reconnection goes to the next node that takes it (`nodes.py`).
+
+Publishing while the connection is down waits for it up to the publish's timeout, then raises
+BusUnavailable; so does publishing while RabbitMQ reads nothing (a resource alarm, a stalled
+link), and on the framed wire a publish that timed out that way was never sent.
 """
 
 from __future__ import annotations
@@ -26,22 +34,28 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from typing import ClassVar
+from collections.abc import Awaitable, Callable, Sequence
 
-from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
+from aio_pika.abc import (
+    AbstractRobustChannel,
+    AbstractRobustConnection,
+    AbstractRobustQueue,
+    ExchangeType,
+)
 from aio_pika.exceptions import (
     ChannelNotFoundEntity,
     ChannelPreconditionFailed,
 )
 from aiormq import spec
+from yarl import URL
 
 from agentcomm.bus.base import (
     BusClosed,
-    BusError,
     BusUnavailable,
     MessageHandler,
     QueueOptions,
     Unroutable,
+    check_topic,
 )
 from agentcomm.bus.rabbitmq.connection import (
     cancelled_by_caller,
@@ -49,10 +63,11 @@ from agentcomm.bus.rabbitmq.connection import (
     connect_with_retries,
     describe,
 )
-from agentcomm.bus.rabbitmq.deliveries import JSON_CONTENT_TYPE, PERSISTENT
-from agentcomm.bus.rabbitmq.queues import Queues, queue_arguments, reply_text
+from agentcomm.bus.rabbitmq.deliveries import JSON_CONTENT_TYPE, PERSISTENT, TRANSIENT
+from agentcomm.bus.rabbitmq.nodes import Node, Nodes
+from agentcomm.bus.rabbitmq.queues import Queues, QueueType, topic_exchange
 from agentcomm.bus.rabbitmq.redelivery import Redeliveries
-from agentcomm.bus.rabbitmq.subscription import RabbitSubscription
+from agentcomm.bus.rabbitmq.subscription import ListenerSubscription, RabbitSubscription
 from agentcomm.bus.rabbitmq.turns import KeyedTurns
 from agentcomm.bus.rabbitmq.wire.base import TRANSPORT_ERRORS, Refused, Returned, Wire
 from agentcomm.bus.rabbitmq.wire.framed import FramedWire
@@ -65,14 +80,17 @@ log = logging.getLogger("agentcomm.bus.rabbitmq")
 class RabbitMQBus:
     """The production bus: RabbitMQ through one robust aio-pika connection.
 
-    `url` is an AMQP URL (`amqp://user:password@host:port/vhost`). `connect_attempts` bounds the
-    retries at start (exponential backoff between them); after a successful start the connection
-    reconnects by itself for as long as the bus is open. `prefetch_default` is the prefetch of a
+    `url` is an AMQP URL (`amqp://user:password@host:port/vhost`); `hosts`, when given, are the
+    (host, port) of a RabbitMQ cluster's nodes, tried in turn at start and on every reconnect
+    in place of the URL's own (see `nodes.py`). `connect_attempts` bounds the retries at start
+    (exponential backoff between them); after a successful start the connection reconnects by
+    itself for as long as the bus is open. `prefetch_default` is the prefetch of a
     consumer that does not ask for one. `name` is shown as the connection name in RabbitMQ.
     `heartbeat` (seconds, unless the URL sets it) is proposed to RabbitMQ; a connection that
     stays silent for about three heartbeats is taken for dead and reconnected. `fast_path`
     False runs it on plain aio-pika publishes and consumers instead of the bus's own AMQP
-    framing (see `wire/`).
+    framing (see `wire/`). `queue_type` is the type of the durable queues it declares:
+    "classic", or "quorum" for queues replicated over a RabbitMQ cluster (see `queues.py`).
     """
 
     # Seconds one connection attempt at start may take before it counts as failed.
@@ -85,7 +103,7 @@ class RabbitMQBus:
     # Bound on declare/delete/consume set-up calls, which otherwise wait for a reconnect.
     OPERATION_TIMEOUT = 10.0
     # Bound on each step of close() and Subscription.cancel() that talks to the broker.
-    CLOSE_TIMEOUT: ClassVar[float] = 5.0
+    CLOSE_TIMEOUT = 5.0
     # The same when close() itself is being cancelled.
     HURRIED_CLOSE_TIMEOUT = 0.5
     # Bound on republishing a failed message (retry copy or dead-letter copy).
@@ -100,12 +118,23 @@ class RabbitMQBus:
         name: str = "agentcomm",
         heartbeat: int | None = None,
         fast_path: bool = True,
+        queue_type: QueueType = "classic",
+        hosts: Sequence[tuple[str, int]] = (),
     ) -> None:
         if connect_attempts < 1:
             raise ValueError(f"connect_attempts must be at least 1, got {connect_attempts}.")
         _check_prefetch(prefetch_default)
+        if hosts:
+            # The URL names the first node too: with one node, the plain wire connects to the
+            # URL as aio-pika does.
+            host, port = hosts[0]
+            url = str(URL(url).with_host(host).with_port(port))
         self._url = url
-        self._where = describe(url)
+        # Where the connection may go: the URL's host, or the nodes of a cluster in turn.
+        self._nodes = (
+            Nodes([Node(host, port) for host, port in hosts]) if hosts else Nodes.of_url(url)
+        )
+        self._where = describe(url, self._nodes)
         self._connect_attempts = connect_attempts
         self._prefetch_default = prefetch_default
         self._heartbeat = heartbeat
@@ -114,7 +143,7 @@ class RabbitMQBus:
         self.wire: Wire = FramedWire() if fast_path else PlainWire()
         self._connection: AbstractRobustConnection | None = None
         self._publish_channel: AbstractRobustChannel | None = None
-        self._queues = Queues(self._unavailable, self.OPERATION_TIMEOUT)
+        self._queues = Queues(self._unavailable, self.OPERATION_TIMEOUT, queue_type)
         self._connect_lock = asyncio.Lock()
         self._subscriptions: set[RabbitSubscription] = set()
         # Settles what handlers failed on (shared with subscriptions).
@@ -132,6 +161,8 @@ class RabbitMQBus:
         self._closing = False
         self._closed = False
         self._closed_event = asyncio.Event()
+        # Told when the connection came back after a loss (on_reconnect).
+        self._reconnect_callbacks: list[Callable[[], None]] = []
 
     def __repr__(self) -> str:
         return f"<RabbitMQBus {self._name!r} at {self._where}>"
@@ -155,6 +186,7 @@ class RabbitMQBus:
             connection = await connect_with_retries(
                 self.wire,
                 self._url,
+                self._nodes,
                 name=self._name,
                 attempts=self._connect_attempts,
                 heartbeat=self._heartbeat,
@@ -186,7 +218,9 @@ class RabbitMQBus:
             self._connection = connection
             self._publish_channel = publish_channel
             self._queues.channel = admin_channel
-            log.info("Connected to RabbitMQ at %s", self._where)
+            # aio-pika calls these once the channels, queues and consumers are restored.
+            connection.reconnect_callbacks.add(self._reconnected)
+            log.info("Connected to RabbitMQ at %s", self._on_node())
 
     async def declare_queue(self, name: str, options: QueueOptions | None = None) -> None:
         self._ensure_open("declare a queue")
@@ -232,44 +266,111 @@ class RabbitMQBus:
             raise ValueError(f"concurrency must be at least 1, got {concurrency}.")
         if max_deliveries < 1:
             raise ValueError(f"max_deliveries must be at least 1, got {max_deliveries}.")
-        connection = self._connection
-        assert connection is not None  # _ensure_open checked it
         options = self._queues.options.get(queue)
-        try:
-            channel = connection.channel(publisher_confirms=False)
-        except RuntimeError as exc:  # no transport: the connection is down right now
-            raise self._unavailable(f"consume {queue!r}", exc) from exc
+        action = f"consume {queue!r}"
+        channel = self._new_channel(action)
         subscription = RabbitSubscription(
             self, queue, handler, channel, concurrency, max_deliveries, on_dead_letter
         )
+
+        async def declare(channel: AbstractRobustChannel) -> AbstractRobustQueue:
+            if options is None:
+                # Declared elsewhere: only check that it exists, its arguments are unknown.
+                return await channel.declare_queue(queue, passive=True)
+            # With the arguments, so that a reconnect re-creates a queue that expired while
+            # this consumer was away.
+            return await channel.declare_queue(
+                queue, durable=True, arguments=self._queues.arguments(options)
+            )
+
         try:
-            async with asyncio.timeout(self.OPERATION_TIMEOUT):
-                await channel.initialize()
-                await channel.set_qos(prefetch_count=prefetch)
-                if options is None:
-                    # Declared elsewhere: only check that it exists, its arguments are unknown.
-                    amqp_queue = await channel.declare_queue(queue, passive=True)
-                else:
-                    # With the arguments, so that a reconnect re-creates a queue that expired
-                    # while this consumer was away.
-                    amqp_queue = await channel.declare_queue(
-                        queue, durable=True, arguments=queue_arguments(options)
-                    )
-                await subscription.start(amqp_queue)
-        except BaseException as exc:
-            await subscription.abandon()
-            if isinstance(exc, ChannelNotFoundEntity):
-                raise Unroutable(f"Cannot consume: no queue named {queue!r}.") from exc
-            if isinstance(exc, ChannelPreconditionFailed):
-                raise BusError(
-                    f"Cannot consume {queue!r}: it exists with other arguments than this bus "
-                    f"declared (RabbitMQ: {reply_text(exc)})."
-                ) from exc
-            if isinstance(exc, (TimeoutError, *TRANSPORT_ERRORS)):
-                raise self._unavailable(f"consume {queue!r}", exc) from exc
-            raise
-        self._subscriptions.add(subscription)
+            await self._start(subscription, prefetch, action, declare)
+        except ChannelNotFoundEntity as exc:
+            raise Unroutable(f"Cannot consume: no queue named {queue!r}.") from exc
+        except ChannelPreconditionFailed as exc:
+            arguments = self._queues.arguments(options or QueueOptions())
+            raise self._queues.refused(queue, arguments, exc) from exc
         return subscription
+
+    async def broadcast(
+        self,
+        topic: str,
+        body: bytes,
+        *,
+        message_id: str | None = None,
+        timeout: float = 5.0,
+    ) -> None:
+        """Publishes to the topic's fanout exchange, `agentcomm.<topic>` (declared durable on
+        first use), not persistent and not mandatory: a topic nobody listens to drops it."""
+        exchange = topic_exchange(check_topic(topic))
+        if self._closed:
+            raise BusClosed("Cannot broadcast: the bus is closed.")
+        if self._publish_channel is None:
+            raise BusClosed("Cannot broadcast: the bus is not connected yet; call connect() first.")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        if exchange not in self._queues.exchanges:
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._queues.declare_exchange(exchange)
+            except TimeoutError as exc:
+                raise BusUnavailable(
+                    f"Cannot broadcast on {topic!r}: RabbitMQ at {self._where} did not declare "
+                    f"its exchange within {timeout:g} s."
+                ) from exc
+        properties = spec.Basic.Properties(
+            content_type=JSON_CONTENT_TYPE,
+            delivery_mode=TRANSIENT,
+            message_id=message_id or uuid.uuid4().hex,
+        )
+        await self._publish_message(
+            "",
+            body,
+            properties,
+            mandatory=False,
+            timeout=max(deadline - loop.time(), 0.0),
+            exchange=exchange,
+        )
+
+    async def listen(
+        self, topic: str, handler: MessageHandler, *, prefetch: int | None = None
+    ) -> ListenerSubscription:
+        """Listens on a channel of its own, through an exclusive, auto-delete classic queue
+        bound to the topic's exchange.
+
+        The queue is named by the bus (`agentcomm.<topic>.listener.<random>`) rather than by
+        RabbitMQ: aio-pika restores a channel's queues, bindings and consumers after a
+        reconnect under the names they had, and a server-made name (`amq.gen-…`) may not be
+        declared by a client. Being exclusive, the queue goes with the connection, so what was
+        broadcast while the connection was down is lost for this listener (`on_reconnect`)."""
+        exchange = topic_exchange(check_topic(topic))
+        self._ensure_open("listen")
+        prefetch = self._prefetch_default if prefetch is None else prefetch
+        _check_prefetch(prefetch)
+        name = f"{exchange}.listener.{uuid.uuid4().hex}"
+        action = f"listen to {topic!r}"
+        channel = self._new_channel(action)
+        subscription = ListenerSubscription(self, topic, name, handler, channel)
+
+        async def declare(channel: AbstractRobustChannel) -> AbstractRobustQueue:
+            # Declared on this channel too, so that a reconnect declares it again before the
+            # binding that needs it.
+            await channel.declare_exchange(exchange, ExchangeType.FANOUT, durable=True)
+            queue = await channel.declare_queue(
+                name,
+                exclusive=True,
+                auto_delete=True,
+                # Exclusive queues can only be classic, whatever RABBITMQ_QUEUE_TYPE says.
+                arguments={"x-queue-type": "classic"},
+            )
+            await queue.bind(exchange, "")
+            return queue
+
+        await self._start(subscription, prefetch, action, declare)
+        return subscription
+
+    def on_reconnect(self, callback: Callable[[], None]) -> None:
+        self._reconnect_callbacks.append(callback)
 
     async def delete_queue(self, name: str) -> None:
         self._ensure_open("delete a queue")
@@ -314,6 +415,47 @@ class RabbitMQBus:
 
     # -- internals ----------------------------------------------------------------------------
 
+    def _new_channel(self, action: str) -> AbstractRobustChannel:
+        connection = self._connection
+        assert connection is not None  # the caller's _ensure_open checked it
+        try:
+            return connection.channel(publisher_confirms=False)
+        except RuntimeError as exc:  # no transport: the connection is down right now
+            raise self._unavailable(action, exc) from exc
+
+    async def _start(
+        self,
+        subscription: RabbitSubscription,
+        prefetch: int,
+        action: str,
+        declare: Callable[[AbstractRobustChannel], Awaitable[AbstractRobustQueue]],
+    ) -> None:
+        """Opens the subscription's channel, declares its queue and starts consuming; undoes
+        it all when a step fails. A queue RabbitMQ does not know or refuses to declare raises
+        aio-pika's own error, for the caller to word."""
+        channel = subscription.channel
+        try:
+            async with asyncio.timeout(self.OPERATION_TIMEOUT):
+                await channel.initialize()
+                await channel.set_qos(prefetch_count=prefetch)
+                await subscription.start(await declare(channel))
+        except BaseException as exc:
+            await subscription.abandon()
+            if isinstance(exc, (ChannelNotFoundEntity, ChannelPreconditionFailed)):
+                raise
+            if isinstance(exc, (TimeoutError, *TRANSPORT_ERRORS)):
+                raise self._unavailable(action, exc) from exc
+            raise
+        self._subscriptions.add(subscription)
+
+    def _reconnected(self, *_: object) -> None:
+        log.info("Reconnected to RabbitMQ at %s", self._on_node())
+        for callback in list(self._reconnect_callbacks):
+            try:
+                callback()
+            except Exception:
+                log.exception("A callback on reconnecting to RabbitMQ failed")
+
     async def _publish_message(
         self,
         queue: str,
@@ -322,7 +464,10 @@ class RabbitMQBus:
         *,
         mandatory: bool,
         timeout: float,
+        exchange: str = "",
     ) -> None:
+        """Publishes to the queue named `queue` (or, with `exchange`, to that exchange with
+        `queue` as routing key) and waits for the confirm; raises a BusError otherwise."""
         channel = self._publish_channel
         if channel is None or self._closed:
             raise BusClosed("Cannot publish: the bus is closed.")
@@ -334,41 +479,49 @@ class RabbitMQBus:
             async with asyncio.timeout(timeout):
                 await self._publishing_ids.take(message_id)
                 try:
-                    await self.wire.publish(channel, queue, body, properties, mandatory)
+                    await self.wire.publish(channel, queue, body, properties, mandatory, exchange)
                 finally:
                     self._publishing_ids.give_back(message_id)
         except Returned as exc:
             raise Unroutable(f"No queue named {queue!r} takes this message.") from exc
         except Refused as exc:
+            target = _target(queue, exchange)
             raise BusUnavailable(
-                f"RabbitMQ at {self._where} refused to store the message for {queue!r}."
+                f"RabbitMQ at {self._where} refused to store the message for {target}."
             ) from exc
         except TimeoutError as exc:
+            target = _target(queue, exchange)
             if self._closed:
                 raise BusClosed("Cannot publish: the bus was closed while publishing.") from exc
             if self.is_connected:
                 raise BusUnavailable(
                     f"RabbitMQ at {self._where} did not take or confirm the message for "
-                    f"{queue!r} within {timeout:g} s."
+                    f"{target} within {timeout:g} s."
                 ) from exc
             raise BusUnavailable(
-                f"Cannot publish to {queue!r}: RabbitMQ at {self._where} is not reachable "
+                f"Cannot publish to {target}: RabbitMQ at {self._where} is not reachable "
                 f"(gave up after {timeout:g} s)."
             ) from exc
         except TRANSPORT_ERRORS as exc:
+            target = _target(queue, exchange)
             raise BusUnavailable(
-                f"Cannot publish to {queue!r}: the connection to RabbitMQ at {self._where} "
+                f"Cannot publish to {target}: the connection to RabbitMQ at {self._where} "
                 f"broke before the message was confirmed ({exc!r})."
             ) from exc
         except asyncio.CancelledError as exc:
             task = asyncio.current_task()
             if task is not None and task.cancelling() == 0:
+                target = _target(queue, exchange)
                 # Nobody cancelled us: the channel closed and cancelled the pending confirm.
                 raise BusUnavailable(
-                    f"Cannot publish to {queue!r}: the channel to RabbitMQ at {self._where} "
+                    f"Cannot publish to {target}: the channel to RabbitMQ at {self._where} "
                     "closed before the message was confirmed."
                 ) from exc
             raise
+
+    def _on_node(self) -> str:
+        """The node the connection is on, for the log."""
+        return describe(self._url, self._nodes.current)
 
     def _ensure_open(self, action: str) -> None:
         if self._closing or self._closed:
@@ -388,3 +541,8 @@ class RabbitMQBus:
 def _check_prefetch(prefetch: int) -> None:
     if not 1 <= prefetch <= 65535:
         raise ValueError(f"prefetch must be between 1 and 65535, got {prefetch}.")
+
+
+def _target(queue: str, exchange: str) -> str:
+    """What a publish was for, in an error message: a queue, or a broadcast's exchange."""
+    return f"exchange {exchange!r}" if exchange else repr(queue)

@@ -17,15 +17,20 @@ from aio_pika.exceptions import CONNECTION_EXCEPTIONS, ProbableAuthenticationErr
 from aiormq.exceptions import InvalidFrameError
 
 from agentcomm.bus.base import BusClosed, BusUnavailable
+from agentcomm.bus.rabbitmq.nodes import Nodes
 from agentcomm.bus.rabbitmq.wire.base import TRANSPORT_ERRORS, Wire
 
 # The name operators filter on; it was the module's own name before the bus became a package.
 log = logging.getLogger("agentcomm.bus.rabbitmq")
 
+# The settings that say where RabbitMQ is, by whether the bus has several nodes.
+_ADDRESS_SETTINGS = {False: "RABBITMQ_HOST, RABBITMQ_PORT", True: "RABBITMQ_HOSTS"}
+
 
 async def connect_with_retries(
     wire: Wire,
     url: str,
+    nodes: Nodes,
     *,
     name: str,
     attempts: int,
@@ -35,9 +40,10 @@ async def connect_with_retries(
     reconnect_interval: float,
     closed: Callable[[], bool],
 ) -> AbstractRobustConnection:
-    """Connects through `wire`, up to `attempts` times with a doubling pause (`backoff`: the
-    first pause and the cap) between them; gives up early once `closed()`."""
-    where = describe(url)
+    """Connects through `wire` to one of `nodes`, up to `attempts` times with a doubling pause
+    (`backoff`: the first pause and the cap) between them; gives up early once `closed()`. Each
+    attempt tries every node once."""
+    where = describe(url, nodes)
     pause, most = backoff
     extra: dict[str, Any] = {}
     query = urlsplit(url).query
@@ -48,7 +54,7 @@ async def connect_with_retries(
     for attempt in range(1, attempts + 1):
         try:
             return await wire.connect(
-                url, timeout=timeout, client_properties={"connection_name": name}, **extra
+                url, nodes, timeout=timeout, client_properties={"connection_name": name}, **extra
             )
         except (TimeoutError, *CONNECTION_EXCEPTIONS) as exc:
             reason = _connect_failure(exc)
@@ -63,8 +69,8 @@ async def connect_with_retries(
                 raise BusUnavailable(
                     f"Cannot reach RabbitMQ at {where} after {attempts} "
                     f"attempt{'s' if attempts > 1 else ''}: {reason}. Check that RabbitMQ "
-                    "is running and that RABBITMQ_HOST, RABBITMQ_PORT, RABBITMQ_VHOST and "
-                    "the credentials are right."
+                    f"is running and that {_ADDRESS_SETTINGS[len(nodes.nodes) > 1]}, "
+                    "RABBITMQ_VHOST and the credentials are right."
                 ) from exc
             log.warning(
                 "Cannot reach RabbitMQ at %s (attempt %d of %d): %s; retrying in %.1f s",
@@ -103,13 +109,17 @@ def cancelled_by_caller() -> bool:
     return task is None or task.cancelling() > 0
 
 
-def describe(url: str) -> str:
-    """host:port/vhost of an AMQP URL, without the credentials."""
+def describe(url: str, address: object = None) -> str:
+    """host:port/vhost of an AMQP URL, without the credentials; `address` (a node, the nodes)
+    in place of the URL's host and port."""
     parts = urlsplit(url)
-    host = parts.hostname or "localhost"
-    port = parts.port or (5671 if parts.scheme == "amqps" else 5672)
+    if address is None:
+        host = parts.hostname or "localhost"
+        address = f"{host}:{parts.port or (5671 if parts.scheme == 'amqps' else 5672)}"
     vhost = unquote(parts.path[1:]) if len(parts.path) > 1 else "/"
-    return f"{host}:{port}/{vhost}" if vhost != "/" else f"{host}:{port} (vhost /)"
+    if vhost == "/" or "," in str(address):
+        return f"{address} (vhost {vhost})"
+    return f"{address}/{vhost}"
 
 
 def _connect_failure(exc: BaseException) -> str:

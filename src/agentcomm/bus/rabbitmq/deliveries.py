@@ -21,27 +21,32 @@ from agentcomm.bus.rabbitmq.wire.inbound import InboundMessage
 log = logging.getLogger("agentcomm.bus.rabbitmq")
 
 ATTEMPT_HEADER = "agentcomm-attempt"
+# A quorum queue's own count of a message's deliveries; it sets it on every delivery.
+DELIVERY_COUNT_HEADER = "x-delivery-count"
 DEAD_LETTERED_FROM_HEADER = "agentcomm-dead-lettered-from"
 JSON_CONTENT_TYPE = "application/json"
 PERSISTENT = int(DeliveryMode.PERSISTENT)
+# Broadcasts: state sent again, not worth a disk write.
+TRANSIENT = int(DeliveryMode.NOT_PERSISTENT)
 
 
 def attempt_of(message: InboundMessage) -> int:
-    headers = message.headers or {}
-    attempt = _as_int(headers.get(ATTEMPT_HEADER)) or 1
-    # Quorum queues count deliveries themselves (including those lost to a crash).
-    delivery_count = _as_int(headers.get("x-delivery-count"))
-    if delivery_count is not None:
-        attempt = max(attempt, delivery_count + 1)
+    """Which attempt this delivery is, by the bus's own count (the header its copies carry).
+
+    Quorum queues count deliveries too (`x-delivery-count`), but the bus does not read that
+    count: when a consumer dies, the queue counts every message the consumer had prefetched,
+    not only the one that was being handled, so a few crashes would dead-letter messages that
+    never failed. The bus charges only the suspect it runs (see `redelivery.py`), the same way
+    on classic and quorum queues."""
+    attempt = _as_int((message.headers or {}).get(ATTEMPT_HEADER)) or 1
     return max(attempt, 1)
 
 
 def unsettled_before(message: InboundMessage) -> bool:
     """Handed out before and never settled: its consumer died with it, or gave it back.
 
-    Quorum queues count such deliveries themselves (x-delivery-count); classic queues only
-    flag them as redelivered."""
-    return bool(message.redelivered) and "x-delivery-count" not in (message.headers or {})
+    RabbitMQ flags such a delivery redelivered, on classic and on quorum queues."""
+    return bool(message.redelivered)
 
 
 def delivery_of(queue: str, message: InboundMessage, attempt: int) -> Delivery:

@@ -15,6 +15,12 @@ handler finishes, the copy comes back as a duplicate, which every consumer here 
 its message_id. Suspects of one consumer are handled one at a time (see `subscription.py`), so
 that a crash charges only the one that was running, not every message that happened to be
 prefetched with it.
+
+Quorum queues work the same way. They count deliveries themselves (`x-delivery-count`) and
+could drop or dead-letter a message past a limit (`x-delivery-limit`), but they count every
+message a dead consumer held, the innocent with the guilty, and a message leaving by that
+limit is dead-lettered by RabbitMQ without the consumer's `on_dead_letter` hearing of it; so
+the bus sets no delivery limit and keeps its own count on every queue type.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ from agentcomm.bus.base import (
 from agentcomm.bus.rabbitmq.deliveries import (
     ATTEMPT_HEADER,
     DEAD_LETTERED_FROM_HEADER,
+    DELIVERY_COUNT_HEADER,
     copy_properties,
     delivery_of,
     settle,
@@ -205,6 +212,9 @@ class Redeliveries:
         self, message: InboundMessage, queue: str, headers: HeadersType, timeout: float
     ) -> None:
         """Publishes a copy of `message` with `headers` to `queue`, confirmed."""
+        # The count belongs to the delivery copied, not to the copy: a quorum queue sets it
+        # afresh, a classic one would carry a stale number on.
+        headers.pop(DELIVERY_COUNT_HEADER, None)
         await self._publish(
             queue,
             message.body,

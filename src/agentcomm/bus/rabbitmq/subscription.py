@@ -1,16 +1,17 @@
 """One consumer of the RabbitMQ bus: its own channel and prefetch, a local buffer, up to
-`concurrency` handlers at once, each delivery settled as the redelivery rules say."""
+`concurrency` handlers at once, each delivery settled as the redelivery rules say; and the
+listener of a topic, the same consumer with the failures of its handler dropped."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 from collections import deque
-from typing import ClassVar, Protocol
+from typing import Protocol
 
 from aio_pika.abc import AbstractRobustChannel, AbstractRobustQueue
 
-from agentcomm.bus.base import Delivery, MessageHandler, Redelivery
+from agentcomm.bus.base import Delivery, MessageHandler, Redelivery, report_dropped
 from agentcomm.bus.rabbitmq.connection import cancelled_by_caller
 from agentcomm.bus.rabbitmq.deliveries import (
     attempt_of,
@@ -29,17 +30,19 @@ from agentcomm.bus.rabbitmq.wire.inbound import InboundMessage
 log = logging.getLogger("agentcomm.bus.rabbitmq")
 
 
-class SubscriptionHost(Protocol):
-    """What a subscription needs of the bus that made it (the bus, without importing it)."""
+class Owner(Protocol):
+    """What a subscription uses of the bus that made it (the bus itself)."""
 
-    CLOSE_TIMEOUT: ClassVar[float]
+    # Bound on each step of cancel() that talks to the broker.
+    CLOSE_TIMEOUT: float
     wire: Wire
     redeliveries: Redeliveries
 
     @property
     def is_connected(self) -> bool: ...
 
-    def forget(self, subscription: RabbitSubscription) -> None: ...
+    def forget(self, subscription: RabbitSubscription) -> None:
+        """Drops a cancelled subscription from the bus's own list."""
 
 
 class RabbitSubscription:
@@ -52,7 +55,7 @@ class RabbitSubscription:
 
     def __init__(
         self,
-        bus: SubscriptionHost,
+        bus: Owner,
         queue_name: str,
         handler: MessageHandler,
         channel: AbstractRobustChannel,
@@ -63,7 +66,8 @@ class RabbitSubscription:
         self.queue_name = queue_name
         self._bus = bus
         self._handler = handler
-        self._channel = channel
+        # Its own channel: the subscription's prefetch, and a close that ends only it.
+        self.channel = channel
         self._redelivery = Redelivery(max_deliveries)
         self._on_dead_letter = on_dead_letter
         # Suspects (see redelivery.py) run one at a time.
@@ -142,7 +146,7 @@ class RabbitSubscription:
         if channel is not None and message.delivery_tag is not None:
             acks = self._acks
             if acks is None or acks.channel is not channel:
-                acks = self._acks = self._bus.wire.acks(self._channel, channel, self.queue_name)
+                acks = self._acks = self._bus.wire.acks(self.channel, channel, self.queue_name)
             acks.delivered(message.delivery_tag)
         self._buffer.append(message)
         self._start_waiting()
@@ -265,14 +269,53 @@ class RabbitSubscription:
             log.debug("The channel of %s died while its consumer was cancelled", self.queue_name)
 
     async def _close_channel(self) -> None:
-        if not self._channel.is_initialized:
+        if not self.channel.is_initialized:
             return
         try:
             async with asyncio.timeout(self._bus.CLOSE_TIMEOUT):
-                await self._channel.close()
+                await self.channel.close()
         except (TimeoutError, *TRANSPORT_ERRORS) as exc:
             log.debug("Closing the channel of %s failed: %r", self.queue_name, exc)
         except asyncio.CancelledError:
             if cancelled_by_caller():
                 raise
             log.debug("The channel of %s died while it was closed", self.queue_name)
+
+
+class ListenerSubscription(RabbitSubscription):
+    """The listener of a topic: one delivery at a time, in order, acked whether its handler
+    returned or raised (a failure is logged and the broadcast dropped, never retried).
+
+    Its queue is exclusive and auto-delete: cancelling the consumer removes it, and so does
+    the end of the connection, after which aio-pika declares, binds and consumes it again on
+    the new one."""
+
+    def __init__(
+        self,
+        bus: Owner,
+        topic: str,
+        queue_name: str,
+        handler: MessageHandler,
+        channel: AbstractRobustChannel,
+    ) -> None:
+        super().__init__(bus, queue_name, handler, channel, concurrency=1, max_deliveries=1)
+        self.topic = topic
+
+    def __repr__(self) -> str:
+        return f"<RabbitMQ listener of {self.topic!r}>"
+
+    async def _handle_one(self, message: InboundMessage) -> None:
+        delivery = delivery_of(self.topic, message, 1)
+        try:
+            await self._handler(delivery)
+        except (Exception, asyncio.CancelledError) as exc:
+            report_dropped(log, exc, delivery)
+            self._handled(message)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+        else:
+            self._handled(message)
+
+    async def _give_back_buffered(self) -> None:
+        # Nobody else reads this queue, and it goes away with the listener.
+        self._buffer.clear()

@@ -38,6 +38,7 @@ from aio_pika.exceptions import AMQPError, ChannelInvalidStateError
 from aiormq.abc import AbstractChannel
 from pamqp.commands import Basic
 
+from agentcomm.bus.rabbitmq.nodes import Nodes
 from agentcomm.bus.rabbitmq.wire.acks import ChannelAcks
 from agentcomm.bus.rabbitmq.wire.inbound import InboundMessage
 
@@ -67,8 +68,10 @@ OnMessage = Callable[[InboundMessage], None]
 class Wire(Protocol):
     """How one bus's messages get onto its AMQP link and off it (one wire per bus)."""
 
-    async def connect(self, url: str, **options: Any) -> AbstractRobustConnection:
-        """Opens the bus's robust connection (`options` as for aio_pika.connect_robust)."""
+    async def connect(self, url: str, nodes: Nodes, **options: Any) -> AbstractRobustConnection:
+        """Opens the bus's robust connection to one of `nodes`, and every reconnection to the
+        next that takes it (`options` as for aio_pika.connect_robust; the URL gives the
+        credentials and the vhost)."""
 
     async def publish(
         self,
@@ -77,8 +80,10 @@ class Wire(Protocol):
         body: bytes,
         properties: Basic.Properties,
         mandatory: bool,
+        exchange: str = "",
     ) -> None:
-        """Publishes to the default exchange and returns once RabbitMQ confirmed the message.
+        """Publishes to `exchange` (the default exchange: straight to the queue named
+        `routing_key`) and returns once RabbitMQ confirmed the message.
 
         `channel` is the bus's publishing channel (publisher confirms on, used for nothing
         else). Waits while the connection is being restored; the caller's timeout bounds it."""

@@ -11,9 +11,8 @@ bus process manages on RabbitMQ; docs/benchmarks.md has the measurements.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, cast
+from typing import Any
 
-import aio_pika
 from aio_pika.abc import (
     AbstractRobustChannel,
     AbstractRobustConnection,
@@ -24,6 +23,7 @@ from aiormq.abc import AbstractChannel
 from aiormq.exceptions import ChannelInvalidStateError
 from pamqp.commands import Basic
 
+from agentcomm.bus.rabbitmq.nodes import Nodes, connect_to_nodes
 from agentcomm.bus.rabbitmq.wire.acks import ChannelAcks
 from agentcomm.bus.rabbitmq.wire.base import RESEND_PAUSE, TRANSPORT_ERRORS, OnMessage
 from agentcomm.bus.rabbitmq.wire.direct import BusConnection, fast_path_of
@@ -40,11 +40,9 @@ class FramedWire:
         # Publishes on the publish channel's current aiormq channel (a new one after a reconnect).
         self._publisher: Publisher | None = None
 
-    async def connect(self, url: str, **options: Any) -> AbstractRobustConnection:
-        connection: AbstractRobustConnection = await aio_pika.connect_robust(
-            url, connection_class=BusConnection, **options
-        )
-        self._connection = cast(BusConnection, connection)
+    async def connect(self, url: str, nodes: Nodes, **options: Any) -> AbstractRobustConnection:
+        connection = await connect_to_nodes(BusConnection, url, nodes, **options)
+        self._connection = connection
         return connection
 
     async def publish(
@@ -54,6 +52,7 @@ class FramedWire:
         body: bytes,
         properties: Basic.Properties,
         mandatory: bool,
+        exchange: str = "",
     ) -> None:
         # Through the link's fast path, not aio-pika's Message and Exchange wrappers or
         # aiormq's publish, whose machinery showed in every publish.
@@ -74,7 +73,9 @@ class FramedWire:
                 publisher = self._publisher = await self._open_publisher(channel)
             if publisher is not None:
                 try:
-                    confirmed = publisher.publish(routing_key, body, properties, mandatory)
+                    confirmed = publisher.publish(
+                        routing_key, body, properties, mandatory, exchange
+                    )
                 except ChannelInvalidStateError:
                     # Raised before anything was written, so sending again cannot duplicate.
                     pass

@@ -18,7 +18,8 @@ connection therefore tells whether its transport is writable (below its high-wat
 a publisher waits for that before handing over a message, inside its own timeout.
 
 It plugs in through aiormq's `transport_factory` (its documented seam for other transports) and
-aio-pika's `connection_class`, so reconnecting connections get it on every reconnect too.
+aio-pika's `connection_class`, so reconnecting connections get it on every reconnect too; the
+factory opens each link to one of the bus's RabbitMQ nodes, tried in turn (`nodes.py`).
 
 Every link also gets a `FastPath` (see `fastpath`), which reads what arrives before aiormq does
 and writes the publishes and acks of the bus's hot path on the same gathering writer.
@@ -29,12 +30,11 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import aio_pika
 from aiormq.abc import AbstractChannel
 from aiormq.connection import TransportFactory
-from aiormq.exceptions import AMQPConnectionError
 from yarl import URL
 
+from agentcomm.bus.rabbitmq.nodes import Node, Nodes, NodesRobustConnection, tls_context
 from agentcomm.bus.rabbitmq.wire.fastpath import FastPath
 
 # Held bytes beyond which `drain` sends at once rather than at the end of the turn, so that a
@@ -144,9 +144,10 @@ def _always_writable() -> asyncio.Event:
 
 
 class GatheringTransportFactory(TransportFactory):
-    """Opens the TCP (or TLS, for amqps) link with a GatheringWriter on it."""
+    """Opens the TCP (or TLS, for amqps) link to one of `nodes`, with a GatheringWriter on it."""
 
-    def __init__(self) -> None:
+    def __init__(self, nodes: Nodes) -> None:
+        self.nodes = nodes
         # The writer and fast path of the link opened last: the ones the connection uses.
         self.writer: GatheringWriter | None = None
         self.fast_path: FastPath | None = None
@@ -154,39 +155,37 @@ class GatheringTransportFactory(TransportFactory):
     async def create(
         self, url: URL, **kwargs: Any
     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        ssl_context_provider = kwargs.pop("ssl_context_provider", None)
-        ssl = None
-        if url.scheme == "amqps" and ssl_context_provider is not None:
-            ssl = await ssl_context_provider.get_context()
+        ssl = await tls_context(url, kwargs)
         loop = asyncio.get_running_loop()
         reader = asyncio.StreamReader(loop=loop)
         protocol = FlowProtocol(reader, loop)
-        try:
+
+        async def open_link(node: Node) -> asyncio.Transport:
             transport, _ = await loop.create_connection(
-                lambda: protocol,
-                host=url.host or "localhost",
-                port=url.port or (5671 if url.scheme == "amqps" else 5672),
-                ssl=ssl,
-                **kwargs,
+                lambda: protocol, host=node.host, port=node.port, ssl=ssl, **kwargs
             )
-        except OSError as exc:
-            raise AMQPConnectionError(*exc.args) from exc
+            return transport
+
+        transport = await self.nodes.reach(open_link)
         writer = self.writer = GatheringWriter(transport, protocol, reader, loop)
         protocol.fast_path = self.fast_path = FastPath(writer.write, protocol.pass_on)
         return reader, writer
 
 
-class GatheringRobustConnection(aio_pika.RobustConnection):
+class GatheringRobustConnection(NodesRobustConnection):
     """aio-pika's reconnecting connection, on a GatheringTransportFactory."""
+
+    transport_factory: GatheringTransportFactory
 
     def __init__(self, url: URL, loop: asyncio.AbstractEventLoop | None = None, **kwargs: Any):
         super().__init__(url, loop, **kwargs)
-        # Handed to aiormq.connect on every (re)connect; aio-pika keeps only the arguments it
-        # knows from the keywords, so it is added after.
-        self.transport_factory = GatheringTransportFactory()
-        self.kwargs["transport_factory"] = self.transport_factory
         # The aiormq connection of the current link, and that link's fast path.
         self._linked: tuple[object, FastPath] | None = None
+
+    def transport_for(self, nodes: Nodes) -> GatheringTransportFactory:
+        # Kept: the connection asks it for the current link's writer and fast path.
+        self.transport_factory = GatheringTransportFactory(nodes)
+        return self.transport_factory
 
     async def _on_connected(self) -> None:
         # Before aio-pika restores channels and consumers on the new link, which need it.

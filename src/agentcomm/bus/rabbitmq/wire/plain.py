@@ -6,6 +6,10 @@ attribute of aio-pika or aiormq is touched. It is the way to run on an aio-pika 
 framed wire was not tested with, at about a third of the round trips (three times the CPU
 per round trip on the `roundtrip` benchmark).
 
+With more than one RabbitMQ node (RABBITMQ_HOSTS) the connection is `NodesRobustConnection`,
+aio-pika's own with one more connection parameter (`nodes.py`), so that reconnecting moves on
+to the next node; with one it is aio-pika's stock connection.
+
 Two things differ from the framed wire, both aiormq's own behaviour: a publish waits for its
 frames to be written (so it is held back while RabbitMQ does not read), but one that times out
 while it waits may still be sent once the link drains; and the frames are written one by one
@@ -29,6 +33,7 @@ from aio_pika.exceptions import ChannelInvalidStateError, DeliveryError, Publish
 from aiormq.abc import AbstractChannel
 from pamqp.commands import Basic
 
+from agentcomm.bus.rabbitmq.nodes import Nodes, NodesRobustConnection, connect_to_nodes
 from agentcomm.bus.rabbitmq.wire.acks import ChannelAcks
 from agentcomm.bus.rabbitmq.wire.base import (
     RESEND_PAUSE,
@@ -43,9 +48,12 @@ from agentcomm.bus.rabbitmq.wire.inbound import RawConsumer
 class PlainWire:
     """Publishes, consumes and acks through aio-pika's and aiormq's public API only."""
 
-    async def connect(self, url: str, **options: Any) -> AbstractRobustConnection:
-        connection: AbstractRobustConnection = await aio_pika.connect_robust(url, **options)
-        return connection
+    async def connect(self, url: str, nodes: Nodes, **options: Any) -> AbstractRobustConnection:
+        if len(nodes.nodes) == 1:
+            # aio-pika's own connection, as its documentation shows it.
+            connection: AbstractRobustConnection = await aio_pika.connect_robust(url, **options)
+            return connection
+        return await connect_to_nodes(NodesRobustConnection, url, nodes, **options)
 
     async def publish(
         self,
@@ -54,13 +62,19 @@ class PlainWire:
         body: bytes,
         properties: Basic.Properties,
         mandatory: bool,
+        exchange: str = "",
     ) -> None:
         message = _message(body, properties)
         while True:
             # Waits while the connection is being restored; the caller's timeout bounds it.
             await channel.ready()
+            target = (
+                await channel.get_exchange(exchange, ensure=False)
+                if exchange
+                else channel.default_exchange
+            )
             try:
-                await channel.default_exchange.publish(message, routing_key, mandatory=mandatory)
+                await target.publish(message, routing_key, mandatory=mandatory)
                 return
             except PublishError as exc:
                 raise Returned(str(exc)) from exc

@@ -53,7 +53,8 @@ class Publisher:
         # Tags RabbitMQ returned, until their confirm arrives: tag -> why.
         self._returned: dict[int, str] = {}
         self._body_max = frame_max - FRAME_OVERHEAD if frame_max else 0
-        self._method_frames: dict[tuple[str, bool], bytes] = {}
+        # The Basic.Publish frames written so far, by (routing key, mandatory, exchange).
+        self._method_frames: dict[tuple[str, bool, str], bytes] = {}
         self.closed = False
 
     @property
@@ -62,18 +63,24 @@ class Publisher:
         return self.closed or self.channel.is_closed
 
     def publish(
-        self, routing_key: str, body: bytes, properties: Basic.Properties, mandatory: bool
+        self,
+        routing_key: str,
+        body: bytes,
+        properties: Basic.Properties,
+        mandatory: bool,
+        exchange: str = "",
     ) -> asyncio.Future[None]:
-        """Writes the message to the default exchange; the future settles with its confirm."""
+        """Writes the message to `exchange` (the default exchange unless named); the future
+        settles with its confirm."""
         if self.is_closed:
             raise ChannelInvalidStateError(f"Channel {self.number} is closed.")
         if mandatory and not properties.message_id:
             # A Basic.Return names its message only by its properties: without an id, a
             # returned message could not be told apart and would pass for stored.
             raise ValueError("A mandatory publish needs a message_id.")
-        method = self._method_frames.get((routing_key, mandatory))
+        method = self._method_frames.get((routing_key, mandatory, exchange))
         if method is None:
-            method = self._method_frame(routing_key, mandatory)
+            method = self._method_frame(routing_key, mandatory, exchange)
         header = CONTENT_HEAD.pack(BASIC, 0, len(body)) + properties.marshal()
         number = self.number
         parts = [method, frame(FRAME_HEADER, number, header)]
@@ -91,18 +98,21 @@ class Publisher:
         self._write(b"".join(parts))
         return future
 
-    def _method_frame(self, routing_key: str, mandatory: bool) -> bytes:
+    def _method_frame(self, routing_key: str, mandatory: bool, exchange: str) -> bytes:
         key = routing_key.encode()
+        name = exchange.encode()
         payload = (
             IDS.pack(BASIC, BASIC_PUBLISH)
-            + b"\x00\x00\x00"  # reserved short, then the default exchange: an empty shortstr
+            + b"\x00\x00"  # reserved short
+            + bytes((len(name),))
+            + name
             + bytes((len(key),))
             + key
             + (b"\x01" if mandatory else b"\x00")
         )
         method = frame(FRAME_METHOD, self.number, payload)
         if len(self._method_frames) < 1024:
-            self._method_frames[(routing_key, mandatory)] = method
+            self._method_frames[(routing_key, mandatory, exchange)] = method
         return method
 
     def confirmed(self, tag: int, multiple: bool, stored: bool) -> None:
