@@ -81,10 +81,10 @@ class Target:
 @contextmanager
 def _bus_environment(bus: str) -> Iterator[tuple[dict[str, str], list[str]]]:
     if bus == "memory":
-        yield {}, ["--bus", "memory"]
+        yield {}, ["--message-bus", "memory"]
         return
     with fresh_vhost() as vhost:
-        yield rabbitmq_env(vhost), ["--bus", "rabbitmq"]
+        yield rabbitmq_env(vhost), ["--message-bus", "rabbitmq"]
 
 
 @contextmanager
