@@ -7,6 +7,7 @@ server's queue; the frontend id says which (its server tag).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from agentcomm.core.answers import AnswerLedger
 from agentcomm.core.routing.effects import Plan, Publish, SendFrame
@@ -42,8 +43,11 @@ class FrontendDelivery:
         answers: AnswerLedger,
         streams: ReplyStreams,
         publish_timeout: float,
+        peer_is_live: Callable[[str], bool] | None = None,
     ) -> None:
         self._server_tag = server_tag
+        # Whether a peer hub with this tag is alive (no cluster: none is).
+        self._peer_is_live = peer_is_live or (lambda tag: False)
         self._sessions = sessions
         self._answers = answers
         self._streams = streams
@@ -139,7 +143,8 @@ class FrontendDelivery:
         if self._sessions.get(frontend_id) is not None:
             return False
         owner = frontend_server_tag(frontend_id)
-        return bool(owner) and owner != self._server_tag
+        # A tag no live hub carries is a hub gone: what concerns its frontends is decided here.
+        return bool(owner) and owner != self._server_tag and self._peer_is_live(owner)
 
     def forward_to_owner(self, frontend_id: str, message: Envelope) -> Plan[None]:
         """`message`, unchanged, to the server that holds `frontend_id` (or dropped, when that

@@ -68,9 +68,11 @@ class ServerRouter:
         publish_timeout: float = 5.0,
         clock: Clock | None = None,
         expect_agents_for: float = 0.0,
+        peer_is_live: Callable[[str], bool] | None = None,
     ) -> None:
         """`expect_agents_for`: seconds after this router is made during which an agent it does
-        not know yet, but whose queue exists, counts as one coming back (see _to_agent)."""
+        not know yet, but whose queue exists, counts as one coming back (see _to_agent).
+        `peer_is_live(tag)`: whether a live peer hub carries that server tag (a cluster)."""
         self._server_id = server_id
         self._registry = registry
         self._answers = answers
@@ -80,6 +82,7 @@ class ServerRouter:
         self._echoes = EchoOrder()
         self._sessions = sessions
         self.frontends = FrontendDelivery(
+            peer_is_live=peer_is_live,
             server_tag=server_tag(server_id),
             sessions=sessions,
             answers=answers,

@@ -122,6 +122,7 @@ class Hub:
             clock=self.clock,
             # Agents of a server before this one reconnect within their heartbeat and backoff.
             expect_agents_for=settings.agent_timeout,
+            peer_is_live=lambda tag: self.membership.peers.hub_of_tag(tag) is not None,
         )
         self.router = RouteRunner(decisions, bus, self.sessions)
         self.inboxes = AgentInboxes(bus)
