@@ -40,7 +40,6 @@ from aio_pika.abc import (
     AbstractRobustChannel,
     AbstractRobustConnection,
     AbstractRobustQueue,
-    ExchangeType,
 )
 from aio_pika.exceptions import (
     ChannelNotFoundEntity,
@@ -55,21 +54,22 @@ from agentcomm.bus.base import (
     MessageHandler,
     QueueOptions,
     Unroutable,
-    check_topic,
 )
+from agentcomm.bus.rabbitmq import topics
 from agentcomm.bus.rabbitmq.connection import (
     cancelled_by_caller,
     close_connection,
     connect_with_retries,
     describe,
+    open_channels,
 )
-from agentcomm.bus.rabbitmq.deliveries import JSON_CONTENT_TYPE, PERSISTENT, TRANSIENT
+from agentcomm.bus.rabbitmq.deliveries import JSON_CONTENT_TYPE, PERSISTENT
 from agentcomm.bus.rabbitmq.nodes import Node, Nodes
-from agentcomm.bus.rabbitmq.queues import Queues, QueueType, topic_exchange
+from agentcomm.bus.rabbitmq.publishing import ConfirmedPublisher
+from agentcomm.bus.rabbitmq.queues import Queues, QueueType, check_prefetch
 from agentcomm.bus.rabbitmq.redelivery import Redeliveries
 from agentcomm.bus.rabbitmq.subscription import ListenerSubscription, RabbitSubscription
-from agentcomm.bus.rabbitmq.turns import KeyedTurns
-from agentcomm.bus.rabbitmq.wire.base import TRANSPORT_ERRORS, Refused, Returned, Wire
+from agentcomm.bus.rabbitmq.wire.base import TRANSPORT_ERRORS, Wire
 from agentcomm.bus.rabbitmq.wire.framed import FramedWire
 from agentcomm.bus.rabbitmq.wire.plain import PlainWire
 
@@ -123,7 +123,7 @@ class RabbitMQBus:
     ) -> None:
         if connect_attempts < 1:
             raise ValueError(f"connect_attempts must be at least 1, got {connect_attempts}.")
-        _check_prefetch(prefetch_default)
+        check_prefetch(prefetch_default)
         if hosts:
             # The URL names the first node too: with one node, the plain wire connects to the
             # URL as aio-pika does.
@@ -146,6 +146,13 @@ class RabbitMQBus:
         self._queues = Queues(self._unavailable, self.OPERATION_TIMEOUT, queue_type)
         self._connect_lock = asyncio.Lock()
         self._subscriptions: set[RabbitSubscription] = set()
+        self._publisher = ConfirmedPublisher(
+            self.wire,
+            channel=lambda: self._publish_channel,
+            closed=lambda: self._closed,
+            connected=lambda: self.is_connected,
+            where=self._where,
+        )
         # Settles what handlers failed on (shared with subscriptions).
         self.redeliveries = Redeliveries(
             self._publish_message,
@@ -153,9 +160,6 @@ class RabbitMQBus:
             republish_timeout=self.REPUBLISH_TIMEOUT,
             give_back_timeout=self.CLOSE_TIMEOUT,
         )
-        # Held by message_id while a publish with that id waits for its confirm (see
-        # _publish_message).
-        self._publishing_ids = KeyedTurns()
         # While closing, handlers still running may publish their results; new consumers and
         # declarations are refused. Once closed, everything is refused.
         self._closing = False
@@ -199,19 +203,9 @@ class RabbitMQBus:
                 # close() ran while we were connecting.
                 await close_connection(connection, self._where, self.CLOSE_TIMEOUT)
                 raise BusClosed("Cannot connect: the bus was closed while connecting.")
-            try:
-                async with asyncio.timeout(self.OPERATION_TIMEOUT):
-                    publish_channel = connection.channel(
-                        publisher_confirms=True, on_return_raises=True
-                    )
-                    await publish_channel.initialize()
-                    admin_channel = connection.channel(publisher_confirms=False)
-                    await admin_channel.initialize()
-            except (TimeoutError, *TRANSPORT_ERRORS) as exc:
-                await close_connection(connection, self._where, self.CLOSE_TIMEOUT)
-                raise BusUnavailable(
-                    f"Connected to RabbitMQ at {self._where} but could not open channels: {exc!r}."
-                ) from exc
+            publish_channel, admin_channel = await open_channels(
+                connection, self._where, self.OPERATION_TIMEOUT, self.CLOSE_TIMEOUT
+            )
             if self._closing or self._closed:
                 await close_connection(connection, self._where, self.CLOSE_TIMEOUT)
                 raise BusClosed("Cannot connect: the bus was closed while connecting.")
@@ -261,7 +255,7 @@ class RabbitMQBus:
         """Consumes `queue` on a channel of its own; `prefetch` None means the bus default."""
         self._ensure_open("consume")
         prefetch = self._prefetch_default if prefetch is None else prefetch
-        _check_prefetch(prefetch)
+        check_prefetch(prefetch)
         if concurrency < 1:
             raise ValueError(f"concurrency must be at least 1, got {concurrency}.")
         if max_deliveries < 1:
@@ -300,74 +294,14 @@ class RabbitMQBus:
         message_id: str | None = None,
         timeout: float = 5.0,
     ) -> None:
-        """Publishes to the topic's fanout exchange, `agentcomm.<topic>` (declared durable on
-        first use), not persistent and not mandatory: a topic nobody listens to drops it."""
-        exchange = topic_exchange(check_topic(topic))
-        if self._closed:
-            raise BusClosed("Cannot broadcast: the bus is closed.")
-        if self._publish_channel is None:
-            raise BusClosed("Cannot broadcast: the bus is not connected yet; call connect() first.")
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        if exchange not in self._queues.exchanges:
-            try:
-                async with asyncio.timeout(timeout):
-                    await self._queues.declare_exchange(exchange)
-            except TimeoutError as exc:
-                raise BusUnavailable(
-                    f"Cannot broadcast on {topic!r}: RabbitMQ at {self._where} did not declare "
-                    f"its exchange within {timeout:g} s."
-                ) from exc
-        properties = spec.Basic.Properties(
-            content_type=JSON_CONTENT_TYPE,
-            delivery_mode=TRANSIENT,
-            message_id=message_id or uuid.uuid4().hex,
-        )
-        await self._publish_message(
-            "",
-            body,
-            properties,
-            mandatory=False,
-            timeout=max(deadline - loop.time(), 0.0),
-            exchange=exchange,
-        )
+        """Publishes to the topic's fanout exchange (see `topics.py`)."""
+        await topics.broadcast(self, topic, body, message_id=message_id, timeout=timeout)
 
     async def listen(
         self, topic: str, handler: MessageHandler, *, prefetch: int | None = None
     ) -> ListenerSubscription:
-        """Listens on a channel of its own, through an exclusive, auto-delete classic queue
-        bound to the topic's exchange.
-
-        The queue is named by the bus (`agentcomm.<topic>.listener.<random>`) rather than by
-        RabbitMQ: aio-pika restores a channel's queues, bindings and consumers after a
-        reconnect under the names they had, and a server-made name (`amq.gen-…`) may not be
-        declared by a client. Being exclusive, the queue goes with the connection, so what was
-        broadcast while the connection was down is lost for this listener (`on_reconnect`)."""
-        exchange = topic_exchange(check_topic(topic))
-        self._ensure_open("listen")
-        prefetch = self._prefetch_default if prefetch is None else prefetch
-        _check_prefetch(prefetch)
-        name = f"{exchange}.listener.{uuid.uuid4().hex}"
-        action = f"listen to {topic!r}"
-        channel = self._new_channel(action)
-        subscription = ListenerSubscription(self, topic, name, handler, channel)
-
-        async def declare(channel: AbstractRobustChannel) -> AbstractRobustQueue:
-            # Declared on this channel too, so that a reconnect declares it again before the
-            # binding that needs it.
-            await channel.declare_exchange(exchange, ExchangeType.FANOUT, durable=True)
-            queue = await channel.declare_queue(
-                name,
-                exclusive=True,
-                auto_delete=True,
-                # Exclusive queues can only be classic, whatever RABBITMQ_QUEUE_TYPE says.
-                arguments={"x-queue-type": "classic"},
-            )
-            await queue.bind(exchange, "")
-            return queue
-
-        await self._start(subscription, prefetch, action, declare)
-        return subscription
+        """Listens through a queue of its own bound to the topic's exchange (see `topics.py`)."""
+        return await topics.listen(self, topic, handler, prefetch=prefetch)
 
     def on_reconnect(self, callback: Callable[[], None]) -> None:
         self._reconnect_callbacks.append(callback)
@@ -466,58 +400,10 @@ class RabbitMQBus:
         timeout: float,
         exchange: str = "",
     ) -> None:
-        """Publishes to the queue named `queue` (or, with `exchange`, to that exchange with
-        `queue` as routing key) and waits for the confirm; raises a BusError otherwise."""
-        channel = self._publish_channel
-        if channel is None or self._closed:
-            raise BusClosed("Cannot publish: the bus is closed.")
-        # A returned (unroutable) message is matched to its publish by message_id, so two
-        # publishes with the same id in flight at once could swap their outcomes: one would be
-        # reported stored while it was returned. Such publishes take turns; others never wait.
-        message_id = properties.message_id or ""
-        try:
-            async with asyncio.timeout(timeout):
-                await self._publishing_ids.take(message_id)
-                try:
-                    await self.wire.publish(channel, queue, body, properties, mandatory, exchange)
-                finally:
-                    self._publishing_ids.give_back(message_id)
-        except Returned as exc:
-            raise Unroutable(f"No queue named {queue!r} takes this message.") from exc
-        except Refused as exc:
-            target = _target(queue, exchange)
-            raise BusUnavailable(
-                f"RabbitMQ at {self._where} refused to store the message for {target}."
-            ) from exc
-        except TimeoutError as exc:
-            target = _target(queue, exchange)
-            if self._closed:
-                raise BusClosed("Cannot publish: the bus was closed while publishing.") from exc
-            if self.is_connected:
-                raise BusUnavailable(
-                    f"RabbitMQ at {self._where} did not take or confirm the message for "
-                    f"{target} within {timeout:g} s."
-                ) from exc
-            raise BusUnavailable(
-                f"Cannot publish to {target}: RabbitMQ at {self._where} is not reachable "
-                f"(gave up after {timeout:g} s)."
-            ) from exc
-        except TRANSPORT_ERRORS as exc:
-            target = _target(queue, exchange)
-            raise BusUnavailable(
-                f"Cannot publish to {target}: the connection to RabbitMQ at {self._where} "
-                f"broke before the message was confirmed ({exc!r})."
-            ) from exc
-        except asyncio.CancelledError as exc:
-            task = asyncio.current_task()
-            if task is not None and task.cancelling() == 0:
-                target = _target(queue, exchange)
-                # Nobody cancelled us: the channel closed and cancelled the pending confirm.
-                raise BusUnavailable(
-                    f"Cannot publish to {target}: the channel to RabbitMQ at {self._where} "
-                    "closed before the message was confirmed."
-                ) from exc
-            raise
+        """Publishes to `queue` (or through `exchange`) and waits for the confirm."""
+        await self._publisher.send(
+            queue, body, properties, mandatory=mandatory, timeout=timeout, exchange=exchange
+        )
 
     def _on_node(self) -> str:
         """The node the connection is on, for the log."""
@@ -536,13 +422,3 @@ class RabbitMQBus:
                 f"{self.OPERATION_TIMEOUT:g} s."
             )
         return BusUnavailable(f"Cannot {action}: RabbitMQ at {self._where} failed: {exc!r}.")
-
-
-def _check_prefetch(prefetch: int) -> None:
-    if not 1 <= prefetch <= 65535:
-        raise ValueError(f"prefetch must be between 1 and 65535, got {prefetch}.")
-
-
-def _target(queue: str, exchange: str) -> str:
-    """What a publish was for, in an error message: a queue, or a broadcast's exchange."""
-    return f"exchange {exchange!r}" if exchange else repr(queue)

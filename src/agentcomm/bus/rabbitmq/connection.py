@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from aio_pika.abc import AbstractRobustConnection
+from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS, ProbableAuthenticationError
 from aiormq.exceptions import InvalidFrameError
 
@@ -133,3 +133,22 @@ def _connect_failure(exc: BaseException) -> str:
             "exist or is not permitted for the user)"
         )
     return str(exc) or repr(exc)
+
+
+async def open_channels(
+    connection: AbstractRobustConnection, where: str, timeout: float, close_timeout: float
+) -> tuple[AbstractRobustChannel, AbstractRobustChannel]:
+    """The bus's publishing channel (with publisher confirms) and its channel for declarations;
+    closes the connection and raises BusUnavailable when they cannot be opened."""
+    try:
+        async with asyncio.timeout(timeout):
+            publish_channel = connection.channel(publisher_confirms=True, on_return_raises=True)
+            await publish_channel.initialize()
+            admin_channel = connection.channel(publisher_confirms=False)
+            await admin_channel.initialize()
+    except (TimeoutError, *TRANSPORT_ERRORS) as exc:
+        await close_connection(connection, where, close_timeout)
+        raise BusUnavailable(
+            f"Connected to RabbitMQ at {where} but could not open channels: {exc!r}."
+        ) from exc
+    return publish_channel, admin_channel

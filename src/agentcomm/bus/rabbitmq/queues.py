@@ -180,3 +180,8 @@ def _existing_type(why: str) -> str:
         return "classic"
     found = re.search(r"current is the value '([^']+)'", why)
     return found.group(1) if found else "different"
+
+
+def check_prefetch(prefetch: int) -> None:
+    if not 1 <= prefetch <= 65535:
+        raise ValueError(f"prefetch must be between 1 and 65535, got {prefetch}.")
