@@ -372,7 +372,7 @@ class RabbitMQBus:
             async with asyncio.timeout(self.OPERATION_TIMEOUT):
                 await channel.initialize()
                 await channel.set_qos(prefetch_count=prefetch)
-                await subscription.start(await declare(channel))
+                await subscription.start(await declare(channel), prefetch)
         except BaseException as exc:
             await subscription.abandon()
             if isinstance(exc, (ChannelNotFoundEntity, ChannelPreconditionFailed)):

@@ -10,11 +10,13 @@ gets the queue's message TTL afresh.
 A message RabbitMQ hands out again because its consumer never settled it (the process died,
 the connection broke) may be one that kills its consumer. Such a "suspect" is charged an
 attempt right before it is handled again: a counted copy goes to the tail and the original is
-acked, then the handler runs. If the consumer dies again, the counted copy comes back; if the
-handler finishes, the copy comes back as a duplicate, which every consumer here recognises by
-its message_id. Suspects of one consumer are handled one at a time (see `subscription.py`), so
-that a crash charges only the one that was running, not every message that happened to be
-prefetched with it.
+acked, then, once RabbitMQ has taken the ack, the handler runs. If the consumer dies again, the
+counted copy comes back; if the handler finishes, the copy comes back as a duplicate, which
+every consumer here recognises by its message_id. Suspects of one consumer are handled one at
+a time (see `subscription.py`), so that a crash charges only the one that was running, not
+every message that happened to be prefetched with it; and a suspect that was handled after it
+came back unsettled, and comes back again, was caught in another message's crash and goes on
+once uncharged.
 
 Quorum queues work the same way. They count deliveries themselves (`x-delivery-count`) and
 could drop or dead-letter a message past a limit (`x-delivery-limit`), but they count every

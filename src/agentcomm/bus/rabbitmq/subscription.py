@@ -29,6 +29,9 @@ from agentcomm.bus.rabbitmq.wire.inbound import InboundMessage
 # The name operators filter on; it was the module's own name before the bus became a package.
 log = logging.getLogger("agentcomm.bus.rabbitmq")
 
+# How many handled message ids a subscription remembers (see RabbitSubscription._clear).
+CLEARED_KEPT = 4096
+
 
 class Owner(Protocol):
     """What a subscription uses of the bus that made it (the bus itself)."""
@@ -72,6 +75,9 @@ class RabbitSubscription:
         self._on_dead_letter = on_dead_letter
         # Suspects (see redelivery.py) run one at a time.
         self._suspects = asyncio.Lock()
+        # Ids of the messages whose handler returned here since they were last charged, oldest
+        # first (see _clear).
+        self._cleared: dict[str, None] = {}
         # Held by message_id while its delivery is handled: a second delivery with that id (a
         # counted copy, a redelivery) waits for it, so the two never run at once.
         self._handling = KeyedTurns()
@@ -81,6 +87,7 @@ class RabbitSubscription:
         self._dispatching = False
         self._in_flight: set[asyncio.Task[None]] = set()
         self._queue: AbstractRobustQueue | None = None
+        self._prefetch = 0
         self._consumer_tag: str | None = None
         self._cancel_lock = asyncio.Lock()
         self._cancelled = False
@@ -90,8 +97,10 @@ class RabbitSubscription:
     def __repr__(self) -> str:
         return f"<RabbitMQ subscription to {self.queue_name!r}>"
 
-    async def start(self, queue: AbstractRobustQueue) -> None:
+    async def start(self, queue: AbstractRobustQueue, prefetch: int) -> None:
+        """Consumes `queue`, on a channel whose prefetch was set to `prefetch`."""
         self._queue = queue
+        self._prefetch = prefetch
         self._dispatching = True
         self._consumer_tag = await self._bus.wire.consume(queue, self._on_message)
 
@@ -199,7 +208,7 @@ class RabbitSubscription:
     async def _handle_one(self, message: InboundMessage) -> None:
         attempt = attempt_of(message)
         delivery = delivery_of(self.queue_name, message, attempt)
-        if unsettled_before(message):
+        if unsettled_before(message) and not self._pass_cleared(message):
             await self._handle_suspect(message, delivery)
             return
         try:
@@ -214,7 +223,44 @@ class RabbitSubscription:
             if isinstance(exc, asyncio.CancelledError):
                 raise
         else:
+            if message.redelivered:
+                # Only what came back unsettled once is noted: such a message was caught in a
+                # crash before and is the one likely to be caught again.
+                self._clear(message)
             self._handled(message)
+
+    def _clear(self, message: InboundMessage) -> None:
+        """Notes that `message`'s handler returned here: should it come back unsettled, a
+        crash of another message took its ack with it.
+
+        Without this, a message that happens to be in flight each time a poison message
+        kills the consumer is charged every time too, and dead-lettered with it: each charge
+        leaves a counted copy that the next crash catches unacked again. (It happens when
+        RabbitMQ hands the suspects out before the poison message's own copy, as a quorum
+        queue does.)"""
+        message_id = message.message_id
+        if not message_id:
+            return
+        cleared = self._cleared
+        cleared.pop(message_id, None)
+        cleared[message_id] = None
+        if len(cleared) > CLEARED_KEPT:
+            del cleared[next(iter(cleared))]
+
+    def _pass_cleared(self, message: InboundMessage) -> bool:
+        """Whether a message that came back unsettled was handled here since it was last
+        charged; it then goes on uncharged, once (a message that kills its consumer never
+        returns from its handler, so it is never cleared again)."""
+        message_id = message.message_id
+        if not message_id or message_id not in self._cleared:
+            return False
+        del self._cleared[message_id]
+        log.info(
+            "Message %s on %s came back unsettled after it was handled here; not charged",
+            message_id,
+            self.queue_name,
+        )
+        return True
 
     async def _handle_suspect(self, message: InboundMessage, delivery: Delivery) -> None:
         async with self._suspects:
@@ -235,6 +281,8 @@ class RabbitSubscription:
             self._settled(message)
             if not charged:
                 return  # dead-lettered, or back with RabbitMQ to be tried again
+            if not await self._ack_taken(message):
+                return  # the counted copy in the queue is its next attempt
             try:
                 await self._handler(delivery)
             except Exception as exc:
@@ -245,6 +293,29 @@ class RabbitSubscription:
                     self.queue_name,
                     exc,
                 )
+            else:
+                self._clear(message)
+
+    async def _ack_taken(self, message: InboundMessage) -> bool:
+        """Waits until RabbitMQ has taken the ack of a charged suspect, before its handler
+        may kill the process: an ack still on its way when the process dies is lost with it,
+        and the suspect would come back uncharged beside its counted copy, to be run and
+        charged again. RabbitMQ handles a channel's methods in order, so the answer to a Qos
+        sent after the ack (the prefetch the channel has already) means the ack was taken.
+        False when the channel died first: the counted copy is then its next attempt."""
+        try:
+            async with asyncio.timeout(self._bus.CLOSE_TIMEOUT):
+                await message.channel.basic_qos(prefetch_count=self._prefetch)
+        except (TimeoutError, *TRANSPORT_ERRORS) as exc:
+            log.info(
+                "Message %s on %s: its ack may not have reached RabbitMQ (%r); its counted "
+                "copy handles it",
+                message.message_id,
+                self.queue_name,
+                exc,
+            )
+            return False
+        return True
 
     def _on_handled(self, task: asyncio.Task[None]) -> None:
         self._in_flight.discard(task)
