@@ -56,7 +56,8 @@ async def test_the_seed_readme_frontend_flow_gets_each_answer_once(open_stack: O
         assert (reply["text_payload"], reply["sender_id"]) == ("echo: Hi!", "echo")
         assert reply["receiver_id"] == ui.frontend_id
         assert not {"error_code", "routing_status_message", "_client_id"} & reply.keys()
-        assert asked.statuses == ["pending", "routed", "delivered"]
+        # `delivered` is left out when the reply overtook it (it would only confuse).
+        assert asked.statuses in (["pending", "routed", "delivered"], ["pending", "routed"])
     # The broker sent each reply back to the server; nothing else reached the frontend.
     assert [sent["receiver_id"] for sent in stack.broker.sent].count("Server") == 2
     assert await ui.nothing_more() == []

@@ -194,12 +194,19 @@ async def test_a_closed_bus_refuses_broadcasts_and_listeners(backend: BusBackend
         await bus.listen("presence", got.handle)
 
 
+# The in-process bus has no connection to lose: this runs on RabbitMQ's backends only.
+@pytest.mark.parametrize(
+    "bus_kind",
+    [
+        pytest.param(kind, marks=pytest.mark.rabbitmq)
+        for kind in ("rabbitmq", "rabbitmq-plain", "rabbitmq-quorum")
+    ],
+    indirect=True,
+)
 @bounded
 async def test_a_listener_keeps_listening_after_the_connection_is_cut(
     backend: BusBackend,
 ) -> None:
-    if backend.kind == "memory":
-        pytest.skip("the in-process bus has no connection to lose")
     assert backend.vhost is not None
     listening = await backend.new_bus()
     sender = await backend.new_bus()
