@@ -14,11 +14,11 @@ from agentcomm.history import (
     ConversationNotFound,
     MessageStatus,
     NewMessage,
-    SqlConversationStore,
     StoreUnavailable,
     Unrecoverable,
     database_url,
 )
+from agentcomm.history.sql import SqlConversationStore
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -55,6 +55,9 @@ class FrontendSession:
     capabilities: dict[str, Any]
     link: FrontendLink | None
     detached_at: float | None = None
+    # The user it belongs to (the token's `sub`, or the `user_id` it named on an open hub);
+    # None: its own user, by its frontend id.
+    user_id: str | None = None
     backlog_limit: int = RESUME_BUFFER_BYTES
     # Made when the first frame waits for a resume: most sessions never need one.
     _backlog: deque[bytes] | None = None
@@ -96,6 +99,11 @@ class FrontendSession:
         frame = self._backlog.popleft()
         self._backlog_bytes -= len(frame)
         return frame
+
+    @property
+    def user(self) -> str:
+        """The user whose conversations this session's are."""
+        return self.user_id or self.frontend_id
 
     @property
     def wants_stream(self) -> bool:
@@ -144,6 +152,7 @@ class FrontendSessions:
         *,
         frontend_id: str | None = None,
         resume_token: str | None = None,
+        user_id: str | None = None,
     ) -> tuple[FrontendSession, bool]:
         """Opens a session, or resumes one when id and token match. Returns (session, resumed)."""
         if frontend_id and resume_token:
@@ -153,6 +162,7 @@ class FrontendSessions:
                 previous.detached_at = None
                 previous.frontend_name = frontend_name
                 previous.capabilities = capabilities
+                previous.user_id = user_id
                 return previous, True
         session = FrontendSession(
             frontend_id=new_frontend_id(self._server_tag),
@@ -161,6 +171,7 @@ class FrontendSessions:
             capabilities=capabilities,
             link=link,
             backlog_limit=self._backlog_bytes,
+            user_id=user_id,
         )
         self._sessions[session.frontend_id] = session
         return session, False

@@ -1,7 +1,9 @@
 """Conversation history: what was said in each conversation of a user, kept in a database.
 
-`ConversationStore` is the interface (`store.py`); `SqlConversationStore` its implementation on
-SQLite (the embedded default) and PostgreSQL; `HistoryWriter` keeps writes off the chat path.
+`ConversationStore` is the interface (`store.py`); `agentcomm.history.sql.SqlConversationStore`
+its implementation on SQLite (the embedded default) and PostgreSQL; `agentcomm.history.writer.
+HistoryWriter` keeps writes off the chat path. Those two are imported from their modules, so that
+reading settings (which checks HISTORY_URL here) does not load SQLAlchemy in every process.
 """
 
 from agentcomm.history.records import (
@@ -17,7 +19,6 @@ from agentcomm.history.records import (
     StoreUnavailable,
     Unrecoverable,
 )
-from agentcomm.history.sql import SqlConversationStore
 from agentcomm.history.store import ConversationStore
 from agentcomm.history.urls import check_history_url, database_url
 
@@ -31,7 +32,6 @@ __all__ = [
     "MessagePage",
     "MessageStatus",
     "NewMessage",
-    "SqlConversationStore",
     "StoreUnavailable",
     "StoredMessage",
     "Unrecoverable",

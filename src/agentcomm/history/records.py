@@ -71,6 +71,8 @@ class NewMessage:
     error_code: str | None = None
     # A final answer: the message_id of the TEXT it answers.
     answers: str | None = None
+    # Times the writer offered it again (an answer whose TEXT was not stored yet).
+    retries: int = 0
 
 
 @dataclass(frozen=True, slots=True)

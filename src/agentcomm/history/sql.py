@@ -63,9 +63,14 @@ class SqlConversationStore:
     async def open(self) -> None:
         if self._engine is not None:
             return
-        self._engine = self._make_engine()
-        async with self._errors("open"):
-            await migrate.upgrade(self._engine)
+        engine = self._make_engine()
+        try:
+            async with self._errors("open"):
+                await migrate.upgrade(engine)
+        except BaseException:
+            await engine.dispose()
+            raise
+        self._engine = engine
 
     async def close(self) -> None:
         engine, self._engine = self._engine, None
@@ -104,18 +109,24 @@ class SqlConversationStore:
 
     async def expire(self, before: float) -> int:
         async with self._connection("expire", begin=True) as connection:
-            removed = await connection.execute(messages.delete().where(_M.at < before))
+            removed = await connection.execute(
+                messages.delete().where(_M.at < before).returning(_M.user_id, _M.conversation_id)
+            )
+            rows = removed.all()
+            touched = {(row.user_id, row.conversation_id) for row in rows}
             oldest_kept = (
                 sa.select(sa.func.min(_M.seq))
                 .where((_M.user_id == _C.user_id) & (_M.conversation_id == _C.conversation_id))
                 .scalar_subquery()
             )
-            await connection.execute(
-                conversations.update()
-                .where((_C.created_at < before) & (_C.first_seq <= _C.last_seq))
-                .values(first_seq=sa.func.coalesce(oldest_kept, _C.last_seq + 1))
-            )
-            return int(removed.rowcount or 0)
+            for user_id, conversation_id in touched:
+                # Where its kept messages start now: an offset before it is unrecoverable.
+                await connection.execute(
+                    conversations.update()
+                    .where((_C.user_id == user_id) & (_C.conversation_id == conversation_id))
+                    .values(first_seq=sa.func.coalesce(oldest_kept, _C.last_seq + 1))
+                )
+            return len(rows)
 
     # -- reading -------------------------------------------------------------------------------
 

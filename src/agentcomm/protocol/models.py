@@ -86,6 +86,9 @@ class RegisterFrontend(WireModel):
     resume_token: str | None = Field(default=None, max_length=256)
     token: str | None = Field(default=None, max_length=8192)
     capabilities: dict[str, Any] = Field(default_factory=dict, max_length=MAX_MAP_ENTRIES)
+    # The user this frontend belongs to, when the hub is open (with AUTH_SECRET the token's
+    # `sub` is the user, and this is ignored): its conversations are kept under that user.
+    user_id: str | None = Field(default=None, pattern=ID_PATTERN)
 
     @field_validator("capabilities")
     @classmethod

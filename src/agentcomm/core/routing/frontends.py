@@ -52,6 +52,8 @@ class FrontendDelivery:
         self._answers = answers
         self._streams = streams
         self._publish_timeout = publish_timeout
+        # Told of each final answer as it goes to its frontend (history).
+        self.final_observers: list[Callable[[str, Envelope], None]] = []
 
     def deliver(self, frontend_id: str, message: Envelope) -> Plan[None]:
         """A chat message for a frontend: to its socket, in stream order, or on to the server
@@ -101,6 +103,8 @@ class FrontendDelivery:
             frame = encode_envelope(message, for_client=True)
         if answered and message.message_type in _FINAL_TYPES:
             session.keep_final(answered, frame)
+            for observer in self.final_observers:
+                observer(frontend_id, message)
         yield SendFrame(frontend_id, frame)
 
     def answer_again(self, frontend_id: str, message: Envelope) -> Plan[None]:

@@ -11,6 +11,7 @@ from fastapi.staticfiles import StaticFiles
 
 from agentcomm import __version__
 from agentcomm.server.http.api import build_api_router
+from agentcomm.server.http.conversations import build_conversations_router
 from agentcomm.server.http.guard import RequestGuard
 from agentcomm.server.http.parts import HttpParts
 from agentcomm.server.ws.connection import serve_frontend_socket
@@ -31,9 +32,10 @@ def create_app(parts: HttpParts, frontends: FrontendParts) -> FastAPI:
             CORSMiddleware,
             allow_origins=origins,
             allow_credentials=True,
-            allow_methods=["GET", "POST"],
+            allow_methods=["GET", "POST", "DELETE"],
             allow_headers=["Authorization", "Content-Type"],
         )
+    app.include_router(build_conversations_router())
     app.include_router(build_api_router())
 
     @app.websocket("/ws")

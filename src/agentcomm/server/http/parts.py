@@ -11,6 +11,7 @@ from agentcomm.core.auth import Authenticator
 from agentcomm.core.brokers import BrokerRegistry
 from agentcomm.core.commands import CommandOutcome
 from agentcomm.core.presence import AgentRegistry, AgentSource
+from agentcomm.history.store import ConversationStore
 from agentcomm.server.metrics import HubMetrics
 
 
@@ -43,3 +44,6 @@ class HttpParts:
     # The checks /readyz shows, and whether the hub is ready (all of them, and started).
     readiness: Callable[[], dict[str, bool]]
     is_ready: Callable[[], bool]
+    # Conversation history (None: off), and how it is (`ok`, `off`, `degraded: …`).
+    history: ConversationStore | None = None
+    history_status: Callable[[], str] = lambda: "off"
