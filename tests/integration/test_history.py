@@ -263,3 +263,42 @@ async def test_history_off_says_so(tmp_path: Path) -> None:
     assert listed.status_code == 404
     assert "HISTORY_URL=none" in listed.json()["detail"]
     assert ready["history"] == "off"
+
+
+async def test_a_socket_asks_for_the_messages_after_a_seq(tmp_path: Path) -> None:
+    settings = test_settings(history_url=f"sqlite:///{tmp_path / 'h.sqlite3'}")
+    async with running_hub(settings) as hub:
+        store = history_of(hub).store
+        await store.append(_seed("gina", "long", 5) + _seed("hank", "his", 1))
+        await store.append(_seed("gina", "trimmed", 3))
+        await store.expire(before=1001.0)  # the first message of each goes
+        async with await Frontend.registered(hub.ws_url, user_id="gina") as gina:
+
+            async def ask(conversation: str, after: int, limit: int = 100) -> dict[str, Any]:
+                await gina.send(
+                    {
+                        "message_type": "REQUEST_HISTORY",
+                        "message_id": f"h-{conversation}-{after}",
+                        "conversation_id": conversation,
+                        "after_seq": after,
+                        "limit": limit,
+                    }
+                )
+                return await gina.next(
+                    lambda f: f.get("in_reply_to_message_id") == f"h-{conversation}-{after}"
+                )
+
+            first = await ask("long", 1, limit=2)
+            rest = await ask("long", 3)
+            lost = await ask("trimmed", 0)
+            foreign = await ask("his", 0)
+    assert first["message_type"] == "HISTORY", first
+    assert [m["seq"] for m in first["messages"]] == [2, 3]
+    assert first["has_more"] is True
+    assert [m["seq"] for m in rest["messages"]] == [4, 5]
+    assert rest["has_more"] is False
+    assert rest["last_seq"] == 5
+    assert lost["message_type"] == "ERROR"
+    assert lost["error_code"] == "unrecoverable"
+    assert lost["metadata"] == {"first_seq": 2}
+    assert foreign["error_code"] == "unknown_conversation"

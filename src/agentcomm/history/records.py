@@ -11,6 +11,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
+
+from agentcomm.protocol.timestamps import from_epoch, to_iso
 
 
 class HistoryError(Exception):
@@ -88,6 +91,24 @@ class StoredMessage:
     error_code: str | None
     in_reply_to: str | None
     at: float
+
+    def as_json(self) -> dict[str, Any]:
+        """As the HTTP API and the HISTORY frame show it (docs/history.md)."""
+        body: dict[str, Any] = {
+            "seq": self.seq,
+            "message_id": self.message_id,
+            "message_type": self.message_type,
+            "sender_id": self.sender_id,
+            "receiver_id": self.receiver_id,
+            "text_payload": self.text,
+            "status": self.status,
+            "timestamp": to_iso(from_epoch(self.at)),
+        }
+        if self.in_reply_to:
+            body["in_reply_to_message_id"] = self.in_reply_to
+        if self.error_code:
+            body["error_code"] = self.error_code
+        return body
 
 
 @dataclass(frozen=True, slots=True)

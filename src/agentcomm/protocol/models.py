@@ -108,6 +108,17 @@ class RegisterFrontendResponse(WireModel):
     send_timestamp: str | None = None
 
 
+class RequestHistory(WireModel):
+    """A frontend asks for the stored messages of one of its user's conversations."""
+
+    message_type: MessageType
+    message_id: str | None = Field(default=None, pattern=ID_PATTERN)
+    conversation_id: str = Field(min_length=1, max_length=128)
+    # Messages with a seq above this one (0: from the start).
+    after_seq: int = Field(default=0, ge=0)
+    limit: int = Field(default=100, ge=1, le=1000)
+
+
 class RefreshToken(WireModel):
     message_type: MessageType
     message_id: str | None = Field(default=None, pattern=ID_PATTERN)

@@ -18,7 +18,6 @@ from agentcomm.history.records import (
     AmbiguousConversation,
     ConversationNotFound,
     ConversationSummary,
-    StoredMessage,
     StoreUnavailable,
     Unrecoverable,
 )
@@ -77,25 +76,6 @@ def _summary(item: ConversationSummary) -> dict[str, Any]:
     }
 
 
-def message_json(item: StoredMessage) -> dict[str, Any]:
-    """A stored message as the API and the WebSocket show it."""
-    body: dict[str, Any] = {
-        "seq": item.seq,
-        "message_id": item.message_id,
-        "message_type": item.message_type,
-        "sender_id": item.sender_id,
-        "receiver_id": item.receiver_id,
-        "text_payload": item.text,
-        "status": item.status,
-        "timestamp": _iso(item.at),
-    }
-    if item.in_reply_to:
-        body["in_reply_to_message_id"] = item.in_reply_to
-    if item.error_code:
-        body["error_code"] = item.error_code
-    return body
-
-
 def unrecoverable_body(exc: Unrecoverable) -> dict[str, Any]:
     return {"error_code": "unrecoverable", "detail": str(exc), "first_seq": exc.first_seq}
 
@@ -146,7 +126,7 @@ def build_conversations_router() -> APIRouter:
             raise HTTPException(503, str(exc)) from None
         return {
             "conversation_id": page.conversation_id,
-            "messages": [message_json(item) for item in page.messages],
+            "messages": [item.as_json() for item in page.messages],
             "first_seq": page.first_seq,
             "last_seq": page.last_seq,
         }

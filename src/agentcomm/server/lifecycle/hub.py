@@ -178,6 +178,7 @@ class Hub:
             output=self.output,
             metrics=self.metrics,
             clock=self.clock,
+            history=self.history.store if self.history is not None else None,
         )
 
     def grpc_parts(self) -> GrpcParts:
