@@ -24,19 +24,20 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from agentcomm.history import migrate
+from agentcomm.history.batches import Known, plan_batch, wanted_keys
 from agentcomm.history.records import (
     AmbiguousConversation,
     ConversationNotFound,
     ConversationPage,
     ConversationSummary,
     MessagePage,
-    MessageStatus,
     NewMessage,
     StoredMessage,
     StoreUnavailable,
     Unrecoverable,
 )
 from agentcomm.history.schema import conversations, messages
+from agentcomm.history.sqlite_writes import SqliteAppender
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,8 @@ class SqlConversationStore:
         self.url = sa.make_url(url)
         self._connect_timeout = connect_timeout
         self._engine: AsyncEngine | None = None
+        # SQLite files are appended to by the standard library's sqlite3 (sqlite_writes.py).
+        self._appender: SqliteAppender | None = None
 
     @property
     def dialect(self) -> str:
@@ -71,9 +74,15 @@ class SqlConversationStore:
             await engine.dispose()
             raise
         self._engine = engine
+        database = self.url.database or ""
+        if self.dialect == "sqlite" and database and database != ":memory:":
+            self._appender = SqliteAppender(database)
 
     async def close(self) -> None:
         engine, self._engine = self._engine, None
+        appender, self._appender = self._appender, None
+        if appender is not None:
+            await appender.close()
         if engine is not None:
             await engine.dispose()
 
@@ -86,6 +95,8 @@ class SqlConversationStore:
     async def append(self, batch: Sequence[NewMessage]) -> list[int | None]:
         if not batch:
             return []
+        if self._appender is not None:
+            return await self._appender.append(batch)
         try:
             async with self._connection("append", begin=True) as connection:
                 return await _append(connection, batch)
@@ -235,129 +246,91 @@ def _tune_sqlite(dbapi_connection: Any, _record: Any) -> None:
 
 
 async def _append(connection: AsyncConnection, batch: Sequence[NewMessage]) -> list[int | None]:
-    seqs: list[int | None] = [None] * len(batch)
-    pairs = {(item.user_id, item.message_id) for item in batch}
-    stored = await connection.execute(
-        sa.select(_M.user_id, _M.message_id, _M.seq).where(
-            _M.user_id.in_({user_id for user_id, _ in pairs})
-            & _M.message_id.in_({message_id for _, message_id in pairs})
+    plan = plan_batch(batch, await _stored_already(connection, batch))
+    if not plan.placed:
+        return plan.finish()
+    first_seqs = await _advance(connection, plan.counts())
+    if plan.updates:
+        await connection.execute(
+            messages.update()
+            .where((_M.user_id == sa.bindparam("u")) & (_M.message_id == sa.bindparam("m")))
+            .values(status=sa.bindparam("s")),
+            [
+                {"s": status, "u": user_id, "m": message_id}
+                for status, user_id, message_id in plan.updates
+            ],
         )
-    )
-    known: dict[tuple[str, str], int] = {}
-    for row in stored:
-        if (row.user_id, row.message_id) in pairs:
-            known[(row.user_id, row.message_id)] = int(row.seq)
-    # Which conversation each new message goes to, and the status of TEXTs answered now.
-    placed: list[tuple[int, NewMessage, str]] = []
-    texts_in_batch: dict[tuple[str, str], int] = {}
-    statuses: dict[int, MessageStatus] = {}
-    first_copy: dict[tuple[str, str], int] = {}
-    copies: list[tuple[int, int]] = []
-    for index, item in enumerate(batch):
-        key = (item.user_id, item.message_id)
-        if key in known:
-            seqs[index] = known[key]
-            continue
-        if key in first_copy:
-            copies.append((index, first_copy[key]))  # twice in one batch: stored once
-            continue
-        conversation_id: str | None = item.conversation_id
-        if item.answers is not None:
-            answered = (
-                MessageStatus.FAILED
-                if item.status is MessageStatus.ERROR
-                else (MessageStatus.ANSWERED if item.status is MessageStatus.FINAL else item.status)
-            )
-            text_index = texts_in_batch.get((item.user_id, item.answers))
-            if text_index is not None:
-                statuses[text_index] = answered
-                conversation_id = batch[text_index].conversation_id
-            else:
-                conversation_id = await _mark_answered(connection, item, answered)
-        else:
-            texts_in_batch[key] = index
-        if conversation_id is None:
-            log.debug("No TEXT %s is stored; its answer is not either", item.answers)
-            continue
-        first_copy[key] = index
-        placed.append((index, item, conversation_id))
-    counts: dict[tuple[str, str], int] = {}
-    for _, item, conversation_id in placed:
-        counts[(item.user_id, conversation_id)] = counts.get((item.user_id, conversation_id), 0) + 1
-    next_seq: dict[tuple[str, str], int] = {}
-    for (user_id, conversation_id), count in counts.items():
-        at = max(
-            item.at for _, item, c in placed if (item.user_id, c) == (user_id, conversation_id)
-        )
-        last = await _advance(connection, user_id, conversation_id, count, at)
-        next_seq[(user_id, conversation_id)] = last - count + 1
-    rows: list[dict[str, Any]] = []
-    for index, item, conversation_id in placed:
-        key = (item.user_id, conversation_id)
-        seq = next_seq[key]
-        next_seq[key] = seq + 1
-        seqs[index] = seq
-        rows.append(
-            {
-                "user_id": item.user_id,
-                "conversation_id": conversation_id,
-                "seq": seq,
-                "message_id": item.message_id,
-                "message_type": item.message_type,
-                "sender_id": item.sender_id,
-                "receiver_id": item.receiver_id,
-                "text": item.text,
-                "status": statuses.get(index, item.status).value,
-                "error_code": item.error_code,
-                "in_reply_to": item.answers,
-                "at": item.at,
-            }
-        )
-    if rows:
-        await connection.execute(messages.insert(), rows)
-    for index, first in copies:
-        seqs[index] = seqs[first]
-    return seqs
+    await connection.execute(messages.insert(), plan.rows(first_seqs))
+    return plan.finish()
 
 
-async def _mark_answered(
-    connection: AsyncConnection, answer: NewMessage, status: MessageStatus
-) -> str | None:
-    """Sets the status of the TEXT `answer` answers; returns its conversation (None: not
-    stored)."""
-    result = await connection.execute(
-        messages.update()
-        .where((_M.user_id == answer.user_id) & (_M.message_id == answer.answers))
-        .values(status=status.value)
-        .returning(_M.conversation_id)
+async def _stored_already(connection: AsyncConnection, batch: Sequence[NewMessage]) -> Known:
+    """What of the batch, and of the TEXTs its answers answer, is stored already."""
+    wanted = wanted_keys(batch)
+    rows = await connection.execute(
+        sa.select(_M.user_id, _M.message_id, _M.seq, _M.conversation_id).where(
+            _M.user_id.in_({user_id for user_id, _ in wanted})
+            & _M.message_id.in_({message_id for _, message_id in wanted})
+        )
     )
-    row = result.first()
-    return None if row is None else str(row.conversation_id)
+    return {
+        (row.user_id, row.message_id): (int(row.seq), str(row.conversation_id))
+        for row in rows
+        if (row.user_id, row.message_id) in wanted
+    }
 
 
 async def _advance(
-    connection: AsyncConnection, user_id: str, conversation_id: str, count: int, at: float
-) -> int:
-    """Raises the conversation's last seq by `count` (making the conversation if new); returns
-    the new last seq. The row stays locked until the transaction ends."""
+    connection: AsyncConnection, counts: dict[tuple[str, str], list[float]]
+) -> dict[tuple[str, str], int]:
+    """Raises each conversation's last seq by the number of its new messages (making the
+    conversations that are new); returns each one's first new seq.
+
+    The counters are read under a lock held to the end of the transaction: on PostgreSQL the
+    rows' (`FOR UPDATE`, taken in key order, so that two writers never wait for each other in a
+    circle), on SQLite the database's write lock, which the first statement takes. Each step is
+    one statement compiled once and run for all the batch's conversations (executemany).
+    """
+    keys = list(counts)
     insert = postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert
-    statement = (
-        insert(conversations)
-        .values(
-            user_id=user_id,
-            conversation_id=conversation_id,
-            created_at=at,
-            updated_at=at,
-            first_seq=1,
-            last_seq=count,
-        )
-        .on_conflict_do_update(
-            index_elements=[_C.user_id, _C.conversation_id],
-            set_={"last_seq": _C.last_seq + count, "updated_at": at},
-        )
-        .returning(_C.last_seq)
+    await connection.execute(
+        insert(conversations).on_conflict_do_nothing(),
+        [
+            {
+                "user_id": user_id,
+                "conversation_id": conversation_id,
+                "created_at": min(counts[(user_id, conversation_id)]),
+                "updated_at": min(counts[(user_id, conversation_id)]),
+                "first_seq": 1,
+                "last_seq": 0,
+            }
+            for user_id, conversation_id in keys
+        ],
     )
-    return int((await connection.execute(statement)).scalar_one())
+    locked = await connection.execute(
+        sa.select(_C.user_id, _C.conversation_id, _C.last_seq)
+        .where(
+            _C.user_id.in_({user_id for user_id, _ in keys})
+            & _C.conversation_id.in_({conversation_id for _, conversation_id in keys})
+        )
+        .order_by(_C.user_id, _C.conversation_id)
+        .with_for_update()
+    )
+    first: dict[tuple[str, str], int] = {}
+    for row in locked:
+        key = (row.user_id, row.conversation_id)
+        if key in counts:
+            first[key] = int(row.last_seq) + 1
+    await connection.execute(
+        conversations.update()
+        .where((_C.user_id == sa.bindparam("u")) & (_C.conversation_id == sa.bindparam("c")))
+        .values(last_seq=sa.bindparam("l"), updated_at=sa.bindparam("t")),
+        [
+            {"u": key[0], "c": key[1], "l": first[key] + len(times) - 1, "t": max(times)}
+            for key, times in counts.items()
+        ],
+    )
+    return first
 
 
 async def _owner(connection: AsyncConnection, user_id: str | None, conversation_id: str) -> str:
