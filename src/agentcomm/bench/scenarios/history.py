@@ -29,6 +29,7 @@ from agentcomm.bench.loadgen import Target, closed_loop
 from agentcomm.bench.procs import Children, wait_http_ok
 from agentcomm.bench.scenarios.roundtrip import (
     READY_TIMEOUT,
+    Saturation,
     _saturate,
     _warmup,
     summary,
@@ -96,14 +97,18 @@ async def _roundtrip(context: BenchContext, payload: str, folder: Path) -> dict[
         # Several rounds, each side's best of each: on a shared machine one round is at the
         # mercy of whatever else ran meanwhile; the ratio of each round compares like with like.
         rounds = [await _saturate(context, targets) for _ in range(ROUNDS)]
-        ratios = sorted(
-            ratio(found["with_history"].best.per_s, found["without_history"].best.per_s) or 0.0
-            for found in rounds
-        )
-        found = max(rounds, key=lambda f: f["without_history"].best.per_s)
+
+        def round_ratio(found: dict[str, Saturation]) -> float:
+            return (
+                ratio(found["with_history"].best.per_s, found["without_history"].best.per_s) or 0.0
+            )
+
+        # The sides as measured in the median round, beside its ratio.
+        ordered = sorted(rounds, key=round_ratio)
+        found = ordered[len(ordered) // 2]
         out: dict[str, Any] = {name: summary(saturation.best) for name, saturation in found.items()}
-        out["ratio"] = rounded(ratios[len(ratios) // 2])
-        out["ratios_of_rounds"] = [rounded(value) for value in ratios]
+        out["ratio"] = rounded(round_ratio(found))
+        out["ratios_of_rounds"] = [rounded(round_ratio(each)) for each in rounds]
         # The writer stores off the chat path: a moment for the last batch before counting.
         await asyncio.sleep(1.0)
         out["kept"] = await _kept(sides["with_history"][1])
