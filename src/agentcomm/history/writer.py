@@ -30,11 +30,17 @@ class HistoryWriter:
     """Owns the writer task; `start`, then `offer` from anywhere in the loop, `stop` at the end."""
 
     def __init__(
-        self, store: ConversationStore, *, queue_size: int = 10_000, batch_size: int = 500
+        self,
+        store: ConversationStore,
+        *,
+        queue_size: int = 10_000,
+        batch_size: int = 500,
+        linger: float = 0.05,
     ) -> None:
         self.store = store
         self._queue: asyncio.Queue[NewMessage] = asyncio.Queue(maxsize=queue_size)
         self._batch_size = batch_size
+        self._linger = linger
         self._task: asyncio.Task[None] | None = None
         self._problem: str | None = None
         self._down_since = 0.0
@@ -93,6 +99,10 @@ class HistoryWriter:
     async def _run(self) -> None:
         while True:
             batch = [await self._queue.get()]
+            if self._linger and self._queue.qsize() < self._batch_size:
+                # A moment for more to come: one transaction for many messages costs the chat
+                # (whose event loop hands each batch over) far less than many small ones.
+                await asyncio.sleep(self._linger)
             while len(batch) < self._batch_size and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             try:

@@ -32,6 +32,7 @@ from agentcomm.bench.scenarios.roundtrip import (
     Saturation,
     _saturate,
     _warmup,
+    cpu_summary,
     summary,
 )
 from agentcomm.bench.stacks import MemoryHub
@@ -60,6 +61,7 @@ async def run(context: BenchContext) -> Result:
     result["roundtrips_per_s_without_history"] = roundtrip["without_history"]["roundtrips_per_s"]
     result["roundtrips_per_s_with_history"] = roundtrip["with_history"]["roundtrips_per_s"]
     result["ratio_with_history"] = roundtrip["ratio"]
+    result["hub_cpu_ratio_with_history"] = roundtrip["hub_cpu_ratio_with_history"]
     sqlite = result["stores"]["sqlite"]
     result["replay_10000_s_sqlite"] = sqlite["replay"]["replay_s"]
     postgres = result["stores"].get("postgresql", {})
@@ -109,6 +111,22 @@ async def _roundtrip(context: BenchContext, payload: str, folder: Path) -> dict[
         out: dict[str, Any] = {name: summary(saturation.best) for name, saturation in found.items()}
         out["ratio"] = rounded(round_ratio(found))
         out["ratios_of_rounds"] = [rounded(round_ratio(each)) for each in rounds]
+        # CPU per round trip moves far less with the machine's load than rates do: the hub's
+        # own, with history against without, in each round.
+        out["cpu"] = {name: cpu_summary(sat.cpu, sat.best.completed) for name, sat in found.items()}
+        hub_ms = [
+            (
+                cpu_summary(each["with_history"].cpu, each["with_history"].best.completed),
+                cpu_summary(each["without_history"].cpu, each["without_history"].best.completed),
+            )
+            for each in rounds
+        ]
+        cpu_ratios = sorted(
+            ratio(on["ms_per_roundtrip"].get("hub"), off["ms_per_roundtrip"].get("hub")) or 0.0
+            for on, off in hub_ms
+        )
+        out["hub_cpu_ratio_with_history"] = rounded(cpu_ratios[len(cpu_ratios) // 2])
+        out["hub_cpu_ratios_of_rounds"] = [rounded(value) for value in cpu_ratios]
         # The writer stores off the chat path: a moment for the last batch before counting.
         await asyncio.sleep(1.0)
         out["kept"] = await _kept(sides["with_history"][1])
