@@ -302,3 +302,33 @@ async def test_a_socket_asks_for_the_messages_after_a_seq(tmp_path: Path) -> Non
     assert lost["error_code"] == "unrecoverable"
     assert lost["metadata"] == {"first_seq": 2}
     assert foreign["error_code"] == "unknown_conversation"
+
+
+async def test_the_sockets_of_a_user_that_follow_it_see_its_conversations_live(
+    tmp_path: Path,
+) -> None:
+    settings = test_settings(history_url="none")
+    follow = {"stream": True, "user_frames": True}
+    async with (
+        chat_stack(settings) as hub,
+        await Frontend.registered(hub.ws_url, user_id="ivy", capabilities=follow) as phone,
+        await Frontend.registered(hub.ws_url, user_id="ivy", capabilities=follow) as laptop,
+        await Frontend.registered(hub.ws_url, user_id="ivy") as old_tab,
+        await Frontend.registered(hub.ws_url, user_id="jack", capabilities=follow) as other,
+    ):
+        reply = await chat(phone, "typed on the phone", "p-1", conversation_id="c")
+        seen = await laptop.next(
+            lambda f: f.get("message_type") == "REPLY" and f.get("in_reply_to_message_id") == "p-1"
+        )
+        laptop_frames = laptop.take_buffered()
+        # Whatever was sent to the others' sockets by now is in their buffers.
+        old_tab_frames = old_tab.non_presence(await old_tab.barrier())
+        other_frames = other.non_presence(await other.barrier())
+    assert seen["text_payload"] == reply["text_payload"] == "echo: typed on the phone"
+    echoes = [f for f in laptop_frames if f.get("message_type") == "TEXT"]
+    assert echoes, laptop_frames
+    assert {f["message_id"] for f in echoes} == {"p-1"}
+    assert echoes[0]["text_payload"] == "typed on the phone"
+    assert echoes[0]["routing_status"] == "pending"
+    assert old_tab_frames == []  # it did not ask to follow its user
+    assert other_frames == []  # another user sees none of it
