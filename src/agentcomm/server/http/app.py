@@ -10,6 +10,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
 
 from agentcomm import __version__
+from agentcomm.gateways.a2a.routes import build_a2a_routes
 from agentcomm.server.http.api import build_api_router
 from agentcomm.server.http.guard import RequestGuard
 from agentcomm.server.http.parts import HttpParts
@@ -35,6 +36,8 @@ def create_app(parts: HttpParts, frontends: FrontendParts) -> FastAPI:
             allow_headers=["Authorization", "Content-Type"],
         )
     app.include_router(build_api_router())
+    if parts.a2a is not None:
+        app.router.routes.extend(build_a2a_routes(parts.a2a))
 
     @app.websocket("/ws")
     async def frontend_socket(websocket: WebSocket) -> None:

@@ -28,6 +28,7 @@ from agentcomm.core.routing import AnswerEvent, ServerRouter
 from agentcomm.core.sessions import FrontendSessions
 from agentcomm.core.streams import ReplyStreams
 from agentcomm.core.timers import LoopTimers
+from agentcomm.gateways.a2a.gateway import A2AGateway, A2AParts
 from agentcomm.protocol.ids import new_server_id, server_tag
 from agentcomm.protocol.models import AgentInfo
 from agentcomm.protocol.queues import (
@@ -126,6 +127,16 @@ class Hub:
         )
         self.router = RouteRunner(decisions, bus, self.sessions)
         self.inboxes = AgentInboxes(bus)
+        # A2A callers reach agents through the router as a frontend does (gateways/a2a/).
+        self.a2a = A2AGateway(
+            A2AParts(
+                settings=settings,
+                auth=self.auth,
+                sessions=self.sessions,
+                router=self.router,
+                agents=self.cluster,
+            )
+        )
         self.metrics = HubMetrics()
         self.metrics.track(
             self.sessions.live_count, self.cluster.online_count, self.membership.hub_count
@@ -200,6 +211,7 @@ class Hub:
             metrics=self.metrics,
             readiness=self.readiness,
             is_ready=lambda: self.ready,
+            a2a=self.a2a,
         )
 
     # -- lifecycle ---------------------------------------------------------------------------
