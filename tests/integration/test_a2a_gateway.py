@@ -25,9 +25,7 @@ from tests.support.a2a import A2AStack, a2a_stack, collect, text_message, within
 VERSIONS = ["1.0", "0.3"]
 
 
-@pytest.fixture(
-    scope="function", params=["memory", pytest.param("rabbitmq", marks=pytest.mark.rabbitmq)]
-)
+@pytest.fixture(params=["memory", pytest.param("rabbitmq", marks=pytest.mark.rabbitmq)])
 async def stack(request: pytest.FixtureRequest) -> AsyncIterator[A2AStack]:
     overrides = request.getfixturevalue("rabbitmq_env") if request.param == "rabbitmq" else {}
     async with a2a_stack(test_settings(**overrides)) as running:
@@ -161,7 +159,9 @@ async def test_agent_failure_is_a_failed_task_with_our_error_code(stack: A2AStac
 
 
 async def test_offline_and_unknown_agents_answer_at_once(stack: A2AStack) -> None:
-    agent = await stack.run(build_demo_agent("echo", stack.agent_settings, agent_id="gone"))
+    agent = await stack.run(
+        build_demo_agent("echo", stack.agent_settings, agent_id="gone", transport="grpc")
+    )
     client = await stack.client("gone", streaming=False)
     await within(agent.stop())
     task = (await collect(client.send_message(text_message("anyone?"))))[0].task

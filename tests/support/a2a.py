@@ -15,6 +15,7 @@ from a2a.types import AgentCard, Message, Part, Role, SendMessageRequest, Stream
 
 from agentcomm.broker.service import ReferenceBroker
 from agentcomm.config import Settings
+from agentcomm.core.auth import token_subject
 from agentcomm.protocol.ids import new_message_id
 from agentcomm.sdk import Agent
 from agentcomm.server.testing import HubEndpoints, running_hub
@@ -101,7 +102,11 @@ async def a2a_stack(settings: Settings) -> AsyncIterator[A2AStack]:
         hub = await exits.enter_async_context(running_hub(settings))
         bus = await exits.enter_async_context(side_bus(settings, hub.bus))
         broker = ReferenceBroker(
-            bus, hub.grpc_target, broker_name="a2a-test-broker", token=settings.auth_token
+            bus,
+            hub.grpc_target,
+            broker_id=token_subject(settings.auth_token),
+            broker_name="a2a-test-broker",
+            token=settings.auth_token,
         )
         await within(broker.start())
         exits.push_async_callback(lambda: within(broker.stop()))
