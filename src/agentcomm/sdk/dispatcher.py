@@ -18,7 +18,7 @@ from typing import Any
 from agentcomm.protocol import Envelope, ErrorCode, MessageType
 from agentcomm.sdk import envelopes
 from agentcomm.sdk.dedup import RecentIds
-from agentcomm.sdk.errors import HandlingAborted, PublishFailed
+from agentcomm.sdk.errors import ErrorAnswer, HandlingAborted, PublishFailed
 from agentcomm.sdk.message import Message, MessageHandler
 
 log = logging.getLogger(__name__)
@@ -252,6 +252,9 @@ class Dispatcher:
             self.stats.cancelled += 1
         except PublishFailed:
             raise
+        except ErrorAnswer as answer:
+            self.stats.failed += 1
+            await self._send(envelopes.error(envelope, self.agent_id, answer.code, answer.text))
         except Exception as exc:
             log.exception(
                 "The handler of agent %s failed on message %s", self.agent_id, envelope.message_id
