@@ -5,8 +5,8 @@ typist in processes of their own over gRPC, as in roundtrip-memory. In the same 
 same number of round trips in flight, the sides take turns:
 
 - SendMessage: A2A `SendMessage` to `/a2a/echo` (HTTP/1.1 keep-alive connections, one per
-  round trip in flight) until its completed task, against a WebSocket `TEXT` to echo until its
-  `REPLY`;
+  round trip in flight, by the lean client `bench/rawhttp.py`) until its completed task,
+  against a WebSocket `TEXT` to echo until its `REPLY`;
 - streaming: A2A `SendStreamingMessage` to `/a2a/typist` until the final status (an artifact
   update per chunk on the way), against a WebSocket `TEXT` from a frontend that takes
   `REPLY_CHUNK`s until the `REPLY`. The typist types at 1 ms a word.
@@ -16,6 +16,7 @@ The ratio A2A / WebSocket is the number to watch (the goal: at least 0.5).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
 import os
@@ -28,6 +29,7 @@ from agentcomm.bench.context import BenchContext, Result, machine
 from agentcomm.bench.frontends import Frontends, RoundTripFailed
 from agentcomm.bench.loadgen import ROUNDTRIP_TIMEOUT, Measurement, closed_loop
 from agentcomm.bench.procs import BenchError, Children
+from agentcomm.bench.rawhttp import RawHttp
 from agentcomm.bench.scenarios.roundtrip import cpu_summary, summary
 from agentcomm.bench.stacks import (
     START_TIMEOUT,
@@ -41,22 +43,27 @@ from agentcomm.bench.stats import ratio, rounded
 TYPIST_ID = "typist"
 TYPIST_MS_PER_WORD = 1
 GOAL = 0.5
+ROUNDS = 2
 _FINAL = (b"TASK_STATE_COMPLETED", b"TASK_STATE_FAILED", b"TASK_STATE_CANCELED")
 
 
 class GatewayCalls:
     """Round trips over A2A JSON-RPC: a load-generation target (`loadgen.Target`)."""
 
-    def __init__(self, base_url: str, agent_id: str, connections: int, payload: str) -> None:
-        self.url = f"{base_url}/a2a/{agent_id}"
+    def __init__(self, port: int, agent_id: str, connections: int, payload: str) -> None:
+        self.path = f"/a2a/{agent_id}"
         self.payload = payload
         self._connections = connections
         self._ids = itertools.count()
-        self._http = httpx.AsyncClient(
-            timeout=ROUNDTRIP_TIMEOUT,
-            limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
-            headers={"A2A-Version": "1.0", "Content-Type": "application/json"},
+        self._http = RawHttp(
+            "127.0.0.1",
+            port,
+            connections,
+            {"A2A-Version": "1.0", "Content-Type": "application/json"},
         )
+
+    async def open(self) -> None:
+        await self._http.open()
 
     @property
     def slots(self) -> int:
@@ -80,29 +87,25 @@ class GatewayCalls:
         )
 
     async def roundtrip(self, slot: int) -> None:
-        response = await self._http.post(self.url, content=self._body("SendMessage"))
-        data: dict[str, Any] = orjson.loads(response.content)
+        async with asyncio.timeout(ROUNDTRIP_TIMEOUT):
+            body = await self._http.post(self.path, self._body("SendMessage"))
+        data: dict[str, Any] = orjson.loads(body)
         state = data.get("result", {}).get("task", {}).get("status", {}).get("state")
         if state != "TASK_STATE_COMPLETED":
-            raise RoundTripFailed(f"{state}: {str(data)[:200]}")
+            raise RoundTripFailed(f"{state}: {body[:200]!r}")
 
     async def close(self) -> None:
-        await self._http.aclose()
+        await self._http.close()
 
 
 class StreamingCalls(GatewayCalls):
     async def roundtrip(self, slot: int) -> None:
-        body = self._body("SendStreamingMessage")
-        async with self._http.stream("POST", self.url, content=body) as response:
-            async for line in response.aiter_lines():
-                if not line.startswith("data:") or "statusUpdate" not in line:
-                    continue
-                for final in _FINAL:
-                    if final.decode() in line:
-                        if final != _FINAL[0]:
-                            raise RoundTripFailed(line[:200])
-                        return
-        raise RoundTripFailed("The stream ended before the task did.")
+        async with asyncio.timeout(ROUNDTRIP_TIMEOUT):
+            body = await self._http.post(self.path, self._body("SendStreamingMessage"))
+        # The last event is the final status.
+        last = body.rstrip().rpartition(b"data:")[2]
+        if b"statusUpdate" not in last or _FINAL[0] not in last:
+            raise RoundTripFailed(f"The stream did not end completed: {last[:200]!r}")
 
 
 async def _typist(hub: MemoryHub, children: Children, context: BenchContext) -> int:
@@ -128,16 +131,22 @@ async def _compare(
     processes: dict[str, int],
     in_flight: int,
 ) -> Result:
+    """Each side in turn, ROUNDS times (so that the machine's drift hits both alike); each
+    side's best round is its number."""
     seconds = context.options.level_seconds
     found: dict[str, tuple[Measurement, Any]] = {}
     for name, target in sides.items():
         async with context.progress.step(f"{label} warm-up: {name}", 1.0):
             await closed_loop(target, in_flight, 1.0)
-    for name, target in sides.items():
-        async with context.progress.step(f"{label}: {name}, {in_flight} in flight", seconds):
-            with cpu_window(processes) as window:
-                measurement = await closed_loop(target, in_flight, seconds)
-        found[name] = (measurement, window)
+    for round_number in range(1, ROUNDS + 1):
+        for name, target in sides.items():
+            step = f"{label}: {name}, {in_flight} in flight, round {round_number}"
+            async with context.progress.step(step, seconds):
+                with cpu_window(processes) as window:
+                    measurement = await closed_loop(target, in_flight, seconds)
+            best = found.get(name)
+            if best is None or measurement.per_s > best[0].per_s:
+                found[name] = (measurement, window)
     a2a, websocket = found["a2a"][0], found["websocket"][0]
     return {
         "a2a": summary(a2a),
@@ -155,6 +164,7 @@ async def run(context: BenchContext) -> Result:
         "scenario": "a2a",
         "bus": "memory",
         "in_flight": in_flight,
+        "frontends": options.sockets,
         "duration_s": options.level_seconds,
         "goal_ratio": GOAL,
     }
@@ -173,12 +183,14 @@ async def run(context: BenchContext) -> Result:
                 compression=options.ws_compression,
                 capabilities={"stream": True},
             )
-            base = f"http://127.0.0.1:{hub.http_port}"
-            calls = GatewayCalls(base, "echo", in_flight, payload)
-            streams = StreamingCalls(base, TYPIST_ID, in_flight, payload)
+            calls = GatewayCalls(hub.http_port, "echo", in_flight, payload)
+            streams = StreamingCalls(hub.http_port, TYPIST_ID, in_flight, payload)
             opened += [frontends, streaming, calls, streams]
+            await calls.open()
+            await streams.open()
             for sockets in (frontends, streaming):
-                await sockets.open(in_flight)
+                # As many as roundtrip-memory opens: each sends within the hub's rate limit.
+                await sockets.open(options.sockets)
                 await sockets.wait_until_answering(START_TIMEOUT)
         processes = {**hub.processes, "typist": typist_pid, "loadgen": os.getpid()}
         result["send_message"] = await _compare(
