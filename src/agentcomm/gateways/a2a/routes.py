@@ -21,7 +21,8 @@ from a2a.server.routes.jsonrpc_dispatcher import JsonRpcDispatcher
 from a2a.types import AgentCard
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute, Route, Router
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from agentcomm.core.auth import AuthError, bearer_token
 from agentcomm.gateways.a2a.cards import agent_card, hub_card
@@ -70,6 +71,20 @@ def _base_url(gateway: A2AGateway, request: Request) -> str:
 def _card_response(card: AgentCard) -> Response:
     # a2a-sdk's own rendering: the 1.0 card with the 0.3 fields beside it, for clients of both.
     return JSONResponse(agent_card_to_dict(card))
+
+
+class GatewayFirst:
+    """ASGI middleware: `/a2a` requests to the gateway's routes, everything else on."""
+
+    def __init__(self, app: ASGIApp, routes: list[BaseRoute]) -> None:
+        self._app = app
+        self._gateway = Router(routes=routes)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and is_gateway_path(scope["path"]):
+            await self._gateway(scope, receive, send)
+        else:
+            await self._app(scope, receive, send)
 
 
 def build_a2a_routes(gateway: A2AGateway) -> list[BaseRoute]:

@@ -127,27 +127,29 @@ class TaskRecord:
         if self.state is not TaskState.TASK_STATE_WORKING:
             self._set_state(TaskState.TASK_STATE_WORKING)
         self.chunks.append(delta)
-        self._emit(
-            TaskArtifactUpdateEvent(
-                task_id=self.task_id,
-                context_id=self.context_id,
-                artifact=Artifact(artifact_id=REPLY_ARTIFACT, parts=[Part(text=delta)]),
-                append=len(self.chunks) > 1,
+        if self._readers:
+            self._emit(
+                TaskArtifactUpdateEvent(
+                    task_id=self.task_id,
+                    context_id=self.context_id,
+                    artifact=Artifact(artifact_id=REPLY_ARTIFACT, parts=[Part(text=delta)]),
+                    append=len(self.chunks) > 1,
+                )
             )
-        )
 
     def noticed(self, text: str) -> None:
         if self.finished:
             return
         self.notice = text
         self.state = TaskState.TASK_STATE_WORKING
-        self._emit(self._status_event())
+        if self._readers:
+            self._emit(self._status_event())
 
     def replied(self, text: str) -> None:
         if self.finished:
             return
         self.reply = text
-        if not self.chunks:
+        if not self.chunks and self._readers:
             # Not streamed: the whole reply is the artifact's one update.
             self._emit(
                 TaskArtifactUpdateEvent(
@@ -218,11 +220,13 @@ class TaskRecord:
         if self.state == state or self.finished:
             return
         self.state = state
-        self._emit(self._status_event())
+        if self._readers:
+            self._emit(self._status_event())
 
     def _finish(self, state: TaskState) -> None:
         self.state = state
-        self._emit(self._status_event())
+        if self._readers:
+            self._emit(self._status_event())
         self.done.set()
 
     def _status_event(self) -> TaskStatusUpdateEvent:
@@ -264,6 +268,7 @@ class TaskRecord:
         return metadata
 
     def _emit(self, event: Event) -> None:
+        # Callers build an event only when someone reads it: a SendMessage waits for the end.
         for reader in self._readers:
             reader.put(event)
 
