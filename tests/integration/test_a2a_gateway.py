@@ -69,11 +69,12 @@ async def test_send_message_completes_with_the_reply(stack: A2AStack, version: s
     assert task.status.state == TaskState.TASK_STATE_COMPLETED, task
     assert task.context_id == "conv-7"
     assert [part.text for part in task.artifacts[0].parts] == ["echo: hello"]
-    assert task.status.message.parts[0].text == "echo: hello"
+    assert not task.history  # unless asked for with historyLength
     # The task stays readable.
-    again = await within(client.get_task(GetTaskRequest(id=task.id)))
+    again = await within(client.get_task(GetTaskRequest(id=task.id, history_length=1)))
     assert again.status.state == TaskState.TASK_STATE_COMPLETED
     assert again.artifacts[0].parts[0].text == "echo: hello"
+    assert [part.text for part in again.history[0].parts] == ["hello"]
 
 
 @pytest.mark.parametrize("version", VERSIONS)

@@ -21,7 +21,7 @@ from a2a.server.routes.jsonrpc_dispatcher import JsonRpcDispatcher
 from a2a.types import AgentCard
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Route, Router
+from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from agentcomm.core.auth import AuthError, bearer_token
@@ -74,11 +74,11 @@ def _card_response(card: AgentCard) -> Response:
 
 
 class GatewayFirst:
-    """ASGI middleware: `/a2a` requests to the gateway's routes, everything else on."""
+    """`/a2a` requests to `gateway` (the gateway's routes, guarded), everything else to `app`."""
 
-    def __init__(self, app: ASGIApp, routes: list[BaseRoute]) -> None:
+    def __init__(self, app: ASGIApp, gateway: ASGIApp) -> None:
         self._app = app
-        self._gateway = Router(routes=routes)
+        self._gateway = gateway
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and is_gateway_path(scope["path"]):

@@ -183,7 +183,8 @@ class TaskRecord:
         text = self.reply if self.reply is not None else "".join(self.chunks)
         if text or self.reply is not None:
             task.artifacts.append(Artifact(artifact_id=REPLY_ARTIFACT, parts=[Part(text=text)]))
-        if history_length is None or history_length > 0:
+        if history_length:
+            # Asked for: the history is the caller's own message, which it has already.
             task.history.append(self.request)
         return task
 
@@ -245,7 +246,7 @@ class TaskRecord:
             text = self.error_text
             metadata = {"error_code": self.error_code}
         elif self.state is TaskState.TASK_STATE_COMPLETED:
-            text = self.reply
+            text = None  # the reply is the artifact
         elif self.notice is not None:
             text = self.notice
         if text is not None:
