@@ -23,7 +23,8 @@ V1 = {"A2A-Version": "1.0"}
 
 @pytest.fixture
 async def stack() -> AsyncIterator[A2AStack]:
-    async with a2a_stack(test_settings(http_body_bytes=64 * 1024)) as running:
+    settings = test_settings(http_body_bytes=64 * 1024, max_message_bytes=32 * 1024)
+    async with a2a_stack(settings) as running:
         await running.run(build_demo_agent("echo", running.agent_settings, transport="grpc"))
         yield running
 
@@ -74,6 +75,10 @@ async def test_unknown_agent_and_oversize_bodies(stack: A2AStack) -> None:
     large = await rpc(stack, send("x" * 100_000))
     assert large.status_code == 413
     assert error_code(large) == -32600
+    # Within the body limit, over what a message may carry.
+    long_text = await rpc(stack, send("x" * 40_000))
+    assert error_code(long_text) == -32602
+    assert long_text.json()["error"]["data"][0]["metadata"] == {"error_code": "too_large"}
     await still_answers(stack)
 
 

@@ -206,5 +206,7 @@ async def run(context: BenchContext) -> Result:
         await children.stop_all()
     result["roundtrips_per_s"] = result["send_message"]["a2a"]["roundtrips_per_s"]
     result["ratio_a2a_to_websocket"] = result["send_message"]["ratio_a2a_to_websocket"]
+    result["streams_per_s"] = result["streaming"]["a2a"]["roundtrips_per_s"]
+    result["streaming_ratio_a2a_to_websocket"] = result["streaming"]["ratio_a2a_to_websocket"]
     result["machine"] = machine()
     return result

@@ -40,6 +40,7 @@ from a2a.utils.errors import (
     UnsupportedOperationError,
 )
 from google.protobuf.json_format import MessageToJson
+from pydantic import ValidationError
 
 from agentcomm.gateways.a2a.gateway import A2AGateway
 from agentcomm.gateways.a2a.tasks import Event, TaskRecord, TooManyReaders
@@ -170,6 +171,13 @@ class HubRequestHandler(RequestHandler):
                 "with the same contextId to go on with the conversation."
             )
         text = _text_of(message)
+        limit = self._gateway.parts.settings.max_message_bytes
+        if len(text.encode()) > limit:
+            # What a WebSocket frame may carry, so that no agent gets more than it takes.
+            raise InvalidParamsError(
+                message=f"The text may have at most {limit} bytes (MAX_MESSAGE_BYTES).",
+                data={"error_code": ErrorCode.TOO_LARGE.value},
+            )
         context_id = message.context_id or new_message_id()
         if len(context_id) > MAX_CONTEXT_ID_CHARS:
             raise InvalidParamsError(
@@ -205,6 +213,12 @@ class HubRequestHandler(RequestHandler):
         except ProtocolError as exc:
             raise InvalidParamsError(
                 message=exc.text, data={"error_code": exc.code.value}
+            ) from None
+        except ValidationError as exc:
+            # An envelope the wire contract does not take (a text past its bound).
+            raise InvalidParamsError(
+                message=f"The message does not fit a hub message: {exc.errors()[0]['msg']}",
+                data={"error_code": ErrorCode.INVALID_MESSAGE.value},
             ) from None
         return record
 
