@@ -45,7 +45,7 @@ import asyncio
 import enum
 import logging
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -87,6 +87,9 @@ class Delivery:
     redelivered: bool
     # How many times this message has been handed out before, where the bus knows it.
     attempt: int = 1
+    # The application headers it was published with (`traceparent` when tracing is on); None
+    # when it carried none.
+    headers: Mapping[str, object] | None = None
 
 
 MessageHandler = Callable[[Delivery], Awaitable[None]]
@@ -239,11 +242,14 @@ class Bus(Protocol):
         message_id: str | None = None,
         mandatory: bool = True,
         timeout: float = 5.0,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         """Stores a persistent message in `queue` and waits for the bus to confirm it.
 
-        A message published without `message_id` gets a fresh one. Publishing keeps working
-        while `close()` lets running handlers finish, so that they can hand on their results.
+        A message published without `message_id` gets a fresh one. `headers` travel with it
+        to the consumer's `Delivery.headers` (AMQP headers on RabbitMQ): the trace context.
+        Publishing keeps working while `close()` lets running handlers finish, so that they
+        can hand on their results.
         """
 
     async def consume(

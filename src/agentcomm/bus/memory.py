@@ -15,7 +15,7 @@ import logging
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from agentcomm.bus.base import (
@@ -43,6 +43,7 @@ class _Stored:
     message_id: str | None
     enqueued_at: float
     attempt: int = 0
+    headers: Mapping[str, str] | None = None
 
 
 @dataclass(slots=True)
@@ -102,6 +103,7 @@ class InMemoryBus:
         message_id: str | None = None,
         mandatory: bool = True,
         timeout: float = 5.0,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         if self._closed:
             raise BusClosed("Cannot publish: the bus is closed.")
@@ -113,7 +115,7 @@ class InMemoryBus:
                 raise Unroutable(f"No queue named {queue!r} takes this message.")
             return
         # RabbitMQ always carries an id (aiormq invents one); so does this bus.
-        stored = _Stored(body, message_id or uuid.uuid4().hex, time.monotonic())
+        stored = _Stored(body, message_id or uuid.uuid4().hex, time.monotonic(), headers=headers)
         await self._append(target, stored)
 
     async def consume(
@@ -242,7 +244,10 @@ class InMemoryBus:
         target_name = queue.options.dead_letter_queue
         target = self._queues.get(target_name) if target_name else None
         if target is not None:
-            await self._append(target, _Stored(stored.body, stored.message_id, time.monotonic()))
+            await self._append(
+                target,
+                _Stored(stored.body, stored.message_id, time.monotonic(), headers=stored.headers),
+            )
 
     async def _sweep_expired(self) -> None:
         while True:
@@ -365,4 +370,5 @@ def _delivery(queue: str, stored: _Stored) -> Delivery:
         message_id=stored.message_id,
         redelivered=stored.attempt > 1,
         attempt=stored.attempt,
+        headers=stored.headers,
     )

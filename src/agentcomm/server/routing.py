@@ -39,6 +39,8 @@ class RouteRunner:
         self.decisions = router
         self._bus = bus
         self._sessions = sessions
+        # A frame for a frontend's socket (or its resume backlog); traced when tracing is on.
+        self.send_frame = sessions.send
 
     async def accept_from_frontend(
         self, frontend_id: str, message: Envelope, *, received_at: float | None = None
@@ -57,8 +59,11 @@ class RouteRunner:
             self.decisions.accept_from_frontend(frontend_id, message, time_left=time_left)
         )
 
-    async def accept_from_agent(self, agent_id: str, message: Envelope) -> Envelope:
-        """An agent's message towards the broker; returns it as published."""
+    async def accept_from_agent(
+        self, agent_id: str, message: Envelope, *, traceparent: str = ""
+    ) -> Envelope:
+        """An agent's message towards the broker; returns it as published. `traceparent` is
+        the agent's trace context (used when tracing is on, `server/tracing.py`)."""
         return await self.run(self.decisions.accept_from_agent(agent_id, message))
 
     async def handle_broker_output(self, message: Envelope) -> None:
@@ -83,7 +88,7 @@ class RouteRunner:
             effect: Effect = next(plan)
             while True:
                 if type(effect) is SendFrame:
-                    self._sessions.send(effect.frontend_id, effect.frame)
+                    self.send_frame(effect.frontend_id, effect.frame)
                     failure = None
                 elif type(effect) is Publish:
                     failure = await self._publish(effect)

@@ -34,7 +34,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 from aio_pika.abc import (
     AbstractRobustChannel,
@@ -228,6 +228,7 @@ class RabbitMQBus:
         message_id: str | None = None,
         mandatory: bool = True,
         timeout: float = 5.0,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         if self._closed:
             raise BusClosed("Cannot publish: the bus is closed.")
@@ -239,6 +240,7 @@ class RabbitMQBus:
             # Every publish carries an id: the fast path matches a returned message to its
             # publish by it.
             message_id=message_id or uuid.uuid4().hex,
+            headers=dict(headers) if headers else None,
         )
         await self._publish_message(queue, body, properties, mandatory=mandatory, timeout=timeout)
 

@@ -52,6 +52,7 @@ from agentcomm.server.routing import RouteRunner
 from agentcomm.server.state import ServerState
 from agentcomm.server.ws.output import OutputScheduler
 from agentcomm.server.ws.parts import FrontendParts
+from agentcomm.telemetry import tracing_for
 
 log = logging.getLogger(__name__)
 
@@ -124,8 +125,14 @@ class Hub:
             expect_agents_for=settings.agent_timeout,
             peer_is_live=lambda tag: self.membership.peers.hub_of_tag(tag) is not None,
         )
-        self.router = RouteRunner(decisions, bus, self.sessions)
-        self.inboxes = AgentInboxes(bus)
+        tracing = tracing_for("agentcomm.server")
+        if tracing is None:
+            self.router = RouteRunner(decisions, bus, self.sessions)
+        else:
+            from agentcomm.server.tracing import TracedRouteRunner
+
+            self.router = TracedRouteRunner(decisions, bus, self.sessions, tracing)
+        self.inboxes = AgentInboxes(bus, tracing)
         self.metrics = HubMetrics()
         self.metrics.track(
             self.sessions.live_count, self.cluster.online_count, self.membership.hub_count
