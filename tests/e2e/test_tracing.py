@@ -109,7 +109,6 @@ def _expected(agent_id: str, transport: Transport, bus: Bus) -> set[str]:
         "process server_input_queue",
         f"publish agent_queue_{agent_id}",
         "handle TEXT",
-        "send frame",
     }
     if transport == "grpc":
         # The hub consumes the agent's queue for it and hands the message over its stream;
@@ -123,10 +122,12 @@ def _expected(agent_id: str, transport: Transport, bus: Bus) -> set[str]:
 
 
 def _reply_framed(spans: list[ReceivedSpan]) -> bool:
-    """A frame went to the frontend below the agent's handler: the way back is complete."""
+    """A frame went to the frontend (an event on the span that sent it) below the agent's
+    handler: the way back is complete."""
     by_id = {span.span_id: span for span in spans}
     return any(
-        span.name == "send frame" and any(a.name == "handle TEXT" for a in _ancestors(span, by_id))
+        "send frame" in span.events
+        and any(a.name == "handle TEXT" for a in _ancestors(span, by_id))
         for span in spans
     )
 
@@ -164,6 +165,8 @@ async def test_one_text_is_one_trace_across_every_hop(
     (received,) = roots
     assert received.kind == "server"
     assert received.attributes["agentcomm.message.id"] == text_id
+    # Its status echoes went to the frontend while it was being handled.
+    assert "send frame" in received.events, listing
 
     # Each hop under the one before it.
     def one(name: str) -> ReceivedSpan:

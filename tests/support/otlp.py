@@ -38,6 +38,8 @@ class ReceivedSpan:
     # Empty for a root span.
     parent_id: str
     attributes: dict[str, Any] = field(default_factory=dict)
+    # The names of its events, in order.
+    events: tuple[str, ...] = ()
     start_ns: int = 0
     end_ns: int = 0
 
@@ -73,6 +75,7 @@ class _Receiver(trace_service_pb2_grpc.TraceServiceServicer):
                             span_id=span.span_id.hex(),
                             parent_id=span.parent_span_id.hex(),
                             attributes={a.key: _value(a.value) for a in span.attributes},
+                            events=tuple(event.name for event in span.events),
                             start_ns=span.start_time_unix_nano,
                             end_ns=span.end_time_unix_nano,
                         )

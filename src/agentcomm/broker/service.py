@@ -234,11 +234,7 @@ class ReferenceBroker:
             return self._decide(envelope, fields)
         span = tracing.start(
             "broker decide",
-            attributes={
-                "agentcomm.message.id": envelope.message_id,
-                "agentcomm.message.type": envelope.message_type.value,
-                "agentcomm.broker.id": self.broker_id,
-            },
+            attributes={"agentcomm.message.id": envelope.message_id},
         )
         try:
             decision, output = self._decide(envelope, fields)

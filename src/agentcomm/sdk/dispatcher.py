@@ -281,8 +281,6 @@ class Dispatcher:
             "consumer",
             attributes={
                 "agentcomm.message.id": envelope.message_id,
-                "agentcomm.agent.id": self.agent_id,
-                "agentcomm.sender.id": envelope.sender_id or "",
                 "agentcomm.conversation.id": envelope.conversation_id or "",
             },
         )

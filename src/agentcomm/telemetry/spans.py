@@ -71,6 +71,10 @@ class Tracing:
         return current_traceparent()
 
     @staticmethod
+    def current_span() -> Span:
+        return trace.get_current_span()
+
+    @staticmethod
     def in_trace() -> bool:
         """Whether this task is inside a sampled trace (else nothing is recorded for it)."""
         return trace.get_current_span().is_recording()
