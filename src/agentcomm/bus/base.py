@@ -138,14 +138,19 @@ class Redelivery:
         own logger). A failure is an error with its traceback; a handler's own "not now" is a
         plain line."""
         message_id, queue = delivery.message_id, delivery.queue
+        # JSON logs carry it as a field of its own (logging_setup.py).
+        extra = {"message_id": message_id}
         if verdict is Verdict.UNTOUCHED:
-            logger.info("Message %s on %s given back untouched: %s", message_id, queue, error)
+            logger.info(
+                "Message %s on %s given back untouched: %s", message_id, queue, error, extra=extra
+            )
         elif verdict is Verdict.BUS_FAILED:
             logger.warning(
                 "Message %s on %s goes back to the queue: the bus failed while it was handled (%s)",
                 message_id,
                 queue,
                 error,
+                extra=extra,
             )
         elif verdict is Verdict.CUT_OFF:
             return
@@ -157,6 +162,7 @@ class Redelivery:
                 delivery.attempt,
                 self.max_deliveries,
                 error,
+                extra=extra,
             )
         else:
             logger.error(
@@ -166,6 +172,7 @@ class Redelivery:
                 delivery.attempt,
                 self.max_deliveries,
                 exc_info=error,
+                extra=extra,
             )
 
 
@@ -215,6 +222,15 @@ class QueueOptions:
     dead_letter_queue: str | None = None
     # The queue itself is deleted after this long without consumers (per-server queues).
     expires_ms: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStats:
+    """What a bus tells of one queue (`queue_stats`, which both buses have beside the Bus
+    protocol): messages waiting, and consumers."""
+
+    messages: int
+    consumers: int
 
 
 class Subscription(Protocol):

@@ -24,6 +24,7 @@ from agentcomm.bus.base import (
     Delivery,
     MessageHandler,
     QueueOptions,
+    QueueStats,
     Redelivery,
     Unroutable,
     Verdict,
@@ -178,6 +179,15 @@ class InMemoryBus:
     def on_reconnect(self, callback: Callable[[], None]) -> None:
         # Nothing to lose in one process: the callback is never due.
         return
+
+    async def queue_stats(self, name: str) -> QueueStats | None:
+        """How many messages wait in `name` and how many consumers it has; None when no
+        such queue exists."""
+        queue = self._queues.get(name)
+        if queue is None:
+            return None
+        consumers = sum(1 for s in self._subscriptions if s.queue is queue)
+        return QueueStats(len(queue.messages), consumers)
 
     async def delete_queue(self, name: str) -> None:
         self._ensure_open("delete a queue")

@@ -17,6 +17,7 @@ from agentcomm.bus.base import Bus
 from agentcomm.core.routing import ServerRouter
 from agentcomm.core.sessions import FrontendSessions
 from agentcomm.protocol.models import Envelope
+from agentcomm.server.metrics import HubMetrics
 from agentcomm.server.routing import RouteRunner
 from agentcomm.telemetry.spans import Tracing
 
@@ -30,9 +31,14 @@ _ROOT = Context()
 
 class TracedRouteRunner(RouteRunner):
     def __init__(
-        self, router: ServerRouter, bus: Bus, sessions: FrontendSessions, tracing: Tracing
+        self,
+        router: ServerRouter,
+        bus: Bus,
+        sessions: FrontendSessions,
+        tracing: Tracing,
+        metrics: HubMetrics | None = None,
     ) -> None:
-        super().__init__(router, bus, sessions)
+        super().__init__(router, bus, sessions, metrics)
         self._tracing = tracing
         self._send_untraced = sessions.send
         self.send_frame = self._traced_send

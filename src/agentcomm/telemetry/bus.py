@@ -15,7 +15,14 @@ from collections.abc import Callable, Mapping
 from opentelemetry import context, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from agentcomm.bus.base import Bus, Delivery, MessageHandler, QueueOptions, Subscription
+from agentcomm.bus.base import (
+    Bus,
+    Delivery,
+    MessageHandler,
+    QueueOptions,
+    QueueStats,
+    Subscription,
+)
 from agentcomm.telemetry.context import TRACEPARENT, format_traceparent, parse_traceparent
 from agentcomm.telemetry.spans import Tracing
 
@@ -145,6 +152,10 @@ class TracedBus:
 
     async def delete_queue(self, name: str) -> None:
         await self.inner.delete_queue(name)
+
+    async def queue_stats(self, name: str) -> QueueStats | None:
+        stats = getattr(self.inner, "queue_stats", None)
+        return None if stats is None else await stats(name)
 
     async def broadcast(
         self, topic: str, body: bytes, *, message_id: str | None = None, timeout: float = 5.0

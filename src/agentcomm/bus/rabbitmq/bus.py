@@ -49,6 +49,7 @@ from agentcomm.bus.base import (
     BusUnavailable,
     MessageHandler,
     QueueOptions,
+    QueueStats,
 )
 from agentcomm.bus.rabbitmq import consuming, topics
 from agentcomm.bus.rabbitmq.connection import (
@@ -280,6 +281,13 @@ class RabbitMQBus:
 
     def on_reconnect(self, callback: Callable[[], None]) -> None:
         self._reconnect_callbacks.append(callback)
+
+    async def queue_stats(self, name: str) -> QueueStats | None:
+        """What RabbitMQ tells of `name` (messages ready, consumers); None when it does not
+        exist or the bus cannot ask now."""
+        if self._closing or self._closed or self._connection is None:
+            return None
+        return await self._queues.stats(name)
 
     async def delete_queue(self, name: str) -> None:
         self._ensure_open("delete a queue")
