@@ -16,8 +16,10 @@ import os
 from typing import Any
 
 from agentcomm.bench.context import BenchContext, Result, machine
+from agentcomm.bench.dashboard import render
 from agentcomm.bench.frontends import Frontends
 from agentcomm.bench.loadgen import Target, closed_loop
+from agentcomm.bench.output import plots_dir
 from agentcomm.bench.procs import BenchError, Children, free_port
 from agentcomm.bench.scenarios.roundtrip import (
     READY_TIMEOUT,
@@ -30,6 +32,7 @@ from agentcomm.bench.scenarios.roundtrip import (
     cpu_summary,
     summary,
 )
+from agentcomm.bench.scrape import scraped
 from agentcomm.bench.stacks import RabbitHub
 from agentcomm.bench.stats import ratio, rounded
 from agentcomm.bench.vhost import bench_vhost
@@ -108,12 +111,15 @@ async def run(context: BenchContext) -> Result:
             async with context.progress.step("warming up", 2 * warmup):
                 await closed_loop(off_front, options.levels[-1], warmup)
                 await closed_loop(on_front, options.levels[-1], warmup)
-            found = await _saturate(context, sides)
+            # Both hubs' /metrics every second, as Prometheus would scrape them: the
+            # dashboard's panels in the docs are drawn from these.
+            async with scraped(off.http_port) as off_series, scraped(on.http_port) as on_series:
+                found = await _saturate(context, sides)
+                one = {
+                    name: summary((await _closed(context, name, target, procs, 1, one_seconds))[0])
+                    for name, (target, procs) in sides.items()
+                }
             off_sat, on_sat = found["off"].best, found["traced"].best
-            one = {
-                name: summary((await _closed(context, name, target, procs, 1, one_seconds))[0])
-                for name, (target, procs) in sides.items()
-            }
         finally:
             for front in (off_front, on_front):
                 with contextlib.suppress(Exception):
@@ -134,9 +140,17 @@ async def run(context: BenchContext) -> Result:
                 "traced": cpu_summary(found["traced"].cpu, on_sat.completed),
             },
             "targets": _targets(traced_ratio),
+            "metrics_series": {"off": off_series, "traced": on_series},
             "machine": machine(),
         }
     )
+    picture = render(
+        off_series,
+        plots_dir(options) / "dashboard.png",
+        "agentcomm dashboard panels, from /metrics scraped during roundtrip-traced (hub untraced)",
+    )
+    if picture is not None:
+        result["dashboard_png"] = str(picture)
     if notes:
         result["notes"] = notes
     return result
