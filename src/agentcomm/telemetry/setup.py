@@ -48,6 +48,12 @@ def start_tracing(service_name: str) -> TracingHandle | None:
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 
+    if not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
+        # The program set up OpenTelemetry itself (an agent author's own exporter): agentcomm's
+        # spans go where its spans go.
+        log.info("Tracing on: spans of %s go to the tracer provider already set up", service_name)
+        return None
+
     attributes = {} if os.environ.get("OTEL_SERVICE_NAME") else {SERVICE_NAME: service_name}
     provider = TracerProvider(resource=Resource.create(attributes))
     exporter: SpanExporter
