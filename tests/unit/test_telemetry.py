@@ -79,6 +79,37 @@ def test_without_otel_variables_nothing_is_wrapped_and_the_sdk_is_not_loaded() -
     assert result.stdout.strip() == "untouched"
 
 
+def test_with_an_otlp_endpoint_the_bus_and_router_are_traced() -> None:
+    script = textwrap.dedent(
+        """
+        import os
+        os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = "http://127.0.0.1:9"
+        from agentcomm.bus.factory import create_bus
+        from agentcomm.config import Settings
+        from agentcomm.server.lifecycle.hub import Hub
+        from agentcomm.server.tracing import TracedRouteRunner
+        from agentcomm.sdk.transports import bus_transport
+        from agentcomm.telemetry import start_tracing
+        from agentcomm.telemetry.bus import TracedBus
+        handle = start_tracing("agentcomm-test")
+        assert handle is not None
+        settings = Settings(message_bus="memory")
+        bus = create_bus(settings)
+        hub = Hub(settings, bus)
+        assert type(bus) is TracedBus, type(bus)
+        assert type(hub.router) is TracedRouteRunner, type(hub.router)
+        assert bus_transport(bus) == "memory"
+        handle.shutdown()
+        print("traced")
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "traced"
+
+
 def test_a_traceparent_is_read_back_as_it_was_written() -> None:
     parent = parse_traceparent(TRACEPARENT)
     assert parent is not None
