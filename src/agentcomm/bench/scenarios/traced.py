@@ -38,11 +38,18 @@ from agentcomm.bench.stats import ratio, rounded
 from agentcomm.bench.vhost import bench_vhost
 
 SINK_START_TIMEOUT = 15.0
-# The standard variables a traced hub runs with: every span, exported in the SDK's batches.
-TRACED_ENV = {
-    "OTEL_TRACES_SAMPLER": "parentbased_always_on",
-    "OTEL_EXPORTER_OTLP_INSECURE": "true",
-}
+
+
+def traced_env(sample: float) -> dict[str, str]:
+    """The standard variables the traced stack runs with: every turn, or a share of them
+    (decided where the turn starts, at the hub, and followed by every hop after it)."""
+    env = {"OTEL_EXPORTER_OTLP_INSECURE": "true"}
+    if sample >= 1.0:
+        env["OTEL_TRACES_SAMPLER"] = "parentbased_always_on"
+    else:
+        env["OTEL_TRACES_SAMPLER"] = "parentbased_traceidratio"
+        env["OTEL_TRACES_SAMPLER_ARG"] = str(sample)
+    return env
 
 
 async def _wait_listening(port: int, children: Children) -> None:
@@ -66,7 +73,7 @@ async def run(context: BenchContext) -> Result:
     result: Result = {
         "scenario": "roundtrip-traced",
         "bus": "rabbitmq",
-        "sample": 1.0,
+        "sample": options.trace_sample,
         "duration_s": options.duration,
         "in_flight_levels": list(options.levels),
         "frontends": options.sockets,
@@ -96,7 +103,12 @@ async def run(context: BenchContext) -> Result:
                 await _wait_listening(sink_port, children)
                 off = RabbitHub(off_settings, children, prefix="off-", env=untraced_env)
                 endpoint = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{sink_port}"}
-                on = RabbitHub(on_settings, children, prefix="traced-", env=TRACED_ENV | endpoint)
+                on = RabbitHub(
+                    on_settings,
+                    children,
+                    prefix="traced-",
+                    env=traced_env(options.trace_sample) | endpoint,
+                )
                 for hub, front in ((off, off_front), (on, on_front)):
                     await hub.start()
                     front.ws_url = hub.ws_url
