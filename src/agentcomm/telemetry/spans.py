@@ -9,8 +9,9 @@ handler) become current.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from types import MappingProxyType
 
 from opentelemetry import trace
 from opentelemetry.context import Context
@@ -23,13 +24,15 @@ __all__ = ["Tracing"]
 
 # Kinds by name, so that a caller needs no OpenTelemetry import of its own (a module imported
 # whether or not tracing is on names them as strings).
-_KINDS = {
-    "internal": SpanKind.INTERNAL,
-    "server": SpanKind.SERVER,
-    "client": SpanKind.CLIENT,
-    "producer": SpanKind.PRODUCER,
-    "consumer": SpanKind.CONSUMER,
-}
+_KINDS: Mapping[str, SpanKind] = MappingProxyType(
+    {
+        "internal": SpanKind.INTERNAL,
+        "server": SpanKind.SERVER,
+        "client": SpanKind.CLIENT,
+        "producer": SpanKind.PRODUCER,
+        "consumer": SpanKind.CONSUMER,
+    }
+)
 
 
 class Tracing:
