@@ -26,6 +26,7 @@ from agentcomm.config import (
     load_settings,
 )
 from agentcomm.logging_setup import configure_logging
+from agentcomm.telemetry import start_tracing
 
 SETTINGS_DEST = "settings__"
 
@@ -306,7 +307,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"agentcomm: invalid setting: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings)
+    # Off (and OpenTelemetry not imported) unless the OTEL_* variables ask for traces.
+    tracing = start_tracing(f"agentcomm-{args.command}") if args.command != "token" else None
+    try:
+        return _command(args, settings)
+    finally:
+        if tracing is not None:
+            tracing.shutdown()
 
+
+def _command(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "serve":
         from agentcomm.server.lifecycle.serve import serve
 
