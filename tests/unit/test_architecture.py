@@ -111,7 +111,7 @@ def test_history_knows_only_its_database_and_the_protocol() -> None:
     assert _violations("agentcomm.history", allowed, IO_LIBRARIES) == []
 
 
-@pytest.mark.parametrize("client", ["agentcomm.sdk", "agentcomm.broker"])
+@pytest.mark.parametrize("client", ["agentcomm.sdk", "agentcomm.broker", "agentcomm.gateways"])
 def test_clients_of_the_hub_never_import_the_server(client: str) -> None:
     found = [
         f"{name} imports {imported}"

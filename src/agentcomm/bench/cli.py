@@ -43,6 +43,13 @@ HEADLINE_KEYS: dict[str, tuple[str, ...]] = {
         "replay_10000_s_sqlite",
         "replay_10000_s_postgresql",
     ),
+    "a2a": (
+        "in_flight",
+        "roundtrips_per_s",
+        "ratio_a2a_to_websocket",
+        "streams_per_s",
+        "streaming_ratio_a2a_to_websocket",
+    ),
 }
 
 

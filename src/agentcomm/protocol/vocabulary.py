@@ -96,6 +96,9 @@ class ErrorCode(StrEnum):
     UNKNOWN_MESSAGE = "unknown_message"  # a CANCEL of a TEXT this server does not know
     DUPLICATE_MESSAGE_ID = "duplicate_message_id"  # a TEXT re-using an answered id
     STREAM_INCOMPLETE = "stream_incomplete"  # a streamed reply that could not be put in order
+    # An outside A2A agent behind `agentcomm a2a-bridge` failed the task, or cannot be reached.
+    REMOTE_FAILED = "remote_failed"
+    REMOTE_UNAVAILABLE = "remote_unavailable"
     # History (REQUEST_HISTORY): no such conversation of this user; the messages after that
     # seq were removed by retention (reload from the first kept one); history off or down.
     UNKNOWN_CONVERSATION = "unknown_conversation"

@@ -17,6 +17,7 @@ from agentcomm.sdk.agent import Agent
 from agentcomm.sdk.commands import Command, CommandOutcome
 from agentcomm.sdk.errors import (
     AgentError,
+    ErrorAnswer,
     HandlingAborted,
     HubUnavailable,
     NotRegistered,
@@ -32,6 +33,7 @@ __all__ = [
     "AgentStatus",
     "Command",
     "CommandOutcome",
+    "ErrorAnswer",
     "HandlingAborted",
     "HubUnavailable",
     "Message",

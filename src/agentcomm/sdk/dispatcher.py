@@ -13,13 +13,16 @@ import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agentcomm.protocol import Envelope, ErrorCode, MessageType
 from agentcomm.sdk import envelopes
 from agentcomm.sdk.dedup import RecentIds
-from agentcomm.sdk.errors import HandlingAborted, PublishFailed
+from agentcomm.sdk.errors import ErrorAnswer, HandlingAborted, PublishFailed
 from agentcomm.sdk.message import Message, MessageHandler
+
+if TYPE_CHECKING:
+    from agentcomm.telemetry.spans import Tracing
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +83,7 @@ class Dispatcher:
         concurrency: int = 16,
         is_paused: Callable[[], bool] = lambda: False,
         on_change: Callable[[], None] = lambda: None,
+        tracing: Tracing | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1.")
@@ -95,6 +99,8 @@ class Dispatcher:
         self._done = RecentIds(DONE_IDS_REMEMBERED)
         self._cancelled_early = RecentIds(EARLY_CANCELS_REMEMBERED)
         self._closed = False
+        # On: each handler call is a span, current while it runs (an author's spans nest).
+        self._tracing = tracing
 
     @property
     def in_flight(self) -> int:
@@ -240,7 +246,10 @@ class Dispatcher:
         envelope = handling.envelope
         try:
             async with self._slots:
-                await self._produce(envelope)
+                if self._tracing is None:
+                    await self._produce(envelope)
+                else:
+                    await self._traced_produce(self._tracing, envelope)
             self.stats.handled += 1
         except asyncio.CancelledError:
             if not handling.cancel_requested or handling.aborted or not handling.cancels:
@@ -252,6 +261,9 @@ class Dispatcher:
             self.stats.cancelled += 1
         except PublishFailed:
             raise
+        except ErrorAnswer as answer:
+            self.stats.failed += 1
+            await self._send(envelopes.error(envelope, self.agent_id, answer.code, answer.text))
         except Exception as exc:
             log.exception(
                 "The handler of agent %s failed on message %s", self.agent_id, envelope.message_id
@@ -265,6 +277,18 @@ class Dispatcher:
                     f"Agent {self.agent_id} failed to handle this message ({type(exc).__name__}).",
                 )
             )
+
+    async def _traced_produce(self, tracing: Tracing, envelope: Envelope) -> None:
+        span = tracing.start(
+            f"handle {envelope.message_type.value}",
+            "consumer",
+            attributes={
+                "agentcomm.message.id": envelope.message_id,
+                "agentcomm.conversation.id": envelope.conversation_id or "",
+            },
+        )
+        with tracing.current(span):
+            await self._produce(envelope)
 
     async def _produce(self, envelope: Envelope) -> None:
         result: Any = self.handler(Message.from_envelope(envelope))

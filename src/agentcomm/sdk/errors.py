@@ -13,6 +13,8 @@ AgentError
 
 from __future__ import annotations
 
+from agentcomm.protocol.vocabulary import ErrorCode
+
 
 class AgentError(Exception):
     """Base of every error the SDK raises."""
@@ -40,3 +42,13 @@ class PublishFailed(AgentError):
 
 class HandlingAborted(AgentError):
     """The agent stopped before it finished a message; the message goes back to its queue."""
+
+
+class ErrorAnswer(Exception):
+    """Raised by a message handler to answer with `ERROR <code>` and this sentence (any other
+    exception answers `internal`). Not an AgentError: nothing went wrong in the SDK."""
+
+    def __init__(self, code: ErrorCode, text: str) -> None:
+        super().__init__(text)
+        self.code = code
+        self.text = text
