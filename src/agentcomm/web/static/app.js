@@ -8,6 +8,7 @@
 import { Connection } from './connection.js';
 import { AgentsPanel } from './agents.js';
 import { h, hexId, clock, errorWords, hue } from './util.js';
+import { missingConversations, userId } from './history.js';
 
 const params = new URLSearchParams(location.search);
 const TOKEN = params.get('token');
@@ -50,7 +51,8 @@ const api = {
   },
 };
 
-const conn = new Connection({ token: TOKEN });
+const USER = TOKEN ? null : userId();
+const conn = new Connection({ token: TOKEN, userId: USER });
 const agents = new AgentsPanel({
   list: $('agent-list'), count: $('agent-count'), empty: $('empty-agents'), api,
   onPick: (id) => { conv().receiver = id; renderReceivers(); closeSidebar(); ui.input.focus(); save(); },
@@ -250,6 +252,24 @@ function addItem(item) {
   conv(item.conv).items.push(item.id);
   if (item.conv === current) withScroll(() => { ui.log.querySelector('.empty-state')?.remove(); ui.log.append(view(item).el); });
   else markUnread(item.conv);
+}
+
+/** The user's conversations the hub keeps that this tab does not have (docs/history.md). */
+async function importHistory() {
+  const found = await missingConversations({ token: TOKEN, user: USER, known: (id) => Boolean(conv(id)) });
+  if (!found.length) return;
+  for (const c of found) {
+    if (conv(c.id)) continue; // made meanwhile
+    const first = c.items.find((it) => it.kind === 'user');
+    convs.push({ id: c.id, title: first ? first.text.trim().slice(0, 32) : '', receiver: '', items: c.items.map((it) => it.id), unread: 0 });
+    for (const it of c.items) {
+      items.set(it.id, it);
+      for (const r of it.replies) replyIndex.set(r.id, { reply: r, item: it });
+    }
+  }
+  renderTabs();
+  renderLog();
+  save();
 }
 
 // ---- rendering ---------------------------------------------------------------------------
@@ -474,6 +494,7 @@ conn.addEventListener('state', () => {
   for (const it of items.values()) if (it.kind === 'user' && IN_FLIGHT.has(it.state)) paintStatus(it);
 });
 conn.addEventListener('registered', flushOutbox);
+conn.addEventListener('registered', () => { importHistory().catch(() => { /* the tab's own copy stands */ }); });
 addEventListener('pagehide', saveNow);
 conn.addEventListener('frame', (ev) => onFrame(ev.detail));
 
