@@ -104,6 +104,8 @@ class ErrorCode(StrEnum):
     UNKNOWN_CONVERSATION = "unknown_conversation"
     UNRECOVERABLE = "unrecoverable"
     HISTORY_UNAVAILABLE = "history_unavailable"
+    # A TEXT with metadata.multitask "reject" while its conversation's answer still runs.
+    CONVERSATION_BUSY = "conversation_busy"
 
 
 class AgentState(StrEnum):
