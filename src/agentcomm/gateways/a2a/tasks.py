@@ -195,8 +195,11 @@ class TaskRecord:
         reader = _Reader()
         self._readers.append(reader)
         try:
+            # Whether the task had ended when it was shown: if not, its end is among the
+            # events, which may all have arrived before the reader comes back for them.
+            ended = self.finished
             yield first if first is not None else self.snapshot()
-            if self.finished:
+            if ended:
                 return
             while True:
                 await reader.wake.wait()
