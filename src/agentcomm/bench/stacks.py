@@ -105,12 +105,39 @@ async def _wait_agent_online(http_port: int, agent_id: str, watch: Child, timeou
         ) from None
 
 
-class RabbitHub:
-    """Server, broker and echo agent as three processes on RabbitMQ."""
+async def _start_agent(
+    children: Children,
+    env: dict[str, str],
+    transport: str,
+    module: str | None,
+    agent_id: str,
+) -> Child:
+    """The echo agent (`agentcomm agent echo`), or the agent of `module`."""
+    if module is None:
+        return await children.start_agentcomm(
+            "agent", ["agent", "echo", "--id", agent_id, "--transport", transport], env
+        )
+    return await children.start_module(
+        "agent", module, ["--transport", transport, "--id", agent_id], env
+    )
 
-    def __init__(self, settings: Settings, children: Children) -> None:
+
+class RabbitHub:
+    """Server, broker and echo agent as three processes on RabbitMQ (or, with `agent_module`,
+    that module's agent: `python -m MODULE --transport amqp --id AGENT_ID`)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        children: Children,
+        *,
+        agent_module: str | None = None,
+        agent_id: str = ECHO_ID,
+    ) -> None:
         self.settings = settings
         self.children = children
+        self.agent_module = agent_module
+        self.agent_id = agent_id
         self.http_port = free_port()
         self.grpc_port = free_port()
         self.processes: dict[str, int] = {}
@@ -129,10 +156,8 @@ class RabbitHub:
         server = await self.children.start_agentcomm("server", ["serve"], env)
         await wait_http_ok(self.http_port, "/readyz", START_TIMEOUT, server)
         broker = await self.children.start_agentcomm("broker", ["broker"], env)
-        agent = await self.children.start_agentcomm(
-            "agent", ["agent", "echo", "--id", ECHO_ID, "--transport", "amqp"], env
-        )
-        await _wait_agent_online(self.http_port, ECHO_ID, agent, START_TIMEOUT)
+        agent = await _start_agent(self.children, env, "amqp", self.agent_module, self.agent_id)
+        await _wait_agent_online(self.http_port, self.agent_id, agent, START_TIMEOUT)
         self.children.check_alive()
         self.processes = {"server": server.pid, "broker": broker.pid, "agent": agent.pid}
 
@@ -148,9 +173,13 @@ class MemoryHub:
         echo_in_process: bool = False,
         broker: bool = True,
         name: str = "hub",
+        agent_module: str | None = None,
+        agent_id: str = ECHO_ID,
         **overrides: object,
     ) -> None:
         self.settings = settings
+        self.agent_module = agent_module
+        self.agent_id = agent_id
         self.children = children
         self.echo_in_process = echo_in_process
         self.broker = broker
@@ -187,10 +216,10 @@ class MemoryHub:
         elif with_agent:
             agent_env = dict(env)
             agent_env["GRPC_PORT"] = str(self.grpc_port)
-            agent = await self.children.start_agentcomm(
-                "agent", ["agent", "echo", "--id", ECHO_ID, "--transport", "grpc"], agent_env
+            agent = await _start_agent(
+                self.children, agent_env, "grpc", self.agent_module, self.agent_id
             )
-            await _wait_agent_online(self.http_port, ECHO_ID, agent, START_TIMEOUT)
+            await _wait_agent_online(self.http_port, self.agent_id, agent, START_TIMEOUT)
             self.processes["agent"] = agent.pid
 
 

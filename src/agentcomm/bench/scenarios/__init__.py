@@ -27,6 +27,7 @@ SCENARIOS: Mapping[str, str] = MappingProxyType(
         "fanout": "agentcomm.bench.scenarios.fanout:run",
         "idle": "agentcomm.bench.scenarios.idle:run",
         "presence": "agentcomm.bench.scenarios.presence:run",
+        "stream": "agentcomm.bench.scenarios.stream:run",
     }
 )
 SCENARIO_NAMES = tuple(SCENARIOS)
