@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from agentcomm.bench.scenarios.stream import Window, saturation_summary
+from agentcomm.bench.streamsteps import Window, saturation_summary
 from agentcomm.bench.streamer import parse_request, produce, token
 from agentcomm.bench.streamload import Answer
 

@@ -56,6 +56,9 @@ class BenchOptions:
     stream_start: int = 16
     stream_max: int = 4096
     stream_search_seconds: float = 150.0
+    # Which sides of `stream` run (a lever measured on one bus need not wait for the other).
+    stream_rabbitmq: bool = True
+    stream_memory: bool = True
     plots: bool = True
     # Sample the measured processes with py-spy during the saturation phase.
     profile: bool = False
