@@ -7,9 +7,9 @@ import asyncio
 
 import pytest
 
-from agentcomm.bench.streamsteps import Window, saturation_summary
 from agentcomm.bench.streamer import parse_request, produce, token
 from agentcomm.bench.streamload import Answer
+from agentcomm.bench.streamsteps import Window, saturation_summary
 
 
 def test_a_request_names_tokens_and_rate() -> None:
