@@ -56,6 +56,8 @@ class BenchOptions:
     stream_start: int = 16
     stream_max: int = 4096
     stream_search_seconds: float = 150.0
+    # The streamer agent's stream_merge_ms (below 0: no merging, one chunk per token).
+    stream_merge_ms: float = -1.0
     # Which sides of `stream` run (a lever measured on one bus need not wait for the other).
     stream_rabbitmq: bool = True
     stream_memory: bool = True

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -111,6 +111,7 @@ async def _start_agent(
     transport: str,
     module: str | None,
     agent_id: str,
+    args: Sequence[str] = (),
 ) -> Child:
     """The echo agent (`agentcomm agent echo`), or the agent of `module`."""
     if module is None:
@@ -118,7 +119,7 @@ async def _start_agent(
             "agent", ["agent", "echo", "--id", agent_id, "--transport", transport], env
         )
     return await children.start_module(
-        "agent", module, ["--transport", transport, "--id", agent_id], env
+        "agent", module, ["--transport", transport, "--id", agent_id, *args], env
     )
 
 
@@ -133,11 +134,13 @@ class RabbitHub:
         *,
         agent_module: str | None = None,
         agent_id: str = ECHO_ID,
+        agent_args: Sequence[str] = (),
     ) -> None:
         self.settings = settings
         self.children = children
         self.agent_module = agent_module
         self.agent_id = agent_id
+        self.agent_args = agent_args
         self.http_port = free_port()
         self.grpc_port = free_port()
         self.processes: dict[str, int] = {}
@@ -156,7 +159,9 @@ class RabbitHub:
         server = await self.children.start_agentcomm("server", ["serve"], env)
         await wait_http_ok(self.http_port, "/readyz", START_TIMEOUT, server)
         broker = await self.children.start_agentcomm("broker", ["broker"], env)
-        agent = await _start_agent(self.children, env, "amqp", self.agent_module, self.agent_id)
+        agent = await _start_agent(
+            self.children, env, "amqp", self.agent_module, self.agent_id, self.agent_args
+        )
         await _wait_agent_online(self.http_port, self.agent_id, agent, START_TIMEOUT)
         self.children.check_alive()
         self.processes = {"server": server.pid, "broker": broker.pid, "agent": agent.pid}
@@ -175,11 +180,13 @@ class MemoryHub:
         name: str = "hub",
         agent_module: str | None = None,
         agent_id: str = ECHO_ID,
+        agent_args: Sequence[str] = (),
         **overrides: object,
     ) -> None:
         self.settings = settings
         self.agent_module = agent_module
         self.agent_id = agent_id
+        self.agent_args = agent_args
         self.children = children
         self.echo_in_process = echo_in_process
         self.broker = broker
@@ -217,7 +224,12 @@ class MemoryHub:
             agent_env = dict(env)
             agent_env["GRPC_PORT"] = str(self.grpc_port)
             agent = await _start_agent(
-                self.children, agent_env, "grpc", self.agent_module, self.agent_id
+                self.children,
+                agent_env,
+                "grpc",
+                self.agent_module,
+                self.agent_id,
+                self.agent_args,
             )
             await _wait_agent_online(self.http_port, self.agent_id, agent, START_TIMEOUT)
             self.processes["agent"] = agent.pid

@@ -63,7 +63,7 @@ async def produce(
         yield token(index)
 
 
-def build_streamer(agent_id: str, transport: str) -> Agent:
+def build_streamer(agent_id: str, transport: str, merge_ms: float | None = None) -> Agent:
     agent = Agent(
         agent_id,
         agent_id=agent_id,
@@ -72,6 +72,7 @@ def build_streamer(agent_id: str, transport: str) -> Agent:
         transport=transport,
         concurrency=CONCURRENCY,
         prefetch=PREFETCH[transport],
+        stream_merge_ms=merge_ms,
     )
 
     @agent.on_message
@@ -83,8 +84,8 @@ def build_streamer(agent_id: str, transport: str) -> Agent:
     return agent
 
 
-async def _serve(agent_id: str, transport: str) -> int:
-    agent = build_streamer(agent_id, transport)
+async def _serve(agent_id: str, transport: str, merge_ms: float | None) -> int:
+    agent = build_streamer(agent_id, transport, merge_ms)
     await agent.start()
     try:
         print(orjson.dumps({"registered": agent.id}).decode(), flush=True)
@@ -98,12 +99,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m agentcomm.bench.streamer")
     parser.add_argument("--transport", choices=("amqp", "grpc"), required=True)
     parser.add_argument("--id", default=STREAMER_ID)
+    parser.add_argument(
+        "--merge-ms", type=float, default=None, help="the agent's stream_merge_ms (default: off)"
+    )
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     configure_logging(load_settings())
     from agentcomm.bench.hubproc import _uvloop_if_installed
 
     with asyncio.Runner(loop_factory=_uvloop_if_installed()) as runner:
-        return runner.run(_serve(args.id, args.transport))
+        return runner.run(_serve(args.id, args.transport, args.merge_ms))
 
 
 if __name__ == "__main__":

@@ -152,7 +152,11 @@ async def _rabbitmq(context: BenchContext, notes: list[str]) -> dict[str, Any]:
         try:
             async with context.progress.step("starting server, broker, streamer, floor", 8):
                 hub = RabbitHub(
-                    settings, children, agent_module=STREAMER_MODULE, agent_id=STREAMER_ID
+                    settings,
+                    children,
+                    agent_module=STREAMER_MODULE,
+                    agent_id=STREAMER_ID,
+                    agent_args=_streamer_args(context),
                 )
                 await hub.start()
                 await floor.start()
@@ -195,13 +199,22 @@ async def _rabbitmq(context: BenchContext, notes: list[str]) -> dict[str, Any]:
     return out
 
 
+def _streamer_args(context: BenchContext) -> list[str]:
+    merge = context.options.stream_merge_ms
+    return [] if merge < 0 else ["--merge-ms", str(merge)]
+
+
 async def _memory(context: BenchContext) -> dict[str, Any]:
     children = Children(context.log_dir)
     frontends: StreamFrontends | None = None
     try:
         async with context.progress.step("starting hub and streamer", 5):
             hub = MemoryHub(
-                context.settings, children, agent_module=STREAMER_MODULE, agent_id=STREAMER_ID
+                context.settings,
+                children,
+                agent_module=STREAMER_MODULE,
+                agent_id=STREAMER_ID,
+                agent_args=_streamer_args(context),
             )
             await hub.start()
             frontends = StreamFrontends(hub.http_port, STREAMER_ID)
@@ -246,6 +259,7 @@ async def run(context: BenchContext) -> Result:
         "paced_rate_per_s": options.stream_rate,
         "bound_ms": options.stream_bound_ms,
         "chunk_bytes": chunk_bus_size(),
+        "stream_merge_ms": options.stream_merge_ms if options.stream_merge_ms >= 0 else None,
     }
     sides: dict[str, dict[str, Any]] = {}
     if options.stream_rabbitmq:
