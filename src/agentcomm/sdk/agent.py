@@ -113,6 +113,9 @@ class Agent:
         auth_token: the JWT to present when the server has AUTH_SECRET set (default:
             AUTH_TOKEN); an agent token speaks for the agent id in its `sub`.
         hub: a HubClient to use instead of gRPC (tests, custom transports).
+        stream_merge_ms: None (default): one REPLY_CHUNK per piece yielded. A number: pieces
+            yielded while a chunk is on its way join the next one, which also waits that long
+            for more (0: none); see docs/agents.md.
     """
 
     def __init__(
@@ -129,6 +132,7 @@ class Agent:
         version: str = __version__,
         auth_token: str | None = None,
         hub: HubClient | None = None,
+        stream_merge_ms: float | None = None,
     ) -> None:
         if not name:
             raise ValueError("An agent needs a name.")
@@ -136,7 +140,10 @@ class Agent:
             raise ValueError(f"Invalid agent id {agent_id!r}: use 1-128 of A-Z a-z 0-9 _ . : -")
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1.")
+        if stream_merge_ms is not None and not 0 <= stream_merge_ms <= 1000:
+            raise ValueError("stream_merge_ms must be between 0 and 1000 (or None: no merging).")
         self.name = name
+        self.stream_merge_ms = stream_merge_ms
         self.settings = settings or load_settings()
         self.transport: TransportName = choose_transport(transport, self.settings, bus)
         self.capabilities = dict(capabilities or {})
@@ -365,6 +372,7 @@ class Agent:
             is_paused=lambda: self._paused,
             on_change=self._status_changed,
             tracing=tracing,
+            merge_seconds=None if self.stream_merge_ms is None else self.stream_merge_ms / 1000,
         )
         return AgentRuntime(
             name=self.name,

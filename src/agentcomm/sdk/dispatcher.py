@@ -19,6 +19,7 @@ from agentcomm.protocol import Envelope, ErrorCode, MessageType
 from agentcomm.sdk import envelopes
 from agentcomm.sdk.dedup import RecentIds
 from agentcomm.sdk.errors import ErrorAnswer, HandlingAborted, PublishFailed
+from agentcomm.sdk.merging import stream_merged
 from agentcomm.sdk.message import Message, MessageHandler
 
 if TYPE_CHECKING:
@@ -84,6 +85,7 @@ class Dispatcher:
         is_paused: Callable[[], bool] = lambda: False,
         on_change: Callable[[], None] = lambda: None,
         tracing: Tracing | None = None,
+        merge_seconds: float | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1.")
@@ -93,6 +95,8 @@ class Dispatcher:
         self.concurrency = concurrency
         self.is_paused = is_paused
         self.on_change = on_change
+        # None: one chunk per piece a handler yields; else merged (sdk/merging.py).
+        self.merge_seconds = merge_seconds
         self.stats = DispatchStats()
         self._slots = asyncio.Semaphore(concurrency)
         self._active: dict[str, _Handling] = {}
@@ -313,6 +317,14 @@ class Dispatcher:
         """Sends each part as a REPLY_CHUNK; returns the whole text and how many chunks."""
         sent: list[str] = []
         try:
+            if self.merge_seconds is not None:
+
+                def send(seq: int, delta: str) -> Awaitable[None]:
+                    return self._send(
+                        envelopes.chunk(envelope, self.agent_id, reply_id, seq, delta)
+                    )
+
+                return await stream_merged(parts, send, self.merge_seconds)
             async for delta in parts:
                 if not isinstance(delta, str):
                     raise TypeError(f"The message handler yielded {type(delta).__name__}, not str.")

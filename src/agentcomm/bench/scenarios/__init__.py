@@ -29,6 +29,7 @@ SCENARIOS: Mapping[str, str] = MappingProxyType(
         "presence": "agentcomm.bench.scenarios.presence:run",
         "a2a": "agentcomm.bench.scenarios.a2a:run",
         "roundtrip-traced": "agentcomm.bench.scenarios.traced:run",
+        "stream": "agentcomm.bench.scenarios.stream:run",
     }
 )
 SCENARIO_NAMES = tuple(SCENARIOS)

@@ -217,6 +217,12 @@ class ServerRouter:
                 "send_timestamp": message.send_timestamp or utc_now_iso(),
             }
         )
+        frontend = self.frontends.route_known(agent_id, outgoing)
+        if frontend is not None:
+            # A chunk of an answer this hub routed: to its frontend now, in stream order.
+            self._notify(outgoing)
+            yield from self.frontends.deliver(frontend, outgoing)
+            return outgoing
         # Before the publish: the broker may send it back before the bus confirms it.
         self._bounced.passing(outgoing)
         yield Publish(
