@@ -78,6 +78,7 @@ def test_the_registry_keeps_the_order_all_runs_in() -> None:
         "a2a",
         "roundtrip-traced",
         "stream",
+        "history",
     )
     assert set(SCENARIOS) == set(SCENARIO_NAMES)
     with pytest.raises(KeyError):

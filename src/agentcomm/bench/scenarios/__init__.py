@@ -30,6 +30,7 @@ SCENARIOS: Mapping[str, str] = MappingProxyType(
         "a2a": "agentcomm.bench.scenarios.a2a:run",
         "roundtrip-traced": "agentcomm.bench.scenarios.traced:run",
         "stream": "agentcomm.bench.scenarios.stream:run",
+        "history": "agentcomm.bench.scenarios.history:run",
     }
 )
 SCENARIO_NAMES = tuple(SCENARIOS)
