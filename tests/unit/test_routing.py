@@ -298,12 +298,41 @@ async def test_agent_message_goes_to_the_broker_as_the_agent(world: World) -> No
     assert (queued["sender_id"], queued["routing_status"]) == ("agent-1", "pending")
 
 
-@pytest.mark.parametrize("kind", ["TEXT", "CANCEL", "REGISTER_FRONTEND", "AGENT_STATUS_UPDATE"])
-async def test_agents_send_only_replies_and_notices(world: World, kind: str) -> None:
+@pytest.mark.parametrize("kind", ["REGISTER_FRONTEND", "AGENT_STATUS_UPDATE"])
+async def test_agents_send_only_chat_messages(world: World, kind: str) -> None:
     with pytest.raises(ProtocolError) as refused:
         await world.router.accept_from_agent("agent-1", envelope(message_type=kind))
     assert refused.value.code is ErrorCode.UNSUPPORTED_TYPE
     assert await world.queue(BROKER_INPUT) == []
+
+
+@pytest.mark.parametrize(
+    ("fields", "code"),
+    [
+        ({"message_type": "TEXT", "receiver_id": "agent-2"}, ErrorCode.INVALID_MESSAGE),
+        ({"message_type": "CANCEL", "receiver_id": "agent-2"}, ErrorCode.INVALID_MESSAGE),
+        (
+            {"message_type": "TEXT", "text_payload": "hi", "receiver_id": "web_" + "a" * 32},
+            ErrorCode.UNKNOWN_RECEIVER,
+        ),
+    ],
+)
+async def test_an_agents_text_or_cancel_must_be_complete_and_for_an_agent(
+    world: World, fields: dict[str, Any], code: ErrorCode
+) -> None:
+    with pytest.raises(ProtocolError) as refused:
+        await world.router.accept_from_agent("agent-1", envelope(**fields))
+    assert refused.value.code is code
+    assert await world.queue(BROKER_INPUT) == []
+
+
+async def test_an_agent_asks_another_agent_through_the_broker(world: World) -> None:
+    await world.router.accept_from_agent(
+        "agent-1", envelope(message_type="TEXT", text_payload="help?", receiver_id="agent-2")
+    )
+    [queued] = await world.queue(BROKER_INPUT)
+    assert (queued["message_type"], queued["sender_id"]) == ("TEXT", "agent-1")
+    assert queued["receiver_id"] == "agent-2"
 
 
 # -- broker output to agents ----------------------------------------------------------------------

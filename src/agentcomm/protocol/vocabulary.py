@@ -54,9 +54,17 @@ FRONTEND_SENDABLE = frozenset(
     }
 )
 
-# What an agent may publish towards the broker.
+# What an agent may publish towards the broker: its answers, and (an addition) a TEXT that
+# asks another agent and the CANCEL that stops it.
 AGENT_SENDABLE = frozenset(
-    {MessageType.REPLY, MessageType.REPLY_CHUNK, MessageType.SYSTEM, MessageType.ERROR}
+    {
+        MessageType.REPLY,
+        MessageType.REPLY_CHUNK,
+        MessageType.SYSTEM,
+        MessageType.ERROR,
+        MessageType.TEXT,
+        MessageType.CANCEL,
+    }
 )
 
 # Answers that close a frontend's TEXT: exactly one of these ends every accepted message.
@@ -92,6 +100,8 @@ class ErrorCode(StrEnum):
     UNKNOWN_MESSAGE = "unknown_message"  # a CANCEL of a TEXT this server does not know
     DUPLICATE_MESSAGE_ID = "duplicate_message_id"  # a TEXT re-using an answered id
     STREAM_INCOMPLETE = "stream_incomplete"  # a streamed reply that could not be put in order
+    CALL_CYCLE = "call_cycle"  # an agent asked itself, or an agent already waiting in the chain
+    TOO_MANY_CALLS = "too_many_calls"  # an agent's calls in flight are at its limit
 
 
 class AgentState(StrEnum):
