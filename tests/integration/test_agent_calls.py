@@ -26,7 +26,7 @@ from agentcomm.sdk import (
     Message,
     NoAgentAvailable,
 )
-from agentcomm.sdk.demo_agents import build_demo_agent, typist_answer
+from agentcomm.sdk.demo_agents import build_demo_agent, planner_answer, typist_answer
 from agentcomm.server.testing import test_settings
 from tests.integration.test_sdk_agents import WAIT, Stack, chat, stack, within
 from tests.support.frontend import Frontend, of_type
@@ -295,3 +295,19 @@ async def test_a_call_that_times_out_is_cancelled_at_the_agent_asked(hub_stack: 
         await within(cancelled.wait(), WAIT)
 
     assert reply["text_payload"] == "gave up: answer_timeout", reply
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_the_planner_asks_echo_and_typist_and_streams_both(
+    hub_stack: Stack, transport: str
+) -> None:
+    agents = [demo_on(hub_stack, kind, transport) for kind in ("echo", "typist", "planner")]
+    async with AsyncExitStack() as exits:
+        await run_all(hub_stack, exits, *agents)
+        alice = await frontend(hub_stack, exits, stream=True)
+        reply = await chat(alice, "plan this", "q-1", receiver_id="planner")
+        chunks = [f for f in alice.take_buffered() if f.get("message_type") == "REPLY_CHUNK"]
+
+    assert reply["message_type"] == "REPLY", reply
+    assert reply["text_payload"] == planner_answer("plan this")
+    assert "".join(c["text_delta"] for c in chunks) == reply["text_payload"]
