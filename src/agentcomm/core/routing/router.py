@@ -42,7 +42,12 @@ from agentcomm.protocol.rules import (
     sender_of,
 )
 from agentcomm.protocol.timestamps import utc_now_iso
-from agentcomm.protocol.vocabulary import ErrorCode, MessageType, RoutingStatus
+from agentcomm.protocol.vocabulary import (
+    FINAL_ANSWER_TYPES,
+    ErrorCode,
+    MessageType,
+    RoutingStatus,
+)
 
 log = logging.getLogger(__name__)
 
@@ -317,7 +322,8 @@ class ServerRouter:
             )
             return
         sender = sender_of(message) or ""
-        from_frontend = is_frontend_id(sender) and message.message_type is MessageType.TEXT
+        is_text = message.message_type is MessageType.TEXT
+        from_frontend = is_frontend_id(sender) and is_text
         frontends = self.frontends
         if from_frontend:
             yield from self._echoes.wait(message.message_id)
@@ -341,17 +347,35 @@ class ServerRouter:
                 message, ErrorCode.AGENT_OFFLINE, f"Agent {agent_id!r} has no queue on the bus."
             )
             return
-        if from_frontend:
-            if expected:
-                # Only now: without a queue it was an unknown receiver after all.
-                yield from frontends.echo(sender, message, RoutingStatus.ROUTED)
-            self._answers.delivered(sender, message, agent_id)
-            if expected and self._registry.reach(agent_id) is Reach.UNKNOWN:
-                self._answers.agent_offline(agent_id)
-            if not self._answers.is_answered(sender, message.message_id):
-                # A fast agent may have answered already; "delivered" after the answer
-                # would only confuse the sender.
-                yield from frontends.echo(sender, message, RoutingStatus.DELIVERED)
+        if not from_frontend:
+            self._call_delivered(agent_id, message, sender if is_text else None)
+            return
+        if expected:
+            # Only now: without a queue it was an unknown receiver after all.
+            yield from frontends.echo(sender, message, RoutingStatus.ROUTED)
+        self._answers.delivered(sender, message, agent_id)
+        if expected and self._registry.reach(agent_id) is Reach.UNKNOWN:
+            self._answers.agent_offline(agent_id)
+        if not self._answers.is_answered(sender, message.message_id):
+            # A fast agent may have answered already; "delivered" after the answer
+            # would only confuse the sender.
+            yield from frontends.echo(sender, message, RoutingStatus.DELIVERED)
+
+    def _call_delivered(self, agent_id: str, message: Envelope, asker: str | None) -> None:
+        """Calls between agents are looked after like a frontend's TEXT: an agent's TEXT in
+        its receiver's queue is outstanding until its final answer reaches the asker, and
+        the asker gets ERROR agent_offline should the agent asked go away and not come back
+        within DELIVERY_TIMEOUT (it would wait for its own timeout otherwise)."""
+        if asker:
+            self._answers.delivered(asker, message, agent_id)
+            return
+        answered = message.in_reply_to_message_id
+        if (
+            answered
+            and message.message_type in FINAL_ANSWER_TYPES
+            and self._answers.agent_for(agent_id, answered) is not None
+        ):
+            self._answers.answer(agent_id, answered)
 
     def release_overdue_streams(self) -> Plan[None]:
         """Finals held for chunks that never came go out now, with what did come."""
