@@ -10,8 +10,13 @@ stack of test_sdk_agents.py). On the in-process bus an "amqp" agent shares the h
 from __future__ import annotations
 
 import asyncio
+import os
+import re
+import signal
+import sys
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -28,10 +33,12 @@ from agentcomm.sdk import (
 )
 from agentcomm.sdk.demo_agents import build_demo_agent, planner_answer, typist_answer
 from agentcomm.server.testing import test_settings
-from tests.integration.test_sdk_agents import WAIT, Stack, chat, stack, within
+from tests.integration.test_agents_guide import GUIDE
+from tests.integration.test_sdk_agents import WAIT, Stack, chat, memory_stack, stack, within
 from tests.support.frontend import Frontend, of_type
 
 TRANSPORTS = ["grpc", "amqp"]
+__all__ = ["memory_stack"]  # a fixture of test_sdk_agents.py, used here too
 
 
 @pytest.fixture(
@@ -311,3 +318,50 @@ async def test_the_planner_asks_echo_and_typist_and_streams_both(
     assert reply["message_type"] == "REPLY", reply
     assert reply["text_payload"] == planner_answer("plan this")
     assert "".join(c["text_delta"] for c in chunks) == reply["text_payload"]
+
+
+def desk_example() -> str:
+    """The ```py block of docs/agents.md's section on asking other agents."""
+    section = GUIDE.read_text().split("\n## Asking other agents\n", 1)[1]
+    match = re.search(r"^```py\n(.*?)^```$", section, re.MULTILINE | re.DOTALL)
+    assert match is not None, "the section has no ```py example"
+    return match.group(1)
+
+
+async def test_the_guides_example_of_asking_runs_as_written(
+    memory_stack: Stack, tmp_path: Path
+) -> None:
+    script = tmp_path / "desk.py"
+    script.write_text(desk_example())
+    env = {
+        **os.environ,
+        "MESSAGE_BUS": "memory",
+        "GRPC_HOST": "127.0.0.1",
+        "GRPC_PORT": str(memory_stack.hub.server.grpc_port),
+        "LOG_LEVEL": "WARNING",
+    }
+    agents = [demo_on(memory_stack, kind, "amqp") for kind in ("echo", "typist")]
+    async with AsyncExitStack() as exits:
+        await run_all(memory_stack, exits, *agents)
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            str(script),
+            cwd=tmp_path,
+            env=env,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        try:
+            await memory_stack.broker_sees("desk")
+            alice = await frontend(memory_stack, exits)
+            reply = await chat(alice, "hi", "q-1", receiver_id="desk")
+            process.send_signal(signal.SIGTERM)
+            assert await within(process.wait()) == 0
+        finally:
+            if process.returncode is None:
+                process.kill()
+                await within(process.wait())
+    assert process.stderr is not None
+    errors = (await within(process.stderr.read())).decode()
+    assert reply["text_payload"] == f"echo: hi / {typist_answer('hi')}", reply
+    assert "Traceback" not in errors, errors
