@@ -91,7 +91,7 @@ LINE_UP: dict[str, Member] = {
     "echo": Member("echo", {"kind": "echo"}, "bus"),
     "typist": Member("typist", {"kind": "typist", "streaming": "true"}, "bus"),
     # Asks echo and typist (calls between agents) and streams back both answers.
-    "planner": Member("planner", {"kind": "planner", "streaming": "true"}, "bus"),
+    "planner": Member("planner", {"kind": "planner"}, "bus"),
     "remote-echo": Member("echo", {"kind": "echo"}, "grpc"),
     "worker-alpha": Member("worker", {"pool": "e2e", "skill": "alpha", "lang": "python"}, "bus"),
     "worker-beta": Member("worker", {"pool": "e2e", "skill": "beta", "lang": "rust"}, "bus"),

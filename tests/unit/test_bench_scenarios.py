@@ -75,6 +75,7 @@ def test_the_registry_keeps_the_order_all_runs_in() -> None:
         "fanout",
         "idle",
         "presence",
+        "ask",
     )
     assert set(SCENARIOS) == set(SCENARIO_NAMES)
     with pytest.raises(KeyError):

@@ -76,7 +76,7 @@ def build_demo_agent(
         agent = Agent(
             name or kind,
             agent_id=agent_id,
-            capabilities={"kind": "planner", "streaming": "true"},
+            capabilities={"kind": "planner"},
             settings=settings,
             transport=transport,
             bus=bus,

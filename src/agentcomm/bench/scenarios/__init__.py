@@ -27,6 +27,7 @@ SCENARIOS: Mapping[str, str] = MappingProxyType(
         "fanout": "agentcomm.bench.scenarios.fanout:run",
         "idle": "agentcomm.bench.scenarios.idle:run",
         "presence": "agentcomm.bench.scenarios.presence:run",
+        "ask": "agentcomm.bench.scenarios.ask:run",
     }
 )
 SCENARIO_NAMES = tuple(SCENARIOS)
