@@ -93,7 +93,7 @@ def _violations(layer: str, allowed: tuple[str, ...], forbidden: tuple[str, ...]
 def test_the_modules_are_found() -> None:
     assert "agentcomm.core.routing.router" in MODULES
     assert "agentcomm.server.lifecycle.hub" in MODULES
-    assert "agentcomm.core.presence" in _internal_graph()["agentcomm.core.routing.router"]
+    assert "agentcomm.core.presence_views" in _internal_graph()["agentcomm.core.routing.router"]
 
 
 def test_protocol_imports_nothing_but_itself() -> None:

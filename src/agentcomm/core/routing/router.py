@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from agentcomm.core.answers import AnswerLedger
 from agentcomm.core.clock import Clock, SystemClock
-from agentcomm.core.presence import AgentLookup, Reach
+from agentcomm.core.presence_views import AgentLookup, Reach
 from agentcomm.core.routing.bounces import AnswerEvent, AnswerEventObserver, BouncedAnswers
 from agentcomm.core.routing.echoes import EchoOrder
 from agentcomm.core.routing.effects import (

@@ -10,7 +10,8 @@ from agentcomm.config import Settings
 from agentcomm.core.auth import Authenticator
 from agentcomm.core.brokers import BrokerRegistry
 from agentcomm.core.commands import CommandOutcome
-from agentcomm.core.presence import AgentRegistry, AgentSource
+from agentcomm.core.presence import AgentRegistry
+from agentcomm.core.presence_views import AgentSource
 from agentcomm.server.metrics import HubMetrics
 
 
