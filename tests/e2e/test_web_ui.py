@@ -227,6 +227,23 @@ def test_pause_and_resume_an_agent(page: Page, shared_dev: DevServer) -> None:
     expect_answered(send(page, "still there?", receiver="echo"))
 
 
+def test_the_planners_inner_calls_are_shown_collapsed_under_its_reply(
+    page: Page, shared_dev: DevServer
+) -> None:
+    open_chat(page, shared_dev, "echo", "typist", "planner")
+    reply = expect_answered(send(page, "plan it", receiver="planner"))
+    expect(reply).to_contain_text("echo: plan it")
+    calls = reply.get_by_test_id("inner-calls")
+    expect(calls).to_have_count(1)
+    expect(calls).not_to_have_attribute("open", "")
+    expect(calls.locator("summary")).to_have_text("2 inner calls")
+    rows = calls.get_by_test_id("inner-call")
+    expect(rows).to_have_count(2)
+    expect(rows.filter(has_text="echo")).to_contain_text("→ echo: plan it")
+    calls.locator("summary").click()
+    expect(rows.first).to_be_visible()
+
+
 def test_reply_with_html_is_shown_as_text(page: Page, shared_dev: DevServer) -> None:
     open_chat(page, shared_dev)
     message = send(page, XSS_PAYLOAD, receiver="echo")

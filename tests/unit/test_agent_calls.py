@@ -218,3 +218,19 @@ async def test_calls_left_running_end_with_the_message_they_were_for() -> None:
     assert (await sent.next()).message_type is MessageType.CANCEL
     with pytest.raises(Cancelled):
         await asyncio.wait_for(left, 5)
+
+
+async def test_the_calls_made_for_a_message_are_listed_for_its_reply() -> None:
+    sent = Recorder()
+    calls = Calls(sent, lambda: "me")
+    question = Envelope(message_type=MessageType.TEXT, message_id="q-1", sender_id=WEB)
+    asking = asyncio.create_task(calls.ask("echo", "hi", answering=question))
+    asked = await sent.next()
+    calls.deliver(answer(asked, MessageType.REPLY, text_payload="echo: hi"))
+    assert await asyncio.wait_for(asking, 5) == "echo: hi"
+    with pytest.raises(CallRefused):
+        await calls.ask("me", "myself?", answering=question)
+    [made] = calls.made_for(question) or []
+    assert (made["agent_id"], made["text"], made["outcome"]) == ("echo", "hi", "answered")
+    assert made["answer"] == "echo: hi"
+    assert calls.made_for(question) is None

@@ -42,6 +42,11 @@ ANSWERING: contextvars.ContextVar[Envelope | None] = contextvars.ContextVar(
 DEFAULT_CALL_TIMEOUT = 600.0
 DEFAULT_MAX_CALLS_IN_FLIGHT = 64
 REQUIRED_CAPABILITIES_KEY = "required_capabilities"
+# What a final REPLY says of the calls made for it (metadata `calls`): enough for a UI to show
+# them under the message, bounded so that a handler asking in a loop does not grow its answer.
+CALLS_KEY = "calls"
+CALLS_LISTED = 16
+CALL_TEXT_CHARS = 200
 
 
 def _parent_key(envelope: Envelope) -> tuple[str, str]:
@@ -57,6 +62,11 @@ class _Call:
     # The agent that answers: the one named, else the first that sent a piece of the answer.
     answered_by: str | None = None
     finished: bool = False
+    # How it ended: "answered", an ERROR's code, or "cancelled" (None: not yet).
+    outcome: str | None = None
+    answer: str = ""
+    recorded: bool = False
+    started: float = field(default_factory=lambda: asyncio.get_running_loop().time())
 
 
 class Calls:
@@ -77,6 +87,8 @@ class Calls:
         self.limit = limit
         self.timeout = timeout
         self._calls: dict[str, _Call] = {}
+        # The calls made for each message being handled, as its final REPLY lists them.
+        self._made: dict[tuple[str, str], list[dict[str, Any]]] = {}
         # CANCELs on their way out: kept so that none is lost unobserved (see _cancel).
         self._cancelling: set[asyncio.Task[None]] = set()
 
@@ -172,6 +184,7 @@ class Calls:
         left = [c for c in self._calls.values() if c.parent == key and not c.finished]
         for call in left:
             self._abandon(call)
+            self._record(call)
             # Whoever still waits on it learns at once.
             call.answers.put_nowait(
                 Envelope(
@@ -182,6 +195,10 @@ class Calls:
                 )
             )
         return len(left)
+
+    def made_for(self, answering: Envelope) -> list[dict[str, Any]] | None:
+        """Takes the record of the calls made while answering `answering` (None: none)."""
+        return self._made.pop(_parent_key(answering), None)
 
     async def settle(self, timeout: float) -> None:
         """Waits (at most `timeout` s) for the CANCELs on their way out, before the agent's
@@ -251,6 +268,7 @@ class Calls:
             async with asyncio.timeout(seconds):
                 return await call.answers.get()
         except TimeoutError:
+            call.outcome = ErrorCode.ANSWER_TIMEOUT.value
             raise AnswerTimeout(
                 ErrorCode.ANSWER_TIMEOUT.value,
                 f"No answer from {call.answered_by or 'the agent asked'} within {seconds:g} s; "
@@ -261,9 +279,11 @@ class Calls:
     def _final(self, call: _Call, answer: Envelope) -> str:
         call.finished = True
         if answer.message_type is MessageType.REPLY:
-            return answer.text_payload or ""
+            call.outcome, call.answer = "answered", answer.text_payload or ""
+            return call.answer
         code = answer.error_code or ErrorCode.INTERNAL.value
         words = answer.text_payload or f"The call ended in ERROR {code}."
+        call.outcome, call.answer = code, words
         raise call_error(code, words, agent_id=call.answered_by)
 
     def _end(self, call: _Call) -> None:
@@ -271,6 +291,26 @@ class Calls:
         self._calls.pop(call.text.message_id, None)
         if not call.finished:
             self._abandon(call)
+        self._record(call)
+
+    def _record(self, call: _Call) -> None:
+        if call.parent is None or call.recorded:
+            return
+        call.recorded = True
+        made = self._made.setdefault(call.parent, [])
+        if len(made) >= CALLS_LISTED:
+            return
+        loop = asyncio.get_running_loop()
+        made.append(
+            {
+                "agent_id": call.answered_by,
+                "message_id": call.text.message_id,
+                "text": (call.text.text_payload or "")[:CALL_TEXT_CHARS],
+                "outcome": call.outcome or ErrorCode.CANCELLED.value,
+                "answer": call.answer[:CALL_TEXT_CHARS],
+                "ms": round((loop.time() - call.started) * 1000, 1),
+            }
+        )
 
     def _abandon(self, call: _Call) -> None:
         call.finished = True

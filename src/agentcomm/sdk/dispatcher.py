@@ -228,6 +228,7 @@ class Dispatcher:
             if self.calls is not None:
                 # Calls the handler left running (in tasks it did not await) end with it.
                 self.calls.cancel_under(envelope)
+                self.calls.made_for(envelope)
             # Removed at once, in this same step: from here on the task is the transport's
             # again, and no CANCEL or abort may reach it.
             if active.get(key) is handling:
@@ -302,7 +303,10 @@ class Dispatcher:
             )
         if not isinstance(text, str):
             raise TypeError(f"The message handler returned {type(text).__name__}, not str.")
-        await self._send(envelopes.reply(envelope, self.agent_id, text, reply_id, chunks=chunks))
+        made = self.calls.made_for(envelope) if self.calls is not None else None
+        await self._send(
+            envelopes.reply(envelope, self.agent_id, text, reply_id, chunks=chunks, calls=made)
+        )
 
     async def _stream(
         self, envelope: Envelope, reply_id: str, parts: AsyncIterator[Any]
