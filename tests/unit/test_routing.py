@@ -652,6 +652,60 @@ async def test_messages_of_an_agent_that_stays_offline_are_answered_for_it(world
     assert await world.router.answer_abandoned() == 0
 
 
+async def test_an_agent_asking_an_agent_that_stays_offline_gets_agent_offline(
+    world: World,
+) -> None:
+    await world.agent("asker")
+    await world.agent("asked")
+    call = envelope(
+        message_type="TEXT",
+        message_id="call-1",
+        sender_id="asker",
+        receiver_id="asked",
+        text_payload="help?",
+        routing_status="routed",
+    )
+    await world.router.handle_broker_output(call)
+    assert [m["message_id"] for m in await world.queue("agent_queue_asked")] == ["call-1"]
+    world.answers.agent_offline("asked")
+    world.clock.advance(300)
+    assert await world.router.answer_abandoned() == 1
+    [error] = await world.queue("agent_queue_asker")
+    assert (error["message_type"], error["error_code"], error["in_reply_to_message_id"]) == (
+        "ERROR",
+        "agent_offline",
+        "call-1",
+    )
+
+
+async def test_a_call_answered_in_time_is_no_longer_looked_after(world: World) -> None:
+    await world.agent("asker")
+    await world.agent("asked")
+    await world.router.handle_broker_output(
+        envelope(
+            message_type="TEXT",
+            message_id="call-1",
+            sender_id="asker",
+            receiver_id="asked",
+            text_payload="help?",
+            routing_status="routed",
+        )
+    )
+    await world.router.handle_broker_output(
+        envelope(
+            message_type="REPLY",
+            sender_id="asked",
+            receiver_id="asker",
+            in_reply_to_message_id="call-1",
+            text_payload="here",
+            routing_status="routed",
+        )
+    )
+    world.answers.agent_offline("asked")
+    world.clock.advance(300)
+    assert await world.router.answer_abandoned() == 0
+
+
 def just_started(world: World, expect_agents_for: float) -> RouteRunner:
     """A router of a server that has just started, on the world's parts."""
     decisions = ServerRouter(
