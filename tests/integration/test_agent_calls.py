@@ -290,6 +290,13 @@ async def test_a_call_that_times_out_is_cancelled_at_the_agent_asked(hub_stack: 
 
     @asker.on_message
     async def impatient(message: Message) -> str:
+        if message.text == "own timeout":
+            # The handler's own deadline: the call is cancelled with it.
+            try:
+                async with asyncio.timeout(0.5):
+                    return await message.ask("slow", message.text)
+            except TimeoutError:
+                return "gave up on my own"
         try:
             return await message.ask("slow", message.text, timeout=0.5)
         except AnswerTimeout as exc:
@@ -300,8 +307,12 @@ async def test_a_call_that_times_out_is_cancelled_at_the_agent_asked(hub_stack: 
         alice = await frontend(hub_stack, exits)
         reply = await chat(alice, "hurry", "q-1", receiver_id="asker")
         await within(cancelled.wait(), WAIT)
+        cancelled.clear()
+        own = await chat(alice, "own timeout", "q-2", receiver_id="asker")
+        await within(cancelled.wait(), WAIT)
 
     assert reply["text_payload"] == "gave up: answer_timeout", reply
+    assert own["text_payload"] == "gave up on my own", own
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
