@@ -706,6 +706,28 @@ async def test_a_call_answered_in_time_is_no_longer_looked_after(world: World) -
     assert await world.router.answer_abandoned() == 0
 
 
+async def test_an_agents_cancel_of_a_call_by_capability_names_the_agent_it_went_to(
+    world: World,
+) -> None:
+    await world.agent("asker")
+    await world.agent("chosen")
+    await world.router.handle_broker_output(
+        envelope(
+            message_type="TEXT",
+            message_id="call-1",
+            sender_id="asker",
+            receiver_id="chosen",
+            text_payload="help?",
+            routing_status="routed",
+        )
+    )
+    await world.router.accept_from_agent(
+        "asker", envelope(message_type="CANCEL", in_reply_to_message_id="call-1")
+    )
+    [cancel] = await world.queue(BROKER_INPUT)
+    assert (cancel["message_type"], cancel["receiver_id"]) == ("CANCEL", "chosen")
+
+
 def just_started(world: World, expect_agents_for: float) -> RouteRunner:
     """A router of a server that has just started, on the world's parts."""
     decisions = ServerRouter(

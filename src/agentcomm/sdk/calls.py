@@ -89,7 +89,7 @@ class Calls:
         self._calls: dict[str, _Call] = {}
         # The calls made for each message being handled, as its final REPLY lists them.
         self._made: dict[tuple[str, str], list[dict[str, Any]]] = {}
-        # CANCELs on their way out: kept so that none is lost unobserved (see _cancel).
+        # CANCELs on their way out: kept so that none is lost unobserved (see _abandon).
         self._cancelling: set[asyncio.Task[None]] = set()
 
     @property

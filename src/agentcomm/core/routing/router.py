@@ -42,12 +42,7 @@ from agentcomm.protocol.rules import (
     sender_of,
 )
 from agentcomm.protocol.timestamps import utc_now_iso
-from agentcomm.protocol.vocabulary import (
-    FINAL_ANSWER_TYPES,
-    ErrorCode,
-    MessageType,
-    RoutingStatus,
-)
+from agentcomm.protocol.vocabulary import ErrorCode, MessageType, RoutingStatus
 
 log = logging.getLogger(__name__)
 
@@ -215,13 +210,18 @@ class ServerRouter:
     def accept_from_agent(self, agent_id: str, message: Envelope) -> Plan[Envelope]:
         """An agent's REPLY / REPLY_CHUNK / SYSTEM / ERROR, published towards the broker."""
         check_from_agent(message)
-        outgoing = message.model_copy(
-            update={
-                "sender_id": agent_id,
-                "routing_status": RoutingStatus.PENDING,
-                "send_timestamp": message.send_timestamp or utc_now_iso(),
-            }
-        )
+        update: dict[str, object] = {
+            "sender_id": agent_id,
+            "routing_status": RoutingStatus.PENDING,
+            "send_timestamp": message.send_timestamp or utc_now_iso(),
+        }
+        if message.message_type is MessageType.CANCEL and receiver_of(message) is None:
+            # A call by capability: name the agent it went to, as for a frontend's CANCEL, so
+            # that any broker can route it (not only the one that chose the agent).
+            update["receiver_id"] = self._answers.agent_for(
+                agent_id, message.in_reply_to_message_id or ""
+            )
+        outgoing = message.model_copy(update=update)
         # Before the publish: the broker may send it back before the bus confirms it.
         self._bounced.passing(outgoing)
         yield Publish(
@@ -348,7 +348,8 @@ class ServerRouter:
             )
             return
         if not from_frontend:
-            self._call_delivered(agent_id, message, sender if is_text else None)
+            # Calls between agents are looked after too (AnswerLedger.call_reached).
+            self._answers.call_reached(agent_id, message, sender if is_text else None)
             return
         if expected:
             # Only now: without a queue it was an unknown receiver after all.
@@ -360,22 +361,6 @@ class ServerRouter:
             # A fast agent may have answered already; "delivered" after the answer
             # would only confuse the sender.
             yield from frontends.echo(sender, message, RoutingStatus.DELIVERED)
-
-    def _call_delivered(self, agent_id: str, message: Envelope, asker: str | None) -> None:
-        """Calls between agents are looked after like a frontend's TEXT: an agent's TEXT in
-        its receiver's queue is outstanding until its final answer reaches the asker, and
-        the asker gets ERROR agent_offline should the agent asked go away and not come back
-        within DELIVERY_TIMEOUT (it would wait for its own timeout otherwise)."""
-        if asker:
-            self._answers.delivered(asker, message, agent_id)
-            return
-        answered = message.in_reply_to_message_id
-        if (
-            answered
-            and message.message_type in FINAL_ANSWER_TYPES
-            and self._answers.agent_for(agent_id, answered) is not None
-        ):
-            self._answers.answer(agent_id, answered)
 
     def release_overdue_streams(self) -> Plan[None]:
         """Finals held for chunks that never came go out now, with what did come."""
