@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from agentcomm.protocol.calls import CallContext
+from agentcomm.protocol.vocabulary import MAX_HOPS
 from agentcomm.sdk import (
     Agent,
     AgentOffline,
@@ -376,3 +377,23 @@ async def test_the_guides_example_of_asking_runs_as_written(
     errors = (await within(process.stderr.read())).decode()
     assert reply["text_payload"] == f"echo: hi / {typist_answer('hi')}", reply
     assert "Traceback" not in errors, errors
+
+
+async def test_a_chain_longer_than_max_hops_ends_in_hop_limit(memory_stack: Stack) -> None:
+    # Agents that each ask another agent of their kind: the broker never picks one already in
+    # the chain, so the chain grows, one new agent a level, until it passes MAX_HOPS.
+    hops: list[Agent] = []
+    for n in range(MAX_HOPS + 2):
+        hop = agent_on(memory_stack, f"hop-{n}", "amqp", capabilities={"role": "hop"})
+
+        @hop.on_message
+        async def pass_on(message: Message) -> str:
+            return await message.ask(None, message.text, capability={"role": "hop"})
+
+        hops.append(hop)
+    async with AsyncExitStack() as exits:
+        await run_all(memory_stack, exits, *hops)
+        alice = await frontend(memory_stack, exits)
+        reply = await chat(alice, "how deep?", "q-1", receiver_id="hop-0")
+
+    assert (reply["message_type"], reply["error_code"]) == ("ERROR", "hop_limit"), reply
