@@ -79,6 +79,7 @@ def test_the_registry_keeps_the_order_all_runs_in() -> None:
         "roundtrip-traced",
         "stream",
         "history",
+        "ask",
     )
     assert set(SCENARIOS) == set(SCENARIO_NAMES)
     with pytest.raises(KeyError):

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Literal, Protocol
 
 from agentcomm.bus import Bus, BusError, BusUnavailable, Delivery, Subscription, Unroutable
 from agentcomm.bus.memory import InMemoryBus
+from agentcomm.config import Settings
 from agentcomm.protocol import (
     Envelope,
     ErrorCode,
@@ -354,3 +355,24 @@ async def _cancel_subscription(subscription: Subscription) -> None:
         await subscription.cancel()
     except BusError as exc:
         log.warning("Could not cancel the bus consumer cleanly: %s", exc)
+
+
+def choose_transport(transport: str | None, settings: Settings, bus: Bus | None) -> TransportName:
+    """The bus given (amqp, or memory for an in-process one), else amqp with
+    MESSAGE_BUS=rabbitmq and grpc otherwise; an explicit choice wins."""
+    if transport is None:
+        if bus is not None:
+            return bus_transport(bus)
+        return "amqp" if settings.message_bus == "rabbitmq" else "grpc"
+    if transport == "grpc":
+        if bus is not None:
+            raise ValueError("bus= is only used with transport 'amqp'.")
+        return "grpc"
+    if transport == "amqp":
+        if bus is None and settings.message_bus == "memory":
+            raise ValueError(
+                "transport 'amqp' with MESSAGE_BUS=memory needs the shared in-process bus "
+                "passed as bus=...; a separate process must use transport 'grpc'."
+            )
+        return bus_transport(bus) if bus is not None else "amqp"
+    raise ValueError(f"Unknown transport {transport!r}; use 'grpc' or 'amqp'.")

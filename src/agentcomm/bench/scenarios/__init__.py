@@ -31,6 +31,7 @@ SCENARIOS: Mapping[str, str] = MappingProxyType(
         "roundtrip-traced": "agentcomm.bench.scenarios.traced:run",
         "stream": "agentcomm.bench.scenarios.stream:run",
         "history": "agentcomm.bench.scenarios.history:run",
+        "ask": "agentcomm.bench.scenarios.ask:run",
     }
 )
 SCENARIO_NAMES = tuple(SCENARIOS)
