@@ -196,7 +196,14 @@ def build_command_line() -> CommandLine:
         "needs grpc)",
     )
 
-    command("dev", "server, broker, demo agents and web UI in one process")
+    dev = command("dev", "server, broker, demo agents and web UI in one process")
+    dev.add_argument(
+        "--hubs",
+        type=int,
+        default=1,
+        help="run this many hubs on RabbitMQ behind one small load balancer on --port "
+        "(default: 1; more needs --message-bus rabbitmq)",
+    )
 
     token = command("token", "mint a JWT for a frontend, agent, broker or admin")
     token.add_argument(
@@ -319,7 +326,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "dev":
         from agentcomm.dev import run_dev
 
-        return _run(lambda: run_dev(settings))
+        return _run(lambda: run_dev(settings, args.hubs))
     if args.command == "token":
         return _token(settings, args.role, args.sub, args.ttl)
     if args.command == "bench":
