@@ -324,9 +324,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         )
     if args.command == "dev":
+        if args.hubs != 1:
+            from agentcomm.dev_cluster import run_dev_cluster
+
+            return _run(lambda: run_dev_cluster(settings, args.hubs))
         from agentcomm.dev import run_dev
 
-        return _run(lambda: run_dev(settings, args.hubs))
+        return _run(lambda: run_dev(settings))
     if args.command == "token":
         return _token(settings, args.role, args.sub, args.ttl)
     if args.command == "bench":

@@ -127,11 +127,7 @@ def _dialable(host: str) -> str:
     return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
 
 
-async def run_dev(settings: Settings, hubs: int = 1) -> int:
-    if hubs != 1:
-        from agentcomm.dev_cluster import run_dev_cluster
-
-        return await run_dev_cluster(settings, hubs)
+async def run_dev(settings: Settings) -> int:
     try:
         stack = DevStack(settings)
     except WeakSecret as exc:
