@@ -26,6 +26,7 @@ from agentcomm.config import (
     load_settings,
 )
 from agentcomm.logging_setup import configure_logging
+from agentcomm.telemetry import start_tracing
 
 SETTINGS_DEST = "settings__"
 
@@ -207,7 +208,14 @@ def build_command_line() -> CommandLine:
         "--transport", choices=["grpc", "amqp"], default=None, help="as for `agentcomm agent`"
     )
 
-    command("dev", "server, broker, demo agents and web UI in one process")
+    dev = command("dev", "server, broker, demo agents and web UI in one process")
+    dev.add_argument(
+        "--hubs",
+        type=int,
+        default=1,
+        help="run this many hubs on RabbitMQ behind one small load balancer on --port "
+        "(default: 1; more needs --message-bus rabbitmq)",
+    )
 
     token = command("token", "mint a JWT for a frontend, agent, broker or admin")
     token.add_argument(
@@ -306,7 +314,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"agentcomm: invalid setting: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings)
+    # Off (and OpenTelemetry not imported) unless the OTEL_* variables ask for traces.
+    tracing = start_tracing(f"agentcomm-{args.command}") if args.command != "token" else None
+    try:
+        return _command(args, settings)
+    finally:
+        if tracing is not None:
+            tracing.shutdown()
 
+
+def _command(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "serve":
         from agentcomm.server.lifecycle.serve import serve
 
@@ -334,6 +351,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             lambda: A2ABridge(args.url, settings, name=args.name, transport=args.transport).serve()
         )
     if args.command == "dev":
+        if args.hubs != 1:
+            from agentcomm.dev_cluster import run_dev_cluster
+
+            return _run(lambda: run_dev_cluster(settings, args.hubs))
         from agentcomm.dev import run_dev
 
         return _run(lambda: run_dev(settings))
