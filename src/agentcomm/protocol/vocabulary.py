@@ -58,9 +58,17 @@ FRONTEND_SENDABLE = frozenset(
     }
 )
 
-# What an agent may publish towards the broker.
+# What an agent may publish towards the broker: its answers, and (an addition) a TEXT that
+# asks another agent and the CANCEL that stops it.
 AGENT_SENDABLE = frozenset(
-    {MessageType.REPLY, MessageType.REPLY_CHUNK, MessageType.SYSTEM, MessageType.ERROR}
+    {
+        MessageType.REPLY,
+        MessageType.REPLY_CHUNK,
+        MessageType.SYSTEM,
+        MessageType.ERROR,
+        MessageType.TEXT,
+        MessageType.CANCEL,
+    }
 )
 
 # Answers that close a frontend's TEXT: exactly one of these ends every accepted message.
@@ -104,6 +112,8 @@ class ErrorCode(StrEnum):
     UNKNOWN_CONVERSATION = "unknown_conversation"
     UNRECOVERABLE = "unrecoverable"
     HISTORY_UNAVAILABLE = "history_unavailable"
+    CALL_CYCLE = "call_cycle"  # an agent asked itself, or an agent already waiting in the chain
+    TOO_MANY_CALLS = "too_many_calls"  # an agent's calls in flight are at its limit
     # A TEXT with metadata.multitask "reject" while its conversation's answer still runs.
     CONVERSATION_BUSY = "conversation_busy"
 

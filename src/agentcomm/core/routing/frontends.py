@@ -70,6 +70,21 @@ class FrontendDelivery:
         else:
             yield from self._to_session(frontend_id, message)
 
+    def route_known(self, agent_id: str, message: Envelope) -> str | None:
+        """The frontend an agent's REPLY_CHUNK can go to straight, without a broker: one of
+        this hub whose TEXT this hub handed to that very agent. The route of the answer was
+        decided when the TEXT was routed; each chunk needs no decision of its own (the final
+        answer still goes the whole way, persistent). None: the chunk goes the usual way."""
+        if message.message_type is not MessageType.REPLY_CHUNK:
+            return None
+        receiver = message.receiver_id or ""
+        answered = message.in_reply_to_message_id
+        if not answered or self._sessions.get(receiver) is None:
+            return None
+        if self._answers.agent_for(receiver, answered) != agent_id:
+            return None
+        return receiver
+
     def release_overdue_streams(self) -> Plan[None]:
         """Finals held for chunks that never came go out now, with what did come."""
         for frontend_id, messages in self._streams.overdue():
