@@ -447,3 +447,23 @@ def test_a_new_tab_lists_the_users_conversations(page: Page, shared_dev: DevServ
     expect(message).to_have_count(1)
     expect(message).to_have_attribute("data-state", "answered")
     expect(message.get_by_test_id("reply")).to_contain_text("echo: remember me")
+
+
+def test_a_second_tab_of_the_user_follows_the_conversation_live(
+    page: Page, shared_dev: DevServer
+) -> None:
+    # Two tabs of one browser: one user (local storage), two sessions.
+    second = page.context.new_page()
+    open_chat(second, shared_dev, "echo")
+    open_chat(page, shared_dev, "echo")
+    expect_answered(send(page, "seen on both", "echo"))
+    conversation = page.get_by_test_id("conversation-tab").first.get_attribute(
+        "data-conversation-id"
+    )
+    tab = second.locator(f'[data-testid="conversation-tab"][data-conversation-id="{conversation}"]')
+    expect(tab).to_have_count(1)
+    tab.click()
+    message = second.get_by_test_id("message").filter(has_text="seen on both")
+    expect(message).to_have_count(1)
+    expect(message).to_have_attribute("data-state", "answered")
+    expect(message.get_by_test_id("reply")).to_contain_text("echo: seen on both")

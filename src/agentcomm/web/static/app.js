@@ -127,7 +127,7 @@ function transmit(item) {
  */
 function flushOutbox() {
   const unanswered = (it) => it.state === 'queued' || it.state === 'sending' || IN_FLIGHT.has(it.state);
-  const waiting = [...items.values()].filter((it) => it.kind === 'user' && unanswered(it));
+  const waiting = [...items.values()].filter((it) => it.kind === 'user' && !it.foreign && unanswered(it));
   waiting.sort((a, b) => a.at - b.at).forEach(transmit);
   renderOutbox();
 }
@@ -170,8 +170,21 @@ function onText(f) {
     return save();
   }
   if (f.sender_id && f.sender_id === conn.frontendId) return undefined; // our own, forgotten
+  if (f.routing_status && f.sender_id?.startsWith('web_')) return onSiblingText(f);
   // A TEXT that is not ours: an agent writing to this frontend directly.
   return onReply({ ...f, in_reply_to_message_id: null }, true);
+}
+
+/** A TEXT another tab or device of this user sent (capabilities.user_frames): shown as ours. */
+function onSiblingText(f) {
+  const convId = f.conversation_id || 'default';
+  if (!conv(convId)) {
+    convs.push({ id: convId, title: (f.text_payload || '').trim().slice(0, 32), receiver: '', items: [], unread: 0 });
+    renderTabs();
+  }
+  const at = Date.now();
+  addItem({ kind: 'user', id: f.message_id, conv: convId, text: f.text_payload || '', receiver: f.receiver_id || '', state: 'sending', at, queuedAt: at, replies: [], notes: [], foreign: true });
+  return onText(f);
 }
 
 function onReply(f, final) {

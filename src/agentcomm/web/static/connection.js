@@ -76,7 +76,7 @@ export class Connection extends EventTarget {
 
     ws.onopen = () => {
       const session = loadSession();
-      const frame = { message_type: 'REGISTER_FRONTEND', frontend_name: this.name, capabilities: { stream: true } };
+      const frame = { message_type: 'REGISTER_FRONTEND', frontend_name: this.name, capabilities: { stream: true, user_frames: true } };
       this.usedResume = Boolean(session.frontend_id && session.resume_token);
       if (this.usedResume) Object.assign(frame, { frontend_id: session.frontend_id, resume_token: session.resume_token });
       if (this.token) frame.token = this.token;

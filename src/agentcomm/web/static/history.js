@@ -55,7 +55,8 @@ function itemsOf(convId, messages) {
     const at = Date.parse(m.timestamp) || Date.now();
     if (m.message_type === 'TEXT') {
       const state = { answered: 'answered', failed: 'error' }[m.status] || 'delivered';
-      items.set(m.message_id, { kind: 'user', id: m.message_id, conv: convId, text: m.text_payload, receiver: m.receiver_id || '', routedTo: m.receiver_id || '', state, at, queuedAt: at, replies: [], notes: [] });
+      // foreign: sent by another session of the user, never sent again from this tab.
+      items.set(m.message_id, { kind: 'user', id: m.message_id, conv: convId, text: m.text_payload, receiver: m.receiver_id || '', routedTo: m.receiver_id || '', state, at, queuedAt: at, replies: [], notes: [], foreign: true });
       continue;
     }
     const parent = items.get(m.in_reply_to_message_id);
