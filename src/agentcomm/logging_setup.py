@@ -57,8 +57,9 @@ def configure_logging(settings: Settings) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.log_level)
-    # aio-pika/aiormq are chatty about reconnect internals; their warnings are enough.
-    for noisy in ("aio_pika", "aiormq"):
+    # aio-pika/aiormq are chatty about reconnect internals, httpx and a2a-sdk log every request
+    # (and every agent card whole) at INFO; their warnings are enough.
+    for noisy in ("aio_pika", "aiormq", "httpx", "a2a"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
 
 

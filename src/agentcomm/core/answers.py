@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from agentcomm.core.clock import Clock
 from agentcomm.protocol.ids import text_ref
 from agentcomm.protocol.models import Envelope
-from agentcomm.protocol.vocabulary import MessageType
+from agentcomm.protocol.vocabulary import FINAL_ANSWER_TYPES, MessageType
 
 # Generous: an agent may think (or run tools) for minutes before its first word.
 DEFAULT_ANSWER_TIMEOUT = 600.0
@@ -179,6 +179,22 @@ class AnswerLedger:
         self._conversations.move_to_end(pair)
         if len(self._conversations) > CONVERSATIONS_MEMORY:
             self._conversations.popitem(last=False)
+
+    def call_reached(self, agent_id: str, message: Envelope, asker: str | None) -> None:
+        """A message of a call between agents reached `agent_id`'s queue: the TEXT of `asker`
+        (outstanding until its final answer reaches the asker, so that the asker gets ERROR
+        agent_offline should `agent_id` go away and not come back within DELIVERY_TIMEOUT,
+        instead of waiting for its own timeout), or (asker None) maybe that final answer."""
+        if asker:
+            self.delivered(asker, message, agent_id)
+            return
+        answered = message.in_reply_to_message_id
+        if (
+            answered
+            and message.message_type in FINAL_ANSWER_TYPES
+            and (agent_id, answered) in self._outstanding
+        ):
+            self.answer(agent_id, answered)
 
     def in_conversation(self, frontend_id: str, agent_id: str) -> bool:
         """Whether a TEXT of this frontend was handed to this agent (as far as remembered)."""
