@@ -43,6 +43,7 @@ class SettingsGroup(Enum):
     TLS_SERVER = ("tls_server", "gRPC over TLS, the server's side")
     TLS_CLIENT = ("tls_client", "gRPC over TLS, the side of brokers and agents")
     LOGGING = ("logging", "what this process logs, and how")
+    A2A_REMOTE = ("a2a_remote", "how a2a-bridge reaches the outside A2A agent it puts on the hub")
 
     def __init__(self, key: str, summary: str) -> None:
         self.key = key
@@ -243,6 +244,15 @@ class Settings(BaseSettings):
     )
     auth_token: Annotated[str, SettingsGroup.AUTH_CLIENT] = Field(
         "", description="the JWT this process presents when it connects (brokers, agents)"
+    )
+
+    a2a_remote_token: Annotated[str, SettingsGroup.A2A_REMOTE] = Field(
+        "",
+        description="bearer token a2a-bridge presents to the remote A2A agent (never taken "
+        "from a message)",
+    )
+    a2a_remote_check_interval: Annotated[float, SettingsGroup.A2A_REMOTE] = Field(
+        10.0, gt=0, description="seconds between a2a-bridge's checks that the remote agent is up"
     )
 
     grpc_tls_cert: Annotated[str, SettingsGroup.TLS_SERVER] = Field(

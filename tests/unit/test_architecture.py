@@ -105,7 +105,7 @@ def test_core_imports_only_the_protocol_and_itself() -> None:
     assert _violations("agentcomm.core", allowed, IO_LIBRARIES) == []
 
 
-@pytest.mark.parametrize("client", ["agentcomm.sdk", "agentcomm.broker"])
+@pytest.mark.parametrize("client", ["agentcomm.sdk", "agentcomm.broker", "agentcomm.gateways"])
 def test_clients_of_the_hub_never_import_the_server(client: str) -> None:
     found = [
         f"{name} imports {imported}"

@@ -35,6 +35,13 @@ HEADLINE_KEYS: dict[str, tuple[str, ...]] = {
     "roundtrip": _ROUNDTRIP_KEYS,
     "roundtrip-memory": _ROUNDTRIP_KEYS,
     "peer": ("roundtrips_per_s", "p50_ms", "p99_ms", "p999_ms"),
+    "a2a": (
+        "in_flight",
+        "roundtrips_per_s",
+        "ratio_a2a_to_websocket",
+        "streams_per_s",
+        "streaming_ratio_a2a_to_websocket",
+    ),
 }
 
 

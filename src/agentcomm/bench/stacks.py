@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -108,12 +108,23 @@ async def _wait_agent_online(http_port: int, agent_id: str, watch: Child, timeou
 class RabbitHub:
     """Server, broker and echo agent as three processes on RabbitMQ."""
 
-    def __init__(self, settings: Settings, children: Children) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        children: Children,
+        *,
+        prefix: str = "",
+        env: Mapping[str, str] | None = None,
+    ) -> None:
         self.settings = settings
         self.children = children
         self.http_port = free_port()
         self.grpc_port = free_port()
         self.processes: dict[str, int] = {}
+        # Names the processes (and their logs) when two hubs run side by side; `env` is what
+        # they get on top of the settings (the OTEL_* variables of a traced hub).
+        self._prefix = prefix
+        self._env = dict(env or {})
 
     @property
     def ws_url(self) -> str:
@@ -126,11 +137,13 @@ class RabbitHub:
             port=self.http_port,
             grpc_port=self.grpc_port,
         )
-        server = await self.children.start_agentcomm("server", ["serve"], env)
+        env.update(self._env)
+        named = self._prefix
+        server = await self.children.start_agentcomm(f"{named}server", ["serve"], env)
         await wait_http_ok(self.http_port, "/readyz", START_TIMEOUT, server)
-        broker = await self.children.start_agentcomm("broker", ["broker"], env)
+        broker = await self.children.start_agentcomm(f"{named}broker", ["broker"], env)
         agent = await self.children.start_agentcomm(
-            "agent", ["agent", "echo", "--id", ECHO_ID, "--transport", "amqp"], env
+            f"{named}agent", ["agent", "echo", "--id", ECHO_ID, "--transport", "amqp"], env
         )
         await _wait_agent_online(self.http_port, ECHO_ID, agent, START_TIMEOUT)
         self.children.check_alive()

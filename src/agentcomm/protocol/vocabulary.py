@@ -100,6 +100,9 @@ class ErrorCode(StrEnum):
     UNKNOWN_MESSAGE = "unknown_message"  # a CANCEL of a TEXT this server does not know
     DUPLICATE_MESSAGE_ID = "duplicate_message_id"  # a TEXT re-using an answered id
     STREAM_INCOMPLETE = "stream_incomplete"  # a streamed reply that could not be put in order
+    # An outside A2A agent behind `agentcomm a2a-bridge` failed the task, or cannot be reached.
+    REMOTE_FAILED = "remote_failed"
+    REMOTE_UNAVAILABLE = "remote_unavailable"
     CALL_CYCLE = "call_cycle"  # an agent asked itself, or an agent already waiting in the chain
     TOO_MANY_CALLS = "too_many_calls"  # an agent's calls in flight are at its limit
 

@@ -40,6 +40,7 @@ from agentcomm.sdk.transports import (
     choose_transport,
 )
 from agentcomm.signals import Waiting, counted, stop_on_signals
+from agentcomm.telemetry import start_tracing, tracing_for
 
 log = logging.getLogger(__name__)
 
@@ -296,7 +297,11 @@ class Agent(AsksOtherAgents):
         An agent the server refuses (its id is taken, its transport cannot reach the hub's
         bus), or that finds its queue missing on its bus, ends the program with one sentence
         saying why and exit status 1, not a traceback.
+
+        With the `OTEL_*` variables set, the agent exports its spans (the handler's, under
+        which the author's own spans nest) to their OTLP endpoint.
         """
+        tracing = start_tracing(f"agentcomm-agent-{self.name}")
         try:
             asyncio.run(self.serve())
         except KeyboardInterrupt:
@@ -306,6 +311,9 @@ class Agent(AsksOtherAgents):
             if self.id is None:
                 log.error("The hub refused agent %s: %s", self.name, exc)
             raise SystemExit(1) from None
+        finally:
+            if tracing is not None:
+                tracing.shutdown()
 
     async def __aenter__(self) -> Agent:
         await self.start()
@@ -329,9 +337,10 @@ class Agent(AsksOtherAgents):
             tls=ClientTls.from_settings(self.settings),
             max_message_bytes=self.settings.max_message_bytes,
         )
+        tracing = tracing_for("agentcomm.sdk")
         work: WorkTransport
         if self.transport == "grpc":
-            work = GrpcWork(hub, self.prefetch)
+            work = GrpcWork(hub, self.prefetch, tracing)
         elif self._bus is not None:
             work = BusWork(self._bus, self.prefetch, owns_bus=False)
         else:
@@ -345,6 +354,7 @@ class Agent(AsksOtherAgents):
             is_paused=lambda: self._paused,
             on_change=self._status_changed,
             calls=self.calls,
+            tracing=tracing,
         )
         return AgentRuntime(
             name=self.name,

@@ -13,14 +13,17 @@ import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agentcomm.protocol import Envelope, ErrorCode, MessageType
 from agentcomm.sdk import envelopes
 from agentcomm.sdk.calls import ANSWERING, Calls
 from agentcomm.sdk.dedup import RecentIds
-from agentcomm.sdk.errors import CallFailed, HandlingAborted, PublishFailed
+from agentcomm.sdk.errors import CallFailed, ErrorAnswer, HandlingAborted, PublishFailed
 from agentcomm.sdk.message import Message, MessageHandler
+
+if TYPE_CHECKING:
+    from agentcomm.telemetry.spans import Tracing
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +85,7 @@ class Dispatcher:
         is_paused: Callable[[], bool] = lambda: False,
         on_change: Callable[[], None] = lambda: None,
         calls: Calls | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1.")
@@ -99,6 +103,8 @@ class Dispatcher:
         self._done = RecentIds(DONE_IDS_REMEMBERED)
         self._cancelled_early = RecentIds(EARLY_CANCELS_REMEMBERED)
         self._closed = False
+        # On: each handler call is a span, current while it runs (an author's spans nest).
+        self._tracing = tracing
 
     @property
     def in_flight(self) -> int:
@@ -250,7 +256,10 @@ class Dispatcher:
         envelope = handling.envelope
         try:
             async with self._slots:
-                await self._produce(envelope)
+                if self._tracing is None:
+                    await self._produce(envelope)
+                else:
+                    await self._traced_produce(self._tracing, envelope)
             self.stats.handled += 1
         except asyncio.CancelledError:
             if not handling.cancel_requested or handling.aborted or not handling.cancels:
@@ -273,7 +282,10 @@ class Dispatcher:
                 exc.error_code,
                 exc.text,
             )
-            await self._send(self._call_failed(envelope, exc))
+            await self._send(envelopes.call_failed(envelope, self.agent_id, exc))
+        except ErrorAnswer as answer:
+            self.stats.failed += 1
+            await self._send(envelopes.error(envelope, self.agent_id, answer.code, answer.text))
         except Exception as exc:
             log.exception(
                 "The handler of agent %s failed on message %s", self.agent_id, envelope.message_id
@@ -287,6 +299,18 @@ class Dispatcher:
                     f"Agent {self.agent_id} failed to handle this message ({type(exc).__name__}).",
                 )
             )
+
+    async def _traced_produce(self, tracing: Tracing, envelope: Envelope) -> None:
+        span = tracing.start(
+            f"handle {envelope.message_type.value}",
+            "consumer",
+            attributes={
+                "agentcomm.message.id": envelope.message_id,
+                "agentcomm.conversation.id": envelope.conversation_id or "",
+            },
+        )
+        with tracing.current(span):
+            await self._produce(envelope)
 
     async def _produce(self, envelope: Envelope) -> None:
         result: Any = self.handler(Message.from_envelope(envelope, self.calls))
@@ -348,19 +372,6 @@ class Dispatcher:
                 self._cancelled_early.add(key)
             return
         self._cancel(handling)
-
-    def _call_failed(self, envelope: Envelope, exc: CallFailed) -> Envelope:
-        try:
-            code = ErrorCode(exc.error_code)
-        except ValueError:
-            code = ErrorCode.INTERNAL
-        asked = f" asked {exc.agent_id}" if exc.agent_id else ""
-        return envelopes.error(
-            envelope,
-            self.agent_id,
-            code,
-            f"Agent {self.agent_id}{asked} and got no answer: {exc.text}",
-        )
 
     def _cancelled(self, envelope: Envelope) -> Envelope:
         return envelopes.error(

@@ -22,6 +22,8 @@ AgentError
 
 from __future__ import annotations
 
+from agentcomm.protocol.vocabulary import ErrorCode
+
 
 class AgentError(Exception):
     """Base of every error the SDK raises."""
@@ -107,3 +109,13 @@ def call_error(error_code: str, text: str, *, agent_id: str | None = None) -> Ca
     """The exception for a call that ended in an ERROR with `error_code`."""
     kind = _BY_CODE.get(error_code, AnswerFailed)
     return kind(error_code, text, agent_id=agent_id)
+
+
+class ErrorAnswer(Exception):
+    """Raised by a message handler to answer with `ERROR <code>` and this sentence (any other
+    exception answers `internal`). Not an AgentError: nothing went wrong in the SDK."""
+
+    def __init__(self, code: ErrorCode, text: str) -> None:
+        super().__init__(text)
+        self.code = code
+        self.text = text

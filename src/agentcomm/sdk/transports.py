@@ -19,7 +19,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from agentcomm.bus import Bus, BusError, BusUnavailable, Delivery, Subscription, Unroutable
 from agentcomm.bus.memory import InMemoryBus
@@ -42,6 +42,9 @@ from agentcomm.sdk.errors import (
     WrongBus,
 )
 from agentcomm.sdk.hub_client import HubClient, IncomingMessage
+
+if TYPE_CHECKING:
+    from agentcomm.telemetry.spans import Tracing
 
 log = logging.getLogger(__name__)
 
@@ -88,9 +91,11 @@ class GrpcWork:
     name: TransportName = "grpc"
     needs_registration = True
 
-    def __init__(self, hub: HubClient, prefetch: int) -> None:
+    def __init__(self, hub: HubClient, prefetch: int, tracing: Tracing | None = None) -> None:
         self._hub = hub
         self._prefetch = prefetch
+        # None when tracing is off; on, each message's handling continues the hub's trace.
+        self._tracing = tracing
         self._agent_id = ""
         # Messages being handled; they may outlive the stream they came on (see receive).
         self._in_hand: set[asyncio.Task[None]] = set()
@@ -148,7 +153,11 @@ class GrpcWork:
         # A second copy of a message in hand (a redelivery after a reconnect) acks on its own.
         mine = self._unacked.setdefault(message_id, unacked) is unacked
         try:
-            await handle(envelope)
+            if self._tracing is None or not incoming.traceparent:
+                await handle(envelope)
+            else:
+                with self._tracing.continuing(incoming.traceparent):
+                    await handle(envelope)
         except HandlingAborted as exc:
             # Not acked: the server gives it back when the stream closes, a moment from now.
             log.info("Agent %s leaves message %s unfinished: %s", agent_id, message_id, exc)
@@ -182,15 +191,18 @@ class GrpcWork:
     async def publish(self, envelope: Envelope) -> None:
         agent_id = self._agent_id or envelope.sender_id or ""
         answered = self._answered_by(envelope)
+        traceparent = "" if self._tracing is None else self._tracing.current_traceparent()
         if answered is None:
-            await self._hub.send_message(agent_id, envelope)
+            await self._hub.send_message(agent_id, envelope, traceparent=traceparent)
             return
         # The final answer: the message is finished once it is accepted, so the ack goes with
         # it (the server applies it only after the answer was published).
         message_id, unacked = answered
         unacked.acked = True
         try:
-            acked = await self._hub.send_message(agent_id, envelope, ack=message_id)
+            acked = await self._hub.send_message(
+                agent_id, envelope, ack=message_id, traceparent=traceparent
+            )
         except BaseException:
             unacked.acked = False  # not accepted: the message is given back as usual
             raise
@@ -310,7 +322,8 @@ class BusWork:
 def bus_transport(bus: Bus) -> TransportName:
     """The transport of an agent consuming `bus`: memory for an in-process bus (the hub's own,
     shared in its process), else amqp."""
-    return "memory" if isinstance(bus, InMemoryBus) else "amqp"
+    # A traced bus (telemetry/bus.py) is judged by the bus it wraps.
+    return "memory" if isinstance(getattr(bus, "inner", bus), InMemoryBus) else "amqp"
 
 
 async def _cancel_subscription(subscription: Subscription) -> None:

@@ -27,6 +27,8 @@ SCENARIOS: Mapping[str, str] = MappingProxyType(
         "fanout": "agentcomm.bench.scenarios.fanout:run",
         "idle": "agentcomm.bench.scenarios.idle:run",
         "presence": "agentcomm.bench.scenarios.presence:run",
+        "a2a": "agentcomm.bench.scenarios.a2a:run",
+        "roundtrip-traced": "agentcomm.bench.scenarios.traced:run",
         "ask": "agentcomm.bench.scenarios.ask:run",
     }
 )

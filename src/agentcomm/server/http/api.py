@@ -65,6 +65,19 @@ def admin_refusal(auth: Authenticator, authorization: str | None) -> tuple[int, 
     return None
 
 
+def caller_refusal(auth: Authenticator, authorization: str | None) -> tuple[int, str] | None:
+    """The same for the A2A endpoints, which take a frontend token as well as an admin one."""
+    if not auth.enabled:
+        return None
+    try:
+        principal = auth.verify(bearer_token(authorization))
+    except AuthError as exc:
+        return 401, str(exc)
+    if principal.role not in (Role.FRONTEND, Role.ADMIN):
+        return 403, f"A {principal.role.value} token cannot call agents; use a frontend token."
+    return None
+
+
 async def require_admin(request: Request) -> None:
     """With AUTH_SECRET set, the API takes only `Authorization: Bearer <admin token>`."""
     parts = parts_of(request)

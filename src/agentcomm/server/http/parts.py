@@ -12,6 +12,7 @@ from agentcomm.core.brokers import BrokerRegistry
 from agentcomm.core.commands import CommandOutcome
 from agentcomm.core.presence import AgentRegistry
 from agentcomm.core.presence_views import AgentSource
+from agentcomm.gateways.a2a.gateway import A2AGateway
 from agentcomm.server.metrics import HubMetrics
 
 
@@ -44,3 +45,5 @@ class HttpParts:
     # The checks /readyz shows, and whether the hub is ready (all of them, and started).
     readiness: Callable[[], dict[str, bool]]
     is_ready: Callable[[], bool]
+    # The A2A endpoints under /a2a (none when absent).
+    a2a: A2AGateway | None = None

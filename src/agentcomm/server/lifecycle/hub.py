@@ -28,6 +28,7 @@ from agentcomm.core.routing import AnswerEvent, ServerRouter
 from agentcomm.core.sessions import FrontendSessions
 from agentcomm.core.streams import ReplyStreams
 from agentcomm.core.timers import LoopTimers
+from agentcomm.gateways.a2a.gateway import A2AGateway, A2AParts
 from agentcomm.protocol.ids import new_server_id, server_tag
 from agentcomm.protocol.models import AgentInfo
 from agentcomm.protocol.queues import (
@@ -46,12 +47,13 @@ from agentcomm.server.grpc.parts import GrpcParts
 from agentcomm.server.grpc.server import GrpcListener
 from agentcomm.server.http.parts import HttpParts
 from agentcomm.server.lifecycle.tasks import OwnedTasks
-from agentcomm.server.metrics import HubMetrics
+from agentcomm.server.metrics import QUEUE_STATS_SECONDS, HubMetrics
 from agentcomm.server.presence_feed import PresenceFeed
 from agentcomm.server.routing import RouteRunner
 from agentcomm.server.state import ServerState
 from agentcomm.server.ws.output import OutputScheduler
 from agentcomm.server.ws.parts import FrontendParts
+from agentcomm.telemetry import tracing_for
 
 log = logging.getLogger(__name__)
 
@@ -124,16 +126,34 @@ class Hub:
             expect_agents_for=settings.agent_timeout,
             peer_is_live=lambda tag: self.membership.peers.hub_of_tag(tag) is not None,
         )
-        self.router = RouteRunner(decisions, bus, self.sessions)
-        self.inboxes = AgentInboxes(bus)
         self.metrics = HubMetrics()
-        self.metrics.track(
-            self.sessions.live_count, self.cluster.online_count, self.membership.hub_count
-        )
-        decisions.observe(
-            lambda message: self.metrics.count_message(
-                message.message_type.value, message.routing_status or "none"
+        tracing = tracing_for("agentcomm.server")
+        if tracing is None:
+            self.router = RouteRunner(decisions, bus, self.sessions, self.metrics)
+        else:
+            from agentcomm.server.tracing import TracedRouteRunner
+
+            self.router = TracedRouteRunner(decisions, bus, self.sessions, tracing, self.metrics)
+        self.inboxes = AgentInboxes(bus, tracing)
+        # A2A callers reach agents through the router as a frontend does (gateways/a2a/).
+        self.a2a = A2AGateway(
+            A2AParts(
+                settings=settings,
+                auth=self.auth,
+                sessions=self.sessions,
+                router=self.router,
+                agents=self.cluster,
             )
+        )
+        self.metrics.track(
+            self.sessions.live_count,
+            self.cluster.online_count,
+            self.membership.hub_count,
+            agents_connected=self.registry.online_count,
+        )
+        decisions.observe(self.metrics.count_routed)
+        self.answers.observe_timings(
+            self.metrics.first_token.observe, self.metrics.final_answer.observe
         )
         decisions.observe_answer_events(self.metrics.count_answer_event)
         # Shown from the start (at 0), so that a rate can be taken before the first one.
@@ -142,6 +162,7 @@ class Hub:
         self.cluster.subscribe(self._follow_presence_for_answers)
         # Writes what every socket has queued, once per turn of the event loop.
         self.output = OutputScheduler(total_bytes=settings.outbound_total_bytes)
+        self.metrics.read_slow_closes(lambda: self.output.too_slow_closes)
         self._collector = CollectorTuning()
         self.grpc_port: int | None = None
         # Set by whoever serves HTTP (the runner), for the advertisement.
@@ -200,6 +221,7 @@ class Hub:
             metrics=self.metrics,
             readiness=self.readiness,
             is_ready=lambda: self.ready,
+            a2a=self.a2a,
         )
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -257,6 +279,12 @@ class Hub:
             self.settings.periodic_status_interval,
             self._advertiser.advertise_available,
             "advertise",
+        )
+        own_queues = (BROKER_INPUT_QUEUE, SERVER_INPUT_QUEUE, server_queue(self.server_tag))
+        self._tasks.every(
+            QUEUE_STATS_SECONDS,
+            lambda: self.metrics.read_queue_stats(self.bus, own_queues),
+            "queue-stats",
         )
         self._started = True
         try:

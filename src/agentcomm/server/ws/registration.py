@@ -105,6 +105,9 @@ async def register_frontend(
         )
         link.send_frame(encode_for_client(response))
         link.send_frames(parts.presence.listing())
+        if request.resume_token:
+            # A resume asked for: taken up, or a new session (unknown, expired or wrong token).
+            parts.metrics.count_resume("resumed" if resumed else "new_session")
         if resumed:
             parts.sessions.flush_backlog(session)
         log.info(
