@@ -208,7 +208,14 @@ def build_command_line() -> CommandLine:
         "--transport", choices=["grpc", "amqp"], default=None, help="as for `agentcomm agent`"
     )
 
-    command("dev", "server, broker, demo agents and web UI in one process")
+    dev = command("dev", "server, broker, demo agents and web UI in one process")
+    dev.add_argument(
+        "--hubs",
+        type=int,
+        default=1,
+        help="run this many hubs on RabbitMQ behind one small load balancer on --port "
+        "(default: 1; more needs --message-bus rabbitmq)",
+    )
 
     token = command("token", "mint a JWT for a frontend, agent, broker or admin")
     token.add_argument(
@@ -344,6 +351,10 @@ def _command(args: argparse.Namespace, settings: Settings) -> int:
             lambda: A2ABridge(args.url, settings, name=args.name, transport=args.transport).serve()
         )
     if args.command == "dev":
+        if args.hubs != 1:
+            from agentcomm.dev_cluster import run_dev_cluster
+
+            return _run(lambda: run_dev_cluster(settings, args.hubs))
         from agentcomm.dev import run_dev
 
         return _run(lambda: run_dev(settings))

@@ -173,6 +173,23 @@ class Settings(BaseSettings):
         ge=0,
         description="offline agents listed at most; beyond it the longest offline are forgotten",
     )
+    history_url: Annotated[str, SettingsGroup.SERVER] = Field(
+        "",
+        description="where conversations are kept: empty (SQLite in DATA_DIR), none (off), "
+        "sqlite:///path or postgresql://user@host/db",
+    )
+    data_dir: Annotated[str, SettingsGroup.SERVER] = Field(
+        "data", description="directory of the hub's own files (the default history database)"
+    )
+    history_retention_days: Annotated[float, SettingsGroup.SERVER] = Field(
+        0.0, ge=0, description="days messages are kept in history (0: for ever)"
+    )
+    history_queue: Annotated[int, SettingsGroup.SERVER] = Field(
+        10_000,
+        ge=1,
+        description="messages waiting to be written to history at most; past it (a slow or "
+        "down database) they are not stored",
+    )
 
     rate_limit_per_second: Annotated[float, SettingsGroup.LIMITS] = Field(
         20.0, gt=0, description="frames per second a frontend may send, sustained"
@@ -295,6 +312,13 @@ class Settings(BaseSettings):
         user = quote(self.rabbitmq_user, safe="")
         password = quote(self.rabbitmq_password, safe="")
         return f"amqp://{user}:{password}@{self.rabbitmq_host}:{self.rabbitmq_port}/{vhost}"
+
+    @field_validator("history_url")
+    @classmethod
+    def _history_url_form(cls, value: str) -> str:
+        from agentcomm.history.urls import check_history_url
+
+        return check_history_url(value)
 
     @field_validator("rabbitmq_hosts")
     @classmethod

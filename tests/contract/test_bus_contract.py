@@ -474,3 +474,28 @@ async def test_a_delivery_given_back_untouched_is_not_counted(bus: Bus) -> None:
     await wait_until(lambda: len(seen) == 4, what="the fourth delivery")
     assert seen == [(1, False)] * 4
     assert await holds_for(lambda: len(seen) == 4 and not given_up, 0.3)
+
+
+@bounded
+async def test_a_delivery_whose_handler_met_a_bus_failure_is_not_counted(bus: Bus) -> None:
+    # A handler whose own publish failed (a RabbitMQ node stopped, a quorum queue electing a
+    # leader) gives the message back; however often that happens, it is not the message's
+    # fault and must not use up its attempts.
+    await bus.declare_queue("work")
+    await bus.publish("work", b"job", message_id="job")
+    seen: list[int] = []
+
+    async def handler(delivery: Delivery) -> None:
+        seen.append(delivery.attempt)
+        if len(seen) <= 4:
+            raise BusUnavailable("the bus failed under the handler")
+
+    given_up: list[Delivery] = []
+
+    async def on_dead_letter(delivery: Delivery) -> None:
+        given_up.append(delivery)
+
+    await bus.consume("work", handler, max_deliveries=2, on_dead_letter=on_dead_letter)
+    await wait_until(lambda: len(seen) == 5, what="the fifth delivery")
+    assert not given_up
+    assert await holds_for(lambda: len(seen) == 5 and not given_up, 0.3)

@@ -77,6 +77,8 @@ def test_the_registry_keeps_the_order_all_runs_in() -> None:
         "presence",
         "a2a",
         "roundtrip-traced",
+        "stream",
+        "history",
         "ask",
     )
     assert set(SCENARIOS) == set(SCENARIO_NAMES)

@@ -42,6 +42,14 @@ HEADLINE_KEYS: dict[str, tuple[str, ...]] = {
         "streams_per_s",
         "streaming_ratio_a2a_to_websocket",
     ),
+    "history": (
+        "roundtrips_per_s_without_history",
+        "roundtrips_per_s_with_history",
+        "ratio_with_history",
+        "hub_cpu_ratio_with_history",
+        "replay_10000_s_sqlite",
+        "replay_10000_s_postgresql",
+    ),
 }
 
 

@@ -57,6 +57,7 @@ class FrontendFrame(StrEnum):
     STATUS_REQUEST = "status_request"  # REQUEST_AGENT_STATUS: the full agent list
     REGISTER = "register"  # REGISTER_FRONTEND again
     REFRESH_TOKEN = "refresh_token"  # a fresh token for the session
+    HISTORY_REQUEST = "history_request"  # REQUEST_HISTORY: stored messages after a seq
 
 
 def frontend_frame_kind(message_type: MessageType, message_id: str | None) -> FrontendFrame:
@@ -70,10 +71,12 @@ def frontend_frame_kind(message_type: MessageType, message_id: str | None) -> Fr
         return FrontendFrame.REGISTER
     if message_type is MessageType.REFRESH_TOKEN:
         return FrontendFrame.REFRESH_TOKEN
+    if message_type is MessageType.REQUEST_HISTORY:
+        return FrontendFrame.HISTORY_REQUEST
     raise ProtocolError(
         ErrorCode.UNSUPPORTED_TYPE,
         f"Frontends cannot send {message_type.value}; they send TEXT, CANCEL, "
-        "REQUEST_AGENT_STATUS and REFRESH_TOKEN.",
+        "REQUEST_AGENT_STATUS, REFRESH_TOKEN and REQUEST_HISTORY.",
         message_id,
     )
 

@@ -21,6 +21,9 @@ class MessageType(StrEnum):
     # A registered frontend's fresh token, before the one it registered with expires.
     REFRESH_TOKEN = "REFRESH_TOKEN"
     REFRESH_TOKEN_RESPONSE = "REFRESH_TOKEN_RESPONSE"
+    # A conversation's stored messages after a seq, and the page that answers it.
+    REQUEST_HISTORY = "REQUEST_HISTORY"
+    HISTORY = "HISTORY"
     # Out-of-band notices on the bus.
     SERVER_AVAILABLE = "SERVER_AVAILABLE"
     SERVER_UNAVAILABLE = "SERVER_UNAVAILABLE"
@@ -51,6 +54,7 @@ FRONTEND_SENDABLE = frozenset(
         MessageType.CANCEL,
         MessageType.REGISTER_FRONTEND,
         MessageType.REFRESH_TOKEN,
+        MessageType.REQUEST_HISTORY,
     }
 )
 
@@ -103,6 +107,11 @@ class ErrorCode(StrEnum):
     # An outside A2A agent behind `agentcomm a2a-bridge` failed the task, or cannot be reached.
     REMOTE_FAILED = "remote_failed"
     REMOTE_UNAVAILABLE = "remote_unavailable"
+    # History (REQUEST_HISTORY): no such conversation of this user; the messages after that
+    # seq were removed by retention (reload from the first kept one); history off or down.
+    UNKNOWN_CONVERSATION = "unknown_conversation"
+    UNRECOVERABLE = "unrecoverable"
+    HISTORY_UNAVAILABLE = "history_unavailable"
     CALL_CYCLE = "call_cycle"  # an agent asked itself, or an agent already waiting in the chain
     TOO_MANY_CALLS = "too_many_calls"  # an agent's calls in flight are at its limit
 

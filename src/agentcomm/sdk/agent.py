@@ -94,6 +94,9 @@ class Agent(AsksOtherAgents):
         auth_token: the JWT to present when the server has AUTH_SECRET set (default:
             AUTH_TOKEN); an agent token speaks for the agent id in its `sub`.
         hub: a HubClient to use instead of gRPC (tests, custom transports).
+        stream_merge_ms: None (default): one REPLY_CHUNK per piece yielded. A number: pieces
+            yielded while a chunk is on its way join the next one, which also waits that long
+            for more (0: none); see docs/agents.md.
         max_calls_in_flight: calls to other agents (`ask`) unanswered at once, at most.
     """
 
@@ -111,6 +114,7 @@ class Agent(AsksOtherAgents):
         version: str = __version__,
         auth_token: str | None = None,
         hub: HubClient | None = None,
+        stream_merge_ms: float | None = None,
         max_calls_in_flight: int = DEFAULT_MAX_CALLS_IN_FLIGHT,
     ) -> None:
         if not name:
@@ -119,7 +123,10 @@ class Agent(AsksOtherAgents):
             raise ValueError(f"Invalid agent id {agent_id!r}: use 1-128 of A-Z a-z 0-9 _ . : -")
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1.")
+        if stream_merge_ms is not None and not 0 <= stream_merge_ms <= 1000:
+            raise ValueError("stream_merge_ms must be between 0 and 1000 (or None: no merging).")
         self.name = name
+        self.stream_merge_ms = stream_merge_ms
         self.settings = settings or load_settings()
         self.transport: TransportName = choose_transport(transport, self.settings, bus)
         self.capabilities = dict(capabilities or {})
@@ -353,8 +360,9 @@ class Agent(AsksOtherAgents):
             concurrency=self.concurrency,
             is_paused=lambda: self._paused,
             on_change=self._status_changed,
-            calls=self.calls,
             tracing=tracing,
+            merge_seconds=None if self.stream_merge_ms is None else self.stream_merge_ms / 1000,
+            calls=self.calls,
         )
         return AgentRuntime(
             name=self.name,

@@ -20,6 +20,7 @@ from agentcomm.sdk import envelopes
 from agentcomm.sdk.calls import ANSWERING, Calls
 from agentcomm.sdk.dedup import RecentIds
 from agentcomm.sdk.errors import CallFailed, ErrorAnswer, HandlingAborted, PublishFailed
+from agentcomm.sdk.merging import stream_merged
 from agentcomm.sdk.message import Message, MessageHandler
 
 if TYPE_CHECKING:
@@ -84,8 +85,9 @@ class Dispatcher:
         concurrency: int = 16,
         is_paused: Callable[[], bool] = lambda: False,
         on_change: Callable[[], None] = lambda: None,
-        calls: Calls | None = None,
         tracing: Tracing | None = None,
+        merge_seconds: float | None = None,
+        calls: Calls | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1.")
@@ -95,6 +97,8 @@ class Dispatcher:
         self.concurrency = concurrency
         self.is_paused = is_paused
         self.on_change = on_change
+        # None: one chunk per piece a handler yields; else merged (sdk/merging.py).
+        self.merge_seconds = merge_seconds
         # The agent's calls to other agents: their answers come in here too.
         self.calls = calls
         self.stats = DispatchStats()
@@ -271,6 +275,9 @@ class Dispatcher:
             self.stats.cancelled += 1
         except PublishFailed:
             raise
+        except ErrorAnswer as answer:
+            self.stats.failed += 1
+            await self._send(envelopes.error(envelope, self.agent_id, answer.code, answer.text))
         except CallFailed as exc:
             # A call the handler made and did not deal with: its sender learns why, with the
             # code of the call's own end (a cycle, an agent offline, ...), not just "internal".
@@ -283,9 +290,6 @@ class Dispatcher:
                 exc.text,
             )
             await self._send(envelopes.call_failed(envelope, self.agent_id, exc))
-        except ErrorAnswer as answer:
-            self.stats.failed += 1
-            await self._send(envelopes.error(envelope, self.agent_id, answer.code, answer.text))
         except Exception as exc:
             log.exception(
                 "The handler of agent %s failed on message %s", self.agent_id, envelope.message_id
@@ -338,6 +342,14 @@ class Dispatcher:
         """Sends each part as a REPLY_CHUNK; returns the whole text and how many chunks."""
         sent: list[str] = []
         try:
+            if self.merge_seconds is not None:
+
+                def send(seq: int, delta: str) -> Awaitable[None]:
+                    return self._send(
+                        envelopes.chunk(envelope, self.agent_id, reply_id, seq, delta)
+                    )
+
+                return await stream_merged(parts, send, self.merge_seconds)
             async for delta in parts:
                 if not isinstance(delta, str):
                     raise TypeError(f"The message handler yielded {type(delta).__name__}, not str.")

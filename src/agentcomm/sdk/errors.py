@@ -53,6 +53,16 @@ class HandlingAborted(AgentError):
     """The agent stopped before it finished a message; the message goes back to its queue."""
 
 
+class ErrorAnswer(Exception):
+    """Raised by a message handler to answer with `ERROR <code>` and this sentence (any other
+    exception answers `internal`). Not an AgentError: nothing went wrong in the SDK."""
+
+    def __init__(self, code: ErrorCode, text: str) -> None:
+        super().__init__(text)
+        self.code = code
+        self.text = text
+
+
 class CallFailed(AgentError):
     """A call to another agent ended in an ERROR (or in none, within its timeout)."""
 
@@ -112,13 +122,3 @@ def call_error(error_code: str, text: str, *, agent_id: str | None = None) -> Ca
     """The exception for a call that ended in an ERROR with `error_code`."""
     kind = _BY_CODE.get(error_code, AnswerFailed)
     return kind(error_code, text, agent_id=agent_id)
-
-
-class ErrorAnswer(Exception):
-    """Raised by a message handler to answer with `ERROR <code>` and this sentence (any other
-    exception answers `internal`). Not an AgentError: nothing went wrong in the SDK."""
-
-    def __init__(self, code: ErrorCode, text: str) -> None:
-        super().__init__(text)
-        self.code = code
-        self.text = text

@@ -32,7 +32,8 @@ from agentcomm.protocol import (
     decode_envelope,
     encode_for_bus,
 )
-from agentcomm.protocol.queues import BROKER_INPUT_QUEUE, agent_queue
+from agentcomm.protocol.ids import frontend_server_tag, is_frontend_id
+from agentcomm.protocol.queues import BROKER_INPUT_QUEUE, agent_queue, server_queue
 from agentcomm.sdk import envelopes
 from agentcomm.sdk.errors import (
     AgentError,
@@ -307,6 +308,17 @@ class BusWork:
             await _cancel_subscription(subscription)
 
     async def publish(self, envelope: Envelope) -> None:
+        queue = straight_queue(envelope)
+        if queue is not None:
+            try:
+                await self._bus.publish(
+                    queue, encode_for_bus(envelope), message_id=envelope.message_id
+                )
+                return
+            except Unroutable:
+                pass  # that hub's queue is gone: the broker finds the frontend's way
+            except BusError as exc:
+                raise HubUnavailable(f"Cannot publish to {queue}: {exc}") from exc
         try:
             await self._bus.publish(
                 BROKER_INPUT_QUEUE, encode_for_bus(envelope), message_id=envelope.message_id
@@ -317,6 +329,18 @@ class BusWork:
     async def close(self) -> None:
         if self._owns_bus:
             await self._bus.close()
+
+
+def straight_queue(envelope: Envelope) -> str | None:
+    """Where a chunk of an answer to a frontend goes without a broker: the queue of the hub
+    that holds the frontend (its id names the hub). The answer's route was decided when its
+    TEXT was routed; each chunk needs no decision of its own, and the final answer still goes
+    through the broker. None for everything else."""
+    receiver = envelope.receiver_id or ""
+    if envelope.message_type is not MessageType.REPLY_CHUNK or not is_frontend_id(receiver):
+        return None
+    tag = frontend_server_tag(receiver)
+    return server_queue(tag) if tag else None
 
 
 def bus_transport(bus: Bus) -> TransportName:

@@ -29,6 +29,8 @@ SCENARIOS: Mapping[str, str] = MappingProxyType(
         "presence": "agentcomm.bench.scenarios.presence:run",
         "a2a": "agentcomm.bench.scenarios.a2a:run",
         "roundtrip-traced": "agentcomm.bench.scenarios.traced:run",
+        "stream": "agentcomm.bench.scenarios.stream:run",
+        "history": "agentcomm.bench.scenarios.history:run",
         "ask": "agentcomm.bench.scenarios.ask:run",
     }
 )

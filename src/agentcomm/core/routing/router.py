@@ -47,6 +47,9 @@ from agentcomm.protocol.vocabulary import ErrorCode, MessageType, RoutingStatus
 log = logging.getLogger(__name__)
 
 RouteObserver = Callable[[Envelope], None]
+# (frontend_id, message): a TEXT of that frontend the server accepted (the bus took it), or the
+# one final REPLY or ERROR that answers one, as it goes to the frontend.
+ConversationObserver = Callable[[str, Envelope], None]
 
 
 class ServerRouter:
@@ -85,6 +88,7 @@ class ServerRouter:
             publish_timeout=publish_timeout,
         )
         self._observers: list[RouteObserver] = []
+        self._text_observers: list[ConversationObserver] = []
         self._event_observers: list[AnswerEventObserver] = []
         self._refusals = Refusals(
             registry=registry,
@@ -106,6 +110,14 @@ class ServerRouter:
     def observe(self, observer: RouteObserver) -> None:
         """Calls `observer` with every message the router handles (metrics, tests)."""
         self._observers.append(observer)
+
+    def observe_conversations(
+        self, on_text: ConversationObserver, on_final: ConversationObserver
+    ) -> None:
+        """Calls `on_text` with every TEXT a frontend of this server sent that the bus took,
+        and `on_final` with the final answer to each as it goes out (conversation history)."""
+        self._text_observers.append(on_text)
+        self.frontends.final_observers.append(on_final)
 
     def observe_answer_events(self, observer: AnswerEventObserver) -> None:
         """Calls `observer` with what became of answers it had to look after (metrics)."""
@@ -201,6 +213,8 @@ class ServerRouter:
             raise
         if is_text:
             self._answers.await_answer(frontend_id, outgoing)
+            for observer in self._text_observers:
+                observer(frontend_id, outgoing)
             yield from frontends.echo(frontend_id, outgoing, RoutingStatus.PENDING)
         self._echoes.echoed(outgoing.message_id, waiters)
         self._notify(outgoing)
@@ -222,6 +236,12 @@ class ServerRouter:
                 agent_id, message.in_reply_to_message_id or ""
             )
         outgoing = message.model_copy(update=update)
+        frontend = self.frontends.route_known(agent_id, outgoing)
+        if frontend is not None:
+            # A chunk of an answer this hub routed: to its frontend now, in stream order.
+            self._notify(outgoing)
+            yield from self.frontends.deliver(frontend, outgoing)
+            return outgoing
         # Before the publish: the broker may send it back before the bus confirms it.
         self._bounced.passing(outgoing)
         yield Publish(

@@ -15,6 +15,7 @@ from starlette.types import ASGIApp
 from agentcomm import __version__
 from agentcomm.gateways.a2a.routes import GatewayFirst, build_a2a_routes
 from agentcomm.server.http.api import build_api_router
+from agentcomm.server.http.conversations import build_conversations_router
 from agentcomm.server.http.guard import RequestGuard
 from agentcomm.server.http.parts import HttpParts
 from agentcomm.server.ws.connection import serve_frontend_socket
@@ -28,7 +29,7 @@ def _cors_options(origins: list[str]) -> dict[str, Any]:
     return {
         "allow_origins": origins,
         "allow_credentials": True,
-        "allow_methods": ["GET", "POST"],
+        "allow_methods": ["GET", "POST", "DELETE"],
         "allow_headers": ["Authorization", "Content-Type"],
     }
 
@@ -44,6 +45,7 @@ def create_app(parts: HttpParts, frontends: FrontendParts) -> ASGIApp:
     origins = parts.settings.origins
     if origins:
         app.add_middleware(CORSMiddleware, **_cors_options(origins))
+    app.include_router(build_conversations_router())
     app.include_router(build_api_router())
 
     @app.websocket("/ws")

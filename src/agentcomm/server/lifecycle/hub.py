@@ -45,6 +45,7 @@ from agentcomm.server.collector import CollectorTuning
 from agentcomm.server.grpc.inboxes import AgentInboxes
 from agentcomm.server.grpc.parts import GrpcParts
 from agentcomm.server.grpc.server import GrpcListener
+from agentcomm.server.history_feed import ServerHistory
 from agentcomm.server.http.parts import HttpParts
 from agentcomm.server.lifecycle.tasks import OwnedTasks
 from agentcomm.server.metrics import QUEUE_STATS_SECONDS, HubMetrics
@@ -156,6 +157,11 @@ class Hub:
             self.metrics.first_token.observe, self.metrics.final_answer.observe
         )
         decisions.observe_answer_events(self.metrics.count_answer_event)
+        # Conversation history (None: HISTORY_URL=none), fed by the router, written off its path.
+        self.history = ServerHistory.from_settings(settings, self.sessions)
+        if self.history is not None:
+            feed = self.history.feed
+            decisions.observe_conversations(feed.text_accepted, feed.answered)
         # Shown from the start (at 0), so that a rate can be taken before the first one.
         self.metrics.declare_answer_events([event.value for event in AnswerEvent])
         self.presence = PresenceFeed(self.cluster, self.sessions, self.clock)
@@ -193,6 +199,7 @@ class Hub:
             output=self.output,
             metrics=self.metrics,
             clock=self.clock,
+            history=self.history.store if self.history is not None else None,
         )
 
     def grpc_parts(self) -> GrpcParts:
@@ -222,6 +229,8 @@ class Hub:
             readiness=self.readiness,
             is_ready=lambda: self.ready,
             a2a=self.a2a,
+            history=self.history.store if self.history is not None else None,
+            history_status=self.history_status,
         )
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -240,6 +249,10 @@ class Hub:
                 "AUTH_SECRET is not set: the hub is OPEN — anyone who can reach its ports may "
                 "connect as any frontend, agent or broker. Set AUTH_SECRET in production."
             )
+        if self.history is not None:
+            await self.history.start()
+            if self.history.retention_seconds:
+                self._tasks.every(3600.0, self.history.expire_old, "history-retention")
         await self.bus.connect()
         for name in (
             BROKER_INPUT_QUEUE,
@@ -308,6 +321,8 @@ class Hub:
                 self._grpc = None
             with contextlib.suppress(BusError):
                 await self.bus.close()
+            if self.history is not None:
+                await self.history.stop(0.0)
             return
         self._started = False
         self.state.draining = True
@@ -336,6 +351,9 @@ class Hub:
             async with asyncio.timeout(2.0):
                 await self._advertiser.advertise_unavailable()
         await self.bus.close()
+        if self.history is not None:
+            # Last: what the bus handlers delivered until now is history too.
+            await self.history.stop(min(5.0, budget / 2))
         log.info("Server %s stopped", self.server_id)
 
     @property
@@ -345,6 +363,10 @@ class Hub:
     @property
     def ready(self) -> bool:
         return self._started and not self.state.draining and self.bus.is_connected
+
+    def history_status(self) -> str:
+        """`ok`, `off`, or `degraded: …` (history is not part of being ready: chat goes on)."""
+        return self.history.status() if self.history is not None else "off"
 
     def readiness(self) -> dict[str, bool]:
         """The checks `/readyz` shows; the hub is ready when all hold and it has started."""
