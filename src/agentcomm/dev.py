@@ -1,8 +1,8 @@
 """`agentcomm dev` (what `make run` starts): the whole stack in one process.
 
-Server, reference broker and the demo agents `echo` and `typist` share one bus — the in-process
-bus by default, RabbitMQ with `--message-bus rabbitmq` (or MESSAGE_BUS=rabbitmq). Ctrl+C stops
-everything in reverse order.
+Server, reference broker and the demo agents `echo`, `typist` and `planner` share one bus — the
+in-process bus by default, RabbitMQ with `--message-bus rabbitmq` (or MESSAGE_BUS=rabbitmq).
+Ctrl+C stops everything in reverse order.
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ from agentcomm.signals import Waiting, stop_on_signals
 
 log = logging.getLogger(__name__)
 
-DEMO_AGENTS = ("echo", "typist")
+# The planner last: it asks the other two.
+DEMO_AGENTS = ("echo", "typist", "planner")
 # The dev stack's own tokens live as long as any dev session reasonably does.
 TOKEN_TTL_SECONDS = 30 * 24 * 3600
 

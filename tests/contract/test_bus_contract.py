@@ -16,6 +16,7 @@ from agentcomm.bus.base import (
     MessageHandler,
     NotTaken,
     QueueOptions,
+    Requeue,
     Unroutable,
 )
 from tests.contract.conftest import WAIT, BusBackend, Collector, bounded, holds_for, wait_until
@@ -33,6 +34,33 @@ async def test_round_trip_keeps_body_and_message_id(bus: Bus) -> None:
     assert delivery == Delivery(
         queue="work", body=b'{"n": 1}', message_id="msg-1", redelivered=False, attempt=1
     )
+
+
+@bounded
+async def test_headers_travel_with_the_message_and_its_redelivery(bus: Bus) -> None:
+    """The trace context rides in the headers: the consumer gets them, also on the attempt
+    after a failure (RabbitMQ carries them in the AMQP content header both ways)."""
+    traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    await bus.declare_queue("work")
+    await bus.publish("work", b"{}", message_id="with", headers={"traceparent": traceparent})
+    await bus.publish("work", b"{}", message_id="without")
+    seen: list[Delivery] = []
+
+    async def fail_once(delivery: Delivery) -> None:
+        seen.append(delivery)
+        if delivery.message_id == "with" and delivery.attempt == 1:
+            raise Requeue("once more")
+
+    await bus.consume("work", fail_once)
+    await wait_until(lambda: len(seen) == 3, what="both messages and the retried one")
+
+    withs = [d for d in seen if d.message_id == "with"]
+    assert [d.attempt for d in withs] == [1, 2]
+    for delivery in withs:
+        assert delivery.headers is not None
+        assert delivery.headers["traceparent"] == traceparent
+    [without] = [d for d in seen if d.message_id == "without"]
+    assert not (without.headers or {}).get("traceparent")
 
 
 @bounded

@@ -16,7 +16,7 @@ import grpc
 import pytest
 
 from agentcomm.broker.service import ReferenceBroker
-from agentcomm.core.presence import AGENT_PAGE_BYTES
+from agentcomm.core.presence_views import AGENT_PAGE_BYTES
 from agentcomm.generated import agent_registration_service_pb2 as reg_pb
 from agentcomm.generated import agent_registration_service_pb2_grpc as reg_grpc
 from agentcomm.generated import agent_status_service_pb2 as status_pb

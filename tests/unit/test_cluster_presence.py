@@ -9,7 +9,8 @@ from agentcomm.core.clock import ManualClock
 from agentcomm.core.cluster_presence import ClusterPresence
 from agentcomm.core.errors import AgentIdTaken
 from agentcomm.core.peers import PeerPresence
-from agentcomm.core.presence import AgentRegistry, Reach
+from agentcomm.core.presence import AgentRegistry
+from agentcomm.core.presence_views import Reach
 from agentcomm.protocol.cluster import HubAgent, HubReport
 from agentcomm.protocol.models import AgentInfo
 from agentcomm.protocol.vocabulary import AgentState

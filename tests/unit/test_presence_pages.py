@@ -7,7 +7,8 @@ import json
 from typing import Any
 
 from agentcomm.core.clock import ManualClock
-from agentcomm.core.presence import AgentRegistry, take_page
+from agentcomm.core.presence import AgentRegistry
+from agentcomm.core.presence_views import take_page
 from agentcomm.core.sessions import FrameSource, FrontendSessions
 from agentcomm.server.presence_feed import PAGE_REUSE_SECONDS, PresenceFeed
 

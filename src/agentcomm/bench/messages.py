@@ -7,7 +7,7 @@ from agentcomm.protocol.ids import new_frontend_id, new_server_id
 from agentcomm.protocol.models import Envelope
 from agentcomm.protocol.timestamps import utc_now_iso
 from agentcomm.protocol.vocabulary import MessageType, RoutingStatus
-from agentcomm.sdk.envelopes import reply
+from agentcomm.sdk.envelopes import answer_id, chunk, reply
 
 
 def chat_turn_bus_sizes(payload: str, agent_id: str = "echo") -> list[int]:
@@ -34,3 +34,23 @@ def chat_turn_bus_sizes(payload: str, agent_id: str = "echo") -> list[int]:
 def mean_bus_size(payload: str) -> int:
     sizes = chat_turn_bus_sizes(payload)
     return round(sum(sizes) / len(sizes))
+
+
+def chunk_bus_size(delta: str = "t100 ", agent_id: str = "streamer") -> int:
+    """Body size of one REPLY_CHUNK on the bus (the mean of its two hops), as the SDK and the
+    broker build it, so that the stream floor carries the same."""
+    frontend = new_frontend_id()
+    text = Envelope(
+        message_type=MessageType.TEXT,
+        sender_id=frontend,
+        receiver_id=agent_id,
+        text_payload="300 50",
+        routing_status=RoutingStatus.DELIVERED,
+        send_timestamp=utc_now_iso(),
+        _client_id=frontend,
+        _server_id=new_server_id(),
+        _hops=1,
+    )
+    part = chunk(text, agent_id, answer_id(text), 100, delta)
+    routed = part.model_copy(update={"routing_status": RoutingStatus.ROUTED, "hops": 2})
+    return round((len(encode_for_bus(part)) + len(encode_for_bus(routed))) / 2)

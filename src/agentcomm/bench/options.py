@@ -42,12 +42,33 @@ class BenchOptions:
     presence_agents: int = 1000
     presence_frontends: int = 1000
     presence_losses: int = 20
+    # stream: streamed answers (REPLY_CHUNKs). Closed loop at saturation: this many frontends
+    # each asking for answers of `stream_tokens` tokens produced as fast as the agent can.
+    stream_frontends: int = 16
+    stream_tokens: int = 200
+    # Realistic load: answers of `stream_paced_tokens` tokens at `stream_rate` tokens/s each;
+    # concurrent answers doubled from `stream_start` (at most `stream_max`), then bisected,
+    # while the p99 delay added between tokens stays within `stream_bound_ms`, for at most
+    # `stream_search_seconds` per bus.
+    stream_rate: float = 50.0
+    stream_paced_tokens: int = 300
+    stream_bound_ms: float = 100.0
+    stream_start: int = 16
+    stream_max: int = 4096
+    stream_search_seconds: float = 150.0
+    # The streamer agent's stream_merge_ms (below 0: no merging, one chunk per token).
+    stream_merge_ms: float = -1.0
+    # Which sides of `stream` run (a lever measured on one bus need not wait for the other).
+    stream_rabbitmq: bool = True
+    stream_memory: bool = True
     plots: bool = True
     # Sample the measured processes with py-spy during the saturation phase.
     profile: bool = False
     # Also measure a floor whose relays handle one delivery at a time (as the hub's ordered
     # consumers do), to tell the cost of ordering from the cost of the hub's Python work.
     serial_floor: bool = False
+    # roundtrip-traced: the share of chat turns traced (1.0: every one, as the target asks).
+    trace_sample: float = 1.0
     progress: bool = True
     out_dir: Path | None = None
     notes: list[str] = field(default_factory=list)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -105,15 +105,53 @@ async def _wait_agent_online(http_port: int, agent_id: str, watch: Child, timeou
         ) from None
 
 
-class RabbitHub:
-    """Server, broker and echo agent as three processes on RabbitMQ."""
+async def _start_agent(
+    children: Children,
+    env: dict[str, str],
+    transport: str,
+    module: str | None,
+    agent_id: str,
+    args: Sequence[str] = (),
+    *,
+    name: str = "agent",
+) -> Child:
+    """The echo agent (`agentcomm agent echo`), or the agent of `module`."""
+    if module is None:
+        return await children.start_agentcomm(
+            name, ["agent", "echo", "--id", agent_id, "--transport", transport], env
+        )
+    return await children.start_module(
+        name, module, ["--transport", transport, "--id", agent_id, *args], env
+    )
 
-    def __init__(self, settings: Settings, children: Children) -> None:
+
+class RabbitHub:
+    """Server, broker and echo agent as three processes on RabbitMQ (or, with `agent_module`,
+    that module's agent: `python -m MODULE --transport amqp --id AGENT_ID`)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        children: Children,
+        *,
+        prefix: str = "",
+        env: Mapping[str, str] | None = None,
+        agent_module: str | None = None,
+        agent_id: str = ECHO_ID,
+        agent_args: Sequence[str] = (),
+    ) -> None:
         self.settings = settings
         self.children = children
+        self.agent_module = agent_module
+        self.agent_id = agent_id
+        self.agent_args = agent_args
         self.http_port = free_port()
         self.grpc_port = free_port()
         self.processes: dict[str, int] = {}
+        # Names the processes (and their logs) when two hubs run side by side; `env` is what
+        # they get on top of the settings (the OTEL_* variables of a traced hub).
+        self._prefix = prefix
+        self._env = dict(env or {})
 
     @property
     def ws_url(self) -> str:
@@ -126,13 +164,21 @@ class RabbitHub:
             port=self.http_port,
             grpc_port=self.grpc_port,
         )
-        server = await self.children.start_agentcomm("server", ["serve"], env)
+        env.update(self._env)
+        named = self._prefix
+        server = await self.children.start_agentcomm(f"{named}server", ["serve"], env)
         await wait_http_ok(self.http_port, "/readyz", START_TIMEOUT, server)
-        broker = await self.children.start_agentcomm("broker", ["broker"], env)
-        agent = await self.children.start_agentcomm(
-            "agent", ["agent", "echo", "--id", ECHO_ID, "--transport", "amqp"], env
+        broker = await self.children.start_agentcomm(f"{named}broker", ["broker"], env)
+        agent = await _start_agent(
+            self.children,
+            env,
+            "amqp",
+            self.agent_module,
+            self.agent_id,
+            self.agent_args,
+            name=f"{named}agent",
         )
-        await _wait_agent_online(self.http_port, ECHO_ID, agent, START_TIMEOUT)
+        await _wait_agent_online(self.http_port, self.agent_id, agent, START_TIMEOUT)
         self.children.check_alive()
         self.processes = {"server": server.pid, "broker": broker.pid, "agent": agent.pid}
 
@@ -148,9 +194,15 @@ class MemoryHub:
         echo_in_process: bool = False,
         broker: bool = True,
         name: str = "hub",
+        agent_module: str | None = None,
+        agent_id: str = ECHO_ID,
+        agent_args: Sequence[str] = (),
         **overrides: object,
     ) -> None:
         self.settings = settings
+        self.agent_module = agent_module
+        self.agent_id = agent_id
+        self.agent_args = agent_args
         self.children = children
         self.echo_in_process = echo_in_process
         self.broker = broker
@@ -187,10 +239,15 @@ class MemoryHub:
         elif with_agent:
             agent_env = dict(env)
             agent_env["GRPC_PORT"] = str(self.grpc_port)
-            agent = await self.children.start_agentcomm(
-                "agent", ["agent", "echo", "--id", ECHO_ID, "--transport", "grpc"], agent_env
+            agent = await _start_agent(
+                self.children,
+                agent_env,
+                "grpc",
+                self.agent_module,
+                self.agent_id,
+                self.agent_args,
             )
-            await _wait_agent_online(self.http_port, ECHO_ID, agent, START_TIMEOUT)
+            await _wait_agent_online(self.http_port, self.agent_id, agent, START_TIMEOUT)
             self.processes["agent"] = agent.pid
 
 

@@ -13,7 +13,8 @@ from collections.abc import Callable, Iterable, Iterator
 
 from agentcomm.core.errors import AgentIdTaken
 from agentcomm.core.peers import Changed, PeerPresence
-from agentcomm.core.presence import AgentRegistry, PresenceListener, Reach
+from agentcomm.core.presence import AgentRegistry
+from agentcomm.core.presence_views import PresenceListener, Reach
 from agentcomm.protocol.cluster import HubReport
 from agentcomm.protocol.models import AgentInfo
 from agentcomm.protocol.vocabulary import AgentState

@@ -19,44 +19,16 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from enum import Enum
-from typing import Protocol, TypeVar
 
 from agentcomm.core.clock import Clock
 from agentcomm.core.errors import AgentIdTaken, NotYourAgent, UnknownAgent
+from agentcomm.core.presence_views import PresenceListener, Reach
 from agentcomm.core.timers import Timers
 from agentcomm.protocol.models import AgentInfo
 from agentcomm.protocol.timestamps import to_iso
 from agentcomm.protocol.vocabulary import AgentState
 
 log = logging.getLogger(__name__)
-
-PresenceListener = Callable[[list[AgentInfo]], None]
-
-
-class Reach(Enum):
-    """Whether an agent can be reached now, as routing asks it."""
-
-    ONLINE = "online"  # registered and online (here, or at a peer hub of the cluster)
-    OFFLINE = "offline"  # known, but online nowhere
-    UNKNOWN = "unknown"  # registered nowhere this hub knows of
-
-
-class AgentSource(Protocol):
-    """Presence as its listeners read it: one hub's registry, or the whole cluster's view."""
-
-    def snapshot(self) -> list[AgentInfo]: ...
-
-    def infos_after(self, after: str | None) -> Iterator[AgentInfo]: ...
-
-    def subscribe(self, listener: PresenceListener) -> Callable[[], None]: ...
-
-
-class AgentLookup(Protocol):
-    """What routing asks of presence: one hub's registry, or the whole cluster's view."""
-
-    def reach(self, agent_id: str) -> Reach: ...
-
 
 # What an agent may report in a heartbeat, mapped to the presence frontends see.
 _REPORTED_STATES = {
@@ -73,30 +45,6 @@ _REPORTED_STATES = {
 # OFFLINE_AGENTS_KEPT.
 FORGET_OFFLINE_AFTER_SECONDS = 3600.0
 MAX_OFFLINE_AGENTS = 1000
-
-
-# What one page of an agent list may hold (and always at least one agent): well within what any
-# client takes in one WebSocket frame or gRPC message (4 MiB by gRPC's default), and small enough
-# that a socket that does not read holds one page, not a list that grows with the agents.
-AGENT_PAGE_BYTES = 256 * 1024
-
-T = TypeVar("T")
-
-
-def take_page(
-    items: Iterator[T], size_of: Callable[[T], int], max_bytes: int = AGENT_PAGE_BYTES
-) -> tuple[list[T], bool]:
-    """The next items of `items` up to `max_bytes` in all (the first one always), and whether
-    any are left after them."""
-    page: list[T] = []
-    size = 0
-    for item in items:
-        item_size = size_of(item)
-        if page and size + item_size > max_bytes:
-            return page, True
-        page.append(item)
-        size += item_size
-    return page, False
 
 
 def parse_reported_status(raw: str) -> AgentState | None:

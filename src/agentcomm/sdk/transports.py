@@ -19,10 +19,11 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from agentcomm.bus import Bus, BusError, BusUnavailable, Delivery, Subscription, Unroutable
 from agentcomm.bus.memory import InMemoryBus
+from agentcomm.config import Settings
 from agentcomm.protocol import (
     Envelope,
     ErrorCode,
@@ -31,7 +32,8 @@ from agentcomm.protocol import (
     decode_envelope,
     encode_for_bus,
 )
-from agentcomm.protocol.queues import BROKER_INPUT_QUEUE, agent_queue
+from agentcomm.protocol.ids import frontend_server_tag, is_frontend_id
+from agentcomm.protocol.queues import BROKER_INPUT_QUEUE, agent_queue, server_queue
 from agentcomm.sdk import envelopes
 from agentcomm.sdk.errors import (
     AgentError,
@@ -41,6 +43,9 @@ from agentcomm.sdk.errors import (
     WrongBus,
 )
 from agentcomm.sdk.hub_client import HubClient, IncomingMessage
+
+if TYPE_CHECKING:
+    from agentcomm.telemetry.spans import Tracing
 
 log = logging.getLogger(__name__)
 
@@ -87,9 +92,11 @@ class GrpcWork:
     name: TransportName = "grpc"
     needs_registration = True
 
-    def __init__(self, hub: HubClient, prefetch: int) -> None:
+    def __init__(self, hub: HubClient, prefetch: int, tracing: Tracing | None = None) -> None:
         self._hub = hub
         self._prefetch = prefetch
+        # None when tracing is off; on, each message's handling continues the hub's trace.
+        self._tracing = tracing
         self._agent_id = ""
         # Messages being handled; they may outlive the stream they came on (see receive).
         self._in_hand: set[asyncio.Task[None]] = set()
@@ -147,7 +154,11 @@ class GrpcWork:
         # A second copy of a message in hand (a redelivery after a reconnect) acks on its own.
         mine = self._unacked.setdefault(message_id, unacked) is unacked
         try:
-            await handle(envelope)
+            if self._tracing is None or not incoming.traceparent:
+                await handle(envelope)
+            else:
+                with self._tracing.continuing(incoming.traceparent):
+                    await handle(envelope)
         except HandlingAborted as exc:
             # Not acked: the server gives it back when the stream closes, a moment from now.
             log.info("Agent %s leaves message %s unfinished: %s", agent_id, message_id, exc)
@@ -181,15 +192,18 @@ class GrpcWork:
     async def publish(self, envelope: Envelope) -> None:
         agent_id = self._agent_id or envelope.sender_id or ""
         answered = self._answered_by(envelope)
+        traceparent = "" if self._tracing is None else self._tracing.current_traceparent()
         if answered is None:
-            await self._hub.send_message(agent_id, envelope)
+            await self._hub.send_message(agent_id, envelope, traceparent=traceparent)
             return
         # The final answer: the message is finished once it is accepted, so the ack goes with
         # it (the server applies it only after the answer was published).
         message_id, unacked = answered
         unacked.acked = True
         try:
-            acked = await self._hub.send_message(agent_id, envelope, ack=message_id)
+            acked = await self._hub.send_message(
+                agent_id, envelope, ack=message_id, traceparent=traceparent
+            )
         except BaseException:
             unacked.acked = False  # not accepted: the message is given back as usual
             raise
@@ -294,6 +308,17 @@ class BusWork:
             await _cancel_subscription(subscription)
 
     async def publish(self, envelope: Envelope) -> None:
+        queue = straight_queue(envelope)
+        if queue is not None:
+            try:
+                await self._bus.publish(
+                    queue, encode_for_bus(envelope), message_id=envelope.message_id
+                )
+                return
+            except Unroutable:
+                pass  # that hub's queue is gone: the broker finds the frontend's way
+            except BusError as exc:
+                raise HubUnavailable(f"Cannot publish to {queue}: {exc}") from exc
         try:
             await self._bus.publish(
                 BROKER_INPUT_QUEUE, encode_for_bus(envelope), message_id=envelope.message_id
@@ -306,10 +331,23 @@ class BusWork:
             await self._bus.close()
 
 
+def straight_queue(envelope: Envelope) -> str | None:
+    """Where a chunk of an answer to a frontend goes without a broker: the queue of the hub
+    that holds the frontend (its id names the hub). The answer's route was decided when its
+    TEXT was routed; each chunk needs no decision of its own, and the final answer still goes
+    through the broker. None for everything else."""
+    receiver = envelope.receiver_id or ""
+    if envelope.message_type is not MessageType.REPLY_CHUNK or not is_frontend_id(receiver):
+        return None
+    tag = frontend_server_tag(receiver)
+    return server_queue(tag) if tag else None
+
+
 def bus_transport(bus: Bus) -> TransportName:
     """The transport of an agent consuming `bus`: memory for an in-process bus (the hub's own,
     shared in its process), else amqp."""
-    return "memory" if isinstance(bus, InMemoryBus) else "amqp"
+    # A traced bus (telemetry/bus.py) is judged by the bus it wraps.
+    return "memory" if isinstance(getattr(bus, "inner", bus), InMemoryBus) else "amqp"
 
 
 async def _cancel_subscription(subscription: Subscription) -> None:
@@ -317,3 +355,24 @@ async def _cancel_subscription(subscription: Subscription) -> None:
         await subscription.cancel()
     except BusError as exc:
         log.warning("Could not cancel the bus consumer cleanly: %s", exc)
+
+
+def choose_transport(transport: str | None, settings: Settings, bus: Bus | None) -> TransportName:
+    """The bus given (amqp, or memory for an in-process one), else amqp with
+    MESSAGE_BUS=rabbitmq and grpc otherwise; an explicit choice wins."""
+    if transport is None:
+        if bus is not None:
+            return bus_transport(bus)
+        return "amqp" if settings.message_bus == "rabbitmq" else "grpc"
+    if transport == "grpc":
+        if bus is not None:
+            raise ValueError("bus= is only used with transport 'amqp'.")
+        return "grpc"
+    if transport == "amqp":
+        if bus is None and settings.message_bus == "memory":
+            raise ValueError(
+                "transport 'amqp' with MESSAGE_BUS=memory needs the shared in-process bus "
+                "passed as bus=...; a separate process must use transport 'grpc'."
+            )
+        return bus_transport(bus) if bus is not None else "amqp"
+    raise ValueError(f"Unknown transport {transport!r}; use 'grpc' or 'amqp'.")

@@ -12,7 +12,7 @@ are, and a page is encoded once for every socket that reads the list within a se
 from __future__ import annotations
 
 from agentcomm.core.clock import Clock, SystemClock
-from agentcomm.core.presence import AGENT_PAGE_BYTES, AgentSource, take_page
+from agentcomm.core.presence_views import AGENT_PAGE_BYTES, AgentSource, take_page
 from agentcomm.core.sessions import FrameSource, FrontendSessions
 from agentcomm.protocol.codec import encode_for_client
 from agentcomm.protocol.models import AgentInfo, AgentStatusUpdate

@@ -8,7 +8,8 @@ One robust connection carries three kinds of channel:
 - one channel for declaring and deleting queues and topic exchanges, so that a refused
   declaration (RabbitMQ closes the channel on PRECONDITION_FAILED) never fails the publishes in
   flight;
-- one channel per consumer and per listener, each with its own prefetch (`subscription.py`).
+- one channel per consumer and per listener, each with its own prefetch (set up in
+  `consuming.py`, run by `subscription.py`).
 
 Broadcasts go through a durable fanout exchange per topic, `agentcomm.<topic>`, on the
 publishing channel (confirmed, not persistent, not mandatory); each listener has an exclusive,
@@ -34,16 +35,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from aio_pika.abc import (
     AbstractRobustChannel,
     AbstractRobustConnection,
-    AbstractRobustQueue,
-)
-from aio_pika.exceptions import (
-    ChannelNotFoundEntity,
-    ChannelPreconditionFailed,
 )
 from aiormq import spec
 from yarl import URL
@@ -53,9 +49,9 @@ from agentcomm.bus.base import (
     BusUnavailable,
     MessageHandler,
     QueueOptions,
-    Unroutable,
+    QueueStats,
 )
-from agentcomm.bus.rabbitmq import topics
+from agentcomm.bus.rabbitmq import consuming, topics
 from agentcomm.bus.rabbitmq.connection import (
     cancelled_by_caller,
     close_connection,
@@ -69,7 +65,7 @@ from agentcomm.bus.rabbitmq.publishing import ConfirmedPublisher
 from agentcomm.bus.rabbitmq.queues import Queues, QueueType, check_prefetch
 from agentcomm.bus.rabbitmq.redelivery import Redeliveries
 from agentcomm.bus.rabbitmq.subscription import ListenerSubscription, RabbitSubscription
-from agentcomm.bus.rabbitmq.wire.base import TRANSPORT_ERRORS, Wire
+from agentcomm.bus.rabbitmq.wire.base import Wire
 from agentcomm.bus.rabbitmq.wire.framed import FramedWire
 from agentcomm.bus.rabbitmq.wire.plain import PlainWire
 
@@ -228,6 +224,7 @@ class RabbitMQBus:
         message_id: str | None = None,
         mandatory: bool = True,
         timeout: float = 5.0,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         if self._closed:
             raise BusClosed("Cannot publish: the bus is closed.")
@@ -239,6 +236,7 @@ class RabbitMQBus:
             # Every publish carries an id: the fast path matches a returned message to its
             # publish by it.
             message_id=message_id or uuid.uuid4().hex,
+            headers=dict(headers) if headers else None,
         )
         await self._publish_message(queue, body, properties, mandatory=mandatory, timeout=timeout)
 
@@ -252,39 +250,17 @@ class RabbitMQBus:
         max_deliveries: int = 5,
         on_dead_letter: MessageHandler | None = None,
     ) -> RabbitSubscription:
-        """Consumes `queue` on a channel of its own; `prefetch` None means the bus default."""
-        self._ensure_open("consume")
-        prefetch = self._prefetch_default if prefetch is None else prefetch
-        check_prefetch(prefetch)
-        if concurrency < 1:
-            raise ValueError(f"concurrency must be at least 1, got {concurrency}.")
-        if max_deliveries < 1:
-            raise ValueError(f"max_deliveries must be at least 1, got {max_deliveries}.")
-        options = self._queues.options.get(queue)
-        action = f"consume {queue!r}"
-        channel = self._new_channel(action)
-        subscription = RabbitSubscription(
-            self, queue, handler, channel, concurrency, max_deliveries, on_dead_letter
+        """Consumes `queue` on a channel of its own; `prefetch` None means the bus default
+        (see `consuming.py`)."""
+        return await consuming.consume(
+            self,
+            queue,
+            handler,
+            prefetch=prefetch,
+            concurrency=concurrency,
+            max_deliveries=max_deliveries,
+            on_dead_letter=on_dead_letter,
         )
-
-        async def declare(channel: AbstractRobustChannel) -> AbstractRobustQueue:
-            if options is None:
-                # Declared elsewhere: only check that it exists, its arguments are unknown.
-                return await channel.declare_queue(queue, passive=True)
-            # With the arguments, so that a reconnect re-creates a queue that expired while
-            # this consumer was away.
-            return await channel.declare_queue(
-                queue, durable=True, arguments=self._queues.arguments(options)
-            )
-
-        try:
-            await self._start(subscription, prefetch, action, declare)
-        except ChannelNotFoundEntity as exc:
-            raise Unroutable(f"Cannot consume: no queue named {queue!r}.") from exc
-        except ChannelPreconditionFailed as exc:
-            arguments = self._queues.arguments(options or QueueOptions())
-            raise self._queues.refused(queue, arguments, exc) from exc
-        return subscription
 
     async def broadcast(
         self,
@@ -305,6 +281,13 @@ class RabbitMQBus:
 
     def on_reconnect(self, callback: Callable[[], None]) -> None:
         self._reconnect_callbacks.append(callback)
+
+    async def queue_stats(self, name: str) -> QueueStats | None:
+        """What RabbitMQ tells of `name` (messages ready, consumers); None when it does not
+        exist or the bus cannot ask now."""
+        if self._closing or self._closed or self._connection is None:
+            return None
+        return await self._queues.stats(name)
 
     async def delete_queue(self, name: str) -> None:
         self._ensure_open("delete a queue")
@@ -357,31 +340,6 @@ class RabbitMQBus:
             return connection.channel(publisher_confirms=False)
         except RuntimeError as exc:  # no transport: the connection is down right now
             raise self._unavailable(action, exc) from exc
-
-    async def _start(
-        self,
-        subscription: RabbitSubscription,
-        prefetch: int,
-        action: str,
-        declare: Callable[[AbstractRobustChannel], Awaitable[AbstractRobustQueue]],
-    ) -> None:
-        """Opens the subscription's channel, declares its queue and starts consuming; undoes
-        it all when a step fails. A queue RabbitMQ does not know or refuses to declare raises
-        aio-pika's own error, for the caller to word."""
-        channel = subscription.channel
-        try:
-            async with asyncio.timeout(self.OPERATION_TIMEOUT):
-                await channel.initialize()
-                await channel.set_qos(prefetch_count=prefetch)
-                await subscription.start(await declare(channel), prefetch)
-        except BaseException as exc:
-            await subscription.abandon()
-            if isinstance(exc, (ChannelNotFoundEntity, ChannelPreconditionFailed)):
-                raise
-            if isinstance(exc, (TimeoutError, *TRANSPORT_ERRORS)):
-                raise self._unavailable(action, exc) from exc
-            raise
-        self._subscriptions.add(subscription)
 
     def _reconnected(self, *_: object) -> None:
         log.info("Reconnected to RabbitMQ at %s", self._on_node())

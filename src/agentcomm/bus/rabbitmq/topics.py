@@ -7,30 +7,27 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from aio_pika.abc import AbstractRobustChannel, AbstractRobustQueue, ExchangeType
 from aiormq import spec
 
 from agentcomm.bus.base import BusClosed, BusUnavailable, MessageHandler, check_topic
+from agentcomm.bus.rabbitmq import consuming
+from agentcomm.bus.rabbitmq.consuming import ConsumerHost
 from agentcomm.bus.rabbitmq.deliveries import JSON_CONTENT_TYPE, TRANSIENT
-from agentcomm.bus.rabbitmq.queues import Queues, check_prefetch, topic_exchange
+from agentcomm.bus.rabbitmq.queues import check_prefetch, topic_exchange
 from agentcomm.bus.rabbitmq.subscription import (
     ListenerSubscription,
-    Owner,
-    RabbitSubscription,
 )
 
 
-class BroadcastHost(Owner, Protocol):
+class BroadcastHost(ConsumerHost, Protocol):
     """What broadcasting needs of the bus (the bus, without importing it)."""
 
     _closed: bool
     _publish_channel: AbstractRobustChannel | None
-    _queues: Queues
     _where: str
-    _prefetch_default: int
 
     async def _publish_message(
         self,
@@ -41,18 +38,6 @@ class BroadcastHost(Owner, Protocol):
         mandatory: bool,
         timeout: float,
         exchange: str = "",
-    ) -> None: ...
-
-    def _ensure_open(self, action: str) -> None: ...
-
-    def _new_channel(self, action: str) -> AbstractRobustChannel: ...
-
-    async def _start(
-        self,
-        subscription: RabbitSubscription,
-        prefetch: int,
-        action: str,
-        declare: Callable[[AbstractRobustChannel], Awaitable[AbstractRobustQueue]],
     ) -> None: ...
 
 
@@ -131,5 +116,5 @@ async def listen(
         await queue.bind(exchange, "")
         return queue
 
-    await host._start(subscription, prefetch, action, declare)
+    await consuming.start(host, subscription, prefetch, action, declare)
     return subscription

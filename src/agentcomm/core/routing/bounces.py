@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from enum import Enum, StrEnum
 
 from agentcomm.core.answers import AnswerLedger
-from agentcomm.core.presence import AgentLookup, Reach
+from agentcomm.core.presence_views import AgentLookup, Reach
 from agentcomm.core.routing.effects import Plan
 from agentcomm.core.routing.frontends import FrontendDelivery
 from agentcomm.core.sessions import FrontendSessions

@@ -52,6 +52,8 @@ class FrontendDelivery:
         self._answers = answers
         self._streams = streams
         self._publish_timeout = publish_timeout
+        # Told of each final answer as it goes to its frontend (history).
+        self.final_observers: list[Callable[[str, Envelope], None]] = []
 
     def deliver(self, frontend_id: str, message: Envelope) -> Plan[None]:
         """A chat message for a frontend: to its socket, in stream order, or on to the server
@@ -67,6 +69,21 @@ class FrontendDelivery:
                 yield from self._to_session(frontend_id, ready)
         else:
             yield from self._to_session(frontend_id, message)
+
+    def route_known(self, agent_id: str, message: Envelope) -> str | None:
+        """The frontend an agent's REPLY_CHUNK can go to straight, without a broker: one of
+        this hub whose TEXT this hub handed to that very agent. The route of the answer was
+        decided when the TEXT was routed; each chunk needs no decision of its own (the final
+        answer still goes the whole way, persistent). None: the chunk goes the usual way."""
+        if message.message_type is not MessageType.REPLY_CHUNK:
+            return None
+        receiver = message.receiver_id or ""
+        answered = message.in_reply_to_message_id
+        if not answered or self._sessions.get(receiver) is None:
+            return None
+        if self._answers.agent_for(receiver, answered) != agent_id:
+            return None
+        return receiver
 
     def release_overdue_streams(self) -> Plan[None]:
         """Finals held for chunks that never came go out now, with what did come."""
@@ -101,7 +118,15 @@ class FrontendDelivery:
             frame = encode_envelope(message, for_client=True)
         if answered and message.message_type in _FINAL_TYPES:
             session.keep_final(answered, frame)
+            for observer in self.final_observers:
+                observer(frontend_id, message)
         yield SendFrame(frontend_id, frame)
+        for sibling in self._sessions.siblings(frontend_id):
+            other = self._sessions.get(sibling)
+            if other is not None and (
+                message.message_type is not MessageType.REPLY_CHUNK or other.wants_stream
+            ):
+                yield SendFrame(sibling, frame)
 
     def answer_again(self, frontend_id: str, message: Envelope) -> Plan[None]:
         """A TEXT re-using the id of one already answered: its answer again when that went out
@@ -180,11 +205,16 @@ class FrontendDelivery:
         """Tells the sender of `message` where it stands (on `error`, `reason` says why)."""
         if self._answers.is_refused(frontend_id, message.message_id):
             return  # told it was not sent; a late copy on the bus says nothing new
-        if status is RoutingStatus.DELIVERED:
-            session = self._sessions.get(frontend_id)
-            if session is not None and not wants_status_echo(session.capabilities, status):
-                return  # a client that cannot take this status asked not to get it
-        yield SendFrame(frontend_id, status_echo(message, status, code, reason))
+        frame = status_echo(message, status, code, reason)
+        for target in (frontend_id, *self._sessions.siblings(frontend_id)):
+            session = self._sessions.get(target)
+            if (
+                status is RoutingStatus.DELIVERED
+                and session is not None
+                and not wants_status_echo(session.capabilities, status)
+            ):
+                continue  # a client that cannot take this status asked not to get it
+            yield SendFrame(target, frame)
 
     def refuse(self, frontend_id: str, message: Envelope, code: ErrorCode, text: str) -> Plan[None]:
         """`message` was not sent: its echo says so (for a TEXT) and an ERROR says why."""

@@ -10,7 +10,7 @@ import logging
 from collections.abc import Callable
 
 from agentcomm.core.answers import AnswerLedger
-from agentcomm.core.presence import AgentLookup, Reach
+from agentcomm.core.presence_views import AgentLookup, Reach
 from agentcomm.core.routing.bounces import AnswerEvent
 from agentcomm.core.routing.echoes import EchoOrder
 from agentcomm.core.routing.effects import BusDown, Plan, Publish, PublishFailed, SendFrame

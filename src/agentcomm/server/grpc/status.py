@@ -17,7 +17,7 @@ import grpc
 
 from agentcomm.core.auth import Authenticator, Role
 from agentcomm.core.brokers import BrokerRegistry
-from agentcomm.core.presence import AGENT_PAGE_BYTES, AgentSource, take_page
+from agentcomm.core.presence_views import AGENT_PAGE_BYTES, AgentSource, take_page
 from agentcomm.generated import agent_status_service_pb2 as pb
 from agentcomm.generated import agent_status_service_pb2_grpc as pb_grpc
 from agentcomm.protocol.ids import is_valid_id

@@ -8,6 +8,7 @@
 import { Connection } from './connection.js';
 import { AgentsPanel } from './agents.js';
 import { h, hexId, clock, errorWords, hue } from './util.js';
+import { callsOf, paintInnerCalls } from './calls.js';
 
 const params = new URLSearchParams(location.search);
 const TOKEN = params.get('token');
@@ -186,14 +187,19 @@ function onReply(f, final) {
   const { reply, item } = entry;
   if (final) {
     reply.text = f.text_payload ?? reply.chunks.join('');
+    reply.calls = callsOf(f);
     reply.streaming = false;
     reply.chunks = [];
     if (item.kind === 'user') setState(item, item.cancelRequested ? 'cancelled' : 'answered');
     announce(`${agents.name(reply.sender)}: ${reply.text.slice(0, 200)}`);
   } else if (reply.streaming) {
-    reply.chunks[Number(f.seq) || 0] = f.text_delta || ''; // by seq, so a late chunk lands in place
-    reply.text = reply.chunks.join('');
+    const seq = Number(f.seq) || 0;
+    const inOrder = seq === reply.chunks.length;
+    reply.chunks[seq] = f.text_delta || ''; // by seq, so a late chunk lands in place
+    reply.text = inOrder ? reply.text + reply.chunks[seq] : reply.chunks.join('');
+    if (inOrder && paintStreamed(item, reply)) return save();
   }
+  dropStreamed(reply);
   withScroll(() => paintReply(item, reply));
   if (final && item.kind === 'user') markUnread(item.conv);
   save();
@@ -336,7 +342,45 @@ function paintReply(item, reply) {
   }
   el.dataset.streaming = String(reply.streaming);
   el.querySelector('.bubble').textContent = reply.text;
+  paintInnerCalls(el, reply.calls);
   if (item.kind === 'user') paintStatus(item);
+}
+
+// ---- streamed replies: new text appended once per frame ---------------------------------
+// A long answer arrives as thousands of chunks; painting each one (the whole text set again,
+// the log measured twice for scrolling) lays the page out per token. Chunks that arrive in
+// order only add text: it is appended to the bubble's text node once per animation frame,
+// with one scroll check for every reply painted in that frame.
+const streamed = new Map(); // reply id -> { item, reply }
+let streamFrame = 0;
+
+/** Queues `reply`'s new text for the next frame; false when it must be painted whole now. */
+function paintStreamed(item, reply) {
+  const bubble = replyBubble(item, reply);
+  if (!bubble || bubble.childNodes.length !== 1 || bubble.firstChild.nodeType !== Node.TEXT_NODE) return false;
+  streamed.set(reply.id, { item, reply });
+  if (!streamFrame) streamFrame = requestAnimationFrame(flushStreamed);
+  return true;
+}
+
+function flushStreamed() {
+  streamFrame = 0;
+  const due = [...streamed.values()];
+  streamed.clear();
+  withScroll(() => {
+    for (const { item, reply } of due) {
+      const text = replyBubble(item, reply)?.firstChild;
+      const shown = text?.length ?? 0; // what is shown must still be how the reply begins
+      if (!text || reply.text.slice(Math.max(0, shown - 16), shown) !== text.data.slice(-16)) { paintReply(item, reply); continue; }
+      if (reply.text.length > text.length) text.appendData(reply.text.slice(text.length));
+    }
+  });
+}
+
+function dropStreamed(reply) { streamed.delete(reply.id); }
+
+function replyBubble(item, reply) {
+  return views.get(item.id)?.el.querySelector(`[data-reply-id="${CSS.escape(reply.id)}"] .bubble`) || null;
 }
 
 function renderLog() {
