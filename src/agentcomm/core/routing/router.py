@@ -15,6 +15,7 @@ from collections.abc import Callable
 from agentcomm.core.answers import AnswerLedger
 from agentcomm.core.clock import Clock, SystemClock
 from agentcomm.core.presence_views import AgentLookup, Reach
+from agentcomm.core.routing.agents import AgentDelivery
 from agentcomm.core.routing.bounces import AnswerEvent, AnswerEventObserver, BouncedAnswers
 from agentcomm.core.routing.echoes import EchoOrder
 from agentcomm.core.routing.effects import (
@@ -22,7 +23,6 @@ from agentcomm.core.routing.effects import (
     Plan,
     Publish,
     PublishFailed,
-    QueueMissing,
 )
 from agentcomm.core.routing.frontends import FrontendDelivery
 from agentcomm.core.routing.multitask import ConversationGate
@@ -33,7 +33,7 @@ from agentcomm.protocol.codec import encode_envelope
 from agentcomm.protocol.errors import ProtocolError
 from agentcomm.protocol.ids import is_frontend_id, server_tag
 from agentcomm.protocol.models import Envelope
-from agentcomm.protocol.queues import BROKER_INPUT_QUEUE, agent_queue
+from agentcomm.protocol.queues import BROKER_INPUT_QUEUE
 from agentcomm.protocol.rules import (
     Multitask,
     check_from_agent,
@@ -72,14 +72,13 @@ class ServerRouter:
         peer_is_live: Callable[[str], bool] | None = None,
     ) -> None:
         """`expect_agents_for`: seconds after this router is made during which an agent it does
-        not know yet, but whose queue exists, counts as one coming back (see _to_agent).
+        not know yet, but whose queue exists, counts as one coming back (see `agents.py`).
         `peer_is_live(tag)`: whether a live peer hub carries that server tag (a cluster)."""
         self._server_id = server_id
         self._registry = registry
         self._answers = answers
         self._publish_timeout = publish_timeout
         self._clock = clock or SystemClock()
-        self._expect_agents_until = self._clock.monotonic() + expect_agents_for
         self._echoes = EchoOrder()
         self._sessions = sessions
         self.frontends = FrontendDelivery(
@@ -107,6 +106,16 @@ class ServerRouter:
             frontends=self.frontends,
             publish_timeout=publish_timeout,
             on_event=self._notify_event,
+        )
+        self._agents = AgentDelivery(
+            registry=registry,
+            answers=answers,
+            echoes=self._echoes,
+            frontends=self.frontends,
+            refusals=self._refusals,
+            publish_timeout=publish_timeout,
+            expect_agents_until=self._clock.monotonic() + expect_agents_for,
+            clock=self._clock,
         )
         self._bounced = BouncedAnswers(
             server_tag=server_tag(server_id),
@@ -317,7 +326,7 @@ class ServerRouter:
                 return
             yield from self.frontends.deliver(receiver, message)
             return
-        yield from self._to_agent(receiver, message)
+        yield from self._agents.deliver(receiver, message)
 
     def _unsolicited(self, frontend_id: str, message: Envelope) -> bool:
         """A SYSTEM notice from an agent to a frontend of this server that never wrote to it:
@@ -348,64 +357,6 @@ class ServerRouter:
                 f"No message {target} of yours is known here; there is nothing to cancel.",
                 message.message_id,
             )
-
-    def _to_agent(self, agent_id: str, message: Envelope) -> Plan[None]:
-        reach = self._registry.reach(agent_id)
-        # A server that has just started knows no agent yet: those of the server before it (a
-        # restart) are on their way back. Their messages wait in their queues, and their
-        # senders get ERROR agent_offline if they are not back within DELIVERY_TIMEOUT.
-        unknown = reach is Reach.UNKNOWN
-        expected = unknown and self._clock.monotonic() < self._expect_agents_until
-        if unknown and not expected:
-            yield from self._refusals.reject(
-                message, ErrorCode.UNKNOWN_RECEIVER, f"No agent is registered as {agent_id!r}."
-            )
-            return
-        if reach is Reach.OFFLINE:
-            yield from self._refusals.reject(
-                message, ErrorCode.AGENT_OFFLINE, f"Agent {agent_id!r} is offline."
-            )
-            return
-        sender = sender_of(message) or ""
-        is_text = message.message_type is MessageType.TEXT
-        from_frontend = is_frontend_id(sender) and is_text
-        frontends = self.frontends
-        if from_frontend:
-            yield from self._echoes.wait(message.message_id)
-            if not expected:
-                yield from frontends.echo(sender, message, RoutingStatus.ROUTED)
-        try:
-            yield Publish(
-                agent_queue(agent_id),
-                # Internal fields stay on the server's side (PROTOCOL §0).
-                encode_envelope(message, for_client=True, routing_status=RoutingStatus.DELIVERED),
-                message.message_id,
-                timeout=self._publish_timeout,
-            )
-        except QueueMissing:
-            if expected:
-                yield from self._refusals.reject(
-                    message, ErrorCode.UNKNOWN_RECEIVER, f"No agent is registered as {agent_id!r}."
-                )
-                return
-            yield from self._refusals.reject(
-                message, ErrorCode.AGENT_OFFLINE, f"Agent {agent_id!r} has no queue on the bus."
-            )
-            return
-        if not from_frontend:
-            # Calls between agents are looked after too (AnswerLedger.call_reached).
-            self._answers.call_reached(agent_id, message, sender if is_text else None)
-            return
-        if expected:
-            # Only now: without a queue it was an unknown receiver after all.
-            yield from frontends.echo(sender, message, RoutingStatus.ROUTED)
-        self._answers.delivered(sender, message, agent_id)
-        if expected and self._registry.reach(agent_id) is Reach.UNKNOWN:
-            self._answers.agent_offline(agent_id)
-        if not self._answers.is_answered(sender, message.message_id):
-            # A fast agent may have answered already; "delivered" after the answer
-            # would only confuse the sender.
-            yield from frontends.echo(sender, message, RoutingStatus.DELIVERED)
 
     def release_overdue_streams(self) -> Plan[None]:
         """Finals held for chunks that never came go out now, with what did come."""
