@@ -36,6 +36,21 @@ async def test_round_trip_keeps_body_and_message_id(bus: Bus) -> None:
 
 
 @bounded
+async def test_a_transient_message_arrives_in_order_with_persistent_ones(bus: Bus) -> None:
+    await bus.declare_queue("work")
+    await bus.publish("work", b'{"n": 1}', message_id="chunk-0", persistent=False)
+    await bus.publish("work", b'{"n": 2}', message_id="chunk-1", persistent=False)
+    await bus.publish("work", b'{"n": 3}', message_id="final")
+    got = Collector()
+    await bus.consume("work", got.handle)
+
+    deliveries = await got.wait_for(3)
+
+    assert [d.message_id for d in deliveries] == ["chunk-0", "chunk-1", "final"]
+    assert [d.body for d in deliveries] == [b'{"n": 1}', b'{"n": 2}', b'{"n": 3}']
+
+
+@bounded
 async def test_publish_without_message_id_gets_one(bus: Bus) -> None:
     await bus.declare_queue("work")
     await bus.publish("work", b"{}")

@@ -239,10 +239,14 @@ class Bus(Protocol):
         message_id: str | None = None,
         mandatory: bool = True,
         timeout: float = 5.0,
+        persistent: bool = True,
     ) -> None:
         """Stores a persistent message in `queue` and waits for the bus to confirm it.
 
-        A message published without `message_id` gets a fresh one. Publishing keeps working
+        With `persistent=False` the message is kept in memory only (RabbitMQ does not write it
+        to disk, and loses it if it restarts): for what a later message makes whole again, such
+        as the chunks of a streamed reply before its final REPLY. A message published without
+        `message_id` gets a fresh one. Publishing keeps working
         while `close()` lets running handlers finish, so that they can hand on their results.
         """
 

@@ -102,7 +102,9 @@ class InMemoryBus:
         message_id: str | None = None,
         mandatory: bool = True,
         timeout: float = 5.0,
+        persistent: bool = True,
     ) -> None:
+        # Nothing here outlives the process: persistent or not is the same.
         if self._closed:
             raise BusClosed("Cannot publish: the bus is closed.")
         if not self._connected:
