@@ -94,3 +94,50 @@ def rabbitmq_env(rabbitmq_vhost: str) -> dict[str, str]:
         "rabbitmq_vhost": rabbitmq_vhost,
         "message_bus": "rabbitmq",
     }
+
+
+def postgres_reachable(host: str = "127.0.0.1", port: int = 5432) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def postgres_database() -> Iterator[str]:
+    """A throwaway PostgreSQL database for this test run (127.0.0.1:5432, user postgres, trust
+    auth), dropped at the end; its URL as HISTORY_URL takes it. Under CI a missing PostgreSQL
+    is a failure."""
+    if not postgres_reachable():
+        if ON_CI:
+            pytest.fail(
+                "PostgreSQL is not reachable on 127.0.0.1:5432 (CI=true: this is a failure)"
+            )
+        pytest.skip("PostgreSQL is not running on 127.0.0.1:5432")
+    import asyncio
+    import concurrent.futures
+
+    import asyncpg
+
+    name = f"agentcomm_test_{uuid.uuid4().hex[:12]}"
+
+    async def admin(statement: str) -> None:
+        connection = await asyncpg.connect(
+            host="127.0.0.1", port=5432, user="postgres", database="postgres", timeout=10
+        )
+        try:
+            await connection.execute(statement)
+        finally:
+            await connection.close()
+
+    def run(statement: str) -> None:
+        # In a thread of its own: the fixture may be set up from inside a running event loop.
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            pool.submit(asyncio.run, admin(statement)).result(timeout=30)
+
+    run(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
+    finally:
+        run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

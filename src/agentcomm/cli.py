@@ -26,6 +26,7 @@ from agentcomm.config import (
     load_settings,
 )
 from agentcomm.logging_setup import configure_logging
+from agentcomm.telemetry import start_tracing
 
 SETTINGS_DEST = "settings__"
 
@@ -39,6 +40,7 @@ _G = SettingsGroup
 #            tls_client, max_message_bytes; sdk/runtime.py: heartbeat_interval, shutdown_timeout
 #   dev    - dev.py: what serve reads, and tls_client for its in-process agents' gRPC clients
 #            (their tokens are minted by the stack, not read from AUTH_TOKEN)
+#   a2a-bridge - what agent reads (sdk/), and a2a_remote (gateways/a2a/bridge.py)
 #   token  - auth_secret
 #   bench  - bench/: the bus (its floor, its vhost) and the log level; the processes it starts
 #            are handed its whole Settings through their environment (bench/procs.settings_env)
@@ -65,6 +67,7 @@ COMMAND_GROUPS: Mapping[str, frozenset[SettingsGroup]] = MappingProxyType(
         "broker": _CLIENT_GROUPS | {_G.ROUTING},
         "agent": _CLIENT_GROUPS | {_G.AGENT_LINK},
         "dev": _SERVER_GROUPS | {_G.TLS_CLIENT},
+        "a2a-bridge": _CLIENT_GROUPS | {_G.AGENT_LINK, _G.A2A_REMOTE},
         "token": frozenset({_G.AUTH, _G.LOGGING}),
         "bench": frozenset({_G.BUS, _G.LOGGING}),
     }
@@ -196,7 +199,23 @@ def build_command_line() -> CommandLine:
         "needs grpc)",
     )
 
-    command("dev", "server, broker, demo agents and web UI in one process")
+    bridge = command("a2a-bridge", "put an outside A2A agent on the hub, as an agent")
+    bridge.add_argument("url", help="the A2A agent's address (its card is at URL/.well-known/…)")
+    bridge.add_argument(
+        "--name", default=None, help="agent name and id on the hub (default: the card's name)"
+    )
+    bridge.add_argument(
+        "--transport", choices=["grpc", "amqp"], default=None, help="as for `agentcomm agent`"
+    )
+
+    dev = command("dev", "server, broker, demo agents and web UI in one process")
+    dev.add_argument(
+        "--hubs",
+        type=int,
+        default=1,
+        help="run this many hubs on RabbitMQ behind one small load balancer on --port "
+        "(default: 1; more needs --message-bus rabbitmq)",
+    )
 
     token = command("token", "mint a JWT for a frontend, agent, broker or admin")
     token.add_argument(
@@ -295,7 +314,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"agentcomm: invalid setting: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings)
+    # Off (and OpenTelemetry not imported) unless the OTEL_* variables ask for traces.
+    tracing = start_tracing(f"agentcomm-{args.command}") if args.command != "token" else None
+    try:
+        return _command(args, settings)
+    finally:
+        if tracing is not None:
+            tracing.shutdown()
 
+
+def _command(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "serve":
         from agentcomm.server.lifecycle.serve import serve
 
@@ -316,7 +344,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                 transport=args.transport,
             )
         )
+    if args.command == "a2a-bridge":
+        from agentcomm.gateways.a2a.bridge import A2ABridge
+
+        return _run(
+            lambda: A2ABridge(args.url, settings, name=args.name, transport=args.transport).serve()
+        )
     if args.command == "dev":
+        if args.hubs != 1:
+            from agentcomm.dev_cluster import run_dev_cluster
+
+            return _run(lambda: run_dev_cluster(settings, args.hubs))
         from agentcomm.dev import run_dev
 
         return _run(lambda: run_dev(settings))

@@ -43,6 +43,7 @@ class SettingsGroup(Enum):
     TLS_SERVER = ("tls_server", "gRPC over TLS, the server's side")
     TLS_CLIENT = ("tls_client", "gRPC over TLS, the side of brokers and agents")
     LOGGING = ("logging", "what this process logs, and how")
+    A2A_REMOTE = ("a2a_remote", "how a2a-bridge reaches the outside A2A agent it puts on the hub")
 
     def __init__(self, key: str, summary: str) -> None:
         self.key = key
@@ -172,6 +173,23 @@ class Settings(BaseSettings):
         ge=0,
         description="offline agents listed at most; beyond it the longest offline are forgotten",
     )
+    history_url: Annotated[str, SettingsGroup.SERVER] = Field(
+        "",
+        description="where conversations are kept: empty (SQLite in DATA_DIR), none (off), "
+        "sqlite:///path or postgresql://user@host/db",
+    )
+    data_dir: Annotated[str, SettingsGroup.SERVER] = Field(
+        "data", description="directory of the hub's own files (the default history database)"
+    )
+    history_retention_days: Annotated[float, SettingsGroup.SERVER] = Field(
+        0.0, ge=0, description="days messages are kept in history (0: for ever)"
+    )
+    history_queue: Annotated[int, SettingsGroup.SERVER] = Field(
+        10_000,
+        ge=1,
+        description="messages waiting to be written to history at most; past it (a slow or "
+        "down database) they are not stored",
+    )
 
     rate_limit_per_second: Annotated[float, SettingsGroup.LIMITS] = Field(
         20.0, gt=0, description="frames per second a frontend may send, sustained"
@@ -245,6 +263,15 @@ class Settings(BaseSettings):
         "", description="the JWT this process presents when it connects (brokers, agents)"
     )
 
+    a2a_remote_token: Annotated[str, SettingsGroup.A2A_REMOTE] = Field(
+        "",
+        description="bearer token a2a-bridge presents to the remote A2A agent (never taken "
+        "from a message)",
+    )
+    a2a_remote_check_interval: Annotated[float, SettingsGroup.A2A_REMOTE] = Field(
+        10.0, gt=0, description="seconds between a2a-bridge's checks that the remote agent is up"
+    )
+
     grpc_tls_cert: Annotated[str, SettingsGroup.TLS_SERVER] = Field(
         "", description="PEM certificate file: serve gRPC over TLS"
     )
@@ -285,6 +312,13 @@ class Settings(BaseSettings):
         user = quote(self.rabbitmq_user, safe="")
         password = quote(self.rabbitmq_password, safe="")
         return f"amqp://{user}:{password}@{self.rabbitmq_host}:{self.rabbitmq_port}/{vhost}"
+
+    @field_validator("history_url")
+    @classmethod
+    def _history_url_form(cls, value: str) -> str:
+        from agentcomm.history.urls import check_history_url
+
+        return check_history_url(value)
 
     @field_validator("rabbitmq_hosts")
     @classmethod

@@ -1,14 +1,15 @@
 """`agentcomm dev` (what `make run` starts): the whole stack in one process.
 
-Server, reference broker and the demo agents `echo` and `typist` share one bus — the in-process
-bus by default, RabbitMQ with `--message-bus rabbitmq` (or MESSAGE_BUS=rabbitmq). Ctrl+C stops
-everything in reverse order.
+Server, reference broker and the demo agents `echo`, `typist` and `planner` share one bus — the
+in-process bus by default, RabbitMQ with `--message-bus rabbitmq` (or MESSAGE_BUS=rabbitmq).
+Ctrl+C stops everything in reverse order.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 
 from agentcomm.broker.service import ReferenceBroker
 from agentcomm.bus.base import Bus, BusError
@@ -24,7 +25,8 @@ from agentcomm.signals import Waiting, stop_on_signals
 
 log = logging.getLogger(__name__)
 
-DEMO_AGENTS = ("echo", "typist")
+# The planner last: it asks the other two.
+DEMO_AGENTS = ("echo", "typist", "planner")
 # The dev stack's own tokens live as long as any dev session reasonably does.
 TOKEN_TTL_SECONDS = 30 * 24 * 3600
 
@@ -32,12 +34,22 @@ TOKEN_TTL_SECONDS = 30 * 24 * 3600
 class DevStack:
     """The running pieces of the one-command stack, started and stopped in order."""
 
-    def __init__(self, settings: Settings, bus: Bus | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        bus: Bus | None = None,
+        *,
+        agents: Sequence[str] = DEMO_AGENTS,
+        with_broker: bool = True,
+    ) -> None:
         self.settings = settings
         self.bus = bus or create_bus(settings)
         self.server = RunningServer(settings, self.bus)
         self.broker: ReferenceBroker | None = None
         self.agents: list[Agent] = []
+        # Which demo agents and whether a broker run beside this hub (`--hubs` spreads them).
+        self._agent_kinds = tuple(agents)
+        self._with_broker = with_broker
 
     @property
     def web_url(self) -> str:
@@ -53,19 +65,10 @@ class DevStack:
         grpc_target = f"{_dialable(self.settings.grpc_host)}:{self.server.grpc_port}"
         # With AUTH_SECRET set, the stack's own broker and agents get tokens of their own.
         auth = self.server.hub.auth
-        broker_id = new_broker_id()
         try:
-            self.broker = ReferenceBroker(
-                self.bus,
-                grpc_target,
-                broker_id=broker_id,
-                broker_name="dev-broker",
-                concurrency=self.settings.consumer_concurrency,
-                returning_grace=self.settings.agent_timeout,
-                token=auth.mint(Role.BROKER, broker_id, TOKEN_TTL_SECONDS) if auth.enabled else "",
-            )
-            await self.broker.start()
-            for kind in DEMO_AGENTS:
+            if self._with_broker:
+                await self._start_broker(grpc_target)
+            for kind in self._agent_kinds:
                 token = auth.mint(Role.AGENT, kind, TOKEN_TTL_SECONDS) if auth.enabled else ""
                 agent = build_demo_agent(
                     kind,
@@ -83,6 +86,20 @@ class DevStack:
         except BaseException:
             await self.stop()
             raise
+
+    async def _start_broker(self, grpc_target: str) -> None:
+        auth = self.server.hub.auth
+        broker_id = new_broker_id()
+        self.broker = ReferenceBroker(
+            self.bus,
+            grpc_target,
+            broker_id=broker_id,
+            broker_name="dev-broker",
+            concurrency=self.settings.consumer_concurrency,
+            returning_grace=self.settings.agent_timeout,
+            token=auth.mint(Role.BROKER, broker_id, TOKEN_TTL_SECONDS) if auth.enabled else "",
+        )
+        await self.broker.start()
 
     def waiting(self) -> Waiting | None:
         """What stopping now waits for: the demo agents' replies in progress."""

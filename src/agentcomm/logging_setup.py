@@ -4,20 +4,29 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import Any
 
 import orjson
 
 from agentcomm.config import Settings
+from agentcomm.telemetry.logs import trace_fields
 
 
 class JsonFormatter(logging.Formatter):
+    """One JSON object a line; inside a trace it carries `trace_id`, `span_id` and the
+    `message_id` being handled, and a `message_id` given as `extra` always."""
+
     def format(self, record: logging.LogRecord) -> str:
-        entry = {
+        entry: dict[str, Any] = {
             "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
         }
+        entry.update(trace_fields())
+        message_id = getattr(record, "message_id", None)
+        if message_id:
+            entry["message_id"] = message_id
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return orjson.dumps(entry).decode()
@@ -48,8 +57,9 @@ def configure_logging(settings: Settings) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.log_level)
-    # aio-pika/aiormq are chatty about reconnect internals; their warnings are enough.
-    for noisy in ("aio_pika", "aiormq"):
+    # aio-pika/aiormq are chatty about reconnect internals, httpx and a2a-sdk log every request
+    # (and every agent card whole) at INFO; their warnings are enough.
+    for noisy in ("aio_pika", "aiormq", "httpx", "a2a"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
 
 

@@ -16,6 +16,7 @@ from agentcomm.bus.base import (
     MessageHandler,
     NotTaken,
     QueueOptions,
+    Requeue,
     Unroutable,
 )
 from tests.contract.conftest import WAIT, BusBackend, Collector, bounded, holds_for, wait_until
@@ -48,6 +49,33 @@ async def test_a_transient_message_arrives_in_order_with_persistent_ones(bus: Bu
 
     assert [d.message_id for d in deliveries] == ["chunk-0", "chunk-1", "final"]
     assert [d.body for d in deliveries] == [b'{"n": 1}', b'{"n": 2}', b'{"n": 3}']
+
+
+@bounded
+async def test_headers_travel_with_the_message_and_its_redelivery(bus: Bus) -> None:
+    """The trace context rides in the headers: the consumer gets them, also on the attempt
+    after a failure (RabbitMQ carries them in the AMQP content header both ways)."""
+    traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    await bus.declare_queue("work")
+    await bus.publish("work", b"{}", message_id="with", headers={"traceparent": traceparent})
+    await bus.publish("work", b"{}", message_id="without")
+    seen: list[Delivery] = []
+
+    async def fail_once(delivery: Delivery) -> None:
+        seen.append(delivery)
+        if delivery.message_id == "with" and delivery.attempt == 1:
+            raise Requeue("once more")
+
+    await bus.consume("work", fail_once)
+    await wait_until(lambda: len(seen) == 3, what="both messages and the retried one")
+
+    withs = [d for d in seen if d.message_id == "with"]
+    assert [d.attempt for d in withs] == [1, 2]
+    for delivery in withs:
+        assert delivery.headers is not None
+        assert delivery.headers["traceparent"] == traceparent
+    [without] = [d for d in seen if d.message_id == "without"]
+    assert not (without.headers or {}).get("traceparent")
 
 
 @bounded
@@ -461,3 +489,28 @@ async def test_a_delivery_given_back_untouched_is_not_counted(bus: Bus) -> None:
     await wait_until(lambda: len(seen) == 4, what="the fourth delivery")
     assert seen == [(1, False)] * 4
     assert await holds_for(lambda: len(seen) == 4 and not given_up, 0.3)
+
+
+@bounded
+async def test_a_delivery_whose_handler_met_a_bus_failure_is_not_counted(bus: Bus) -> None:
+    # A handler whose own publish failed (a RabbitMQ node stopped, a quorum queue electing a
+    # leader) gives the message back; however often that happens, it is not the message's
+    # fault and must not use up its attempts.
+    await bus.declare_queue("work")
+    await bus.publish("work", b"job", message_id="job")
+    seen: list[int] = []
+
+    async def handler(delivery: Delivery) -> None:
+        seen.append(delivery.attempt)
+        if len(seen) <= 4:
+            raise BusUnavailable("the bus failed under the handler")
+
+    given_up: list[Delivery] = []
+
+    async def on_dead_letter(delivery: Delivery) -> None:
+        given_up.append(delivery)
+
+    await bus.consume("work", handler, max_deliveries=2, on_dead_letter=on_dead_letter)
+    await wait_until(lambda: len(seen) == 5, what="the fifth delivery")
+    assert not given_up
+    assert await holds_for(lambda: len(seen) == 5 and not given_up, 0.3)

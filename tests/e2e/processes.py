@@ -182,7 +182,11 @@ class Processes:
         process = Process(
             name=name,
             argv=argv,
-            env=clean_environment() | self.env | dict(env or {}),
+            # The default history database of a hub it starts, in the test's own directory.
+            env=clean_environment()
+            | {"DATA_DIR": str(self.log_dir / "data")}
+            | self.env
+            | dict(env or {}),
             log_path=self.log_dir / f"{name}.log",
         )
         self.started.append(process)

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, ParamSpec, TypeVar
 
-from agentcomm.sdk.demo_agents import typist_answer
+from agentcomm.sdk.demo_agents import planner_answer, typist_answer
 from tests.e2e.agents.worker import reply_text
 from tests.e2e.processes import (
     START_TIMEOUT,
@@ -82,7 +82,7 @@ class Member:
     """An agent of the line-up: `kind` is a demo agent (`agentcomm agent echo|typist`) or
     "worker" (agents/worker.py, capabilities of its own; its replies name it)."""
 
-    kind: Literal["echo", "typist", "worker"]
+    kind: Literal["echo", "typist", "planner", "worker"]
     capabilities: Mapping[str, str]
     transport: Transport
 
@@ -90,13 +90,15 @@ class Member:
 LINE_UP: dict[str, Member] = {
     "echo": Member("echo", {"kind": "echo"}, "bus"),
     "typist": Member("typist", {"kind": "typist", "streaming": "true"}, "bus"),
+    # Asks echo and typist (calls between agents) and streams back both answers.
+    "planner": Member("planner", {"kind": "planner"}, "bus"),
     "remote-echo": Member("echo", {"kind": "echo"}, "grpc"),
     "worker-alpha": Member("worker", {"pool": "e2e", "skill": "alpha", "lang": "python"}, "bus"),
     "worker-beta": Member("worker", {"pool": "e2e", "skill": "beta", "lang": "rust"}, "bus"),
     "worker-gamma": Member("worker", {"pool": "e2e", "skill": "gamma", "lang": "python"}, "grpc"),
 }
 # What `agentcomm dev` runs in its own process on the in-process bus.
-IN_DEV_PROCESS = ("echo", "typist")
+IN_DEV_PROCESS = ("echo", "typist", "planner")
 
 
 def reply_for(agent_id: str, text: str) -> str:
@@ -106,6 +108,8 @@ def reply_for(agent_id: str, text: str) -> str:
         return f"echo: {text}"
     if kind == "typist":
         return typist_answer(text)
+    if kind == "planner":
+        return planner_answer(text)
     return reply_text(agent_id, text)
 
 

@@ -300,7 +300,7 @@ def test_help_shows_defaults_and_choices_of_the_command_itself() -> None:
     assert "--grpc-tls" not in token_help
     assert "what the token may do" in token_help
     bench_help = run("bench", "--help").stdout
-    assert "{roundtrip,peer,roundtrip-memory,fanout,idle,presence,all}" in bench_help
+    assert "{roundtrip,peer,roundtrip-memory,fanout,idle,presence,ask,all}" in bench_help
 
 
 def test_dev_takes_one_spelling_of_its_bus() -> None:

@@ -108,15 +108,15 @@ def post_command(server: DevServer, agent_id: str, command: str) -> dict[str, An
 
 def test_page_lists_the_demo_agents_online(page: Page, shared_dev: DevServer) -> None:
     open_chat(page, shared_dev)
-    expect(page.get_by_test_id("agent-count")).to_have_text("2")
+    expect(page.get_by_test_id("agent-count")).to_have_text("3")
     expect(agent_row(page, "echo").get_by_test_id("agent-name")).to_have_text("echo")
     expect(agent_row(page, "typist").get_by_test_id("agent-status")).to_have_text(
         re.compile(r"^online")
     )
     expect(page.get_by_test_id("agent-list")).not_to_have_class(re.compile(r"\bstale\b"))
     options = page.get_by_test_id("receiver-select").locator("option")
-    expect(options).to_have_count(3)
-    assert options.evaluate_all("os => os.map(o => o.value)") == ["", "echo", "typist"]
+    expect(options).to_have_count(4)
+    assert options.evaluate_all("os => os.map(o => o.value)") == ["", "echo", "planner", "typist"]
     expect(page.get_by_test_id("empty-state")).to_be_visible()
 
 
@@ -227,6 +227,23 @@ def test_pause_and_resume_an_agent(page: Page, shared_dev: DevServer) -> None:
     expect_answered(send(page, "still there?", receiver="echo"))
 
 
+def test_the_planners_inner_calls_are_shown_collapsed_under_its_reply(
+    page: Page, shared_dev: DevServer
+) -> None:
+    open_chat(page, shared_dev, "echo", "typist", "planner")
+    reply = expect_answered(send(page, "plan it", receiver="planner"))
+    expect(reply).to_contain_text("echo: plan it")
+    calls = reply.get_by_test_id("inner-calls")
+    expect(calls).to_have_count(1)
+    expect(calls).not_to_have_attribute("open", "")
+    expect(calls.locator("summary")).to_have_text("2 inner calls")
+    rows = calls.get_by_test_id("inner-call")
+    expect(rows).to_have_count(2)
+    expect(rows.filter(has_text="echo")).to_contain_text("→ echo: plan it")
+    calls.locator("summary").click()
+    expect(rows.first).to_be_visible()
+
+
 def test_reply_with_html_is_shown_as_text(page: Page, shared_dev: DevServer) -> None:
     open_chat(page, shared_dev)
     message = send(page, XSS_PAYLOAD, receiver="echo")
@@ -332,14 +349,14 @@ def test_agent_goes_offline_and_comes_back(
 
     open_chat(page, dev, "echo", "typist", "extra")
     row = agent_row(page, "extra")
-    expect(page.get_by_test_id("agent-count")).to_have_text("3")
+    expect(page.get_by_test_id("agent-count")).to_have_text("4")
     expect_answered(send(page, "are you the extra one?", receiver="extra"))
 
     extra.stop(signal.SIGKILL)
     expect(row).to_have_attribute("data-status", "offline")
     expect(row.get_by_test_id("agent-pause")).to_be_disabled()
     expect(row.get_by_test_id("agent-command")).to_be_disabled()
-    expect(page.get_by_test_id("agent-count")).to_have_text("2")
+    expect(page.get_by_test_id("agent-count")).to_have_text("3")
     # The chosen receiver stays selected, marked offline.
     expect(page.get_by_test_id("receiver-select").locator('option[value="extra"]')).to_have_text(
         "extra (offline)"
@@ -348,7 +365,7 @@ def test_agent_goes_offline_and_comes_back(
     extra.start()
     expect(row).to_have_attribute("data-status", "online")
     expect(row.get_by_test_id("agent-pause")).to_be_enabled()
-    expect(page.get_by_test_id("agent-count")).to_have_text("3")
+    expect(page.get_by_test_id("agent-count")).to_have_text("4")
     expect_answered(send(page, "welcome back", receiver="extra"))
 
 

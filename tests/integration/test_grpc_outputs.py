@@ -216,7 +216,7 @@ BAD_ITEMS: list[tuple[str, Callable[[dict[str, Any]], dict[str, Any]], Code]] = 
         Code.INVALID_ARGUMENT,
     ),
     (
-        "text-from-an-agent",
+        "text-from-an-agent-to-a-frontend",
         lambda t: {
             "envelope_json": reply_to(t, message_type="TEXT"),
             "ack_message_id": t["message_id"],

@@ -123,8 +123,10 @@ class _AckLost(GrpcHubClient):
     """Publishes every answer, but the ack that goes with a final one is not applied, as when
     the stream it went on was being reopened."""
 
-    async def send_message(self, agent_id: str, envelope: Envelope, *, ack: str = "") -> bool:
-        await super().send_message(agent_id, envelope)
+    async def send_message(
+        self, agent_id: str, envelope: Envelope, *, ack: str = "", traceparent: str = ""
+    ) -> bool:
+        await super().send_message(agent_id, envelope, traceparent=traceparent)
         return False
 
 

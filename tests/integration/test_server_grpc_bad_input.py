@@ -325,7 +325,17 @@ CASES: list[tuple[str, Case, grpc.StatusCode]] = [
         send_message("healthy", reply(message_type="NOPE")),
         Code.INVALID_ARGUMENT,
     ),
-    ("send-text-type", send_message("healthy", reply(message_type="TEXT")), Code.INVALID_ARGUMENT),
+    # An agent may ask another agent with a TEXT (and CANCEL it), but not an empty one.
+    (
+        "send-empty-text",
+        send_message("healthy", reply(message_type="TEXT", text_payload=" ")),
+        Code.INVALID_ARGUMENT,
+    ),
+    (
+        "send-text-to-a-frontend",
+        send_message("healthy", reply(message_type="TEXT", receiver_id="web_" + "0" * 32)),
+        Code.INVALID_ARGUMENT,
+    ),
     (
         "send-cancel-type",
         send_message("healthy", reply(message_type="CANCEL")),

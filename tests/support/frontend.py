@@ -60,9 +60,11 @@ class Frontend:
         *,
         capabilities: dict[str, Any] | None = None,
         timeout: float = DEFAULT_TIMEOUT,
+        **fields: Any,
     ) -> Frontend:
+        """`fields`: more of REGISTER_FRONTEND (`user_id`, `token`)."""
         frontend = await cls.connect(ws_url, timeout=timeout)
-        await frontend.register(name, capabilities=capabilities, timeout=timeout)
+        await frontend.register(name, capabilities=capabilities, timeout=timeout, **fields)
         return frontend
 
     async def register(
@@ -71,8 +73,9 @@ class Frontend:
         *,
         capabilities: dict[str, Any] | None = None,
         timeout: float = DEFAULT_TIMEOUT,
+        **fields: Any,
     ) -> Frame:
-        frame: Frame = {"message_type": "REGISTER_FRONTEND", "frontend_name": name}
+        frame: Frame = {"message_type": "REGISTER_FRONTEND", "frontend_name": name, **fields}
         if capabilities is not None:
             frame["capabilities"] = capabilities
         await self.send(frame)

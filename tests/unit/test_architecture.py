@@ -105,7 +105,13 @@ def test_core_imports_only_the_protocol_and_itself() -> None:
     assert _violations("agentcomm.core", allowed, IO_LIBRARIES) == []
 
 
-@pytest.mark.parametrize("client", ["agentcomm.sdk", "agentcomm.broker"])
+def test_history_knows_only_its_database_and_the_protocol() -> None:
+    # The store is lent to the server, never the other way round: no bus, no server, no core.
+    allowed = ("agentcomm.protocol", "agentcomm.history")
+    assert _violations("agentcomm.history", allowed, IO_LIBRARIES) == []
+
+
+@pytest.mark.parametrize("client", ["agentcomm.sdk", "agentcomm.broker", "agentcomm.gateways"])
 def test_clients_of_the_hub_never_import_the_server(client: str) -> None:
     found = [
         f"{name} imports {imported}"

@@ -75,7 +75,11 @@ def test_the_registry_keeps_the_order_all_runs_in() -> None:
         "fanout",
         "idle",
         "presence",
+        "a2a",
+        "roundtrip-traced",
         "stream",
+        "history",
+        "ask",
     )
     assert set(SCENARIOS) == set(SCENARIO_NAMES)
     with pytest.raises(KeyError):

@@ -23,6 +23,7 @@ REQUIRED = {
     "dev": [],
     "token": ["--role", "admin", "--sub", "ops"],
     "bench": ["roundtrip"],
+    "a2a-bridge": ["http://localhost:9999"],
 }
 
 # Checked by hand against the code (grep `settings.` and the functions named): a change to
@@ -98,6 +99,11 @@ def test_settings_appear_in_one_titled_section_per_group() -> None:
 def test_agent_and_broker_read_what_their_code_reads() -> None:
     assert settings_fields("agent") == AGENT_FIELDS
     assert settings_fields("broker") == BROKER_FIELDS
+
+
+def test_the_a2a_bridge_reads_what_an_agent_reads_and_how_to_reach_the_remote() -> None:
+    remote = {"a2a_remote_token", "a2a_remote_check_interval"}
+    assert settings_fields("a2a-bridge") == AGENT_FIELDS | remote
 
 
 def test_token_takes_the_secret_and_the_log_settings() -> None:

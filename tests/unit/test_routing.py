@@ -298,12 +298,41 @@ async def test_agent_message_goes_to_the_broker_as_the_agent(world: World) -> No
     assert (queued["sender_id"], queued["routing_status"]) == ("agent-1", "pending")
 
 
-@pytest.mark.parametrize("kind", ["TEXT", "CANCEL", "REGISTER_FRONTEND", "AGENT_STATUS_UPDATE"])
-async def test_agents_send_only_replies_and_notices(world: World, kind: str) -> None:
+@pytest.mark.parametrize("kind", ["REGISTER_FRONTEND", "AGENT_STATUS_UPDATE"])
+async def test_agents_send_only_chat_messages(world: World, kind: str) -> None:
     with pytest.raises(ProtocolError) as refused:
         await world.router.accept_from_agent("agent-1", envelope(message_type=kind))
     assert refused.value.code is ErrorCode.UNSUPPORTED_TYPE
     assert await world.queue(BROKER_INPUT) == []
+
+
+@pytest.mark.parametrize(
+    ("fields", "code"),
+    [
+        ({"message_type": "TEXT", "receiver_id": "agent-2"}, ErrorCode.INVALID_MESSAGE),
+        ({"message_type": "CANCEL", "receiver_id": "agent-2"}, ErrorCode.INVALID_MESSAGE),
+        (
+            {"message_type": "TEXT", "text_payload": "hi", "receiver_id": "web_" + "a" * 32},
+            ErrorCode.UNKNOWN_RECEIVER,
+        ),
+    ],
+)
+async def test_an_agents_text_or_cancel_must_be_complete_and_for_an_agent(
+    world: World, fields: dict[str, Any], code: ErrorCode
+) -> None:
+    with pytest.raises(ProtocolError) as refused:
+        await world.router.accept_from_agent("agent-1", envelope(**fields))
+    assert refused.value.code is code
+    assert await world.queue(BROKER_INPUT) == []
+
+
+async def test_an_agent_asks_another_agent_through_the_broker(world: World) -> None:
+    await world.router.accept_from_agent(
+        "agent-1", envelope(message_type="TEXT", text_payload="help?", receiver_id="agent-2")
+    )
+    [queued] = await world.queue(BROKER_INPUT)
+    assert (queued["message_type"], queued["sender_id"]) == ("TEXT", "agent-1")
+    assert queued["receiver_id"] == "agent-2"
 
 
 # -- broker output to agents ----------------------------------------------------------------------
@@ -621,6 +650,82 @@ async def test_messages_of_an_agent_that_stays_offline_are_answered_for_it(world
         "m1",
     )
     assert await world.router.answer_abandoned() == 0
+
+
+async def test_an_agent_asking_an_agent_that_stays_offline_gets_agent_offline(
+    world: World,
+) -> None:
+    await world.agent("asker")
+    await world.agent("asked")
+    call = envelope(
+        message_type="TEXT",
+        message_id="call-1",
+        sender_id="asker",
+        receiver_id="asked",
+        text_payload="help?",
+        routing_status="routed",
+    )
+    await world.router.handle_broker_output(call)
+    assert [m["message_id"] for m in await world.queue("agent_queue_asked")] == ["call-1"]
+    world.answers.agent_offline("asked")
+    world.clock.advance(300)
+    assert await world.router.answer_abandoned() == 1
+    [error] = await world.queue("agent_queue_asker")
+    assert (error["message_type"], error["error_code"], error["in_reply_to_message_id"]) == (
+        "ERROR",
+        "agent_offline",
+        "call-1",
+    )
+
+
+async def test_a_call_answered_in_time_is_no_longer_looked_after(world: World) -> None:
+    await world.agent("asker")
+    await world.agent("asked")
+    await world.router.handle_broker_output(
+        envelope(
+            message_type="TEXT",
+            message_id="call-1",
+            sender_id="asker",
+            receiver_id="asked",
+            text_payload="help?",
+            routing_status="routed",
+        )
+    )
+    await world.router.handle_broker_output(
+        envelope(
+            message_type="REPLY",
+            sender_id="asked",
+            receiver_id="asker",
+            in_reply_to_message_id="call-1",
+            text_payload="here",
+            routing_status="routed",
+        )
+    )
+    world.answers.agent_offline("asked")
+    world.clock.advance(300)
+    assert await world.router.answer_abandoned() == 0
+
+
+async def test_an_agents_cancel_of_a_call_by_capability_names_the_agent_it_went_to(
+    world: World,
+) -> None:
+    await world.agent("asker")
+    await world.agent("chosen")
+    await world.router.handle_broker_output(
+        envelope(
+            message_type="TEXT",
+            message_id="call-1",
+            sender_id="asker",
+            receiver_id="chosen",
+            text_payload="help?",
+            routing_status="routed",
+        )
+    )
+    await world.router.accept_from_agent(
+        "asker", envelope(message_type="CANCEL", in_reply_to_message_id="call-1")
+    )
+    [cancel] = await world.queue(BROKER_INPUT)
+    assert (cancel["message_type"], cancel["receiver_id"]) == ("CANCEL", "chosen")
 
 
 def just_started(world: World, expect_agents_for: float) -> RouteRunner:

@@ -183,3 +183,28 @@ def test_backlog_is_bounded_in_bytes_and_keeps_the_newest(clock: ManualClock) ->
     assert was_resumed
     assert sessions.flush_backlog(resumed) == 6
     assert len(resumed.backlog) == 0
+
+
+def test_the_sessions_of_a_user_that_follow_it_are_its_siblings(
+    sessions: FrontendSessions, clock: ManualClock
+) -> None:
+    follow = {"user_frames": True}
+    phone, _ = sessions.register(Link(), "phone", follow, user_id="ann")
+    laptop, _ = sessions.register(Link(), "laptop", follow, user_id="ann")
+    quiet, _ = sessions.register(Link(), "old tab", {}, user_id="ann")
+    other, _ = sessions.register(Link(), "bob", follow, user_id="bob")
+    anonymous, _ = sessions.register(Link(), "nobody", follow)
+    assert sessions.siblings(phone.frontend_id) == [laptop.frontend_id]
+    assert sorted(sessions.siblings(quiet.frontend_id)) == sorted(
+        [phone.frontend_id, laptop.frontend_id]
+    )
+    assert sessions.siblings(other.frontend_id) == []
+    assert sessions.siblings(anonymous.frontend_id) == []
+    assert anonymous.user == anonymous.frontend_id  # a frontend naming no user is its own
+    # A session that expired follows no more.
+    laptop_link = laptop.link
+    assert laptop_link is not None
+    sessions.detach(laptop.frontend_id, laptop_link)
+    clock.advance(WINDOW + 1)
+    sessions.expire()
+    assert sessions.siblings(phone.frontend_id) == []

@@ -5,6 +5,6 @@ option) starts everything it measures itself — server, broker and agent proces
 aio-pika relay chain (the floor), AutoGen's gRPC runtime (the peer), load generators — on free
 loopback ports, and stops all of it before it returns, Ctrl+C included.
 
-Scenarios: roundtrip, roundtrip-memory, fanout, idle, presence, peer, all. The method and the
-numbers: docs/benchmarks.md.
+Scenarios: roundtrip, roundtrip-memory, fanout, idle, presence, peer, stream, roundtrip-traced,
+a2a, history, ask, all. The method and the numbers: docs/benchmarks.md.
 """

@@ -35,6 +35,21 @@ HEADLINE_KEYS: dict[str, tuple[str, ...]] = {
     "roundtrip": _ROUNDTRIP_KEYS,
     "roundtrip-memory": _ROUNDTRIP_KEYS,
     "peer": ("roundtrips_per_s", "p50_ms", "p99_ms", "p999_ms"),
+    "a2a": (
+        "in_flight",
+        "roundtrips_per_s",
+        "ratio_a2a_to_websocket",
+        "streams_per_s",
+        "streaming_ratio_a2a_to_websocket",
+    ),
+    "history": (
+        "roundtrips_per_s_without_history",
+        "roundtrips_per_s_with_history",
+        "ratio_with_history",
+        "hub_cpu_ratio_with_history",
+        "replay_10000_s_sqlite",
+        "replay_10000_s_postgresql",
+    ),
 }
 
 

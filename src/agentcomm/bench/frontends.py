@@ -42,9 +42,10 @@ class Frontend:
         self._reader: asyncio.Task[None] | None = None
 
     async def register(self, name: str) -> None:
-        await self.ws.send(
-            orjson.dumps({"message_type": "REGISTER_FRONTEND", "frontend_name": name}).decode()
-        )
+        frame: dict[str, Any] = {"message_type": "REGISTER_FRONTEND", "frontend_name": name}
+        if self._owner.capabilities:
+            frame["capabilities"] = self._owner.capabilities
+        await self.ws.send(orjson.dumps(frame).decode())
         response = orjson.loads(await self.ws.recv())
         if response.get("message_type") != "REGISTER_FRONTEND_RESPONSE":
             raise BenchError(f"Registration refused: {response}")
@@ -86,8 +87,11 @@ class Frontends:
         receiver_id: str = "echo",
         payload: str = "x",
         compression: bool = True,
+        capabilities: dict[str, Any] | None = None,
     ) -> None:
         self.ws_url = ws_url
+        # {"stream": True}: the REPLY_CHUNKs of streamed replies come too.
+        self.capabilities = capabilities
         # Browsers offer permessage-deflate, so by default the frontends do too.
         self.compression = compression
         self.receiver_id = receiver_id

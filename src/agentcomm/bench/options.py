@@ -69,6 +69,8 @@ class BenchOptions:
     # Also measure a floor whose relays handle one delivery at a time (as the hub's ordered
     # consumers do), to tell the cost of ordering from the cost of the hub's Python work.
     serial_floor: bool = False
+    # roundtrip-traced: the share of chat turns traced (1.0: every one, as the target asks).
+    trace_sample: float = 1.0
     progress: bool = True
     out_dir: Path | None = None
     notes: list[str] = field(default_factory=list)

@@ -64,6 +64,22 @@ def _roundtrip_rows(result: Result) -> list[list[str]]:
     return rows
 
 
+def _cpu_lines(result: Result) -> list[str]:
+    lines = []
+    for side, data in result.get("cpu", {}).items():
+        per = data.get("ms_per_roundtrip", {})
+        busy = data.get("cores_busy", {})
+        parts = [f"{k} {_fmt(v)} ms ({_fmt(busy.get(k))} cores)" for k, v in per.items()]
+        total = (
+            f"; all {_fmt(data.get('total_ms_per_roundtrip'))} ms "
+            f"({_fmt(data.get('total_cores_busy'))} cores)"
+            if data.get("total_ms_per_roundtrip") is not None
+            else ""
+        )
+        lines.append(f"CPU per round trip, {side}: " + ", ".join(parts) + total)
+    return lines
+
+
 def format_result(result: Result) -> str:
     scenario = result.get("scenario", "?")
     title = f"== {scenario} =="
@@ -130,18 +146,7 @@ def format_result(result: Result) -> str:
                 f"ratio to peer: {_fmt(result['ratio_to_peer'])} "
                 f"(peer {_fmt(result.get('peer_roundtrips_per_s'), '/s')})"
             )
-        cpu = result.get("cpu", {})
-        for side, data in cpu.items():
-            per = data.get("ms_per_roundtrip", {})
-            busy = data.get("cores_busy", {})
-            parts = [f"{k} {_fmt(v)} ms ({_fmt(busy.get(k))} cores)" for k, v in per.items()]
-            total = (
-                f"; all {_fmt(data.get('total_ms_per_roundtrip'))} ms "
-                f"({_fmt(data.get('total_cores_busy'))} cores)"
-                if data.get("total_ms_per_roundtrip") is not None
-                else ""
-            )
-            lines.append(f"CPU per round trip, {side}: " + ", ".join(parts) + total)
+        lines.extend(_cpu_lines(result))
         sweep = result.get("open_loop")
         if sweep:
             rows = []
@@ -175,6 +180,7 @@ def format_result(result: Result) -> str:
                 sub = [[_fmt(item.get(c)) for c in cols] for item in value]
                 lines.append(f"{key}:")
                 lines.append(_table(cols, sub))
+        lines.extend(_cpu_lines(result))
     targets = result.get("targets")
     if targets:
         lines.append(

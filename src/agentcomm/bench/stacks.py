@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -112,14 +112,16 @@ async def _start_agent(
     module: str | None,
     agent_id: str,
     args: Sequence[str] = (),
+    *,
+    name: str = "agent",
 ) -> Child:
     """The echo agent (`agentcomm agent echo`), or the agent of `module`."""
     if module is None:
         return await children.start_agentcomm(
-            "agent", ["agent", "echo", "--id", agent_id, "--transport", transport], env
+            name, ["agent", "echo", "--id", agent_id, "--transport", transport], env
         )
     return await children.start_module(
-        "agent", module, ["--transport", transport, "--id", agent_id, *args], env
+        name, module, ["--transport", transport, "--id", agent_id, *args], env
     )
 
 
@@ -132,6 +134,8 @@ class RabbitHub:
         settings: Settings,
         children: Children,
         *,
+        prefix: str = "",
+        env: Mapping[str, str] | None = None,
         agent_module: str | None = None,
         agent_id: str = ECHO_ID,
         agent_args: Sequence[str] = (),
@@ -144,6 +148,10 @@ class RabbitHub:
         self.http_port = free_port()
         self.grpc_port = free_port()
         self.processes: dict[str, int] = {}
+        # Names the processes (and their logs) when two hubs run side by side; `env` is what
+        # they get on top of the settings (the OTEL_* variables of a traced hub).
+        self._prefix = prefix
+        self._env = dict(env or {})
 
     @property
     def ws_url(self) -> str:
@@ -156,11 +164,19 @@ class RabbitHub:
             port=self.http_port,
             grpc_port=self.grpc_port,
         )
-        server = await self.children.start_agentcomm("server", ["serve"], env)
+        env.update(self._env)
+        named = self._prefix
+        server = await self.children.start_agentcomm(f"{named}server", ["serve"], env)
         await wait_http_ok(self.http_port, "/readyz", START_TIMEOUT, server)
-        broker = await self.children.start_agentcomm("broker", ["broker"], env)
+        broker = await self.children.start_agentcomm(f"{named}broker", ["broker"], env)
         agent = await _start_agent(
-            self.children, env, "amqp", self.agent_module, self.agent_id, self.agent_args
+            self.children,
+            env,
+            "amqp",
+            self.agent_module,
+            self.agent_id,
+            self.agent_args,
+            name=f"{named}agent",
         )
         await _wait_agent_online(self.http_port, self.agent_id, agent, START_TIMEOUT)
         self.children.check_alive()

@@ -11,7 +11,10 @@ Rules (PROTOCOL §4):
   to the agent this broker gave the TEXT it names;
 - a message naming an agent goes to it while it is online, else ERROR agent_offline;
 - agents' messages go to the frontend or agent they name, never to an agent when a frontend is
-  named; with no receiver they are refused (unknown_receiver);
+  named; with no receiver they are refused (unknown_receiver), except an agent's TEXT, which
+  gets an agent chosen like a frontend's (never one waiting in its chain of calls), and its
+  CANCEL, which goes where the TEXT went; an agent's TEXT that would close a cycle of calls
+  is refused (`rules.call_refusal`);
 - nothing is routed back to its sender, and a message that crossed more than MAX_HOPS hops
   ends in ERROR hop_limit.
 """
@@ -27,10 +30,12 @@ from pydantic import ValidationError
 
 from agentcomm.broker import strategies
 from agentcomm.broker.ledger import RoutingLedger
+from agentcomm.protocol.calls import CallContext
 from agentcomm.protocol.errors import ProtocolError
 from agentcomm.protocol.ids import is_frontend_id
 from agentcomm.protocol.models import AgentInfo, Envelope
 from agentcomm.protocol.rules import (
+    call_refusal,
     check_frontend_chat_type,
     check_frontend_receiver,
     error_envelope,
@@ -215,6 +220,20 @@ class Router:
         answers: str | None,
     ) -> Decision:
         receiver = receiver_of(envelope)
+        if envelope.message_type is MessageType.TEXT:
+            call = CallContext.from_metadata(envelope.metadata)
+            chain = call.chain if call is not None else (sender,)
+            refusal = call_refusal(sender, receiver, chain)
+            if refusal is not None:
+                return self._error(envelope, *refusal)
+            if receiver is None:
+                # Asked by capability: chosen like a frontend's TEXT, among the agents not
+                # waiting in the chain (one of those would close a cycle).
+                waiting = set(chain)
+                candidates = {k: a for k, a in agents.items() if k not in waiting}
+                return self._choose(envelope, sender, candidates, stale)
+        if receiver is None and envelope.message_type is MessageType.CANCEL:
+            return self._cancel_without_receiver(envelope, agents, stale)
         if receiver is None:
             return self._error(
                 envelope,

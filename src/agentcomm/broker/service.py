@@ -15,7 +15,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import grpc.aio
@@ -32,6 +32,10 @@ from agentcomm.protocol.ids import new_broker_id
 from agentcomm.protocol.models import Envelope
 from agentcomm.protocol.queues import BROKER_INPUT_QUEUE, SERVER_INPUT_QUEUE
 from agentcomm.protocol.vocabulary import ErrorCode
+from agentcomm.telemetry import tracing_for
+
+if TYPE_CHECKING:
+    from agentcomm.telemetry.spans import Tracing
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +106,8 @@ class ReferenceBroker:
         self._channel: grpc.aio.Channel | None = None
         self._presence: PresenceFollower | None = None
         self._subscription: Subscription | None = None
+        # None when tracing is off: the decision is then made without a look at spans.
+        self._tracing = tracing_for("agentcomm.broker")
 
     @property
     def is_running(self) -> bool:
@@ -202,7 +208,10 @@ class ReferenceBroker:
         for agent_id in self.table.prune():
             self.router.agent_went_offline(agent_id)
         try:
-            decision, output = self._decide(envelope, fields)
+            if self._tracing is None:
+                decision, output = self._decide(envelope, fields)
+            else:
+                decision, output = self._traced_decide(self._tracing, envelope, fields)
         except Exception:
             # A message this broker cannot handle would fail the same way on every redelivery
             # and then be dropped: its sender is told at once instead.
@@ -216,6 +225,25 @@ class ReferenceBroker:
             body, message_id = output
             await self._bus.publish(SERVER_INPUT_QUEUE, body, message_id=message_id)
         self._count(decision)
+
+    def _traced_decide(
+        self, tracing: Tracing, envelope: Envelope, fields: dict[str, Any]
+    ) -> tuple[Decision, tuple[bytes, str] | None]:
+        """`_decide` in a span of its own, under the delivery's (only within a trace)."""
+        if not tracing.in_trace():
+            return self._decide(envelope, fields)
+        span = tracing.start(
+            "broker decide",
+            attributes={"agentcomm.message.id": envelope.message_id},
+        )
+        try:
+            decision, output = self._decide(envelope, fields)
+            span.set_attribute("agentcomm.broker.outcome", decision.outcome.value)
+            if decision.routed_to is not None:
+                span.set_attribute("agentcomm.broker.routed_to", decision.routed_to)
+            return decision, output
+        finally:
+            span.end()
 
     def _decide(
         self, envelope: Envelope, fields: dict[str, Any]

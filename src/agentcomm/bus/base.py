@@ -45,7 +45,7 @@ import asyncio
 import enum
 import logging
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -87,6 +87,9 @@ class Delivery:
     redelivered: bool
     # How many times this message has been handed out before, where the bus knows it.
     attempt: int = 1
+    # The application headers it was published with (`traceparent` when tracing is on); None
+    # when it carried none.
+    headers: Mapping[str, object] | None = None
 
 
 MessageHandler = Callable[[Delivery], Awaitable[None]]
@@ -135,14 +138,19 @@ class Redelivery:
         own logger). A failure is an error with its traceback; a handler's own "not now" is a
         plain line."""
         message_id, queue = delivery.message_id, delivery.queue
+        # JSON logs carry it as a field of its own (logging_setup.py).
+        extra = {"message_id": message_id}
         if verdict is Verdict.UNTOUCHED:
-            logger.info("Message %s on %s given back untouched: %s", message_id, queue, error)
+            logger.info(
+                "Message %s on %s given back untouched: %s", message_id, queue, error, extra=extra
+            )
         elif verdict is Verdict.BUS_FAILED:
             logger.warning(
                 "Message %s on %s goes back to the queue: the bus failed while it was handled (%s)",
                 message_id,
                 queue,
                 error,
+                extra=extra,
             )
         elif verdict is Verdict.CUT_OFF:
             return
@@ -154,6 +162,7 @@ class Redelivery:
                 delivery.attempt,
                 self.max_deliveries,
                 error,
+                extra=extra,
             )
         else:
             logger.error(
@@ -163,6 +172,7 @@ class Redelivery:
                 delivery.attempt,
                 self.max_deliveries,
                 exc_info=error,
+                extra=extra,
             )
 
 
@@ -214,6 +224,15 @@ class QueueOptions:
     expires_ms: int | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class QueueStats:
+    """What a bus tells of one queue (`queue_stats`, which both buses have beside the Bus
+    protocol): messages waiting, and consumers."""
+
+    messages: int
+    consumers: int
+
+
 class Subscription(Protocol):
     async def cancel(self) -> None:
         """Stops taking new deliveries; those being handled finish and are acked first."""
@@ -239,14 +258,16 @@ class Bus(Protocol):
         message_id: str | None = None,
         mandatory: bool = True,
         timeout: float = 5.0,
+        headers: Mapping[str, str] | None = None,
         persistent: bool = True,
     ) -> None:
         """Stores a persistent message in `queue` and waits for the bus to confirm it.
 
+        A message published without `message_id` gets a fresh one. `headers` travel with it
+        to the consumer's `Delivery.headers` (AMQP headers on RabbitMQ): the trace context.
         With `persistent=False` the message is kept in memory only (RabbitMQ does not write it
         to disk, and loses it if it restarts): for what a later message makes whole again, such
-        as the chunks of a streamed reply before its final REPLY. A message published without
-        `message_id` gets a fresh one. Publishing keeps working
+        as the chunks of a streamed reply before its final REPLY. Publishing keeps working
         while `close()` lets running handlers finish, so that they can hand on their results.
         """
 

@@ -6,6 +6,7 @@ from agentcomm.bus.base import Bus
 from agentcomm.bus.memory import InMemoryBus
 from agentcomm.bus.rabbitmq import RabbitMQBus
 from agentcomm.config import Settings
+from agentcomm.telemetry import tracing_for
 
 
 def create_bus(settings: Settings, *, name: str = "agentcomm") -> Bus:
@@ -16,7 +17,20 @@ def create_bus(settings: Settings, *, name: str = "agentcomm") -> Bus:
     RabbitMQ connection (e.g. "agentcomm-server"); `RABBITMQ_FAST_PATH=0` runs it on plain
     aio-pika instead of its own AMQP framing; `RABBITMQ_QUEUE_TYPE` is the type of the queues
     it declares; `RABBITMQ_HOSTS` the nodes of a RabbitMQ cluster it connects to in turn.
+    With tracing on (the `OTEL_*` variables) it records the messaging spans of traced turns.
     """
+    bus = _create(settings, name)
+    tracing = tracing_for("agentcomm.bus")
+    if tracing is None:
+        return bus
+    # Only now, with tracing on: a process without it runs the bus unwrapped.
+    from agentcomm.telemetry.bus import TracedBus
+
+    system = "agentcomm.memory" if settings.message_bus == "memory" else "rabbitmq"
+    return TracedBus(bus, tracing, system=system)
+
+
+def _create(settings: Settings, name: str) -> Bus:
     if settings.message_bus == "memory":
         return InMemoryBus()
     if settings.message_bus == "rabbitmq":

@@ -15,7 +15,7 @@ import logging
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from agentcomm.bus.base import (
@@ -24,6 +24,7 @@ from agentcomm.bus.base import (
     Delivery,
     MessageHandler,
     QueueOptions,
+    QueueStats,
     Redelivery,
     Unroutable,
     Verdict,
@@ -43,6 +44,7 @@ class _Stored:
     message_id: str | None
     enqueued_at: float
     attempt: int = 0
+    headers: Mapping[str, str] | None = None
 
 
 @dataclass(slots=True)
@@ -102,6 +104,7 @@ class InMemoryBus:
         message_id: str | None = None,
         mandatory: bool = True,
         timeout: float = 5.0,
+        headers: Mapping[str, str] | None = None,
         persistent: bool = True,
     ) -> None:
         # Nothing here outlives the process: persistent or not is the same.
@@ -115,7 +118,7 @@ class InMemoryBus:
                 raise Unroutable(f"No queue named {queue!r} takes this message.")
             return
         # RabbitMQ always carries an id (aiormq invents one); so does this bus.
-        stored = _Stored(body, message_id or uuid.uuid4().hex, time.monotonic())
+        stored = _Stored(body, message_id or uuid.uuid4().hex, time.monotonic(), headers=headers)
         await self._append(target, stored)
 
     async def consume(
@@ -178,6 +181,15 @@ class InMemoryBus:
     def on_reconnect(self, callback: Callable[[], None]) -> None:
         # Nothing to lose in one process: the callback is never due.
         return
+
+    async def queue_stats(self, name: str) -> QueueStats | None:
+        """How many messages wait in `name` and how many consumers it has; None when no
+        such queue exists."""
+        queue = self._queues.get(name)
+        if queue is None:
+            return None
+        consumers = sum(1 for s in self._subscriptions if s.queue is queue)
+        return QueueStats(len(queue.messages), consumers)
 
     async def delete_queue(self, name: str) -> None:
         self._ensure_open("delete a queue")
@@ -244,7 +256,10 @@ class InMemoryBus:
         target_name = queue.options.dead_letter_queue
         target = self._queues.get(target_name) if target_name else None
         if target is not None:
-            await self._append(target, _Stored(stored.body, stored.message_id, time.monotonic()))
+            await self._append(
+                target,
+                _Stored(stored.body, stored.message_id, time.monotonic(), headers=stored.headers),
+            )
 
     async def _sweep_expired(self) -> None:
         while True:
@@ -367,4 +382,5 @@ def _delivery(queue: str, stored: _Stored) -> Delivery:
         message_id=stored.message_id,
         redelivered=stored.attempt > 1,
         attempt=stored.attempt,
+        headers=stored.headers,
     )

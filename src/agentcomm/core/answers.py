@@ -26,12 +26,13 @@ messages from 1), so everything here is keyed by (frontend_id, message_id).
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from agentcomm.core.clock import Clock
 from agentcomm.protocol.ids import text_ref
 from agentcomm.protocol.models import Envelope
-from agentcomm.protocol.vocabulary import MessageType
+from agentcomm.protocol.vocabulary import FINAL_ANSWER_TYPES, MessageType
 
 # Generous: an agent may think (or run tools) for minutes before its first word.
 DEFAULT_ANSWER_TIMEOUT = 600.0
@@ -65,6 +66,10 @@ class Awaiting:
     ref: str
     # Ids of answers to it that passed through this server (see `answer_passed`).
     answer_ids: tuple[str, ...] = ()
+    # When it was accepted (the clock's monotonic time), and whether a first word of its
+    # answer (a chunk, a notice) went out: the time to first token and to the final answer.
+    accepted_at: float = 0.0
+    heard: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +107,15 @@ class AnswerLedger:
         # (frontend_id, message_id) of refused TEXTs -> the answer that came for one anyway.
         self._refused: OrderedDict[tuple[str, str], Envelope | None] = OrderedDict()
         self._conversations: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self._first_word: Callable[[float], None] = _ignore
+        self._final_answer: Callable[[float], None] = _ignore
+
+    def observe_timings(
+        self, first_word: Callable[[float], None], final_answer: Callable[[float], None]
+    ) -> None:
+        """Calls `first_word` with the seconds from a TEXT accepted to the first part of its
+        answer passed to its frontend, and `final_answer` with those to its final answer."""
+        self._first_word, self._final_answer = first_word, final_answer
 
     # -- frontend re-sends -------------------------------------------------------------------
 
@@ -166,6 +180,22 @@ class AnswerLedger:
         if len(self._conversations) > CONVERSATIONS_MEMORY:
             self._conversations.popitem(last=False)
 
+    def call_reached(self, agent_id: str, message: Envelope, asker: str | None) -> None:
+        """A message of a call between agents reached `agent_id`'s queue: the TEXT of `asker`
+        (outstanding until its final answer reaches the asker, so that the asker gets ERROR
+        agent_offline should `agent_id` go away and not come back within DELIVERY_TIMEOUT,
+        instead of waiting for its own timeout), or (asker None) maybe that final answer."""
+        if asker:
+            self.delivered(asker, message, agent_id)
+            return
+        answered = message.in_reply_to_message_id
+        if (
+            answered
+            and message.message_type in FINAL_ANSWER_TYPES
+            and (agent_id, answered) in self._outstanding
+        ):
+            self.answer(agent_id, answered)
+
     def in_conversation(self, frontend_id: str, agent_id: str) -> bool:
         """Whether a TEXT of this frontend was handed to this agent (as far as remembered)."""
         return (frontend_id, agent_id) in self._conversations
@@ -184,6 +214,12 @@ class AnswerLedger:
         if key in self._answered:
             return False
         self._outstanding.pop(key, None)
+        entry = self._awaiting.get(key)
+        if entry is not None:
+            elapsed = self._clock.monotonic() - entry.accepted_at
+            if not entry.heard:
+                self._first_word(elapsed)
+            self._final_answer(elapsed)
         self._stop_awaiting(key)
         self._answered[key] = None
         if len(self._answered) > ANSWERED_MEMORY:
@@ -227,12 +263,14 @@ class AnswerLedger:
         if key in self._answered or key in self._awaiting:
             return
         ref = text_ref(message.message_id)
+        now = self._clock.monotonic()
         self._awaiting[key] = Awaiting(
             frontend_id,
             message.message_id,
             message.conversation_id,
-            self._clock.monotonic() + self._answer_timeout,
+            now + self._answer_timeout,
             ref,
+            accepted_at=now,
         )
         self._by_ref[(frontend_id, ref)] = message.message_id
         self._askers[message.message_id] = (*self._askers.get(message.message_id, ()), frontend_id)
@@ -246,7 +284,11 @@ class AnswerLedger:
         key = (frontend_id, message_id)
         entry = self._awaiting.get(key)
         if entry is not None:
-            entry.deadline = self._clock.monotonic() + self._answer_timeout
+            now = self._clock.monotonic()
+            if not entry.heard:
+                entry.heard = True
+                self._first_word(now - entry.accepted_at)
+            entry.deadline = now + self._answer_timeout
             self._awaiting.move_to_end(key)
 
     def overdue(self) -> list[Awaiting]:
@@ -321,3 +363,7 @@ class AnswerLedger:
 
     def passed_answer(self, answer_id: str) -> PassedAnswer | None:
         return self._passed.get(answer_id)
+
+
+def _ignore(seconds: float) -> None:
+    """No one observes the timings."""

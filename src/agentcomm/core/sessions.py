@@ -24,6 +24,9 @@ log = logging.getLogger(__name__)
 RESUME_BUFFER_FRAMES = 1000
 # The default bound on those frames' bytes.
 RESUME_BUFFER_BYTES = 512 * 1024
+# The capability a frontend sets to be sent the frames of its user's conversations that its
+# other sockets (tabs, devices) sent or were answered on this hub.
+USER_FRAMES_CAPABILITY = "user_frames"
 # Final answers kept per session, to be given again to a frontend that sends a TEXT again
 # because its answer went out on a connection that broke before it arrived.
 FINALS_KEPT = 64
@@ -55,6 +58,9 @@ class FrontendSession:
     capabilities: dict[str, Any]
     link: FrontendLink | None
     detached_at: float | None = None
+    # The user it belongs to (the token's `sub`, or the `user_id` it named on an open hub);
+    # None: its own user, by its frontend id.
+    user_id: str | None = None
     backlog_limit: int = RESUME_BUFFER_BYTES
     # Made when the first frame waits for a resume: most sessions never need one.
     _backlog: deque[bytes] | None = None
@@ -98,6 +104,11 @@ class FrontendSession:
         return frame
 
     @property
+    def user(self) -> str:
+        """The user whose conversations this session's are."""
+        return self.user_id or self.frontend_id
+
+    @property
     def wants_stream(self) -> bool:
         return bool(self.capabilities.get("stream"))
 
@@ -135,6 +146,8 @@ class FrontendSessions:
         self._resume_window = resume_window
         self._backlog_bytes = backlog_bytes
         self._sessions: dict[str, FrontendSession] = {}
+        # user -> the frontend ids of its sessions that asked for USER_FRAMES_CAPABILITY.
+        self._followers: dict[str, set[str]] = {}
 
     def register(
         self,
@@ -144,6 +157,7 @@ class FrontendSessions:
         *,
         frontend_id: str | None = None,
         resume_token: str | None = None,
+        user_id: str | None = None,
     ) -> tuple[FrontendSession, bool]:
         """Opens a session, or resumes one when id and token match. Returns (session, resumed)."""
         if frontend_id and resume_token:
@@ -152,7 +166,10 @@ class FrontendSessions:
                 previous.link = link
                 previous.detached_at = None
                 previous.frontend_name = frontend_name
+                self._unfollow(previous)
                 previous.capabilities = capabilities
+                previous.user_id = user_id
+                self._follow(previous)
                 return previous, True
         session = FrontendSession(
             frontend_id=new_frontend_id(self._server_tag),
@@ -161,9 +178,35 @@ class FrontendSessions:
             capabilities=capabilities,
             link=link,
             backlog_limit=self._backlog_bytes,
+            user_id=user_id,
         )
         self._sessions[session.frontend_id] = session
+        self._follow(session)
         return session, False
+
+    def siblings(self, frontend_id: str) -> list[str]:
+        """The other sessions of this frontend's user that asked to follow its conversations
+        (`capabilities.user_frames`); none for a frontend that names no user."""
+        session = self._sessions.get(frontend_id)
+        if session is None or session.user_id is None:
+            return []
+        followers = self._followers.get(session.user_id)
+        if not followers:
+            return []
+        return [other for other in followers if other != frontend_id]
+
+    def _follow(self, session: FrontendSession) -> None:
+        if session.user_id is not None and session.capabilities.get(USER_FRAMES_CAPABILITY):
+            self._followers.setdefault(session.user_id, set()).add(session.frontend_id)
+
+    def _unfollow(self, session: FrontendSession) -> None:
+        if session.user_id is None:
+            return
+        followers = self._followers.get(session.user_id)
+        if followers is not None:
+            followers.discard(session.frontend_id)
+            if not followers:
+                del self._followers[session.user_id]
 
     def flush_backlog(self, session: FrontendSession) -> int:
         """Sends what waited while the frontend was away; returns how many frames."""
@@ -221,7 +264,7 @@ class FrontendSessions:
             if session.detached_at is not None and now - session.detached_at > self._resume_window
         ]
         for frontend_id in expired:
-            del self._sessions[frontend_id]
+            self._unfollow(self._sessions.pop(frontend_id))
         return expired
 
     def live_links(self) -> list[FrontendLink]:

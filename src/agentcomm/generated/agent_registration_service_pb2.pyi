@@ -394,19 +394,25 @@ class ChatMessage(_message.Message):
     AGENT_ID_FIELD_NUMBER: _builtins.int
     MESSAGE_ID_FIELD_NUMBER: _builtins.int
     ENVELOPE_JSON_FIELD_NUMBER: _builtins.int
+    TRACEPARENT_FIELD_NUMBER: _builtins.int
     agent_id: _builtins.str
     message_id: _builtins.str
     envelope_json: _builtins.str
+    traceparent: _builtins.str
+    """W3C trace context of the hub's delivery span (`00-<trace id>-<span id>-<flags>`), when
+    tracing is on; empty otherwise. A field, not call metadata: one stream carries many traces.
+    """
     def __init__(
         self,
         *,
         agent_id: _builtins.str = ...,
         message_id: _builtins.str = ...,
         envelope_json: _builtins.str = ...,
+        traceparent: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "envelope_json", b"envelope_json", "message_id", b"message_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "envelope_json", b"envelope_json", "message_id", b"message_id", "traceparent", b"traceparent"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -507,6 +513,7 @@ class AgentOutput(_message.Message):
     ENVELOPE_JSON_FIELD_NUMBER: _builtins.int
     ACK_MESSAGE_ID_FIELD_NUMBER: _builtins.int
     HANDLED_FIELD_NUMBER: _builtins.int
+    TRACEPARENT_FIELD_NUMBER: _builtins.int
     ref: _builtins.int
     """Chosen by the agent (unique among its items in flight on the stream); the result names it."""
     envelope_json: _builtins.str
@@ -515,6 +522,8 @@ class AgentOutput(_message.Message):
     """A message of the agent's ReceiveMessages stream that this item acknowledges; empty: none."""
     handled: _builtins.bool
     """As MessageAck.handled: false gives the message back to the queue."""
+    traceparent: _builtins.str
+    """W3C trace context of the agent's handler span, as in ChatMessage; empty: none."""
     def __init__(
         self,
         *,
@@ -522,10 +531,11 @@ class AgentOutput(_message.Message):
         envelope_json: _builtins.str = ...,
         ack_message_id: _builtins.str = ...,
         handled: _builtins.bool = ...,
+        traceparent: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack_message_id", b"ack_message_id", "envelope_json", b"envelope_json", "handled", b"handled", "ref", b"ref"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack_message_id", b"ack_message_id", "envelope_json", b"envelope_json", "handled", b"handled", "ref", b"ref", "traceparent", b"traceparent"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -86,6 +86,9 @@ class RegisterFrontend(WireModel):
     resume_token: str | None = Field(default=None, max_length=256)
     token: str | None = Field(default=None, max_length=8192)
     capabilities: dict[str, Any] = Field(default_factory=dict, max_length=MAX_MAP_ENTRIES)
+    # The user this frontend belongs to, when the hub is open (with AUTH_SECRET the token's
+    # `sub` is the user, and this is ignored): its conversations are kept under that user.
+    user_id: str | None = Field(default=None, pattern=ID_PATTERN)
 
     @field_validator("capabilities")
     @classmethod
@@ -103,6 +106,17 @@ class RegisterFrontendResponse(WireModel):
     message: str
     resume_token: str
     send_timestamp: str | None = None
+
+
+class RequestHistory(WireModel):
+    """A frontend asks for the stored messages of one of its user's conversations."""
+
+    message_type: MessageType
+    message_id: str | None = Field(default=None, pattern=ID_PATTERN)
+    conversation_id: str = Field(min_length=1, max_length=128)
+    # Messages with a seq above this one (0: from the start).
+    after_seq: int = Field(default=0, ge=0)
+    limit: int = Field(default=100, ge=1, le=1000)
 
 
 class RefreshToken(WireModel):

@@ -10,6 +10,8 @@ spells a rule of its own. Pure functions over envelopes and ids, no I/O:
 - sender identity: `sender_id`, else the frontend connection the server recorded (`sender_of`);
 - the one builder of ERROR envelopes (`error_envelope`) and of status echoes (`status_echo`),
   and which echoes a frontend takes (`wants_status_echo`);
+- calls between agents: who an agent may ask, and how many at once (`call_refusal`,
+  `calls_in_flight_refusal`);
 - what a broker sent back: a refusal in the broker's own words (`broker_refusal_code`,
   `broker_refusal_words`), an answer to a frontend bounced to the server
   (`restore_bounced_answer`).
@@ -18,7 +20,7 @@ spells a rule of its own. Pure functions over envelopes and ids, no I/O:
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from enum import StrEnum
 from typing import Any
 
@@ -29,6 +31,7 @@ from agentcomm.protocol.models import Envelope
 from agentcomm.protocol.timestamps import utc_now_iso
 from agentcomm.protocol.vocabulary import (
     AGENT_SENDABLE,
+    MAX_HOPS,
     SERVER_RECEIVER,
     ErrorCode,
     MessageType,
@@ -54,6 +57,7 @@ class FrontendFrame(StrEnum):
     STATUS_REQUEST = "status_request"  # REQUEST_AGENT_STATUS: the full agent list
     REGISTER = "register"  # REGISTER_FRONTEND again
     REFRESH_TOKEN = "refresh_token"  # a fresh token for the session
+    HISTORY_REQUEST = "history_request"  # REQUEST_HISTORY: stored messages after a seq
 
 
 def frontend_frame_kind(message_type: MessageType, message_id: str | None) -> FrontendFrame:
@@ -67,10 +71,12 @@ def frontend_frame_kind(message_type: MessageType, message_id: str | None) -> Fr
         return FrontendFrame.REGISTER
     if message_type is MessageType.REFRESH_TOKEN:
         return FrontendFrame.REFRESH_TOKEN
+    if message_type is MessageType.REQUEST_HISTORY:
+        return FrontendFrame.HISTORY_REQUEST
     raise ProtocolError(
         ErrorCode.UNSUPPORTED_TYPE,
         f"Frontends cannot send {message_type.value}; they send TEXT, CANCEL, "
-        "REQUEST_AGENT_STATUS and REFRESH_TOKEN.",
+        "REQUEST_AGENT_STATUS, REFRESH_TOKEN and REQUEST_HISTORY.",
         message_id,
     )
 
@@ -108,9 +114,67 @@ def check_from_agent(message: Envelope) -> None:
         raise ProtocolError(
             ErrorCode.UNSUPPORTED_TYPE,
             f"Agents cannot send {message.message_type.value}; "
-            "they send REPLY, REPLY_CHUNK, SYSTEM or ERROR.",
+            "they send REPLY, REPLY_CHUNK, SYSTEM, ERROR, and TEXT or CANCEL to other agents.",
             message.message_id,
         )
+    if message.message_type is MessageType.TEXT and not (message.text_payload or "").strip():
+        raise ProtocolError(
+            ErrorCode.INVALID_MESSAGE, "A TEXT needs a non-empty text_payload.", message.message_id
+        )
+    if message.message_type is MessageType.CANCEL and not message.in_reply_to_message_id:
+        raise ProtocolError(
+            ErrorCode.INVALID_MESSAGE,
+            "A CANCEL needs in_reply_to_message_id: the TEXT to stop.",
+            message.message_id,
+        )
+    if message.message_type is MessageType.TEXT and is_frontend_id(message.receiver_id or ""):
+        raise ProtocolError(
+            ErrorCode.UNKNOWN_RECEIVER,
+            "An agent asks other agents; it answers a frontend with REPLY, not with a TEXT.",
+            message.message_id,
+        )
+
+
+# -- calls between agents ---------------------------------------------------------------------
+
+
+def call_refusal(
+    asker_id: str, receiver_id: str | None, chain: Sequence[str]
+) -> tuple[ErrorCode, str] | None:
+    """Why `asker_id` may not ask `receiver_id` (None: any agent the broker picks) with a TEXT
+    whose call has `chain` (the agents waiting on it, the asker last); None when it may.
+
+    An agent that asks itself, or an agent already waiting in the chain, would wait for an
+    answer that waits for it (a cycle); a chain longer than MAX_HOPS is most likely one going
+    round through ever new messages."""
+    if receiver_id is not None and receiver_id == asker_id:
+        return ErrorCode.CALL_CYCLE, f"Agent {asker_id} cannot ask itself."
+    if receiver_id is not None and receiver_id in chain:
+        path = " → ".join((*chain, receiver_id))
+        return (
+            ErrorCode.CALL_CYCLE,
+            f"Agent {receiver_id} is already waiting in this chain of calls ({path}): asking "
+            "it again would go round in a loop.",
+        )
+    if len(chain) > MAX_HOPS:
+        return (
+            ErrorCode.HOP_LIMIT,
+            f"This call would make a chain of {len(chain)} agents waiting on each other, more "
+            f"than {MAX_HOPS}: it is probably going round in a loop.",
+        )
+    return None
+
+
+def calls_in_flight_refusal(asker_id: str, in_flight: int, limit: int) -> str | None:
+    """Why `asker_id` may not make one more call while `in_flight` of its calls are unanswered
+    (None: it may): each one holds a message of the agent asked, and a handler that asks in a
+    loop would otherwise fill every queue it reaches."""
+    if in_flight >= limit:
+        return (
+            f"Agent {asker_id} has {in_flight} calls to other agents waiting for answers, its "
+            f"limit: wait for some of them to finish (or raise max_calls_in_flight)."
+        )
+    return None
 
 
 def names_no_receiver(receiver_id: str | None) -> bool:

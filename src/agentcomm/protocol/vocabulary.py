@@ -21,6 +21,9 @@ class MessageType(StrEnum):
     # A registered frontend's fresh token, before the one it registered with expires.
     REFRESH_TOKEN = "REFRESH_TOKEN"
     REFRESH_TOKEN_RESPONSE = "REFRESH_TOKEN_RESPONSE"
+    # A conversation's stored messages after a seq, and the page that answers it.
+    REQUEST_HISTORY = "REQUEST_HISTORY"
+    HISTORY = "HISTORY"
     # Out-of-band notices on the bus.
     SERVER_AVAILABLE = "SERVER_AVAILABLE"
     SERVER_UNAVAILABLE = "SERVER_UNAVAILABLE"
@@ -51,12 +54,21 @@ FRONTEND_SENDABLE = frozenset(
         MessageType.CANCEL,
         MessageType.REGISTER_FRONTEND,
         MessageType.REFRESH_TOKEN,
+        MessageType.REQUEST_HISTORY,
     }
 )
 
-# What an agent may publish towards the broker.
+# What an agent may publish towards the broker: its answers, and (an addition) a TEXT that
+# asks another agent and the CANCEL that stops it.
 AGENT_SENDABLE = frozenset(
-    {MessageType.REPLY, MessageType.REPLY_CHUNK, MessageType.SYSTEM, MessageType.ERROR}
+    {
+        MessageType.REPLY,
+        MessageType.REPLY_CHUNK,
+        MessageType.SYSTEM,
+        MessageType.ERROR,
+        MessageType.TEXT,
+        MessageType.CANCEL,
+    }
 )
 
 # Answers that close a frontend's TEXT: exactly one of these ends every accepted message.
@@ -92,6 +104,16 @@ class ErrorCode(StrEnum):
     UNKNOWN_MESSAGE = "unknown_message"  # a CANCEL of a TEXT this server does not know
     DUPLICATE_MESSAGE_ID = "duplicate_message_id"  # a TEXT re-using an answered id
     STREAM_INCOMPLETE = "stream_incomplete"  # a streamed reply that could not be put in order
+    # An outside A2A agent behind `agentcomm a2a-bridge` failed the task, or cannot be reached.
+    REMOTE_FAILED = "remote_failed"
+    REMOTE_UNAVAILABLE = "remote_unavailable"
+    # History (REQUEST_HISTORY): no such conversation of this user; the messages after that
+    # seq were removed by retention (reload from the first kept one); history off or down.
+    UNKNOWN_CONVERSATION = "unknown_conversation"
+    UNRECOVERABLE = "unrecoverable"
+    HISTORY_UNAVAILABLE = "history_unavailable"
+    CALL_CYCLE = "call_cycle"  # an agent asked itself, or an agent already waiting in the chain
+    TOO_MANY_CALLS = "too_many_calls"  # an agent's calls in flight are at its limit
 
 
 class AgentState(StrEnum):

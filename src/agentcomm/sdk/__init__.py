@@ -10,15 +10,24 @@
 
     agent.run()
 
-See docs/agents.md for streaming replies, commands, cancellation and transports.
+See docs/agents.md for streaming replies, asking other agents (`message.ask`), commands,
+cancellation and transports.
 """
 
 from agentcomm.sdk.agent import Agent
 from agentcomm.sdk.commands import Command, CommandOutcome
 from agentcomm.sdk.errors import (
     AgentError,
+    AgentOffline,
+    AnswerFailed,
+    AnswerTimeout,
+    CallFailed,
+    CallRefused,
+    Cancelled,
+    ErrorAnswer,
     HandlingAborted,
     HubUnavailable,
+    NoAgentAvailable,
     NotRegistered,
     PublishFailed,
     RegistrationRefused,
@@ -29,12 +38,20 @@ from agentcomm.sdk.message import AgentStatus, Message
 __all__ = [
     "Agent",
     "AgentError",
+    "AgentOffline",
     "AgentStatus",
+    "AnswerFailed",
+    "AnswerTimeout",
+    "CallFailed",
+    "CallRefused",
+    "Cancelled",
     "Command",
     "CommandOutcome",
+    "ErrorAnswer",
     "HandlingAborted",
     "HubUnavailable",
     "Message",
+    "NoAgentAvailable",
     "NotRegistered",
     "PublishFailed",
     "RegistrationRefused",

@@ -19,7 +19,9 @@ from agentcomm.config import Settings, load_settings
 from agentcomm.core.auth import token_subject
 from agentcomm.grpc_channel import ClientTls
 from agentcomm.logging_setup import configure_logging_unless_configured
+from agentcomm.protocol import Envelope
 from agentcomm.protocol.ids import is_valid_id
+from agentcomm.sdk.calls import DEFAULT_MAX_CALLS_IN_FLIGHT, AsksOtherAgents, Calls
 from agentcomm.sdk.commands import (
     BUILTIN_COMMANDS,
     CommandRunner,
@@ -35,35 +37,15 @@ from agentcomm.sdk.transports import (
     GrpcWork,
     TransportName,
     WorkTransport,
-    bus_transport,
+    choose_transport,
 )
 from agentcomm.signals import Waiting, counted, stop_on_signals
+from agentcomm.telemetry import start_tracing, tracing_for
 
 log = logging.getLogger(__name__)
 
 HandlerT = TypeVar("HandlerT", bound=MessageHandler)
 CommandT = TypeVar("CommandT", bound=CommandHandler)
-
-
-def choose_transport(transport: str | None, settings: Settings, bus: Bus | None) -> TransportName:
-    """The bus given (amqp, or memory for an in-process one), else amqp with
-    MESSAGE_BUS=rabbitmq and grpc otherwise; an explicit choice wins."""
-    if transport is None:
-        if bus is not None:
-            return bus_transport(bus)
-        return "amqp" if settings.message_bus == "rabbitmq" else "grpc"
-    if transport == "grpc":
-        if bus is not None:
-            raise ValueError("bus= is only used with transport 'amqp'.")
-        return "grpc"
-    if transport == "amqp":
-        if bus is None and settings.message_bus == "memory":
-            raise ValueError(
-                "transport 'amqp' with MESSAGE_BUS=memory needs the shared in-process bus "
-                "passed as bus=...; a separate process must use transport 'grpc'."
-            )
-        return bus_transport(bus) if bus is not None else "amqp"
-    raise ValueError(f"Unknown transport {transport!r}; use 'grpc' or 'amqp'.")
 
 
 def replies_waiting(in_flight: int, seconds: float) -> Waiting | None:
@@ -82,7 +64,7 @@ def grpc_target(settings: Settings) -> str:
     return f"{host}:{settings.grpc_port}"
 
 
-class Agent:
+class Agent(AsksOtherAgents):
     """An agent on the agentcomm hub.
 
     >>> agent = Agent("echo")
@@ -115,6 +97,7 @@ class Agent:
         stream_merge_ms: None (default): one REPLY_CHUNK per piece yielded. A number: pieces
             yielded while a chunk is on its way join the next one, which also waits that long
             for more (0: none); see docs/agents.md.
+        max_calls_in_flight: calls to other agents (`ask`) unanswered at once, at most.
     """
 
     def __init__(
@@ -132,6 +115,7 @@ class Agent:
         auth_token: str | None = None,
         hub: HubClient | None = None,
         stream_merge_ms: float | None = None,
+        max_calls_in_flight: int = DEFAULT_MAX_CALLS_IN_FLIGHT,
     ) -> None:
         if not name:
             raise ValueError("An agent needs a name.")
@@ -163,6 +147,12 @@ class Agent:
         self._state: AgentRuntime | None = None
         # How to stop the agent, said when it registers: set while serve() owns the signals.
         self._stop_hint = ""
+        self.calls = Calls(
+            self._publish_call,
+            lambda: self.id,
+            limit=max_calls_in_flight,
+            timeout=self.settings.answer_timeout,
+        )
 
     # -- configuration -------------------------------------------------------------------
 
@@ -314,7 +304,11 @@ class Agent:
         An agent the server refuses (its id is taken, its transport cannot reach the hub's
         bus), or that finds its queue missing on its bus, ends the program with one sentence
         saying why and exit status 1, not a traceback.
+
+        With the `OTEL_*` variables set, the agent exports its spans (the handler's, under
+        which the author's own spans nest) to their OTLP endpoint.
         """
+        tracing = start_tracing(f"agentcomm-agent-{self.name}")
         try:
             asyncio.run(self.serve())
         except KeyboardInterrupt:
@@ -324,6 +318,9 @@ class Agent:
             if self.id is None:
                 log.error("The hub refused agent %s: %s", self.name, exc)
             raise SystemExit(1) from None
+        finally:
+            if tracing is not None:
+                tracing.shutdown()
 
     async def __aenter__(self) -> Agent:
         await self.start()
@@ -347,9 +344,10 @@ class Agent:
             tls=ClientTls.from_settings(self.settings),
             max_message_bytes=self.settings.max_message_bytes,
         )
+        tracing = tracing_for("agentcomm.sdk")
         work: WorkTransport
         if self.transport == "grpc":
-            work = GrpcWork(hub, self.prefetch)
+            work = GrpcWork(hub, self.prefetch, tracing)
         elif self._bus is not None:
             work = BusWork(self._bus, self.prefetch, owns_bus=False)
         else:
@@ -362,7 +360,9 @@ class Agent:
             concurrency=self.concurrency,
             is_paused=lambda: self._paused,
             on_change=self._status_changed,
+            tracing=tracing,
             merge_seconds=None if self.stream_merge_ms is None else self.stream_merge_ms / 1000,
+            calls=self.calls,
         )
         return AgentRuntime(
             name=self.name,
@@ -381,6 +381,11 @@ class Agent:
             ),
             stop_hint=self._stop_hint,
         )
+
+    async def _publish_call(self, envelope: Envelope) -> None:
+        if self._state is None or self._state.main.done():
+            raise AgentError("The agent is not running: start it before it asks other agents.")
+        await self._state.work.publish(envelope)
 
     def _waiting(self) -> Waiting | None:
         """What stopping now waits for: the messages being handled, for SHUTDOWN_TIMEOUT."""

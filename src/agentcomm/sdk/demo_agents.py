@@ -3,6 +3,8 @@
 - echo: replies "echo: <text>" at once.
 - typist: streams a sentence about the input word by word at a steady pace (REPLY_CHUNKs, then
   the whole REPLY); its `pace` command changes the pace.
+- planner: asks `echo` and `typist` in parallel and streams back what they answer, the typist's
+  words as they come (calls between agents, docs/agents.md).
 """
 
 from __future__ import annotations
@@ -14,12 +16,12 @@ from collections.abc import AsyncIterator
 from agentcomm.bus import Bus
 from agentcomm.config import Settings
 from agentcomm.sdk.agent import Agent
-from agentcomm.sdk.errors import AgentError
+from agentcomm.sdk.errors import AgentError, CallFailed
 from agentcomm.sdk.message import Message
 
 log = logging.getLogger(__name__)
 
-DEMO_KINDS = ("echo", "typist")
+DEMO_KINDS = ("echo", "typist", "planner")
 TYPIST_SECONDS_PER_WORD = 0.05
 MAX_TYPIST_MS_PER_WORD = 10_000
 
@@ -31,6 +33,11 @@ def typist_answer(text: str) -> str:
         return "You sent an empty message, so there is nothing to type back."
     count = f"{len(words)} word" + ("" if len(words) == 1 else "s")
     return f'You wrote {count}: "{" ".join(words)}". I am typing them back one word at a time.'
+
+
+def planner_answer(text: str) -> str:
+    """What the planner answers to `text` when echo and typist both answer."""
+    return f"typist: {typist_answer(text)}\necho: echo: {text}"
 
 
 def build_demo_agent(
@@ -65,6 +72,17 @@ def build_demo_agent(
         )
         _make_typist(agent)
         return agent
+    if kind == "planner":
+        agent = Agent(
+            name or kind,
+            agent_id=agent_id,
+            capabilities={"kind": "planner"},
+            settings=settings,
+            transport=transport,
+            bus=bus,
+        )
+        _make_planner(agent)
+        return agent
     raise ValueError(f"Unknown demo agent {kind!r}; choose one of: {', '.join(DEMO_KINDS)}.")
 
 
@@ -92,6 +110,27 @@ def _make_typist(agent: Agent) -> None:
             raise ValueError(f"pace needs milliseconds per word, 1-{MAX_TYPIST_MS_PER_WORD}")
         pace["seconds_per_word"] = int(raw) / 1000
         return f"typing at {raw} ms per word"
+
+
+def _make_planner(agent: Agent) -> None:
+    @agent.on_message
+    async def plan(message: Message) -> AsyncIterator[str]:
+        # Both calls run at once: the echo's answer is usually in before the typist's first word.
+        echoed = asyncio.create_task(message.ask("echo", message.text))
+        try:
+            yield "typist: "
+            try:
+                async for piece in message.ask_stream("typist", message.text):
+                    yield piece
+            except CallFailed as exc:
+                yield f"(no answer: {exc.error_code})"
+            try:
+                yield f"\necho: {await echoed}"
+            except CallFailed as exc:
+                yield f"\necho: (no answer: {exc.error_code})"
+        finally:
+            # Cancelled or failed midway: the echo call goes too (its CANCEL is sent for it).
+            echoed.cancel()
 
 
 async def run_demo_agent(

@@ -13,14 +13,18 @@ import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agentcomm.protocol import Envelope, ErrorCode, MessageType
 from agentcomm.sdk import envelopes
+from agentcomm.sdk.calls import ANSWERING, Calls
 from agentcomm.sdk.dedup import RecentIds
-from agentcomm.sdk.errors import HandlingAborted, PublishFailed
+from agentcomm.sdk.errors import CallFailed, ErrorAnswer, HandlingAborted, PublishFailed
 from agentcomm.sdk.merging import stream_merged
 from agentcomm.sdk.message import Message, MessageHandler
+
+if TYPE_CHECKING:
+    from agentcomm.telemetry.spans import Tracing
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +85,9 @@ class Dispatcher:
         concurrency: int = 16,
         is_paused: Callable[[], bool] = lambda: False,
         on_change: Callable[[], None] = lambda: None,
+        tracing: Tracing | None = None,
         merge_seconds: float | None = None,
+        calls: Calls | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1.")
@@ -93,12 +99,16 @@ class Dispatcher:
         self.on_change = on_change
         # None: one chunk per piece a handler yields; else merged (sdk/merging.py).
         self.merge_seconds = merge_seconds
+        # The agent's calls to other agents: their answers come in here too.
+        self.calls = calls
         self.stats = DispatchStats()
         self._slots = asyncio.Semaphore(concurrency)
         self._active: dict[str, _Handling] = {}
         self._done = RecentIds(DONE_IDS_REMEMBERED)
         self._cancelled_early = RecentIds(EARLY_CANCELS_REMEMBERED)
         self._closed = False
+        # On: each handler call is a span, current while it runs (an author's spans nest).
+        self._tracing = tracing
 
     @property
     def in_flight(self) -> int:
@@ -110,8 +120,8 @@ class Dispatcher:
             await self._handle_text(envelope)
         elif envelope.message_type is MessageType.CANCEL:
             self._handle_cancel(envelope)
-        else:
-            # Answers from other agents and notices have no handler in this SDK yet.
+        elif self.calls is None or not self.calls.deliver(envelope):
+            # Answers to calls no longer waited for (cancelled, timed out), and notices.
             log.debug(
                 "Agent %s ignores %s %s", self.agent_id, envelope.message_type, envelope.message_id
             )
@@ -212,6 +222,7 @@ class Dispatcher:
         active[key] = handling
         if len(active) == 1:
             self.on_change()
+        answering = ANSWERING.set(envelope)
         try:
             await self._process(handling)
         except asyncio.CancelledError:
@@ -223,6 +234,11 @@ class Dispatcher:
                 f"Agent {self.agent_id} stopped before message {envelope.message_id} was finished."
             ) from None
         finally:
+            ANSWERING.reset(answering)
+            if self.calls is not None:
+                # Calls the handler left running (in tasks it did not await) end with it.
+                self.calls.cancel_under(envelope)
+                self.calls.made_for(envelope)
             # Removed at once, in this same step: from here on the task is the transport's
             # again, and no CANCEL or abort may reach it.
             if active.get(key) is handling:
@@ -244,7 +260,10 @@ class Dispatcher:
         envelope = handling.envelope
         try:
             async with self._slots:
-                await self._produce(envelope)
+                if self._tracing is None:
+                    await self._produce(envelope)
+                else:
+                    await self._traced_produce(self._tracing, envelope)
             self.stats.handled += 1
         except asyncio.CancelledError:
             if not handling.cancel_requested or handling.aborted or not handling.cancels:
@@ -256,6 +275,21 @@ class Dispatcher:
             self.stats.cancelled += 1
         except PublishFailed:
             raise
+        except ErrorAnswer as answer:
+            self.stats.failed += 1
+            await self._send(envelopes.error(envelope, self.agent_id, answer.code, answer.text))
+        except CallFailed as exc:
+            # A call the handler made and did not deal with: its sender learns why, with the
+            # code of the call's own end (a cycle, an agent offline, ...), not just "internal".
+            self.stats.failed += 1
+            log.info(
+                "Agent %s could not answer %s: a call failed (%s: %s)",
+                self.agent_id,
+                envelope.message_id,
+                exc.error_code,
+                exc.text,
+            )
+            await self._send(self._call_failed(envelope, exc))
         except Exception as exc:
             log.exception(
                 "The handler of agent %s failed on message %s", self.agent_id, envelope.message_id
@@ -270,8 +304,20 @@ class Dispatcher:
                 )
             )
 
+    async def _traced_produce(self, tracing: Tracing, envelope: Envelope) -> None:
+        span = tracing.start(
+            f"handle {envelope.message_type.value}",
+            "consumer",
+            attributes={
+                "agentcomm.message.id": envelope.message_id,
+                "agentcomm.conversation.id": envelope.conversation_id or "",
+            },
+        )
+        with tracing.current(span):
+            await self._produce(envelope)
+
     async def _produce(self, envelope: Envelope) -> None:
-        result: Any = self.handler(Message.from_envelope(envelope))
+        result: Any = self.handler(Message.from_envelope(envelope, self.calls))
         reply_id = envelopes.answer_id(envelope)
         chunks = 0
         if inspect.isawaitable(result):
@@ -285,7 +331,10 @@ class Dispatcher:
             )
         if not isinstance(text, str):
             raise TypeError(f"The message handler returned {type(text).__name__}, not str.")
-        await self._send(envelopes.reply(envelope, self.agent_id, text, reply_id, chunks=chunks))
+        made = self.calls.made_for(envelope) if self.calls is not None else None
+        await self._send(
+            envelopes.reply(envelope, self.agent_id, text, reply_id, chunks=chunks, calls=made)
+        )
 
     async def _stream(
         self, envelope: Envelope, reply_id: str, parts: AsyncIterator[Any]
@@ -335,6 +384,19 @@ class Dispatcher:
                 self._cancelled_early.add(key)
             return
         self._cancel(handling)
+
+    def _call_failed(self, envelope: Envelope, exc: CallFailed) -> Envelope:
+        try:
+            code = ErrorCode(exc.error_code)
+        except ValueError:
+            code = ErrorCode.INTERNAL
+        asked = f" asked {exc.agent_id}" if exc.agent_id else ""
+        return envelopes.error(
+            envelope,
+            self.agent_id,
+            code,
+            f"Agent {self.agent_id}{asked} and got no answer: {exc.text}",
+        )
 
     def _cancelled(self, envelope: Envelope) -> Envelope:
         return envelopes.error(

@@ -46,17 +46,22 @@ def reply(
     message_id: str | None = None,
     *,
     chunks: int = 0,
+    calls: list[dict[str, Any]] | None = None,
 ) -> Envelope:
     """The final REPLY; after a stream it reuses the chunks' message_id, has the whole text and
     says how many chunks came before it (metadata `chunk_count`), so that the server can hold
-    it until every chunk has reached the frontend."""
+    it until every chunk has reached the frontend. `calls`: the agent's calls to other agents
+    made for it (metadata `calls`, see sdk/calls.py)."""
+    metadata: dict[str, Any] = {CHUNK_COUNT_KEY: str(chunks)} if chunks else {}
+    if calls:
+        metadata["calls"] = calls
     return _answer(
         incoming,
         agent_id,
         MessageType.REPLY,
         message_id or answer_id(incoming),
         text_payload=text,
-        metadata={CHUNK_COUNT_KEY: str(chunks)} if chunks else None,
+        metadata=metadata or None,
     )
 
 

@@ -78,6 +78,8 @@ class IncomingMessage:
 
     message_id: str
     envelope_json: str
+    # The hub's delivery span when tracing is on; empty otherwise.
+    traceparent: str = ""
 
 
 class HubClient(Protocol):
@@ -102,8 +104,11 @@ class HubClient(Protocol):
 
     async def ack(self, agent_id: str, message_id: str, handled: bool) -> None: ...
 
-    async def send_message(self, agent_id: str, envelope: Envelope, *, ack: str = "") -> bool:
+    async def send_message(
+        self, agent_id: str, envelope: Envelope, *, ack: str = "", traceparent: str = ""
+    ) -> bool:
         """Publishes `envelope`; with `ack`, then acknowledges that message as handled.
+        `traceparent` is the trace context it belongs to (tracing on), or empty.
 
         Raises when the envelope was not accepted (and then nothing was acknowledged); returns
         whether the acknowledgement was applied."""
@@ -242,7 +247,7 @@ class GrpcHubClient:
             try:
                 async for batch in batches:
                     for item in batch.messages:
-                        yield IncomingMessage(item.message_id, item.envelope_json)
+                        yield IncomingMessage(item.message_id, item.envelope_json, item.traceparent)
             except grpc.aio.AioRpcError as exc:
                 if exc.code() is not grpc.StatusCode.UNIMPLEMENTED:
                     raise map_rpc_error(exc, "ReceiveMessageBatches") from exc
@@ -256,7 +261,7 @@ class GrpcHubClient:
         call = self._stub.ReceiveMessages(request, metadata=self._metadata)
         try:
             async for item in call:
-                yield IncomingMessage(item.message_id, item.envelope_json)
+                yield IncomingMessage(item.message_id, item.envelope_json, item.traceparent)
         except grpc.aio.AioRpcError as exc:
             raise map_rpc_error(exc, "ReceiveMessages") from exc
         finally:
@@ -282,14 +287,18 @@ class GrpcHubClient:
         except grpc.aio.AioRpcError as exc:
             raise map_rpc_error(exc, "AckMessage") from exc
 
-    async def send_message(self, agent_id: str, envelope: Envelope, *, ack: str = "") -> bool:
+    async def send_message(
+        self, agent_id: str, envelope: Envelope, *, ack: str = "", traceparent: str = ""
+    ) -> bool:
         encoded = encode_for_bus(envelope)
         envelope_json = encoded.decode()
         # A large envelope goes on its own call, where it does not hold up the items behind it.
         stream = self._output_stream(agent_id) if len(encoded) <= self._item_limit else None
         if stream is not None:
             try:
-                result = await self._result_of(stream.submit(envelope_json, ack))
+                result = await self._result_of(
+                    stream.submit(envelope_json, ack, traceparent=traceparent)
+                )
             except StreamUnsupported as exc:
                 self._stream_unsupported(exc)
             else:
@@ -301,7 +310,10 @@ class GrpcHubClient:
         try:
             response = await self._stub.SendMessage(
                 pb.ChatMessage(
-                    agent_id=agent_id, message_id=envelope.message_id, envelope_json=envelope_json
+                    agent_id=agent_id,
+                    message_id=envelope.message_id,
+                    envelope_json=envelope_json,
+                    traceparent=traceparent,
                 ),
                 metadata=self._metadata,
                 timeout=self._timeout,

@@ -5,9 +5,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agentcomm.protocol import Envelope
+from agentcomm.protocol.calls import CallContext
+
+if TYPE_CHECKING:
+    from agentcomm.sdk.calls import Calls
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,9 +28,11 @@ class Message:
     conversation_id: str | None = None
     metadata: Mapping[str, Any] = field(default_factory=dict)
     envelope: Envelope | None = None
+    # The agent's calls, for `ask` and `ask_stream` (None: a Message made outside an agent).
+    calls: Calls | None = field(default=None, repr=False, compare=False)
 
     @classmethod
-    def from_envelope(cls, envelope: Envelope) -> Message:
+    def from_envelope(cls, envelope: Envelope, calls: Calls | None = None) -> Message:
         return cls(
             text=envelope.text_payload or "",
             message_id=envelope.message_id,
@@ -34,7 +40,61 @@ class Message:
             conversation_id=envelope.conversation_id,
             metadata=dict(envelope.metadata or {}),
             envelope=envelope,
+            calls=calls,
         )
+
+    @property
+    def call(self) -> CallContext | None:
+        """When another agent asked this: who (`asked_by`), while answering which message
+        (`in_answer_to`), for which question at the root (`origin_message_id`,
+        `origin_sender_id`, `conversation_id`), and the agents waiting (`chain`)."""
+        return CallContext.from_metadata(self.metadata)
+
+    async def ask(
+        self,
+        agent_id: str | None,
+        text: str,
+        *,
+        capability: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> str:
+        """Asks another agent while answering this message and returns its final answer
+        (see `Agent.ask`); cancelling this message cancels the call."""
+        return await self._calls().ask(
+            agent_id,
+            text,
+            capability=capability,
+            answering=self.envelope,
+            timeout=timeout,
+            metadata=metadata,
+        )
+
+    def ask_stream(
+        self,
+        agent_id: str | None,
+        text: str,
+        *,
+        capability: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> AsyncIterator[str]:
+        """As `ask`, yielding the answer's pieces as the agent streams them."""
+        return self._calls().ask_stream(
+            agent_id,
+            text,
+            capability=capability,
+            answering=self.envelope,
+            timeout=timeout,
+            metadata=metadata,
+        )
+
+    def _calls(self) -> Calls:
+        if self.calls is None:
+            raise RuntimeError(
+                "This Message was not given to a handler by an agent: it cannot ask."
+            )
+        return self.calls
 
 
 class AgentStatus(StrEnum):

@@ -84,7 +84,12 @@ class OutputStream:
         self._reader = asyncio.create_task(self._read(), name=f"agent-{agent_id}-outputs-in")
 
     def submit(
-        self, envelope_json: str = "", ack_message_id: str = "", *, handled: bool = True
+        self,
+        envelope_json: str = "",
+        ack_message_id: str = "",
+        *,
+        handled: bool = True,
+        traceparent: str = "",
     ) -> asyncio.Future[OutputResult]:
         """Queues one item; the future ends with its result, or with the stream's failure."""
         if self.failure is not None:
@@ -99,6 +104,7 @@ class OutputStream:
                 envelope_json=envelope_json,
                 ack_message_id=ack_message_id,
                 handled=handled,
+                traceparent=traceparent,
             )
         )
         self._wake.set()

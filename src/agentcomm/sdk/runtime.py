@@ -286,6 +286,9 @@ class AgentRuntime:
                 self.settings.shutdown_timeout,
             )
         await asyncio.wait({work}, timeout=FINAL_CALL_TIMEOUT)
+        if self.dispatcher.calls is not None:
+            # The CANCELs for the calls of aborted handlers go out before the link closes.
+            await self.dispatcher.calls.settle(FINAL_CALL_TIMEOUT)
         control.cancel()
         await asyncio.wait({control}, timeout=FINAL_CALL_TIMEOUT)
         if self.agent_id is not None:

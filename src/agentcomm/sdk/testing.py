@@ -167,7 +167,9 @@ class InMemoryHub:
         self._check_known(agent_id)
         await self.acks.put(Ack(message_id, handled))
 
-    async def send_message(self, agent_id: str, envelope: Envelope, *, ack: str = "") -> bool:
+    async def send_message(
+        self, agent_id: str, envelope: Envelope, *, ack: str = "", traceparent: str = ""
+    ) -> bool:
         self._check_known(agent_id)
         await self.sent.put(envelope)
         if ack:

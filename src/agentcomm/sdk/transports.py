@@ -19,10 +19,11 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from agentcomm.bus import Bus, BusError, BusUnavailable, Delivery, Subscription, Unroutable
 from agentcomm.bus.memory import InMemoryBus
+from agentcomm.config import Settings
 from agentcomm.protocol import (
     Envelope,
     ErrorCode,
@@ -42,6 +43,9 @@ from agentcomm.sdk.errors import (
     WrongBus,
 )
 from agentcomm.sdk.hub_client import HubClient, IncomingMessage
+
+if TYPE_CHECKING:
+    from agentcomm.telemetry.spans import Tracing
 
 log = logging.getLogger(__name__)
 
@@ -88,9 +92,11 @@ class GrpcWork:
     name: TransportName = "grpc"
     needs_registration = True
 
-    def __init__(self, hub: HubClient, prefetch: int) -> None:
+    def __init__(self, hub: HubClient, prefetch: int, tracing: Tracing | None = None) -> None:
         self._hub = hub
         self._prefetch = prefetch
+        # None when tracing is off; on, each message's handling continues the hub's trace.
+        self._tracing = tracing
         self._agent_id = ""
         # Messages being handled; they may outlive the stream they came on (see receive).
         self._in_hand: set[asyncio.Task[None]] = set()
@@ -148,7 +154,11 @@ class GrpcWork:
         # A second copy of a message in hand (a redelivery after a reconnect) acks on its own.
         mine = self._unacked.setdefault(message_id, unacked) is unacked
         try:
-            await handle(envelope)
+            if self._tracing is None or not incoming.traceparent:
+                await handle(envelope)
+            else:
+                with self._tracing.continuing(incoming.traceparent):
+                    await handle(envelope)
         except HandlingAborted as exc:
             # Not acked: the server gives it back when the stream closes, a moment from now.
             log.info("Agent %s leaves message %s unfinished: %s", agent_id, message_id, exc)
@@ -182,15 +192,18 @@ class GrpcWork:
     async def publish(self, envelope: Envelope) -> None:
         agent_id = self._agent_id or envelope.sender_id or ""
         answered = self._answered_by(envelope)
+        traceparent = "" if self._tracing is None else self._tracing.current_traceparent()
         if answered is None:
-            await self._hub.send_message(agent_id, envelope)
+            await self._hub.send_message(agent_id, envelope, traceparent=traceparent)
             return
         # The final answer: the message is finished once it is accepted, so the ack goes with
         # it (the server applies it only after the answer was published).
         message_id, unacked = answered
         unacked.acked = True
         try:
-            acked = await self._hub.send_message(agent_id, envelope, ack=message_id)
+            acked = await self._hub.send_message(
+                agent_id, envelope, ack=message_id, traceparent=traceparent
+            )
         except BaseException:
             unacked.acked = False  # not accepted: the message is given back as usual
             raise
@@ -338,7 +351,8 @@ def straight_queue(envelope: Envelope) -> str | None:
 def bus_transport(bus: Bus) -> TransportName:
     """The transport of an agent consuming `bus`: memory for an in-process bus (the hub's own,
     shared in its process), else amqp."""
-    return "memory" if isinstance(bus, InMemoryBus) else "amqp"
+    # A traced bus (telemetry/bus.py) is judged by the bus it wraps.
+    return "memory" if isinstance(getattr(bus, "inner", bus), InMemoryBus) else "amqp"
 
 
 async def _cancel_subscription(subscription: Subscription) -> None:
@@ -346,3 +360,24 @@ async def _cancel_subscription(subscription: Subscription) -> None:
         await subscription.cancel()
     except BusError as exc:
         log.warning("Could not cancel the bus consumer cleanly: %s", exc)
+
+
+def choose_transport(transport: str | None, settings: Settings, bus: Bus | None) -> TransportName:
+    """The bus given (amqp, or memory for an in-process one), else amqp with
+    MESSAGE_BUS=rabbitmq and grpc otherwise; an explicit choice wins."""
+    if transport is None:
+        if bus is not None:
+            return bus_transport(bus)
+        return "amqp" if settings.message_bus == "rabbitmq" else "grpc"
+    if transport == "grpc":
+        if bus is not None:
+            raise ValueError("bus= is only used with transport 'amqp'.")
+        return "grpc"
+    if transport == "amqp":
+        if bus is None and settings.message_bus == "memory":
+            raise ValueError(
+                "transport 'amqp' with MESSAGE_BUS=memory needs the shared in-process bus "
+                "passed as bus=...; a separate process must use transport 'grpc'."
+            )
+        return bus_transport(bus) if bus is not None else "amqp"
+    raise ValueError(f"Unknown transport {transport!r}; use 'grpc' or 'amqp'.")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import TypeVar
 
 from agentcomm.bus.base import Bus, BusError, BusUnavailable, Unroutable
@@ -26,6 +27,13 @@ from agentcomm.core.routing import (
 )
 from agentcomm.core.sessions import FrontendSessions
 from agentcomm.protocol.models import Envelope
+from agentcomm.protocol.queues import (
+    AGENT_QUEUE_PREFIX,
+    BROKER_INPUT_QUEUE,
+    SERVER_INPUT_QUEUE,
+    SERVER_QUEUE_PREFIX,
+)
+from agentcomm.server.metrics import HubMetrics
 
 log = logging.getLogger(__name__)
 
@@ -35,10 +43,19 @@ T = TypeVar("T")
 class RouteRunner:
     """The router's entry points as coroutines, each running its plan to the end."""
 
-    def __init__(self, router: ServerRouter, bus: Bus, sessions: FrontendSessions) -> None:
+    def __init__(
+        self,
+        router: ServerRouter,
+        bus: Bus,
+        sessions: FrontendSessions,
+        metrics: HubMetrics | None = None,
+    ) -> None:
         self.decisions = router
         self._bus = bus
         self._sessions = sessions
+        self._metrics = metrics
+        # A frame for a frontend's socket (or its resume backlog); traced when tracing is on.
+        self.send_frame = sessions.send
 
     async def accept_from_frontend(
         self, frontend_id: str, message: Envelope, *, received_at: float | None = None
@@ -57,8 +74,11 @@ class RouteRunner:
             self.decisions.accept_from_frontend(frontend_id, message, time_left=time_left)
         )
 
-    async def accept_from_agent(self, agent_id: str, message: Envelope) -> Envelope:
-        """An agent's message towards the broker; returns it as published."""
+    async def accept_from_agent(
+        self, agent_id: str, message: Envelope, *, traceparent: str = ""
+    ) -> Envelope:
+        """An agent's message towards the broker; returns it as published. `traceparent` is
+        the agent's trace context (used when tracing is on, `server/tracing.py`)."""
         return await self.run(self.decisions.accept_from_agent(agent_id, message))
 
     async def handle_broker_output(self, message: Envelope) -> None:
@@ -83,7 +103,7 @@ class RouteRunner:
             effect: Effect = next(plan)
             while True:
                 if type(effect) is SendFrame:
-                    self._sessions.send(effect.frontend_id, effect.frame)
+                    self.send_frame(effect.frontend_id, effect.frame)
                     failure = None
                 elif type(effect) is Publish:
                     failure = await self._publish(effect)
@@ -99,6 +119,7 @@ class RouteRunner:
     async def _publish(self, publish: Publish) -> BaseException | None:
         """None once the bus took the message; else what stopped it (a cancellation too: the
         plan lets go of what waits on it, then the cancellation goes on)."""
+        started = time.perf_counter()
         try:
             await self._bus.publish(
                 publish.queue,
@@ -109,6 +130,10 @@ class RouteRunner:
             )
         except BaseException as exc:
             return exc
+        if self._metrics is not None:
+            self._metrics.publish_timer(queue_label(publish.queue)).observe(
+                time.perf_counter() - started
+            )
         return None
 
 
@@ -143,3 +168,15 @@ def _as_publish_failure(exc: BusError) -> PublishFailed:
     if isinstance(exc, BusUnavailable):
         return BusDown(str(exc))
     return PublishFailed(str(exc))
+
+
+def queue_label(queue: str) -> str:
+    """The bounded label of a queue in the metrics: the fixed queues by name, every agent's
+    queue and every hub's queue as one."""
+    if queue in (BROKER_INPUT_QUEUE, SERVER_INPUT_QUEUE):
+        return queue
+    if queue.startswith(AGENT_QUEUE_PREFIX):
+        return "agent_queue"
+    if queue.startswith(SERVER_QUEUE_PREFIX):
+        return "server_queue"
+    return "other"

@@ -44,6 +44,8 @@ def test_settings(**overrides: Any) -> Settings:
         "grpc_port": 0,
         "message_bus": "memory",
         "shutdown_timeout": 5.0,
+        # Tests that look at history name a database of their own.
+        "history_url": "none",
     }
     values.update(overrides)
     return Settings(**values)

@@ -10,6 +10,11 @@ agentcomm process (GRPC_HOST, GRPC_PORT, MESSAGE_BUS, RABBITMQ_VHOST, ...), plus
   pace with metadata {"ms_per_word": "<ms>"}
 - E2E_TRANSPORT: "grpc" or "amqp" (default: the SDK's choice for MESSAGE_BUS)
 
+A message with metadata {"asks": [first, second, ...]} makes it ask `first` (an agent id, or
+"name=value" for an agent with that capability) instead, passing the rest of the list on, and
+stream back what it answers after "<its id> asked <first>: ". A handler cancelled logs
+"<its id> cancelled <message id>".
+
 Run: .venv/bin/python tests/e2e/agents/worker.py
 """
 
@@ -17,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 from collections.abc import AsyncIterator
 
@@ -45,11 +51,35 @@ def main() -> None:
 
     @agent.on_message
     async def answer(message: Message) -> AsyncIterator[str]:
-        seconds = int(message.metadata.get("ms_per_word") or default_ms) / 1000
-        words = reply_text(agent_id, message.text).split(" ")
-        for index, word in enumerate(words):
-            await asyncio.sleep(seconds)
-            yield word if index == len(words) - 1 else word + " "
+        try:
+            asks = message.metadata.get("asks") or []
+            if asks:
+                async for piece in ask_on(message, asks):
+                    yield piece
+                return
+            seconds = int(message.metadata.get("ms_per_word") or default_ms) / 1000
+            words = reply_text(agent_id, message.text).split(" ")
+            for index, word in enumerate(words):
+                await asyncio.sleep(seconds)
+                yield word if index == len(words) - 1 else word + " "
+        except (asyncio.CancelledError, GeneratorExit):
+            # GeneratorExit: cancelled between two pieces, the generator is closed instead.
+            logging.getLogger("e2e.worker").info("%s cancelled %s", agent_id, message.message_id)
+            raise
+
+    async def ask_on(message: Message, asks: list[str]) -> AsyncIterator[str]:
+        first, rest = asks[0], asks[1:]
+        name, by_capability, value = first.partition("=")
+        metadata = {"asks": rest, "ms_per_word": message.metadata.get("ms_per_word") or ""}
+        yield f"{agent_id} asked {first}: "
+        pieces = message.ask_stream(
+            None if by_capability else first,
+            message.text,
+            capability={name: value} if by_capability else None,
+            metadata=metadata,
+        )
+        async for piece in pieces:
+            yield piece
 
     agent.run()
 

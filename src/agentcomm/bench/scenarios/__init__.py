@@ -27,7 +27,11 @@ SCENARIOS: Mapping[str, str] = MappingProxyType(
         "fanout": "agentcomm.bench.scenarios.fanout:run",
         "idle": "agentcomm.bench.scenarios.idle:run",
         "presence": "agentcomm.bench.scenarios.presence:run",
+        "a2a": "agentcomm.bench.scenarios.a2a:run",
+        "roundtrip-traced": "agentcomm.bench.scenarios.traced:run",
         "stream": "agentcomm.bench.scenarios.stream:run",
+        "history": "agentcomm.bench.scenarios.history:run",
+        "ask": "agentcomm.bench.scenarios.ask:run",
     }
 )
 SCENARIO_NAMES = tuple(SCENARIOS)

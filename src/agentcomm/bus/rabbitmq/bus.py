@@ -35,7 +35,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from aio_pika.abc import (
     AbstractRobustChannel,
@@ -49,6 +49,7 @@ from agentcomm.bus.base import (
     BusUnavailable,
     MessageHandler,
     QueueOptions,
+    QueueStats,
 )
 from agentcomm.bus.rabbitmq import consuming, topics
 from agentcomm.bus.rabbitmq.connection import (
@@ -223,6 +224,7 @@ class RabbitMQBus:
         message_id: str | None = None,
         mandatory: bool = True,
         timeout: float = 5.0,
+        headers: Mapping[str, str] | None = None,
         persistent: bool = True,
     ) -> None:
         if self._closed:
@@ -235,6 +237,7 @@ class RabbitMQBus:
             # Every publish carries an id: the fast path matches a returned message to its
             # publish by it.
             message_id=message_id or uuid.uuid4().hex,
+            headers=dict(headers) if headers else None,
         )
         await self._publish_message(queue, body, properties, mandatory=mandatory, timeout=timeout)
 
@@ -279,6 +282,13 @@ class RabbitMQBus:
 
     def on_reconnect(self, callback: Callable[[], None]) -> None:
         self._reconnect_callbacks.append(callback)
+
+    async def queue_stats(self, name: str) -> QueueStats | None:
+        """What RabbitMQ tells of `name` (messages ready, consumers); None when it does not
+        exist or the bus cannot ask now."""
+        if self._closing or self._closed or self._connection is None:
+            return None
+        return await self._queues.stats(name)
 
     async def delete_queue(self, name: str) -> None:
         self._ensure_open("delete a queue")

@@ -56,6 +56,7 @@ def delivery_of(queue: str, message: InboundMessage, attempt: int) -> Delivery:
         message_id=message.message_id,
         redelivered=bool(message.redelivered) or attempt > 1,
         attempt=attempt,
+        headers=message.headers or None,
     )
 
 

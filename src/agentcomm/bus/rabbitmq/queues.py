@@ -23,9 +23,13 @@ from collections.abc import Awaitable, Callable
 from typing import Literal, get_args
 
 from aio_pika.abc import AbstractRobustChannel, ExchangeType, FieldValue
-from aio_pika.exceptions import ChannelInvalidStateError, ChannelPreconditionFailed
+from aio_pika.exceptions import (
+    ChannelInvalidStateError,
+    ChannelNotFoundEntity,
+    ChannelPreconditionFailed,
+)
 
-from agentcomm.bus.base import BusClosed, BusError, BusUnavailable, QueueOptions
+from agentcomm.bus.base import BusClosed, BusError, BusUnavailable, QueueOptions, QueueStats
 from agentcomm.bus.rabbitmq.wire.base import TRANSPORT_ERRORS
 
 # Pause before trying a declaration again on a channel that was closed under it.
@@ -120,6 +124,25 @@ class Queues:
             except (TimeoutError, *TRANSPORT_ERRORS) as exc:
                 raise self._unavailable(f"declare exchange {name!r}", exc) from exc
         self.exchanges.add(name)
+
+    async def stats(self, name: str) -> QueueStats | None:
+        """A passive declaration of `name`: its messages ready and its consumers. None when
+        it does not exist (the refusal closes the shared channel, which reopens by itself) or
+        RabbitMQ does not answer in time."""
+        found: list[QueueStats] = []
+
+        async def ask(channel: AbstractRobustChannel) -> None:
+            queue = await channel.declare_queue(name, passive=True, robust=False)
+            result = queue.declaration_result
+            found.append(QueueStats(result.message_count or 0, result.consumer_count or 0))
+
+        async with self._lock:
+            try:
+                async with asyncio.timeout(self._timeout):
+                    await self._on_channel(ask)
+            except (ChannelNotFoundEntity, TimeoutError, *TRANSPORT_ERRORS):
+                return None
+        return found[0] if found else None
 
     async def delete(self, name: str) -> None:
         async with self._lock:

@@ -105,7 +105,8 @@ class Redeliveries:
             await self.give_back(queue, message)
         else:
             # The bus failed, or the handler was cut off: back through the broker as it was.
-            # (It comes back flagged redelivered, and is charged an attempt then, as a suspect.)
+            # (It comes back flagged redelivered: a cut-off one is charged an attempt then, as
+            # a suspect; one the bus failed under goes on uncharged, see subscription.py.)
             await settle(message.nack(requeue=True), message, queue)
         return False
 

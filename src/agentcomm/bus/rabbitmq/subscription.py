@@ -11,7 +11,7 @@ from typing import Protocol
 
 from aio_pika.abc import AbstractRobustChannel, AbstractRobustQueue
 
-from agentcomm.bus.base import Delivery, MessageHandler, Redelivery, report_dropped
+from agentcomm.bus.base import Delivery, MessageHandler, Redelivery, Verdict, report_dropped
 from agentcomm.bus.rabbitmq.connection import cancelled_by_caller
 from agentcomm.bus.rabbitmq.deliveries import (
     attempt_of,
@@ -216,6 +216,12 @@ class RabbitSubscription:
         except (Exception, asyncio.CancelledError) as exc:
             verdict = self._redelivery.after(exc, attempt)
             self._redelivery.report(log, verdict, exc, delivery)
+            if verdict is Verdict.BUS_FAILED:
+                # It goes back through the broker and returns flagged redelivered, like a
+                # message that killed its consumer; noted here, it goes on uncharged, so that
+                # a bus failing for a while (a node stopped, a quorum queue electing its
+                # leader) does not use up the attempts of what it was handling.
+                self._clear(message)
             await self._bus.redeliveries.carry_out(
                 verdict, self.queue_name, message, attempt, self._on_dead_letter
             )

@@ -11,12 +11,13 @@ from agentcomm.core.routing.effects import (
     SendFrame,
     WaitFor,
 )
-from agentcomm.core.routing.router import RouteObserver, ServerRouter
+from agentcomm.core.routing.router import ConversationObserver, RouteObserver, ServerRouter
 
 __all__ = [
     "AnswerEvent",
     "AnswerEventObserver",
     "BusDown",
+    "ConversationObserver",
     "Effect",
     "Plan",
     "Publish",

@@ -52,6 +52,8 @@ class FrontendDelivery:
         self._answers = answers
         self._streams = streams
         self._publish_timeout = publish_timeout
+        # Told of each final answer as it goes to its frontend (history).
+        self.final_observers: list[Callable[[str, Envelope], None]] = []
 
     def deliver(self, frontend_id: str, message: Envelope) -> Plan[None]:
         """A chat message for a frontend: to its socket, in stream order, or on to the server
@@ -116,7 +118,15 @@ class FrontendDelivery:
             frame = encode_envelope(message, for_client=True)
         if answered and message.message_type in _FINAL_TYPES:
             session.keep_final(answered, frame)
+            for observer in self.final_observers:
+                observer(frontend_id, message)
         yield SendFrame(frontend_id, frame)
+        for sibling in self._sessions.siblings(frontend_id):
+            other = self._sessions.get(sibling)
+            if other is not None and (
+                message.message_type is not MessageType.REPLY_CHUNK or other.wants_stream
+            ):
+                yield SendFrame(sibling, frame)
 
     def answer_again(self, frontend_id: str, message: Envelope) -> Plan[None]:
         """A TEXT re-using the id of one already answered: its answer again when that went out
@@ -195,11 +205,16 @@ class FrontendDelivery:
         """Tells the sender of `message` where it stands (on `error`, `reason` says why)."""
         if self._answers.is_refused(frontend_id, message.message_id):
             return  # told it was not sent; a late copy on the bus says nothing new
-        if status is RoutingStatus.DELIVERED:
-            session = self._sessions.get(frontend_id)
-            if session is not None and not wants_status_echo(session.capabilities, status):
-                return  # a client that cannot take this status asked not to get it
-        yield SendFrame(frontend_id, status_echo(message, status, code, reason))
+        frame = status_echo(message, status, code, reason)
+        for target in (frontend_id, *self._sessions.siblings(frontend_id)):
+            session = self._sessions.get(target)
+            if (
+                status is RoutingStatus.DELIVERED
+                and session is not None
+                and not wants_status_echo(session.capabilities, status)
+            ):
+                continue  # a client that cannot take this status asked not to get it
+            yield SendFrame(target, frame)
 
     def refuse(self, frontend_id: str, message: Envelope, code: ErrorCode, text: str) -> Plan[None]:
         """`message` was not sent: its echo says so (for a TEXT) and an ERROR says why."""

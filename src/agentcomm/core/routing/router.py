@@ -47,6 +47,9 @@ from agentcomm.protocol.vocabulary import ErrorCode, MessageType, RoutingStatus
 log = logging.getLogger(__name__)
 
 RouteObserver = Callable[[Envelope], None]
+# (frontend_id, message): a TEXT of that frontend the server accepted (the bus took it), or the
+# one final REPLY or ERROR that answers one, as it goes to the frontend.
+ConversationObserver = Callable[[str, Envelope], None]
 
 
 class ServerRouter:
@@ -85,6 +88,7 @@ class ServerRouter:
             publish_timeout=publish_timeout,
         )
         self._observers: list[RouteObserver] = []
+        self._text_observers: list[ConversationObserver] = []
         self._event_observers: list[AnswerEventObserver] = []
         self._refusals = Refusals(
             registry=registry,
@@ -106,6 +110,14 @@ class ServerRouter:
     def observe(self, observer: RouteObserver) -> None:
         """Calls `observer` with every message the router handles (metrics, tests)."""
         self._observers.append(observer)
+
+    def observe_conversations(
+        self, on_text: ConversationObserver, on_final: ConversationObserver
+    ) -> None:
+        """Calls `on_text` with every TEXT a frontend of this server sent that the bus took,
+        and `on_final` with the final answer to each as it goes out (conversation history)."""
+        self._text_observers.append(on_text)
+        self.frontends.final_observers.append(on_final)
 
     def observe_answer_events(self, observer: AnswerEventObserver) -> None:
         """Calls `observer` with what became of answers it had to look after (metrics)."""
@@ -201,6 +213,8 @@ class ServerRouter:
             raise
         if is_text:
             self._answers.await_answer(frontend_id, outgoing)
+            for observer in self._text_observers:
+                observer(frontend_id, outgoing)
             yield from frontends.echo(frontend_id, outgoing, RoutingStatus.PENDING)
         self._echoes.echoed(outgoing.message_id, waiters)
         self._notify(outgoing)
@@ -210,13 +224,18 @@ class ServerRouter:
     def accept_from_agent(self, agent_id: str, message: Envelope) -> Plan[Envelope]:
         """An agent's REPLY / REPLY_CHUNK / SYSTEM / ERROR, published towards the broker."""
         check_from_agent(message)
-        outgoing = message.model_copy(
-            update={
-                "sender_id": agent_id,
-                "routing_status": RoutingStatus.PENDING,
-                "send_timestamp": message.send_timestamp or utc_now_iso(),
-            }
-        )
+        update: dict[str, object] = {
+            "sender_id": agent_id,
+            "routing_status": RoutingStatus.PENDING,
+            "send_timestamp": message.send_timestamp or utc_now_iso(),
+        }
+        if message.message_type is MessageType.CANCEL and receiver_of(message) is None:
+            # A call by capability: name the agent it went to, as for a frontend's CANCEL, so
+            # that any broker can route it (not only the one that chose the agent).
+            update["receiver_id"] = self._answers.agent_for(
+                agent_id, message.in_reply_to_message_id or ""
+            )
+        outgoing = message.model_copy(update=update)
         frontend = self.frontends.route_known(agent_id, outgoing)
         if frontend is not None:
             # A chunk of an answer this hub routed: to its frontend now, in stream order.
@@ -323,7 +342,8 @@ class ServerRouter:
             )
             return
         sender = sender_of(message) or ""
-        from_frontend = is_frontend_id(sender) and message.message_type is MessageType.TEXT
+        is_text = message.message_type is MessageType.TEXT
+        from_frontend = is_frontend_id(sender) and is_text
         frontends = self.frontends
         if from_frontend:
             yield from self._echoes.wait(message.message_id)
@@ -347,17 +367,20 @@ class ServerRouter:
                 message, ErrorCode.AGENT_OFFLINE, f"Agent {agent_id!r} has no queue on the bus."
             )
             return
-        if from_frontend:
-            if expected:
-                # Only now: without a queue it was an unknown receiver after all.
-                yield from frontends.echo(sender, message, RoutingStatus.ROUTED)
-            self._answers.delivered(sender, message, agent_id)
-            if expected and self._registry.reach(agent_id) is Reach.UNKNOWN:
-                self._answers.agent_offline(agent_id)
-            if not self._answers.is_answered(sender, message.message_id):
-                # A fast agent may have answered already; "delivered" after the answer
-                # would only confuse the sender.
-                yield from frontends.echo(sender, message, RoutingStatus.DELIVERED)
+        if not from_frontend:
+            # Calls between agents are looked after too (AnswerLedger.call_reached).
+            self._answers.call_reached(agent_id, message, sender if is_text else None)
+            return
+        if expected:
+            # Only now: without a queue it was an unknown receiver after all.
+            yield from frontends.echo(sender, message, RoutingStatus.ROUTED)
+        self._answers.delivered(sender, message, agent_id)
+        if expected and self._registry.reach(agent_id) is Reach.UNKNOWN:
+            self._answers.agent_offline(agent_id)
+        if not self._answers.is_answered(sender, message.message_id):
+            # A fast agent may have answered already; "delivered" after the answer
+            # would only confuse the sender.
+            yield from frontends.echo(sender, message, RoutingStatus.DELIVERED)
 
     def release_overdue_streams(self) -> Plan[None]:
         """Finals held for chunks that never came go out now, with what did come."""

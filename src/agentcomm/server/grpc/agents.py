@@ -203,6 +203,7 @@ class AgentRegistrationServicer(pb_grpc.AgentRegistrationServiceServicer):
                     agent_id=request.agent_id,
                     message_id=item.message_id,
                     envelope_json=item.body.decode(),
+                    traceparent=item.traceparent,
                 )
         finally:
             await self._close_inbox(inbox)
@@ -220,6 +221,7 @@ class AgentRegistrationServicer(pb_grpc.AgentRegistrationServiceServicer):
                             agent_id=agent_id,
                             message_id=item.message_id,
                             envelope_json=item.body.decode(),
+                            traceparent=item.traceparent,
                         )
                         for item in items
                     ]
@@ -292,7 +294,11 @@ class AgentRegistrationServicer(pb_grpc.AgentRegistrationServiceServicer):
         await self._require_own(request.agent_id, context)
         try:
             message = decode_envelope(request.envelope_json)
-            published = await self._parts.router.accept_from_agent(request.agent_id, message)
+            published = await self._parts.router.accept_from_agent(
+                request.agent_id,
+                message,
+                traceparent=request.traceparent or _traceparent_in(context),
+            )
         except ProtocolError as exc:
             await abort_for(context, exc)
         except BusError as exc:
@@ -314,3 +320,12 @@ class AgentRegistrationServicer(pb_grpc.AgentRegistrationServiceServicer):
 
     def _session(self, context: Context) -> str | None:
         return acting_session(context, self._parts.auth)
+
+
+def _traceparent_in(context: Context) -> str:
+    """A `traceparent` in the call's metadata (a unary call carries one turn's context there,
+    as gRPC instrumentations do); empty when there is none."""
+    for key, value in context.invocation_metadata() or ():
+        if key == "traceparent":
+            return value if isinstance(value, str) else value.decode("ascii", "replace")
+    return ""

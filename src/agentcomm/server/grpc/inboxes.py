@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from agentcomm.bus.base import Bus, Delivery, NotTaken, Requeue, Subscription
 from agentcomm.protocol.codec import decode_envelope, encode_for_bus
@@ -18,6 +19,9 @@ from agentcomm.protocol.ids import answer_message_id
 from agentcomm.protocol.queues import BROKER_INPUT_QUEUE, agent_queue
 from agentcomm.protocol.rules import error_envelope
 from agentcomm.protocol.vocabulary import ErrorCode, MessageType, RoutingStatus
+
+if TYPE_CHECKING:
+    from agentcomm.telemetry.spans import Tracing
 
 log = logging.getLogger(__name__)
 
@@ -39,14 +43,19 @@ class InboxClosed(Requeue):
 class InboxItem:
     message_id: str
     body: bytes
+    # The trace context of its delivery span when tracing is on (ChatMessage.traceparent).
+    traceparent: str = ""
 
 
 class AgentInbox:
     """One open ReceiveMessages stream: deliveries out, acknowledgements in."""
 
-    def __init__(self, bus: Bus, agent_id: str, prefetch: int) -> None:
+    def __init__(
+        self, bus: Bus, agent_id: str, prefetch: int, tracing: Tracing | None = None
+    ) -> None:
         self.agent_id = agent_id
         self._bus = bus
+        self._tracing = tracing
         self._prefetch = prefetch
         self._outgoing: asyncio.Queue[InboxItem | None] = asyncio.Queue()
         # Taken from _outgoing for a batch it did not fit in: the next batch starts with it.
@@ -183,10 +192,28 @@ class AgentInbox:
             future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
             self._awaiting_ack[message_id] = future
             self._suspect_out = suspect
+        span = None
+        if self._tracing is not None and self._tracing.in_trace():
+            # From the hand-over to the agent's ack: the gRPC delivery and the agent's work.
+            span = self._tracing.start(
+                f"deliver to agent {self.agent_id}",
+                "producer",
+                attributes={
+                    "rpc.system": "grpc",
+                    "rpc.service": "AgentRegistrationService",
+                    "agentcomm.message.id": message_id,
+                    "agentcomm.agent.id": self.agent_id,
+                },
+            )
+            item = InboxItem(message_id, delivery.body, self._tracing.traceparent_of(span))
+        else:
+            item = InboxItem(message_id, delivery.body)
         try:
-            self._outgoing.put_nowait(InboxItem(message_id, delivery.body))
+            self._outgoing.put_nowait(item)
             handled = await future
         finally:
+            if span is not None:
+                span.end()
             async with self._changed:
                 self._awaiting_ack.pop(message_id, None)
                 if suspect:
@@ -203,15 +230,16 @@ def _size_of(item: InboxItem) -> int:
 class AgentInboxes:
     """The open inboxes by agent id (one stream per agent; a newer stream replaces the older)."""
 
-    def __init__(self, bus: Bus) -> None:
+    def __init__(self, bus: Bus, tracing: Tracing | None = None) -> None:
         self._bus = bus
+        self._tracing = tracing
         self._open: dict[str, AgentInbox] = {}
 
     async def open(self, agent_id: str, prefetch: int) -> AgentInbox:
         previous = self._open.pop(agent_id, None)
         if previous is not None:
             await previous.close()
-        inbox = AgentInbox(self._bus, agent_id, prefetch)
+        inbox = AgentInbox(self._bus, agent_id, prefetch, self._tracing)
         await inbox.open()
         self._open[agent_id] = inbox
         return inbox

@@ -181,7 +181,9 @@ class AgentOutputStream:
             return
         try:
             message = decode_envelope(item.envelope_json)
-            published = await self._parts.router.accept_from_agent(self._agent_id, message)
+            published = await self._parts.router.accept_from_agent(
+                self._agent_id, message, traceparent=item.traceparent
+            )
         except ProtocolError as exc:
             self._answer(_refused(item.ref, (grpc.StatusCode.INVALID_ARGUMENT, exc.text)))
             return

@@ -13,6 +13,7 @@ from agentcomm.core.errors import AgentOffline, CommandTimedOut, UnknownAgent
 from agentcomm.protocol.ids import is_valid_id
 from agentcomm.protocol.models import MAX_MAP_ENTRIES, AgentInfo
 from agentcomm.protocol.vocabulary import AgentState
+from agentcomm.server.http.conversations import is_conversations_path
 from agentcomm.server.http.parts import HttpParts
 
 MAX_COMMAND_TIMEOUT_SECONDS = 600.0
@@ -46,6 +47,8 @@ def parts_of(request: Request) -> HttpParts:
 def is_protected(path: str, settings: Settings) -> bool:
     """Whether `path` takes only an admin token (when AUTH_SECRET is set): the API, and the
     metrics unless METRICS_PUBLIC."""
+    if is_conversations_path(path):
+        return False  # frontend tokens read their own user's; the routes check
     if path == "/api" or path.startswith("/api/"):
         return True
     return path == "/metrics" and not settings.metrics_public
@@ -62,6 +65,19 @@ def admin_refusal(auth: Authenticator, authorization: str | None) -> tuple[int, 
         return 401, str(exc)
     if principal.role is not Role.ADMIN:
         return 403, "The API needs an admin token."
+    return None
+
+
+def caller_refusal(auth: Authenticator, authorization: str | None) -> tuple[int, str] | None:
+    """The same for the A2A endpoints, which take a frontend token as well as an admin one."""
+    if not auth.enabled:
+        return None
+    try:
+        principal = auth.verify(bearer_token(authorization))
+    except AuthError as exc:
+        return 401, str(exc)
+    if principal.role not in (Role.FRONTEND, Role.ADMIN):
+        return 403, f"A {principal.role.value} token cannot call agents; use a frontend token."
     return None
 
 
@@ -92,7 +108,12 @@ def build_api_router() -> APIRouter:
         ready = all(checks.values()) and parts.is_ready()
         if not ready:
             response.status_code = 503
-        return {"status": "ready" if ready else "not ready", **checks}
+        # History is a detail, not a check: without it chat goes on.
+        return {
+            "status": "ready" if ready else "not ready",
+            **checks,
+            "history": parts.history_status(),
+        }
 
     @router.get("/metrics", dependencies=[Depends(require_admin)])
     async def metrics(request: Request) -> Response:

@@ -16,11 +16,14 @@ import logging
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from agentcomm.server.http.api import admin_refusal, is_protected
+from agentcomm.gateways.a2a.routes import is_gateway_path
+from agentcomm.server.http.api import admin_refusal, caller_refusal, is_protected
 from agentcomm.server.http.parts import HttpParts
 
 log = logging.getLogger(__name__)
 
+# JSON-RPC's "Invalid Request".
+INVALID_REQUEST = -32600
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
@@ -40,28 +43,38 @@ class RequestGuard:
         settings = self._parts.settings
         headers = {name.lower(): value for name, value in scope.get("headers", [])}
         path: str = scope.get("path", "")
-        if scope.get("method") != "OPTIONS" and is_protected(path, settings):
-            refusal = admin_refusal(self._parts.auth, _text(headers.get(b"authorization")))
-            if refusal is not None:
-                status, detail = refusal
-                extra = [(b"www-authenticate", b"Bearer")] if status == 401 else []
-                await _respond(send, status, detail, extra)
-                return
+        # A2A callers read refusals as JSON-RPC errors (-32600: the request is not acceptable).
+        jsonrpc = is_gateway_path(path)
+        refusal = None
+        if scope.get("method") != "OPTIONS":
+            authorization = _text(headers.get(b"authorization"))
+            if is_protected(path, settings):
+                refusal = admin_refusal(self._parts.auth, authorization)
+            elif jsonrpc:
+                refusal = caller_refusal(self._parts.auth, authorization)
+        if refusal is not None:
+            status, detail = refusal
+            extra = [(b"www-authenticate", b"Bearer")] if status == 401 else []
+            await _respond(send, status, detail, extra, jsonrpc=jsonrpc)
+            return
         if scope.get("method") in _BODY_METHODS or b"content-length" in headers:
             limit = settings.http_body_bytes
             declared = _text(headers.get(b"content-length"))
+            too_large = f"The request body may have at most {limit} bytes."
             if declared is not None and (not declared.isdigit() or int(declared) > limit):
-                await _respond(send, 413, f"The request body may have at most {limit} bytes.")
+                await _respond(send, 413, too_large, jsonrpc=jsonrpc)
                 return
             try:
                 async with asyncio.timeout(settings.http_request_timeout):
                     body = await _read_body(receive, limit)
             except TooLarge:
-                await _respond(send, 413, f"The request body may have at most {limit} bytes.")
+                await _respond(send, 413, too_large, jsonrpc=jsonrpc)
                 return
             except TimeoutError:
                 log.info("A request body did not arrive within %g s", settings.http_request_timeout)
-                await _respond(send, 408, "The request body did not arrive in time.")
+                await _respond(
+                    send, 408, "The request body did not arrive in time.", jsonrpc=jsonrpc
+                )
                 return
             if body is None:
                 return  # the client went away
@@ -104,10 +117,20 @@ def _text(value: bytes | None) -> str | None:
 
 
 async def _respond(
-    send: Send, status: int, detail: str, headers: list[tuple[bytes, bytes]] | None = None
+    send: Send,
+    status: int,
+    detail: str,
+    headers: list[tuple[bytes, bytes]] | None = None,
+    *,
+    jsonrpc: bool = False,
 ) -> None:
-    # FastAPI's shape for an HTTPException, so that clients read one kind of refusal.
-    body = orjson.dumps({"detail": detail})
+    # FastAPI's shape for an HTTPException, so that clients read one kind of refusal; a
+    # JSON-RPC error for A2A callers.
+    if jsonrpc:
+        error = {"code": INVALID_REQUEST, "message": detail, "data": {"http_status": status}}
+        body = orjson.dumps({"jsonrpc": "2.0", "id": None, "error": error})
+    else:
+        body = orjson.dumps({"detail": detail})
     await send(
         {
             "type": "http.response.start",

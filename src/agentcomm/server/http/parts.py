@@ -12,6 +12,8 @@ from agentcomm.core.brokers import BrokerRegistry
 from agentcomm.core.commands import CommandOutcome
 from agentcomm.core.presence import AgentRegistry
 from agentcomm.core.presence_views import AgentSource
+from agentcomm.gateways.a2a.gateway import A2AGateway
+from agentcomm.history.store import ConversationStore
 from agentcomm.server.metrics import HubMetrics
 
 
@@ -44,3 +46,8 @@ class HttpParts:
     # The checks /readyz shows, and whether the hub is ready (all of them, and started).
     readiness: Callable[[], dict[str, bool]]
     is_ready: Callable[[], bool]
+    # The A2A endpoints under /a2a (none when absent).
+    a2a: A2AGateway | None = None
+    # Conversation history (None: off), and how it is (`ok`, `off`, `degraded: …`).
+    history: ConversationStore | None = None
+    history_status: Callable[[], str] = lambda: "off"

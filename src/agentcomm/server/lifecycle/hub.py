@@ -28,6 +28,7 @@ from agentcomm.core.routing import AnswerEvent, ServerRouter
 from agentcomm.core.sessions import FrontendSessions
 from agentcomm.core.streams import ReplyStreams
 from agentcomm.core.timers import LoopTimers
+from agentcomm.gateways.a2a.gateway import A2AGateway, A2AParts
 from agentcomm.protocol.ids import new_server_id, server_tag
 from agentcomm.protocol.models import AgentInfo
 from agentcomm.protocol.queues import (
@@ -44,14 +45,16 @@ from agentcomm.server.collector import CollectorTuning
 from agentcomm.server.grpc.inboxes import AgentInboxes
 from agentcomm.server.grpc.parts import GrpcParts
 from agentcomm.server.grpc.server import GrpcListener
+from agentcomm.server.history_feed import ServerHistory
 from agentcomm.server.http.parts import HttpParts
 from agentcomm.server.lifecycle.tasks import OwnedTasks
-from agentcomm.server.metrics import HubMetrics
+from agentcomm.server.metrics import QUEUE_STATS_SECONDS, HubMetrics
 from agentcomm.server.presence_feed import PresenceFeed
 from agentcomm.server.routing import RouteRunner
 from agentcomm.server.state import ServerState
 from agentcomm.server.ws.output import OutputScheduler
 from agentcomm.server.ws.parts import FrontendParts
+from agentcomm.telemetry import tracing_for
 
 log = logging.getLogger(__name__)
 
@@ -124,24 +127,48 @@ class Hub:
             expect_agents_for=settings.agent_timeout,
             peer_is_live=lambda tag: self.membership.peers.hub_of_tag(tag) is not None,
         )
-        self.router = RouteRunner(decisions, bus, self.sessions)
-        self.inboxes = AgentInboxes(bus)
         self.metrics = HubMetrics()
-        self.metrics.track(
-            self.sessions.live_count, self.cluster.online_count, self.membership.hub_count
-        )
-        decisions.observe(
-            lambda message: self.metrics.count_message(
-                message.message_type.value, message.routing_status or "none"
+        tracing = tracing_for("agentcomm.server")
+        if tracing is None:
+            self.router = RouteRunner(decisions, bus, self.sessions, self.metrics)
+        else:
+            from agentcomm.server.tracing import TracedRouteRunner
+
+            self.router = TracedRouteRunner(decisions, bus, self.sessions, tracing, self.metrics)
+        self.inboxes = AgentInboxes(bus, tracing)
+        # A2A callers reach agents through the router as a frontend does (gateways/a2a/).
+        self.a2a = A2AGateway(
+            A2AParts(
+                settings=settings,
+                auth=self.auth,
+                sessions=self.sessions,
+                router=self.router,
+                agents=self.cluster,
             )
         )
+        self.metrics.track(
+            self.sessions.live_count,
+            self.cluster.online_count,
+            self.membership.hub_count,
+            agents_connected=self.registry.online_count,
+        )
+        decisions.observe(self.metrics.count_routed)
+        self.answers.observe_timings(
+            self.metrics.first_token.observe, self.metrics.final_answer.observe
+        )
         decisions.observe_answer_events(self.metrics.count_answer_event)
+        # Conversation history (None: HISTORY_URL=none), fed by the router, written off its path.
+        self.history = ServerHistory.from_settings(settings, self.sessions)
+        if self.history is not None:
+            feed = self.history.feed
+            decisions.observe_conversations(feed.text_accepted, feed.answered)
         # Shown from the start (at 0), so that a rate can be taken before the first one.
         self.metrics.declare_answer_events([event.value for event in AnswerEvent])
         self.presence = PresenceFeed(self.cluster, self.sessions, self.clock)
         self.cluster.subscribe(self._follow_presence_for_answers)
         # Writes what every socket has queued, once per turn of the event loop.
         self.output = OutputScheduler(total_bytes=settings.outbound_total_bytes)
+        self.metrics.read_slow_closes(lambda: self.output.too_slow_closes)
         self._collector = CollectorTuning()
         self.grpc_port: int | None = None
         # Set by whoever serves HTTP (the runner), for the advertisement.
@@ -172,6 +199,7 @@ class Hub:
             output=self.output,
             metrics=self.metrics,
             clock=self.clock,
+            history=self.history.store if self.history is not None else None,
         )
 
     def grpc_parts(self) -> GrpcParts:
@@ -200,6 +228,9 @@ class Hub:
             metrics=self.metrics,
             readiness=self.readiness,
             is_ready=lambda: self.ready,
+            a2a=self.a2a,
+            history=self.history.store if self.history is not None else None,
+            history_status=self.history_status,
         )
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -218,6 +249,10 @@ class Hub:
                 "AUTH_SECRET is not set: the hub is OPEN — anyone who can reach its ports may "
                 "connect as any frontend, agent or broker. Set AUTH_SECRET in production."
             )
+        if self.history is not None:
+            await self.history.start()
+            if self.history.retention_seconds:
+                self._tasks.every(3600.0, self.history.expire_old, "history-retention")
         await self.bus.connect()
         for name in (
             BROKER_INPUT_QUEUE,
@@ -258,6 +293,12 @@ class Hub:
             self._advertiser.advertise_available,
             "advertise",
         )
+        own_queues = (BROKER_INPUT_QUEUE, SERVER_INPUT_QUEUE, server_queue(self.server_tag))
+        self._tasks.every(
+            QUEUE_STATS_SECONDS,
+            lambda: self.metrics.read_queue_stats(self.bus, own_queues),
+            "queue-stats",
+        )
         self._started = True
         try:
             await self._advertiser.advertise_available()
@@ -280,6 +321,8 @@ class Hub:
                 self._grpc = None
             with contextlib.suppress(BusError):
                 await self.bus.close()
+            if self.history is not None:
+                await self.history.stop(0.0)
             return
         self._started = False
         self.state.draining = True
@@ -308,6 +351,9 @@ class Hub:
             async with asyncio.timeout(2.0):
                 await self._advertiser.advertise_unavailable()
         await self.bus.close()
+        if self.history is not None:
+            # Last: what the bus handlers delivered until now is history too.
+            await self.history.stop(min(5.0, budget / 2))
         log.info("Server %s stopped", self.server_id)
 
     @property
@@ -317,6 +363,10 @@ class Hub:
     @property
     def ready(self) -> bool:
         return self._started and not self.state.draining and self.bus.is_connected
+
+    def history_status(self) -> str:
+        """`ok`, `off`, or `degraded: …` (history is not part of being ready: chat goes on)."""
+        return self.history.status() if self.history is not None else "off"
 
     def readiness(self) -> dict[str, bool]:
         """The checks `/readyz` shows; the hub is ready when all hold and it has started."""

@@ -26,7 +26,12 @@ from agentcomm.protocol.codec import (
     validate_model,
 )
 from agentcomm.protocol.errors import ProtocolError
-from agentcomm.protocol.models import Envelope, RefreshToken, RefreshTokenResponse
+from agentcomm.protocol.models import (
+    Envelope,
+    RefreshToken,
+    RefreshTokenResponse,
+    RequestHistory,
+)
 from agentcomm.protocol.rules import FrontendFrame, frontend_frame_kind
 from agentcomm.protocol.timestamps import from_epoch, to_iso
 from agentcomm.protocol.vocabulary import ErrorCode
@@ -39,6 +44,7 @@ from agentcomm.server.ws.close_codes import (
     CLOSE_TOKEN_EXPIRED,
 )
 from agentcomm.server.ws.frames import error_frame, message_id_of, refusal_frame
+from agentcomm.server.ws.history import history_frame
 from agentcomm.server.ws.output import SocketLink
 from agentcomm.server.ws.parts import FrontendParts
 from agentcomm.server.ws.protocol import DIRECT_OUTPUT, HubWebSocketProtocol
@@ -344,6 +350,11 @@ class FrontendConnection:
         elif kind is FrontendFrame.STATUS_REQUEST:
             validate_model(Envelope, data)  # a bad message_id is refused like on any frame
             self._link.send_frames(self._parts.presence.listing())
+        elif kind is FrontendFrame.HISTORY_REQUEST:
+            request_history = validate_model(RequestHistory, data)
+            user = self._session.user if self._session is not None else frontend_id
+            frame = await history_frame(self._parts.history, user, frontend_id, request_history)
+            self._link.send_frame(frame)
         elif kind is FrontendFrame.REFRESH_TOKEN:
             request = validate_model(RefreshToken, data)
             expires_at = authenticate_frontend(self._parts.auth, request.token, request.message_id)

@@ -67,6 +67,8 @@ class OutputScheduler:
         self._last_framed = b""
         self._total_limit = total_bytes
         self.queued_bytes = 0
+        # Sockets closed as too slow (4008) since start, for /metrics.
+        self.too_slow_closes = 0
         # The sockets with frames waiting (a paused transport, or not flushed yet).
         self._holding: set[Holding] = set()
 
@@ -264,6 +266,7 @@ class SocketLink:
         self.close_code = code
         self._source = None
         if code == CLOSE_TOO_SLOW:
+            self._scheduler.too_slow_closes += 1
             # Nothing queued will be read anyway; make room for the close itself.
             self._drop_pending()
         if self._wake is not None:

@@ -8,6 +8,7 @@ from agentcomm.config import Settings
 from agentcomm.core.auth import Authenticator
 from agentcomm.core.clock import Clock
 from agentcomm.core.sessions import FrontendSessions
+from agentcomm.history.store import ConversationStore
 from agentcomm.server.metrics import HubMetrics
 from agentcomm.server.presence_feed import PresenceFeed
 from agentcomm.server.routing import RouteRunner
@@ -26,3 +27,5 @@ class FrontendParts:
     output: OutputScheduler
     metrics: HubMetrics
     clock: Clock
+    # Conversation history of the sessions' users (None: off).
+    history: ConversationStore | None = None

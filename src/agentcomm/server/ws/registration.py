@@ -12,7 +12,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from agentcomm.core.auth import Authenticator, AuthError, Role
+from agentcomm.core.auth import Authenticator, AuthError, Principal, Role
 from agentcomm.core.sessions import FrontendSession
 from agentcomm.protocol.codec import (
     decode_register_frontend,
@@ -81,7 +81,7 @@ async def register_frontend(
             return None
         try:
             request = decode_register_frontend(data)
-            expires_at = authenticate_frontend(parts.auth, request.token or query_token)
+            principal = frontend_principal(parts.auth, request.token or query_token)
         except ProtocolError as exc:
             log.info("Refused frame before registration: %s", exc.text)
             link.send_frame(refusal_frame(exc))
@@ -95,6 +95,8 @@ async def register_frontend(
             request.capabilities,
             frontend_id=request.frontend_id,
             resume_token=request.resume_token,
+            # With tokens the user is the token's subject; an open hub trusts what it is told.
+            user_id=principal.subject if principal is not None else request.user_id,
         )
         response = RegisterFrontendResponse(
             frontend_id=session.frontend_id,
@@ -105,6 +107,9 @@ async def register_frontend(
         )
         link.send_frame(encode_for_client(response))
         link.send_frames(parts.presence.listing())
+        if request.resume_token:
+            # A resume asked for: taken up, or a new session (unknown, expired or wrong token).
+            parts.metrics.count_resume("resumed" if resumed else "new_session")
         if resumed:
             parts.sessions.flush_backlog(session)
         log.info(
@@ -113,7 +118,7 @@ async def register_frontend(
             session.frontend_name,
             "resumed" if resumed else "registered",
         )
-        return Registered(session, expires_at)
+        return Registered(session, principal.expires_at if principal is not None else None)
 
 
 def authenticate_frontend(
@@ -121,6 +126,15 @@ def authenticate_frontend(
 ) -> float | None:
     """When the token expires (None: never, or authentication is off); ProtocolError
     `unauthorized` for a token that may not open (or keep) a frontend session."""
+    principal = frontend_principal(auth, token, message_id)
+    return principal.expires_at if principal is not None else None
+
+
+def frontend_principal(
+    auth: Authenticator, token: str | None, message_id: str | None = None
+) -> Principal | None:
+    """Who the token names (None: authentication is off); ProtocolError `unauthorized` for a
+    token that may not open (or keep) a frontend session."""
     if not auth.enabled:
         return None
     try:
@@ -133,4 +147,4 @@ def authenticate_frontend(
             f"A {principal.role.value} token cannot open a frontend session.",
             message_id,
         )
-    return principal.expires_at
+    return principal

@@ -8,6 +8,7 @@
 import { Connection } from './connection.js';
 import { AgentsPanel } from './agents.js';
 import { h, hexId, clock, errorWords, hue } from './util.js';
+import { callsOf, paintInnerCalls } from './calls.js';
 
 const params = new URLSearchParams(location.search);
 const TOKEN = params.get('token');
@@ -186,6 +187,7 @@ function onReply(f, final) {
   const { reply, item } = entry;
   if (final) {
     reply.text = f.text_payload ?? reply.chunks.join('');
+    reply.calls = callsOf(f);
     reply.streaming = false;
     reply.chunks = [];
     if (item.kind === 'user') setState(item, item.cancelRequested ? 'cancelled' : 'answered');
@@ -340,6 +342,7 @@ function paintReply(item, reply) {
   }
   el.dataset.streaming = String(reply.streaming);
   el.querySelector('.bubble').textContent = reply.text;
+  paintInnerCalls(el, reply.calls);
   if (item.kind === 'user') paintStatus(item);
 }
 
