@@ -5,8 +5,7 @@ accepted: a model that writes faster than the hub takes chunks is slowed down to
 pace, one chunk at a time. With merging, the handler is never held up: the pieces it yields
 while a chunk is on its way wait, and leave together as the next chunk. With a window above
 zero the sender also waits that long after the first waiting piece for more to join it, at
-the cost of that much delay (never for the first chunk of an answer: time to first token
-stays what it was). Under light load nothing changes (each piece is alone when its
+the cost of that much delay. Under light load nothing changes (each piece is alone when its
 turn comes); under heavy load chunks grow and their number falls, which is what lets many
 streams share a hub. The wire is the same: a chunk's `text_delta` is simply longer, `seq`
 still counts chunks, and the final REPLY still carries the whole text and the chunk count.
@@ -48,8 +47,7 @@ async def stream_merged(
         nonlocal sent
         while True:
             await wake.wait()
-            # The first chunk leaves at once: the window may delay tokens, never the answer.
-            if window > 0 and sent and not finished.is_set():
+            if window > 0 and not finished.is_set():
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(window):
                         await finished.wait()
