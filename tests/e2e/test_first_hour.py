@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from agentcomm import __version__
+from agentcomm.bench.scenarios import SCENARIO_NAMES
 from tests.conftest import free_port
 from tests.e2e.processes import (
     Processes,
@@ -300,7 +301,8 @@ def test_help_shows_defaults_and_choices_of_the_command_itself() -> None:
     assert "--grpc-tls" not in token_help
     assert "what the token may do" in token_help
     bench_help = run("bench", "--help").stdout
-    assert "{roundtrip,peer,roundtrip-memory,fanout,idle,presence,ask,all}" in bench_help
+    # Every scenario is a choice, in the order `all` runs them (the registry's own order).
+    assert "{" + ",".join((*SCENARIO_NAMES, "all")) + "}" in bench_help
 
 
 def test_dev_takes_one_spelling_of_its_bus() -> None:

@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from agentcomm.gateways.a2a.bridge import A2ABridge
 from agentcomm.protocol.calls import CallContext
 from agentcomm.protocol.vocabulary import MAX_HOPS
 from agentcomm.sdk import (
@@ -36,6 +37,8 @@ from agentcomm.sdk.demo_agents import build_demo_agent, planner_answer, typist_a
 from agentcomm.server.testing import test_settings
 from tests.integration.test_agents_guide import GUIDE
 from tests.integration.test_sdk_agents import WAIT, Stack, chat, memory_stack, stack, within
+from tests.support.a2a import a2a_stack
+from tests.support.a2a_remote import remote_agent
 from tests.support.frontend import Frontend, of_type
 
 TRANSPORTS = ["grpc", "amqp"]
@@ -397,3 +400,24 @@ async def test_a_chain_longer_than_max_hops_ends_in_hop_limit(memory_stack: Stac
         reply = await chat(alice, "how deep?", "q-1", receiver_id="hop-0")
 
     assert (reply["message_type"], reply["error_code"]) == ("ERROR", "hop_limit"), reply
+
+
+async def test_an_outside_a2a_agent_behind_the_bridge_is_asked_the_same_way() -> None:
+    async with (
+        a2a_stack(test_settings()) as running,
+        remote_agent("Remote Typist", "stream", streaming=True) as remote,
+    ):
+        bridge = A2ABridge(remote.url, running.agent_settings, name="remote-typist")
+        await within(bridge.start())
+        running.exits.push_async_callback(lambda: within(bridge.stop()))
+        asker = Agent("asker", agent_id="asker", settings=running.agent_settings)
+
+        @asker.on_message
+        async def ask_outside(message: Message) -> str:
+            pieces = [p async for p in message.ask_stream("remote-typist", message.text)]
+            return "|".join(pieces)
+
+        await running.run(asker)
+        async with await Frontend.registered(running.hub.ws_url) as alice:
+            reply = await chat(alice, "a b c", "q-1", receiver_id="asker")
+    assert reply["text_payload"] == "<a>|<b>|<c>", reply

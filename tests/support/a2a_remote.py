@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import socket
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -133,3 +135,18 @@ async def remote_agent(name: str, kind: str, *, streaming: bool) -> AsyncIterato
             async with asyncio.timeout(10):
                 await serving
         sock.close()
+
+
+async def _serve_until_signalled(kind: str) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    async with remote_agent(f"Remote {kind}", kind, streaming=kind in ("stream", "slow")) as agent:
+        print(agent.url, flush=True)
+        await stop.wait()
+
+
+if __name__ == "__main__":
+    # `python -m tests.support.a2a_remote KIND`: prints its URL, serves until SIGINT/SIGTERM.
+    asyncio.run(_serve_until_signalled(sys.argv[1]))

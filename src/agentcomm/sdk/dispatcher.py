@@ -289,7 +289,7 @@ class Dispatcher:
                 exc.error_code,
                 exc.text,
             )
-            await self._send(self._call_failed(envelope, exc))
+            await self._send(envelopes.call_failed(envelope, self.agent_id, exc))
         except Exception as exc:
             log.exception(
                 "The handler of agent %s failed on message %s", self.agent_id, envelope.message_id
@@ -384,19 +384,6 @@ class Dispatcher:
                 self._cancelled_early.add(key)
             return
         self._cancel(handling)
-
-    def _call_failed(self, envelope: Envelope, exc: CallFailed) -> Envelope:
-        try:
-            code = ErrorCode(exc.error_code)
-        except ValueError:
-            code = ErrorCode.INTERNAL
-        asked = f" asked {exc.agent_id}" if exc.agent_id else ""
-        return envelopes.error(
-            envelope,
-            self.agent_id,
-            code,
-            f"Agent {self.agent_id}{asked} and got no answer: {exc.text}",
-        )
 
     def _cancelled(self, envelope: Envelope) -> Envelope:
         return envelopes.error(

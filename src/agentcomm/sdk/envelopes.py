@@ -9,6 +9,7 @@ from agentcomm.protocol.ids import answer_message_id
 from agentcomm.protocol.models import CHUNK_COUNT_KEY
 from agentcomm.protocol.rules import error_envelope
 from agentcomm.protocol.timestamps import utc_now_iso
+from agentcomm.sdk.errors import CallFailed
 
 
 def _answer(
@@ -88,3 +89,14 @@ def error(incoming: Envelope, agent_id: str, code: ErrorCode, text: str) -> Enve
         routing_status=RoutingStatus.PENDING,
         message_id=answer_message_id(incoming.sender_id, incoming.message_id, error_code=code),
     )
+
+
+def call_failed(incoming: Envelope, agent_id: str, exc: CallFailed) -> Envelope:
+    """The ERROR for the incoming message when a call its handler made failed and the handler
+    let it through: the call's own code (a cycle, an agent offline, ...), not just internal."""
+    try:
+        code = ErrorCode(exc.error_code)
+    except ValueError:
+        code = ErrorCode.INTERNAL
+    asked = f" asked {exc.agent_id}" if exc.agent_id else ""
+    return error(incoming, agent_id, code, f"Agent {agent_id}{asked} and got no answer: {exc.text}")

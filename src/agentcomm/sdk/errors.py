@@ -102,6 +102,9 @@ class AnswerFailed(CallFailed):
 
 _BY_CODE: dict[str, type[CallFailed]] = {
     "agent_offline": AgentOffline,
+    # An outside A2A agent behind the bridge that cannot be reached is offline as far as the
+    # asker can tell; one that failed the task (remote_failed) failed to answer.
+    "remote_unavailable": AgentOffline,
     "no_agent_available": NoAgentAvailable,
     "cancelled": Cancelled,
     "answer_timeout": AnswerTimeout,

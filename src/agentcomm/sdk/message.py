@@ -29,7 +29,7 @@ class Message:
     metadata: Mapping[str, Any] = field(default_factory=dict)
     envelope: Envelope | None = None
     # The agent's calls, for `ask` and `ask_stream` (None: a Message made outside an agent).
-    calls: Calls | None = field(default=None, repr=False, compare=False)
+    caller: Calls | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def from_envelope(cls, envelope: Envelope, calls: Calls | None = None) -> Message:
@@ -40,7 +40,7 @@ class Message:
             conversation_id=envelope.conversation_id,
             metadata=dict(envelope.metadata or {}),
             envelope=envelope,
-            calls=calls,
+            caller=calls,
         )
 
     @property
@@ -90,11 +90,11 @@ class Message:
         )
 
     def _calls(self) -> Calls:
-        if self.calls is None:
+        if self.caller is None:
             raise RuntimeError(
                 "This Message was not given to a handler by an agent: it cannot ask."
             )
-        return self.calls
+        return self.caller
 
 
 class AgentStatus(StrEnum):

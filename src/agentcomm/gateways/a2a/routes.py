@@ -31,6 +31,8 @@ from agentcomm.gateways.a2a.handler import AGENT_ID, CALLER, HubRequestHandler
 from agentcomm.protocol.ids import is_valid_id
 
 PREFIX = "/a2a"
+# JSON-RPC's "Parse error".
+PARSE_ERROR = -32700
 CARD_PATH = "/.well-known/agent-card.json"
 
 
@@ -116,6 +118,12 @@ def build_a2a_routes(gateway: A2AGateway) -> list[BaseRoute]:
         agent_id: Any = request.path_params.get("agent_id", "")
         if agent_id and not is_valid_id(agent_id):
             return JSONResponse({"detail": "An agent id is 1-128 of A-Z a-z 0-9 _ . : -"}, 404)
+        try:
+            # a2a-sdk takes a body that is not UTF-8 for a failure of its own (-32603).
+            (await request.body()).decode()
+        except UnicodeDecodeError:
+            error = {"code": PARSE_ERROR, "message": "The body is not UTF-8 JSON."}
+            return JSONResponse({"jsonrpc": "2.0", "id": None, "error": error})
         return await dispatcher.handle_requests(request)
 
     return [

@@ -188,15 +188,18 @@ class TaskRecord:
             task.history.append(self.request)
         return task
 
-    async def events(self, *, first: Event | None = None) -> AsyncIterator[Event]:
-        """`first` (the task as it is now, by default), then each event until the task ends."""
+    async def events(self) -> AsyncIterator[Event]:
+        """The task as it is now, then each event until the task ends."""
         if len(self._readers) >= READERS_PER_TASK:
             raise TooManyReaders
         reader = _Reader()
         self._readers.append(reader)
         try:
-            yield first if first is not None else self.snapshot()
-            if self.finished:
+            # Whether the task had ended when it was shown: if not, its end is among the
+            # events, which may all have arrived before the reader comes back for them.
+            ended = self.finished
+            yield self.snapshot()
+            if ended:
                 return
             while True:
                 await reader.wake.wait()
