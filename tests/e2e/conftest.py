@@ -65,7 +65,12 @@ class AgentcommProcess:
 
     def start(self) -> None:
         assert self.process is None or self.process.poll() is not None, "already running"
-        env = os.environ | {"PYTHONUNBUFFERED": "1", "LOG_LEVEL": "INFO"}
+        env = os.environ | {
+            "PYTHONUNBUFFERED": "1",
+            "LOG_LEVEL": "INFO",
+            # The default history database, in the test's own directory.
+            "DATA_DIR": str(self.log_path.parent / "data"),
+        }
         self._log = self.log_path.open("ab")
         self._log.write(f"\n===== start {' '.join(self.args)}\n".encode())
         self._log.flush()

@@ -18,6 +18,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -56,6 +57,9 @@ def clean_environment() -> dict[str, str]:
     settings = {name.upper() for name in Settings.model_fields}
     env = {key: value for key, value in os.environ.items() if key.upper() not in settings}
     env["PYTHONUNBUFFERED"] = "1"
+    # A hub's default history database goes here, never into the checkout (Processes gives
+    # each test a directory of its own).
+    env["DATA_DIR"] = str(Path(tempfile.gettempdir()) / "agentcomm-test-data")
     return env
 
 

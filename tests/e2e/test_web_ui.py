@@ -411,3 +411,59 @@ def test_page_reconnects_after_a_server_restart(
     else:
         expect_answered(waiting)
     expect_answered(send(page, "after the restart", receiver="echo"))
+
+
+def test_a_new_tab_lists_the_users_conversations(page: Page, shared_dev: DevServer) -> None:
+    open_chat(page, shared_dev, "echo")
+    expect_answered(send(page, "remember me", "echo"))
+    conversation = page.get_by_test_id("conversation-tab").first.get_attribute(
+        "data-conversation-id"
+    )
+    user = page.evaluate("localStorage.getItem('agentcomm.user')")
+    assert conversation
+    assert user
+
+    def kept() -> bool:
+        url = f"{shared_dev.url}api/conversations/{conversation}/messages?user_id={user}"
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                return len(json.loads(response.read())["messages"]) == 2
+        except OSError:
+            return False
+
+    # The hub writes history off the chat path: the question and its answer are there soon.
+    for _ in range(100):
+        if kept():
+            break
+        page.wait_for_timeout(100)
+    assert kept(), "the conversation was not kept"
+    # A new tab of the same browser (local storage, so the same user; a session of its own).
+    second = page.context.new_page()
+    open_chat(second, shared_dev, "echo")
+    tab = second.locator(f'[data-testid="conversation-tab"][data-conversation-id="{conversation}"]')
+    expect(tab).to_have_count(1)
+    tab.click()
+    message = second.get_by_test_id("message").filter(has_text="remember me")
+    expect(message).to_have_count(1)
+    expect(message).to_have_attribute("data-state", "answered")
+    expect(message.get_by_test_id("reply")).to_contain_text("echo: remember me")
+
+
+def test_a_second_tab_of_the_user_follows_the_conversation_live(
+    page: Page, shared_dev: DevServer
+) -> None:
+    # Two tabs of one browser: one user (local storage), two sessions.
+    second = page.context.new_page()
+    open_chat(second, shared_dev, "echo")
+    open_chat(page, shared_dev, "echo")
+    expect_answered(send(page, "seen on both", "echo"))
+    conversation = page.get_by_test_id("conversation-tab").first.get_attribute(
+        "data-conversation-id"
+    )
+    tab = second.locator(f'[data-testid="conversation-tab"][data-conversation-id="{conversation}"]')
+    expect(tab).to_have_count(1)
+    tab.click()
+    message = second.get_by_test_id("message").filter(has_text="seen on both")
+    expect(message).to_have_count(1)
+    expect(message).to_have_attribute("data-state", "answered")
+    expect(message.get_by_test_id("reply")).to_contain_text("echo: seen on both")

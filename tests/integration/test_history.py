@@ -332,3 +332,58 @@ async def test_the_sockets_of_a_user_that_follow_it_see_its_conversations_live(
     assert echoes[0]["routing_status"] == "pending"
     assert old_tab_frames == []  # it did not ask to follow its user
     assert other_frames == []  # another user sees none of it
+
+
+async def test_a_second_text_asking_reject_is_refused_while_an_answer_runs() -> None:
+    settings = test_settings(history_url="none")
+    async with (
+        chat_stack(settings, kind="typist") as hub,
+        httpx.AsyncClient(base_url=hub.http_url, timeout=WAIT) as client,
+        await Frontend.registered(hub.ws_url, user_id="kim", capabilities={"stream": True}) as kim,
+    ):
+        # Slow typing: the first answer is surely still running when the second TEXT comes.
+        paced = await client.post(
+            "/api/agents/typist/commands", json={"type": "pace", "parameters": {"ms": "300"}}
+        )
+        assert paced.status_code == 200, paced.text
+        await kim.send_text("a long question", message_id="m-1", conversation_id="c")
+        await kim.next(lambda f: f.get("message_type") == "REPLY_CHUNK")
+        reject = {"multitask": "reject"}
+        await kim.send_text("and another", message_id="m-2", conversation_id="c", metadata=reject)
+        busy = await kim.next(
+            lambda f: f.get("message_type") == "ERROR" and f.get("in_reply_to_message_id") == "m-2"
+        )
+        # Another conversation is not busy.
+        await kim.send_text("elsewhere", message_id="m-3", conversation_id="d", metadata=reject)
+        await kim.send(
+            {
+                "message_type": "TEXT",
+                "message_id": "m-bad",
+                "text_payload": "x",
+                "metadata": {"multitask": "sometimes"},
+            }
+        )
+        bad = await kim.next(lambda f: f.get("in_reply_to_message_id") == "m-bad")
+        first = await chat_final(kim, "m-1", timeout=30.0)
+        other = await chat_final(kim, "m-3", timeout=30.0)
+        # Once the answer is final, the conversation takes a new TEXT again.
+        await client.post(
+            "/api/agents/typist/commands", json={"type": "pace", "parameters": {"ms": "5"}}
+        )
+        again = await chat(kim, "now then", "m-4", conversation_id="c", metadata=reject)
+    assert busy["error_code"] == "conversation_busy", busy
+    assert first["message_type"] == "REPLY"
+    assert other["message_type"] == "REPLY"
+    assert bad["error_code"] == "invalid_message"
+    assert "multitask" in bad["text_payload"]
+    assert again["message_type"] == "REPLY", again
+
+
+async def chat_final(frontend: Frontend, message_id: str, *, timeout: float) -> dict[str, Any]:
+    return await frontend.next(
+        lambda frame: (
+            frame.get("message_type") in ("REPLY", "ERROR")
+            and frame.get("in_reply_to_message_id") == message_id
+        ),
+        timeout=timeout,
+    )

@@ -15,6 +15,11 @@ class BusShare:
         self._open = True
 
     @property
+    def inner(self) -> Bus:
+        """The shared bus (what the SDK looks at to tell an in-process bus)."""
+        return self._bus
+
+    @property
     def is_connected(self) -> bool:
         return self._open and self._bus.is_connected
 

@@ -80,6 +80,7 @@ def test_the_registry_keeps_the_order_all_runs_in() -> None:
         "stream",
         "history",
         "ask",
+        "cluster",
     )
     assert set(SCENARIOS) == set(SCENARIO_NAMES)
     with pytest.raises(KeyError):

@@ -21,6 +21,9 @@ def plot_results(results: dict[str, Result], folder: Path) -> list[Path]:
     written: list[Path] = []
     folder.mkdir(parents=True, exist_ok=True)
     for name, result in results.items():
+        if name == "cluster" and "round_trips" in result:
+            written.append(_plot_cluster(plt, result, folder))
+            continue
         sweep: list[dict[str, Any]] = list(result.get("open_loop") or [])
         if name == "roundtrip-memory" and "peer" in results:
             # The comparison the in-process bus is for: the same round trip through AutoGen.
@@ -44,6 +47,40 @@ def plot_results(results: dict[str, Result], folder: Path) -> list[Path]:
         label_load_axes(left, right, f"{name}: throughput", f"{name}: latency", "latency (ms)")
         written.append(save(plt, fig, folder / f"{name}.png"))
     return written
+
+
+def _plot_cluster(plt: Any, result: Result, folder: Path) -> Path:
+    """Same-hub and cross-hub round trips at each in-flight level (left), and each presence
+    change's arrival at the frontends of the other hubs (right)."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    rows = result["round_trips"]["closed_loop"]
+    for side, colour in (("same-hub", "tab:blue"), ("cross-hub", "tab:orange")):
+        points = sorted((r for r in rows if side in r), key=lambda r: r["in_flight"])
+        left.plot(
+            [r["in_flight"] for r in points],
+            [r[side]["roundtrips_per_s"] for r in points],
+            marker="o",
+            color=colour,
+            label=side,
+        )
+    left.set_xlabel("round trips in flight")
+    left.set_ylabel("round trips/s")
+    left.set_title(f"cluster: cross/same = {result['round_trips']['cross_to_same_ratio']}")
+    left.legend()
+    presence = result["presence"]
+    names = ["each p50", "each p99", "last p50", "last p99"]
+    values = [
+        presence["each_frontend_p50_ms"],
+        presence["each_frontend_p99_ms"],
+        presence["last_frontend_p50_ms"],
+        presence["last_frontend_p99_ms"],
+    ]
+    right.bar(names, values, color="tab:green")
+    right.axhline(100, color="grey", linewidth=0.8, linestyle="--", label="goal (p99)")
+    right.set_ylabel("ms")
+    right.set_title(f"presence to {presence['timed_frontends']} frontends on other hubs")
+    right.legend()
+    return save(plt, fig, folder / "cluster.png")
 
 
 def label_load_axes(

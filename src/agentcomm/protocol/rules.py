@@ -106,6 +106,33 @@ def check_from_frontend(message: Envelope) -> None:
             "A CANCEL needs in_reply_to_message_id: the TEXT to stop.",
             message.message_id,
         )
+    multitask_policy(message)
+
+
+class Multitask(StrEnum):
+    """What a TEXT asks for (`metadata.multitask`) when its conversation's answer still runs."""
+
+    ALLOW = "allow"  # the default: it goes to the agent as well
+    REJECT = "reject"  # ERROR conversation_busy at once
+
+
+MULTITASK_KEY = "multitask"
+
+
+def multitask_policy(message: Envelope) -> Multitask:
+    """The double-texting policy of a frontend's TEXT; ProtocolError for one not offered."""
+    value = (message.metadata or {}).get(MULTITASK_KEY)
+    if value is None or message.message_type is not MessageType.TEXT:
+        return Multitask.ALLOW
+    try:
+        return Multitask(value)
+    except ValueError:
+        raise ProtocolError(
+            ErrorCode.INVALID_MESSAGE,
+            f"metadata.multitask must be one of {', '.join(m.value for m in Multitask)}; "
+            f"got {value!r}.",
+            message.message_id,
+        ) from None
 
 
 def check_from_agent(message: Envelope) -> None:

@@ -114,6 +114,8 @@ class ErrorCode(StrEnum):
     HISTORY_UNAVAILABLE = "history_unavailable"
     CALL_CYCLE = "call_cycle"  # an agent asked itself, or an agent already waiting in the chain
     TOO_MANY_CALLS = "too_many_calls"  # an agent's calls in flight are at its limit
+    # A TEXT with metadata.multitask "reject" while its conversation's answer still runs.
+    CONVERSATION_BUSY = "conversation_busy"
 
 
 class AgentState(StrEnum):

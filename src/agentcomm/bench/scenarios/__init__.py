@@ -32,6 +32,7 @@ SCENARIOS: Mapping[str, str] = MappingProxyType(
         "stream": "agentcomm.bench.scenarios.stream:run",
         "history": "agentcomm.bench.scenarios.history:run",
         "ask": "agentcomm.bench.scenarios.ask:run",
+        "cluster": "agentcomm.bench.scenarios.cluster:run",
     }
 )
 SCENARIO_NAMES = tuple(SCENARIOS)

@@ -308,6 +308,7 @@ class RabbitMQBus:
                 await subscription.cancel()
         finally:
             self._closed = True
+            await self._publisher.stop()
             connection, self._connection = self._connection, None
             self._publish_channel = None
             self._queues.channel = None

@@ -25,6 +25,7 @@ from agentcomm.core.routing.effects import (
     QueueMissing,
 )
 from agentcomm.core.routing.frontends import FrontendDelivery
+from agentcomm.core.routing.multitask import ConversationGate
 from agentcomm.core.routing.refusals import Refusals
 from agentcomm.core.sessions import FrontendSessions
 from agentcomm.core.streams import ReplyStreams
@@ -34,10 +35,12 @@ from agentcomm.protocol.ids import is_frontend_id, server_tag
 from agentcomm.protocol.models import Envelope
 from agentcomm.protocol.queues import BROKER_INPUT_QUEUE, agent_queue
 from agentcomm.protocol.rules import (
+    Multitask,
     check_from_agent,
     check_from_frontend,
     check_frontend_receiver,
     frontend_concerned,
+    multitask_policy,
     receiver_of,
     sender_of,
 )
@@ -86,6 +89,13 @@ class ServerRouter:
             answers=answers,
             streams=streams,
             publish_timeout=publish_timeout,
+        )
+        self._gate = ConversationGate(self._clock, sessions, hold_for=answers.answer_timeout)
+        # A TEXT's final answer lets go of its conversation (double-texting).
+        self.frontends.final_observers.append(
+            lambda frontend_id, final: self._gate.finished(
+                frontend_id, final.in_reply_to_message_id or ""
+            )
         )
         self._observers: list[RouteObserver] = []
         self._text_observers: list[ConversationObserver] = []
@@ -177,6 +187,19 @@ class ServerRouter:
                 yield from frontends.echo(frontend_id, outgoing, RoutingStatus.PENDING)
                 yield from frontends.deliver(frontend_id, kept)
                 return
+        if is_text:
+            gate = self._gate.key(frontend_id, outgoing)
+            if multitask_policy(outgoing) is Multitask.REJECT and self._gate.busy(gate):
+                self._answers.forget_accepted(frontend_id, outgoing.message_id)
+                yield from frontends.refuse(
+                    frontend_id,
+                    outgoing,
+                    ErrorCode.CONVERSATION_BUSY,
+                    "An answer in this conversation is still running; send again once it is "
+                    "final (or without metadata.multitask: reject).",
+                )
+                return
+            self._gate.start(gate, frontend_id, outgoing.message_id)
         waiters = self._echoes.expect(outgoing.message_id)
         timeout = self._publish_timeout if time_left is None else time_left
         try:
@@ -199,6 +222,7 @@ class ServerRouter:
             )
             if is_text:
                 self._answers.refused(frontend_id, outgoing.message_id)
+                self._gate.finished(frontend_id, outgoing.message_id)
             return
         except Exception:
             # Failed before it reached the bus: a re-send with the same id is handled anew
@@ -206,6 +230,7 @@ class ServerRouter:
             self._echoes.echoed(outgoing.message_id, waiters)
             if is_text:
                 self._answers.forget_accepted(frontend_id, outgoing.message_id)
+                self._gate.finished(frontend_id, outgoing.message_id)
             raise
         except BaseException:
             # Cancelled while publishing: whoever waits for the echo goes on.

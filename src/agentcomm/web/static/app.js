@@ -9,6 +9,7 @@ import { Connection } from './connection.js';
 import { AgentsPanel } from './agents.js';
 import { h, hexId, clock, errorWords, hue } from './util.js';
 import { callsOf, paintInnerCalls } from './calls.js';
+import { missingConversations, userId } from './history.js';
 
 const params = new URLSearchParams(location.search);
 const TOKEN = params.get('token');
@@ -51,7 +52,8 @@ const api = {
   },
 };
 
-const conn = new Connection({ token: TOKEN });
+const USER = TOKEN ? null : userId();
+const conn = new Connection({ token: TOKEN, userId: USER });
 const agents = new AgentsPanel({
   list: $('agent-list'), count: $('agent-count'), empty: $('empty-agents'), api,
   onPick: (id) => { conv().receiver = id; renderReceivers(); closeSidebar(); ui.input.focus(); save(); },
@@ -125,7 +127,7 @@ function transmit(item) {
  */
 function flushOutbox() {
   const unanswered = (it) => it.state === 'queued' || it.state === 'sending' || IN_FLIGHT.has(it.state);
-  const waiting = [...items.values()].filter((it) => it.kind === 'user' && unanswered(it));
+  const waiting = [...items.values()].filter((it) => it.kind === 'user' && !it.foreign && unanswered(it));
   waiting.sort((a, b) => a.at - b.at).forEach(transmit);
   renderOutbox();
 }
@@ -168,8 +170,21 @@ function onText(f) {
     return save();
   }
   if (f.sender_id && f.sender_id === conn.frontendId) return undefined; // our own, forgotten
+  if (f.routing_status && f.sender_id?.startsWith('web_')) return onSiblingText(f);
   // A TEXT that is not ours: an agent writing to this frontend directly.
   return onReply({ ...f, in_reply_to_message_id: null }, true);
+}
+
+/** A TEXT another tab or device of this user sent (capabilities.user_frames): shown as ours. */
+function onSiblingText(f) {
+  const convId = f.conversation_id || 'default';
+  if (!conv(convId)) {
+    convs.push({ id: convId, title: (f.text_payload || '').trim().slice(0, 32), receiver: '', items: [], unread: 0 });
+    renderTabs();
+  }
+  const at = Date.now();
+  addItem({ kind: 'user', id: f.message_id, conv: convId, text: f.text_payload || '', receiver: f.receiver_id || '', state: 'sending', at, queuedAt: at, replies: [], notes: [], foreign: true });
+  return onText(f);
 }
 
 function onReply(f, final) {
@@ -256,6 +271,24 @@ function addItem(item) {
   conv(item.conv).items.push(item.id);
   if (item.conv === current) withScroll(() => { ui.log.querySelector('.empty-state')?.remove(); ui.log.append(view(item).el); });
   else markUnread(item.conv);
+}
+
+/** The user's conversations the hub keeps that this tab does not have (docs/history.md). */
+async function importHistory() {
+  const found = await missingConversations({ token: TOKEN, user: USER, known: (id) => Boolean(conv(id)) });
+  if (!found.length) return;
+  for (const c of found) {
+    if (conv(c.id)) continue; // made meanwhile
+    const first = c.items.find((it) => it.kind === 'user');
+    convs.push({ id: c.id, title: first ? first.text.trim().slice(0, 32) : '', receiver: '', items: c.items.map((it) => it.id), unread: 0 });
+    for (const it of c.items) {
+      items.set(it.id, it);
+      for (const r of it.replies) replyIndex.set(r.id, { reply: r, item: it });
+    }
+  }
+  renderTabs();
+  renderLog();
+  save();
 }
 
 // ---- rendering ---------------------------------------------------------------------------
@@ -518,6 +551,7 @@ conn.addEventListener('state', () => {
   for (const it of items.values()) if (it.kind === 'user' && IN_FLIGHT.has(it.state)) paintStatus(it);
 });
 conn.addEventListener('registered', flushOutbox);
+conn.addEventListener('registered', () => { importHistory().catch(() => { /* the tab's own copy stands */ }); });
 addEventListener('pagehide', saveNow);
 conn.addEventListener('frame', (ev) => onFrame(ev.detail));
 

@@ -18,9 +18,10 @@ function saveSession(session) {
 }
 
 export class Connection extends EventTarget {
-  constructor({ token = null, name = 'web' } = {}) {
+  constructor({ token = null, name = 'web', userId = null } = {}) {
     super();
     this.token = token;
+    this.userId = userId; // the user on an open hub (with a token, its `sub` is the user)
     this.name = name;
     this.ws = null;
     this.state = 'connecting';
@@ -75,10 +76,11 @@ export class Connection extends EventTarget {
 
     ws.onopen = () => {
       const session = loadSession();
-      const frame = { message_type: 'REGISTER_FRONTEND', frontend_name: this.name, capabilities: { stream: true } };
+      const frame = { message_type: 'REGISTER_FRONTEND', frontend_name: this.name, capabilities: { stream: true, user_frames: true } };
       this.usedResume = Boolean(session.frontend_id && session.resume_token);
       if (this.usedResume) Object.assign(frame, { frontend_id: session.frontend_id, resume_token: session.resume_token });
       if (this.token) frame.token = this.token;
+      else if (this.userId) frame.user_id = this.userId;
       ws.send(JSON.stringify(frame));
     };
 
