@@ -37,6 +37,21 @@ async def test_round_trip_keeps_body_and_message_id(bus: Bus) -> None:
 
 
 @bounded
+async def test_a_transient_message_arrives_in_order_with_persistent_ones(bus: Bus) -> None:
+    await bus.declare_queue("work")
+    await bus.publish("work", b'{"n": 1}', message_id="chunk-0", persistent=False)
+    await bus.publish("work", b'{"n": 2}', message_id="chunk-1", persistent=False)
+    await bus.publish("work", b'{"n": 3}', message_id="final")
+    got = Collector()
+    await bus.consume("work", got.handle)
+
+    deliveries = await got.wait_for(3)
+
+    assert [d.message_id for d in deliveries] == ["chunk-0", "chunk-1", "final"]
+    assert [d.body for d in deliveries] == [b'{"n": 1}', b'{"n": 2}', b'{"n": 3}']
+
+
+@bounded
 async def test_headers_travel_with_the_message_and_its_redelivery(bus: Bus) -> None:
     """The trace context rides in the headers: the consumer gets them, also on the attempt
     after a failure (RabbitMQ carries them in the AMQP content header both ways)."""

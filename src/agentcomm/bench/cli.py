@@ -35,6 +35,7 @@ HEADLINE_KEYS: dict[str, tuple[str, ...]] = {
     "roundtrip": _ROUNDTRIP_KEYS,
     "roundtrip-memory": _ROUNDTRIP_KEYS,
     "peer": ("roundtrips_per_s", "p50_ms", "p99_ms", "p999_ms"),
+    "stream": ("tokens_per_s", "floor_tokens_per_s", "ratio_to_floor", "concurrent_streams"),
     "a2a": (
         "in_flight",
         "roundtrips_per_s",

@@ -45,6 +45,8 @@ class BenchOptions:
     # stream: streamed answers (REPLY_CHUNKs). Closed loop at saturation: this many frontends
     # each asking for answers of `stream_tokens` tokens produced as fast as the agent can.
     stream_frontends: int = 16
+    # Sockets the closed loop's answers are spread over, so that none is rate-limited.
+    stream_sockets: int = 256
     stream_tokens: int = 200
     # Realistic load: answers of `stream_paced_tokens` tokens at `stream_rate` tokens/s each;
     # concurrent answers doubled from `stream_start` (at most `stream_max`), then bisected,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -42,14 +43,21 @@ class Window:
         return [c for a in self.answers for c in a.chunks if self.start <= c[0] <= self.end]
 
 
-async def saturate(ask: Ask, streams: int, tokens: int, seconds: float, warmup: float) -> Window:
-    """`streams` askers, each asking for its next answer when its last one finished."""
+async def saturate(
+    ask: Ask, streams: int, tokens: int, seconds: float, warmup: float, *, sockets: int = 0
+) -> Window:
+    """`streams` askers, each asking for its next answer when its last one finished, on the
+    next of `sockets` sockets in turn (at least one per asker), so that no socket asks faster
+    than a person would (the hub rate-limits each one)."""
     now = time.perf_counter()
     window = Window(now + warmup, now + warmup + seconds)
     timeout = seconds + ANSWER_SLACK
+    turns = itertools.count()
+    sockets = max(sockets, streams)
 
-    async def asker(slot: int) -> None:
+    async def asker() -> None:
         while time.perf_counter() < window.end:
+            slot = next(turns) % sockets
             try:
                 answer = await ask(slot, tokens, 0.0, timeout)
             except AnswerFailed as exc:
@@ -60,7 +68,7 @@ async def saturate(ask: Ask, streams: int, tokens: int, seconds: float, warmup: 
             # answer began before it (a slow answer may be longer than the window).
             window.answers.append(answer)
 
-    await asyncio.gather(*(asker(slot) for slot in range(streams)))
+    await asyncio.gather(*(asker() for _ in range(streams)))
     return window
 
 

@@ -259,13 +259,16 @@ class Bus(Protocol):
         mandatory: bool = True,
         timeout: float = 5.0,
         headers: Mapping[str, str] | None = None,
+        persistent: bool = True,
     ) -> None:
         """Stores a persistent message in `queue` and waits for the bus to confirm it.
 
         A message published without `message_id` gets a fresh one. `headers` travel with it
         to the consumer's `Delivery.headers` (AMQP headers on RabbitMQ): the trace context.
-        Publishing keeps working while `close()` lets running handlers finish, so that they
-        can hand on their results.
+        With `persistent=False` the message is kept in memory only (RabbitMQ does not write it
+        to disk, and loses it if it restarts): for what a later message makes whole again, such
+        as the chunks of a streamed reply before its final REPLY. Publishing keeps working
+        while `close()` lets running handlers finish, so that they can hand on their results.
         """
 
     async def consume(

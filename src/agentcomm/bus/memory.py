@@ -105,7 +105,9 @@ class InMemoryBus:
         mandatory: bool = True,
         timeout: float = 5.0,
         headers: Mapping[str, str] | None = None,
+        persistent: bool = True,
     ) -> None:
+        # Nothing here outlives the process: persistent or not is the same.
         if self._closed:
             raise BusClosed("Cannot publish: the bus is closed.")
         if not self._connected:

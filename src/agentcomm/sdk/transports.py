@@ -311,8 +311,13 @@ class BusWork:
         queue = straight_queue(envelope)
         if queue is not None:
             try:
+                # Transient: the final REPLY, persistent and confirmed, carries the whole text;
+                # a chunk lost with a restarted RabbitMQ costs the frontend only that chunk.
                 await self._bus.publish(
-                    queue, encode_for_bus(envelope), message_id=envelope.message_id
+                    queue,
+                    encode_for_bus(envelope),
+                    message_id=envelope.message_id,
+                    persistent=False,
                 )
                 return
             except Unroutable:

@@ -55,6 +55,7 @@ class TracedBus:
         mandatory: bool = True,
         timeout: float = 5.0,
         headers: Mapping[str, str] | None = None,
+        persistent: bool = True,
     ) -> None:
         if not trace.get_current_span().is_recording():
             await self.inner.publish(
@@ -64,6 +65,7 @@ class TracedBus:
                 mandatory=mandatory,
                 timeout=timeout,
                 headers=headers,
+                persistent=persistent,
             )
             return
         span = self._tracer.start_span(
@@ -88,6 +90,7 @@ class TracedBus:
                 mandatory=mandatory,
                 timeout=timeout,
                 headers=carried,
+                persistent=persistent,
             )
         except BaseException as exc:
             span.set_status(Status(StatusCode.ERROR, type(exc).__name__))

@@ -114,7 +114,8 @@ async def _hub_side(
     context: BenchContext, label: str, frontends: StreamFrontends, processes: dict[str, int]
 ) -> dict[str, Any]:
     options = context.options
-    await frontends.open(max(0, options.stream_frontends - frontends.slots))
+    wanted = max(options.stream_frontends, options.stream_sockets)
+    await frontends.open(max(0, wanted - frontends.slots))
     await frontends.wait_until_answering(READY_TIMEOUT)
     warmup = min(2.0, max(0.5, options.duration / 5))
     async with context.progress.step(f"{label}: saturation", options.duration + warmup):
@@ -126,6 +127,7 @@ async def _hub_side(
                 options.stream_tokens,
                 options.duration,
                 warmup,
+                sockets=frontends.slots,
             ),
         )
 

@@ -59,7 +59,7 @@ from agentcomm.bus.rabbitmq.connection import (
     describe,
     open_channels,
 )
-from agentcomm.bus.rabbitmq.deliveries import JSON_CONTENT_TYPE, PERSISTENT
+from agentcomm.bus.rabbitmq.deliveries import JSON_CONTENT_TYPE, PERSISTENT, TRANSIENT
 from agentcomm.bus.rabbitmq.nodes import Node, Nodes
 from agentcomm.bus.rabbitmq.publishing import ConfirmedPublisher
 from agentcomm.bus.rabbitmq.queues import Queues, QueueType, check_prefetch
@@ -225,6 +225,7 @@ class RabbitMQBus:
         mandatory: bool = True,
         timeout: float = 5.0,
         headers: Mapping[str, str] | None = None,
+        persistent: bool = True,
     ) -> None:
         if self._closed:
             raise BusClosed("Cannot publish: the bus is closed.")
@@ -232,7 +233,7 @@ class RabbitMQBus:
             raise BusClosed("Cannot publish: the bus is not connected yet; call connect() first.")
         properties = spec.Basic.Properties(
             content_type=JSON_CONTENT_TYPE,
-            delivery_mode=PERSISTENT,
+            delivery_mode=PERSISTENT if persistent else TRANSIENT,
             # Every publish carries an id: the fast path matches a returned message to its
             # publish by it.
             message_id=message_id or uuid.uuid4().hex,
