@@ -189,6 +189,13 @@ class Children:
         stdin_pipe: bool = False,
     ) -> Child:
         log_path = self.log_dir / f"{name}.log"
+        if cwd is None:
+            # A folder of its own under the run's temporary one, so that what a child keeps
+            # relative to where it runs (the hub's DATA_DIR and its history) goes with the run
+            # instead of growing in the checkout and skewing the next run.
+            workdir = self.log_dir / f"{name}.d"
+            workdir.mkdir(exist_ok=True)
+            cwd = str(workdir)
         with log_path.open("ab") as log_file:
             process = await asyncio.create_subprocess_exec(
                 *argv,
