@@ -3,7 +3,7 @@ share one RabbitMQ: closing a handle stops what that hub started there, and noth
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from agentcomm.bus.base import Bus, MessageHandler, QueueOptions, Subscription
 
@@ -37,9 +37,17 @@ class BusShare:
         message_id: str | None = None,
         mandatory: bool = True,
         timeout: float = 5.0,
+        headers: Mapping[str, str] | None = None,
+        persistent: bool = True,
     ) -> None:
         await self._bus.publish(
-            queue, body, message_id=message_id, mandatory=mandatory, timeout=timeout
+            queue,
+            body,
+            message_id=message_id,
+            mandatory=mandatory,
+            timeout=timeout,
+            headers=headers,
+            persistent=persistent,
         )
 
     async def consume(
