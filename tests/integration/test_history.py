@@ -334,19 +334,6 @@ async def test_the_sockets_of_a_user_that_follow_it_see_its_conversations_live(
     assert other_frames == []  # another user sees none of it
 
 
-async def _command_when_listening(
-    client: httpx.AsyncClient, agent_id: str, command: dict[str, object]
-) -> httpx.Response:
-    """POSTs a command, again while the agent has not opened its command stream yet (409: it
-    registers first, then opens it)."""
-    async with asyncio.timeout(WAIT):
-        while True:
-            response = await client.post(f"/api/agents/{agent_id}/commands", json=command)
-            if response.status_code != 409:
-                return response
-            await asyncio.sleep(0.1)
-
-
 async def test_a_second_text_asking_reject_is_refused_while_an_answer_runs() -> None:
     settings = test_settings(history_url="none")
     async with (
@@ -355,8 +342,14 @@ async def test_a_second_text_asking_reject_is_refused_while_an_answer_runs() -> 
         await Frontend.registered(hub.ws_url, user_id="kim", capabilities={"stream": True}) as kim,
     ):
         # Slow typing: the first answer is surely still running when the second TEXT comes.
-        paced = await _command_when_listening(
-            client, "typist", {"type": "pace", "parameters": {"ms": "300"}}
+        # The agent registers first and opens its command stream after.
+        await wait_until(
+            lambda: hub.hub.commands.has_stream("typist"),
+            timeout=WAIT,
+            what="the typist's command stream",
+        )
+        paced = await client.post(
+            "/api/agents/typist/commands", json={"type": "pace", "parameters": {"ms": "300"}}
         )
         assert paced.status_code == 200, paced.text
         await kim.send_text("a long question", message_id="m-1", conversation_id="c")
