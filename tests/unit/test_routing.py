@@ -652,19 +652,24 @@ async def test_messages_of_an_agent_that_stays_offline_are_answered_for_it(world
     assert await world.router.answer_abandoned() == 0
 
 
+def routed_call(asked: str) -> Envelope:
+    """Agent `asker`'s TEXT call-1 to `asked`, as the broker routed it."""
+    return envelope(
+        message_type="TEXT",
+        message_id="call-1",
+        sender_id="asker",
+        receiver_id=asked,
+        text_payload="help?",
+        routing_status="routed",
+    )
+
+
 async def test_an_agent_asking_an_agent_that_stays_offline_gets_agent_offline(
     world: World,
 ) -> None:
     await world.agent("asker")
     await world.agent("asked")
-    call = envelope(
-        message_type="TEXT",
-        message_id="call-1",
-        sender_id="asker",
-        receiver_id="asked",
-        text_payload="help?",
-        routing_status="routed",
-    )
+    call = routed_call("asked")
     await world.router.handle_broker_output(call)
     assert [m["message_id"] for m in await world.queue("agent_queue_asked")] == ["call-1"]
     world.answers.agent_offline("asked")
@@ -681,16 +686,7 @@ async def test_an_agent_asking_an_agent_that_stays_offline_gets_agent_offline(
 async def test_a_call_answered_in_time_is_no_longer_looked_after(world: World) -> None:
     await world.agent("asker")
     await world.agent("asked")
-    await world.router.handle_broker_output(
-        envelope(
-            message_type="TEXT",
-            message_id="call-1",
-            sender_id="asker",
-            receiver_id="asked",
-            text_payload="help?",
-            routing_status="routed",
-        )
-    )
+    await world.router.handle_broker_output(routed_call("asked"))
     await world.router.handle_broker_output(
         envelope(
             message_type="REPLY",
@@ -711,16 +707,7 @@ async def test_an_agents_cancel_of_a_call_by_capability_names_the_agent_it_went_
 ) -> None:
     await world.agent("asker")
     await world.agent("chosen")
-    await world.router.handle_broker_output(
-        envelope(
-            message_type="TEXT",
-            message_id="call-1",
-            sender_id="asker",
-            receiver_id="chosen",
-            text_payload="help?",
-            routing_status="routed",
-        )
-    )
+    await world.router.handle_broker_output(routed_call("chosen"))
     await world.router.accept_from_agent(
         "asker", envelope(message_type="CANCEL", in_reply_to_message_id="call-1")
     )
