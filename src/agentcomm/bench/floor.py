@@ -107,6 +107,20 @@ async def _relay(
                 await connection.close()
 
 
+async def connect_with_empty_queues(
+    url: str, name: str, queues: Sequence[str]
+) -> AbstractRobustConnection:
+    """A robust connection named `name`, with `queues` declared durable and purged of what an
+    earlier run left in them."""
+    connection = await aio_pika.connect_robust(url, client_properties={"connection_name": name})
+    admin = await connection.channel()
+    for queue_name in queues:
+        queue = await admin.declare_queue(queue_name, durable=True)
+        await queue.purge()
+    await admin.close()
+    return connection
+
+
 class FloorOrigin:
     """The harness end of the chain: a load-generation target like the frontends."""
 
@@ -125,14 +139,7 @@ class FloorOrigin:
 
     async def declare(self) -> None:
         """Connects and declares the five queues (empty: left-overs are purged)."""
-        self._connection = await aio_pika.connect_robust(
-            self.url, client_properties={"connection_name": "floor-origin"}
-        )
-        admin = await self._connection.channel()
-        for name in self.queues:
-            queue = await admin.declare_queue(name, durable=True)
-            await queue.purge()
-        await admin.close()
+        self._connection = await connect_with_empty_queues(self.url, "floor-origin", self.queues)
 
     async def start(self) -> None:
         assert self._connection is not None, "declare() first"

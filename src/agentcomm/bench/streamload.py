@@ -23,7 +23,7 @@ import aio_pika
 import orjson
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
 
-from agentcomm.bench.floor import CONTENT_TYPE
+from agentcomm.bench.floor import CONTENT_TYPE, connect_with_empty_queues
 from agentcomm.bench.procs import BenchError
 from agentcomm.bench.rawws import RawFrontend, close_frontends
 
@@ -223,14 +223,7 @@ class FloorStreams:
         self.slots = 1 << 30
 
     async def start(self) -> None:
-        self._connection = await aio_pika.connect_robust(
-            self.url, client_properties={"connection_name": "floor-streams"}
-        )
-        admin = await self._connection.channel()
-        for name in self.queues:
-            queue = await admin.declare_queue(name, durable=True)
-            await queue.purge()
-        await admin.close()
+        self._connection = await connect_with_empty_queues(self.url, "floor-streams", self.queues)
         self._publish = await self._connection.channel(
             publisher_confirms=True, on_return_raises=True
         )
